@@ -1,0 +1,115 @@
+"""Start a local Label Studio (SQLite, loopback) and the ML backend as child processes.
+
+Used by ``labeler demo`` and the integration tests. The settings come from
+``../shared/docs/label-studio.md``: loopback backends need
+``LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false``, the token must be set at the
+first start with legacy tokens enabled, and stray ``HOST``/``PORT``/...
+variables must not leak into the server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+_LEAKY = ("USERNAME", "PASSWORD", "HOST", "PORT", "DEBUG", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {proc.returncode}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_label_studio(data_dir: Path, username: str, password: str, token: str,
+                       port: int | None = None, files_root: Path | None = None,
+                       timeout: float = 180) -> Server:
+    """A Label Studio server on 127.0.0.1 with an admin ``username`` and API ``token``."""
+    exe = shutil.which("label-studio") or str(Path(sys.executable).with_name("label-studio"))
+    if not Path(exe).exists():
+        raise RuntimeError("the label-studio server is not installed: pip install 'labeler[studio]'")
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in _LEAKY}
+    env.update(LABEL_STUDIO_BASE_DATA_DIR=str(data_dir), LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS="false",
+               LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true", PYTHONUNBUFFERED="1")
+    if files_root is not None:
+        env.update(LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
+                   LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(files_root))
+    log = data_dir / "label-studio.log"
+    proc = subprocess.Popen(
+        [exe, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+         "--host", url, "--username", username, "--password", password, "--user-token", token,
+         "--enable-legacy-api-token"],
+        env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(url, proc, log)
+    try:
+        wait_http(f"{url}/health", timeout, proc)
+    except Exception:
+        server.stop()
+        raise RuntimeError(f"Label Studio did not start; see {log}:\n{log.read_text()[-3000:]}") from None
+    return server
+
+
+def start_backend(env_extra: dict[str, str], port: int | None = None, log_dir: Path | None = None,
+                  timeout: float = 120) -> Server:
+    """The ML backend under gunicorn (one worker, threads), waiting until its model is ready."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
+    log = (log_dir or Path.cwd()) / "backend.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--threads", "8", "--timeout", "300", "ml_backend.wsgi:app"],
+        env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(url, proc, log)
+    end = time.monotonic() + timeout
+    try:
+        wait_http(f"{url}/health", timeout, proc)
+        while not requests.get(f"{url}/health", timeout=2).json().get("model_ready"):
+            if time.monotonic() > end:
+                raise TimeoutError("model not ready")
+            time.sleep(0.3)
+    except Exception:
+        server.stop()
+        raise RuntimeError(f"the ML backend did not start; see {log}:\n{log.read_text()[-3000:]}") from None
+    return server

@@ -1,0 +1,86 @@
+"""Bulk pre-annotation: score every task of a project and write predictions in bulk.
+
+Resumable by construction: each batch is written to Label Studio before the
+next is scored, and tasks that already hold a prediction of the serving
+version are skipped, so a restarted run picks up where the last one stopped.
+Images of the next batch download while the model scores the current one.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from label_studio_sdk import LabelStudio
+from tqdm.auto import tqdm
+
+from .predictor import Connection, Predictor, to_prediction
+from .studio import import_predictions, iter_tasks, project_config, set_model_version, uncertainty_view
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    version: str
+    total: int = 0
+    skipped_existing: int = 0
+    predicted: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"model version {self.version}: {self.predicted} tasks predicted, "
+                 f"{self.skipped_existing} already had a prediction of this version, "
+                 f"{len(self.failed)} failed (of {self.total})"]
+        lines += [f"  task {tid}: {why}" for tid, why in self.failed[:50]]
+        if len(self.failed) > 50:
+            lines.append(f"  ... and {len(self.failed) - 50} more")
+        return "\n".join(lines)
+
+
+def preannotate(ls: LabelStudio, project: int, predictor: Predictor, conn: Connection,
+                only_missing: bool = True, batch_size: int = 64, progress: bool = True,
+                max_tasks: int | None = None) -> Report:
+    """Predict every task of ``project`` (or only those without a current-version prediction)."""
+    config = project_config(ls, project)
+    pkey = str(project)
+    version = predictor.model_version(pkey, config)
+    report = Report(version)
+    todo = []
+    for task in iter_tasks(ls, project):
+        report.total += 1
+        have = {p.get("model_version") for p in task.get("predictions") or [] if isinstance(p, dict)}
+        if only_missing and version in have:
+            report.skipped_existing += 1
+        else:
+            todo.append(task)
+    if max_tasks is not None:
+        todo = todo[:max_tasks]
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    urls = lambda b: [(t.get("data") or {}).get(config.value_key) for t in b]  # noqa: E731
+    bar = tqdm(total=len(todo), desc=f"pre-annotating project {project}", unit="task", disable=not progress)
+    with ThreadPoolExecutor(max_workers=1) as prefetch:
+        pending = prefetch.submit(predictor.fetch, urls(batches[0]), conn) if batches else None
+        for i, batch in enumerate(batches):
+            items = pending.result()
+            if i + 1 < len(batches):
+                pending = prefetch.submit(predictor.fetch, urls(batches[i + 1]), conn)
+            predictor.embed(items)
+            version, items = predictor.score_items(pkey, items, config)
+            preds = []
+            for task, it in zip(batch, items):
+                if it.proba is None:
+                    report.failed.append((task["id"], it.error or "unknown error"))
+                    continue
+                preds.append({"task": task["id"], **to_prediction(it.proba, config, version,
+                                                                  predictor.settings.uncertainty)})
+            import_predictions(ls, project, preds)
+            report.predicted += len(preds)
+            bar.update(len(batch))
+    bar.close()
+    report.version = version
+    if report.predicted or report.skipped_existing:
+        set_model_version(ls, project, version)
+        uncertainty_view(ls, project)
+    return report

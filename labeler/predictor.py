@@ -1,0 +1,278 @@
+"""From Label Studio tasks to predictions: fetch images, embed (cached), classify, rank.
+
+The serving model of a project is its promoted registry version if it has one,
+else the zero-shot BLIP-2 scorer; either way each prediction carries that
+model's version and a confidence score (``1 - uncertainty``: ascending order =
+least certain first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import requests
+import torch
+
+from .cache import EmbeddingCache, content_key
+from .classifiers import Classifier, Sample, load_classifier
+from .config import Settings
+from .images import ImageError, decode, fetch_bytes, fetch_many
+from .labelconfig import LabelConfig
+from .registry import Registry
+from .uncertainty import confidence
+from .zeroshot import ZeroShotScorer, softmax
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scored:
+    """Per-task outcome of :meth:`Predictor.score`: probabilities or the reason there are none."""
+
+    proba: np.ndarray | None = None
+    error: str | None = None
+    sample: Sample | None = None
+    key: str | None = None
+    hidden: np.ndarray | None = None  # vision hidden states, for ITM scoring
+
+
+@dataclass
+class Connection:
+    """How to reach a Label Studio instance (from /setup or from settings)."""
+
+    hostname: str | None = None
+    token: str | None = None
+    _headers: dict[str, str] | None = field(default=None, repr=False)
+
+    def headers(self) -> dict[str, str]:
+        """Auth headers for file downloads: legacy ``Token``, or a JWT exchanged for a Bearer."""
+        if self._headers is None:
+            self._headers = {}
+            if self.token and self.token.count(".") == 2 and self.hostname:
+                resp = requests.post(f"{self.hostname.rstrip('/')}/api/token/refresh/",
+                                     json={"refresh": self.token}, timeout=10)
+                if resp.ok:
+                    self._headers = {"Authorization": f"Bearer {resp.json()['access']}"}
+            elif self.token:
+                self._headers = {"Authorization": f"Token {self.token}"}
+        return self._headers
+
+
+def project_key(project: str | int | None) -> str:
+    """Label Studio sends ``"<id>.<created_at>"``; the registry keys by the id alone."""
+    return str(project).split(".")[0] if project not in (None, "") else "default"
+
+
+class Predictor:
+    """Holds the models of one process; thread-safe for concurrent requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.model_dir)
+        self._scorer: ZeroShotScorer | None = None
+        self._scorer_error: str | None = None
+        self._scorer_ready = threading.Event()
+        self._models: dict[tuple[str, str], Classifier] = {}
+        self._lock = threading.Lock()
+        self._model_lock = threading.Lock()  # torch modules are not re-entrant under inference
+        self.temperature: dict[str, float] = {}
+        if settings.zeroshot_model is None:
+            self._scorer_ready.set()
+
+    # -- models -----------------------------------------------------------------
+    def load_scorer(self) -> None:
+        """Load the zero-shot model (call at start-up, in the background)."""
+        if self.settings.zeroshot_model is None or self._scorer_ready.is_set():
+            return
+        try:
+            self._scorer = ZeroShotScorer(
+                self.settings.zeroshot_model, device=self.settings.device, dtype=self.settings.dtype,
+                batch_size=self.settings.batch_size, local_files_only=self.settings.local_files_only)
+            self.cache = EmbeddingCache(self.settings.model_dir / "cache", self._scorer.key,
+                                        int(self.settings.cache_max_gb * 2**30))
+        except Exception as exc:  # noqa: BLE001 - reported on /health, never fatal
+            self._scorer_error = f"cannot load zero-shot model {self.settings.zeroshot_model!r}: {exc}"
+            log.error(self._scorer_error)
+        finally:
+            self._scorer_ready.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._scorer_ready.is_set()
+
+    @property
+    def scorer(self) -> ZeroShotScorer | None:
+        self._scorer_ready.wait()
+        return self._scorer
+
+    @property
+    def scorer_error(self) -> str | None:
+        return self._scorer_error
+
+    def classifier(self, project: str) -> tuple[str | None, Classifier | None]:
+        """(serving version, its classifier); (None, None) when zero-shot serves.
+
+        Reads the registry's pointer on every call, so a newly promoted (or
+        rolled back) version serves from the next request on, with no restart.
+        """
+        version = self.registry.current(project)
+        if version is None:
+            return None, None
+        with self._lock:
+            model = self._models.get((project, version))
+            if model is None:
+                model = load_classifier(self.registry.path(project, version))
+                self._models[(project, version)] = model
+        return version, model
+
+    def model_version(self, project: str, config: LabelConfig) -> str:
+        """The version string Label Studio stores with each prediction."""
+        version, _ = self.classifier(project)
+        if version is not None:
+            return version
+        if self.settings.zeroshot_model is None:
+            return "untrained"
+        key = self.scorer.key if self.scorer else self.settings.zeroshot_model
+        t = self.temperature.get(project, 1.0)
+        digest = hashlib.sha1(f"{key}|{config.signature()}|{t:.4g}".encode()).hexdigest()[:8]
+        return f"zeroshot-{digest}"
+
+    # -- scoring ------------------------------------------------------------------
+    def fetch(self, urls: Sequence[str], conn: Connection) -> list[Scored]:
+        """Download (concurrently) and decode every image; failures are per item, never raised."""
+        session = requests.Session()
+        headers = conn.headers() if conn.hostname else None
+        fetched = fetch_many(list(urls), lambda u: fetch_bytes(u, conn.hostname, headers, session),
+                             workers=self.settings.download_workers)
+        out: list[Scored] = []
+        for data in fetched:
+            if isinstance(data, ImageError):
+                out.append(Scored(error=str(data)))
+                continue
+            try:
+                out.append(Scored(sample=Sample(decode(data)), key=content_key(data)))
+            except ImageError as exc:
+                out.append(Scored(error=str(exc)))
+        return out
+
+    def samples(self, urls: Sequence[str], conn: Connection, deadline: float | None = None,
+                ) -> list[Scored]:
+        """:meth:`fetch` then :meth:`embed`."""
+        items = self.fetch(urls, conn)
+        self.embed(items, deadline)
+        return items
+
+    def embed(self, items: Sequence[Scored], deadline: float | None = None) -> None:
+        """Attach cached or fresh BLIP-2 embeddings to the decoded items.
+
+        Past ``deadline`` no new image is embedded (its item gets an error):
+        a huge /predict batch answers within Label Studio's timeout and the
+        next request continues, as cached work is not redone.
+        """
+        scorer = self.scorer
+        items = [it for it in items if it.sample is not None]
+        if scorer is None or not items:
+            return
+        missing = []
+        for it in items:
+            hit = self.cache.get(it.key)
+            if hit is None:
+                missing.append(it)
+            else:
+                it.sample.features = hit[1]
+                it.hidden = hit[0]
+        bs = self.settings.batch_size
+        for start in range(0, len(missing), bs):
+            if deadline is not None and time.monotonic() > deadline:
+                for it in missing[start:]:
+                    it.error = "not scored: the request's time budget ran out (retry to continue)"
+                    it.sample = None
+                break
+            chunk = missing[start:start + bs]
+            with self._model_lock:
+                emb = scorer.embed([it.sample.image for it in chunk])
+            hidden = emb.hidden.float().cpu().numpy().astype(np.float16)
+            pooled = emb.pooled.float().cpu().numpy()
+            for i, it in enumerate(chunk):
+                self.cache.put(it.key, hidden[i], pooled[i])
+                it.sample.features = pooled[i]
+                it.hidden = hidden[i]
+
+    def zeroshot_scores(self, items: Sequence[Scored], config: LabelConfig) -> None:
+        """Attach ``s_ic`` (zero-shot class evidence) to every embedded item."""
+        scorer = self.scorer
+        ready = [it for it in items if it.sample is not None and it.hidden is not None]
+        if scorer is None or not ready:
+            return
+        hidden = torch.from_numpy(np.stack([it.hidden for it in ready]))
+        with self._model_lock:
+            s = scorer.class_scores(hidden, config.prompts)
+        for it, row in zip(ready, s):
+            it.sample.zeroshot = row
+
+    def score(self, project: str, urls: Sequence[str], config: LabelConfig, conn: Connection,
+              deadline: float | None = None) -> tuple[str, list[Scored]]:
+        """Class probabilities for every URL with the project's serving model."""
+        return self.score_items(project, self.samples(urls, conn, deadline), config)
+
+    def score_items(self, project: str, items: list[Scored], config: LabelConfig,
+                    ) -> tuple[str, list[Scored]]:
+        """Class probabilities for fetched and embedded items (see :meth:`samples`)."""
+        version, model = self.classifier(project)
+        self.zeroshot_scores(items, config)
+        ok = [it for it in items if it.sample is not None]
+        if model is not None:
+            if list(model.classes) != list(config.classes):
+                raise ValueError(f"serving model {version} knows classes {model.classes}, "
+                                 f"the label config has {list(config.classes)}: retrain or roll back")
+            if model.needs_features and self.scorer is None:
+                for it in ok:
+                    it.error = "the serving model needs the zero-shot model, which is not loaded"
+                ok = []
+            with self._model_lock:
+                proba = model.predict_proba([it.sample for it in ok]) if ok else np.zeros((0, 0))
+        elif self.scorer is not None:
+            t = self.temperature.get(project, 1.0)
+            proba = softmax(np.stack([it.sample.zeroshot for it in ok]), t) if ok else np.zeros((0, 0))
+        else:
+            for it in ok:
+                it.error = self._scorer_error or "no model: configure a zero-shot model or train one"
+            ok, proba = [], np.zeros((0, 0))
+        for it, p in zip(ok, proba):
+            it.proba = p
+        return self.model_version(project, config), items
+
+    def predictions(self, tasks: Sequence[dict], config: LabelConfig, project: str,
+                    conn: Connection) -> list[dict]:
+        """One Label Studio prediction per task, in order; an empty one where scoring failed."""
+        urls = [(t.get("data") or {}).get(config.value_key) for t in tasks]
+        deadline = time.monotonic() + self.settings.predict_budget_s
+        version, items = self.score(project, urls, config, conn, deadline)
+        results = []
+        for task, it in zip(tasks, items):
+            if it.proba is None:
+                log.warning("task %s: no prediction: %s", task.get("id"), it.error)
+                results.append({"model_version": version, "score": 0.0, "result": []})
+                continue
+            results.append(to_prediction(it.proba, config, version, self.settings.uncertainty))
+        return results
+
+
+def to_prediction(proba: np.ndarray, config: LabelConfig, version: str, measure: str) -> dict:
+    """A Label Studio prediction: the top class, its score and the model version."""
+    best = int(np.argmax(proba))
+    score = float(confidence(proba[None, :], measure)[0])
+    return {
+        "model_version": version,
+        "score": round(score, 6),
+        "result": [{
+            "from_name": config.from_name, "to_name": config.to_name, "type": "choices",
+            "value": {"choices": [config.classes[best]]},
+        }],
+    }

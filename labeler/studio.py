@@ -1,0 +1,154 @@
+"""Talking to Label Studio through label-studio-sdk: annotations, predictions, versions, views."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import requests
+from label_studio_sdk import LabelStudio
+
+from .labelconfig import LabelConfig, parse_label_config
+
+log = logging.getLogger(__name__)
+
+
+class StudioError(Exception):
+    """Label Studio could not be reached or refused a request."""
+
+
+def connect(url: str | None, api_key: str | None, check: bool = True) -> LabelStudio:
+    """An SDK client; with ``check``, fail fast with a clear message if the server is not there."""
+    if not url or not api_key:
+        raise StudioError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or pass --url/--api-key)")
+    if check:
+        try:
+            requests.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+        except requests.RequestException as exc:
+            raise StudioError(f"Label Studio at {url} is unreachable: {exc}") from exc
+    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=60)
+
+
+def project_config(ls: LabelStudio, project: int) -> LabelConfig:
+    return parse_label_config(ls.projects.get(id=project).label_config)
+
+
+def iter_tasks(ls: LabelStudio, project: int, page_size: int = 500,
+               only_annotated: bool = False) -> Iterator[dict]:
+    """Every task of ``project`` as a plain dict (annotations and predictions included), paged."""
+    page = 1
+    while True:
+        params = {"project": project, "page": page, "page_size": page_size, "fields": "all"}
+        resp = ls._client_wrapper.httpx_client.request("api/tasks/", method="GET", params=params)
+        if resp.status_code == 404:  # past the last page
+            return
+        if resp.status_code >= 400:
+            raise StudioError(f"listing tasks of project {project} failed: HTTP {resp.status_code} {resp.text[:200]}")
+        tasks = resp.json().get("tasks", [])
+        for t in tasks:
+            if not only_annotated or t.get("total_annotations", 0) > 0:
+                yield t
+        if len(tasks) < page_size:
+            return
+        page += 1
+
+
+def annotation_label(annotation: dict, config: LabelConfig) -> str | None:
+    """The chosen class of one annotation, or None if it is cancelled, empty or off-config."""
+    if annotation.get("was_cancelled"):
+        return None
+    for r in annotation.get("result") or []:
+        if r.get("type") == "choices" and r.get("from_name") == config.from_name:
+            choices = (r.get("value") or {}).get("choices") or []
+            if len(choices) == 1 and choices[0] in config.classes:
+                return choices[0]
+    return None
+
+
+def pick_label(annotations: Sequence[dict], config: LabelConfig) -> str | None:
+    """The label of a task with possibly several annotations.
+
+    Rule: skip cancelled and empty annotations; if ground-truth annotations
+    exist, only they count; then the majority label wins, and a tie goes to
+    the most recently updated annotation among the tied labels.
+    """
+    valid = [(a, annotation_label(a, config)) for a in annotations]
+    valid = [(a, lab) for a, lab in valid if lab is not None]
+    if any(a.get("ground_truth") for a, _ in valid):
+        valid = [(a, lab) for a, lab in valid if a.get("ground_truth")]
+    if not valid:
+        return None
+    counts: dict[str, int] = {}
+    for _, lab in valid:
+        counts[lab] = counts.get(lab, 0) + 1
+    top = max(counts.values())
+    tied = {lab for lab, c in counts.items() if c == top}
+    latest = max((a for a, lab in valid if lab in tied),
+                 key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
+    return annotation_label(latest, config)
+
+
+@dataclass
+class Labelled:
+    task_id: int
+    url: str
+    label: str
+
+
+def labelled_tasks(ls: LabelStudio, project: int, config: LabelConfig) -> tuple[list[Labelled], int]:
+    """(tasks with a usable label, count of annotated tasks skipped as cancelled/empty)."""
+    out, skipped = [], 0
+    for t in iter_tasks(ls, project, only_annotated=True):
+        label = pick_label(t.get("annotations") or [], config)
+        url = (t.get("data") or {}).get(config.value_key)
+        if label is None or not url:
+            skipped += 1
+            continue
+        out.append(Labelled(t["id"], url, label))
+    return out, skipped
+
+
+def set_model_version(ls: LabelStudio, project: int, version: str, retries: int = 10) -> bool:
+    """Make the project's ``model_version`` equal ``version`` so score sorting uses its predictions.
+
+    Label Studio refuses a version that has no stored predictions yet (400),
+    which happens right after /predict answers: retry for a while.
+    """
+    for attempt in range(retries):
+        try:
+            if ls.projects.get(id=project).model_version == version:
+                return True
+            ls.projects.update(id=project, model_version=version)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
+            log.debug("setting model_version=%s on project %s: %s (try %d)", version, project, exc, attempt)
+            time.sleep(1.0)
+    log.warning("could not set project %s model_version to %s", project, version)
+    return False
+
+
+def import_predictions(ls: LabelStudio, project: int, predictions: Sequence[dict]) -> None:
+    """Write predictions (each with ``task``) in one request."""
+    if predictions:
+        ls.projects.import_predictions(id=project, request=list(predictions))
+
+
+def ensure_view(ls: LabelStudio, project: int, title: str, ordering: Sequence[str],
+                filters: dict | None = None) -> int:
+    """Create (or update) a saved Data Manager tab ``title``; returns its id."""
+    data = {"title": title, "ordering": list(ordering),
+            "filters": filters or {"conjunction": "and", "items": []}}
+    for view in ls.views.list(project=project):
+        if (view.data or {}).get("title") == title:
+            ls.views.update(id=view.id, project=project, data=data)
+            return view.id
+    return ls.views.create(project=project, data=data).id
+
+
+def uncertainty_view(ls: LabelStudio, project: int) -> int:
+    """The "Least confident first" tab, and uncertainty sampling for "Label All Tasks"."""
+    vid = ensure_view(ls, project, "Least confident first", ["tasks:predictions_score"])
+    ls.projects.update(id=project, sampling="Uncertainty sampling")
+    return vid

@@ -1,0 +1,120 @@
+"""One training run: labels from Label Studio -> classifier -> evaluation -> registry.
+
+Evaluation uses a held-out fifth of the labelled tasks chosen by a hash of
+the task id: stable across runs, so no version ever trains on an item that
+any version is evaluated on, and versions compare on the same items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .classifiers import KINDS, Classifier
+from .metrics import evaluate
+from .predictor import Connection, Predictor
+from .studio import connect, labelled_tasks, project_config
+from .zeroshot import softmax
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(Exception):
+    """Training cannot go ahead; the message says why (shown on the job and /metrics)."""
+
+
+def is_holdout(task_id: int, fraction: int = 5) -> bool:
+    """Stable held-out membership: one task in ``fraction`` by a hash of its id."""
+    return int(hashlib.sha1(str(task_id).encode()).hexdigest(), 16) % fraction == 0
+
+
+@dataclass
+class Outcome:
+    version: str
+    promoted: bool
+    meta: dict
+
+
+def choose_kind(setting: str, has_zeroshot: bool) -> str:
+    if setting == "auto":
+        return "head" if has_zeroshot else "cnn"
+    if setting not in KINDS:
+        raise TrainingError(f"unknown classifier {setting!r}; choose from auto, {', '.join(KINDS)}")
+    if KINDS[setting].needs_features and not has_zeroshot:
+        raise TrainingError(f"classifier {setting!r} needs the zero-shot model, which is not loaded")
+    return setting
+
+
+def train_project(predictor: Predictor, project: str, conn: Connection, trigger: str = "manual",
+                  report: Callable[[str], None] = lambda s: None) -> Outcome:
+    """Train, evaluate and register a new version for ``project``; promote it if not worse.
+
+    Raises :class:`TrainingError` (or a Label Studio error) without touching
+    the serving model.
+    """
+    s = predictor.settings
+    ls = connect(conn.hostname, conn.token)
+    config = project_config(ls, int(project))
+    report("fetching annotations")
+    labelled, skipped_tasks = labelled_tasks(ls, int(project), config)
+    report(f"downloading {len(labelled)} images")
+    items = predictor.samples([lab.url for lab in labelled], conn)
+    bad = [(lab.task_id, it.error) for lab, it in zip(labelled, items) if it.sample is None]
+    keep = [(lab, it) for lab, it in zip(labelled, items) if it.sample is not None]
+    predictor.zeroshot_scores([it for _, it in keep], config)
+    classes = list(config.classes)
+    y = np.array([classes.index(lab.label) for lab, _ in keep], dtype=int)
+    counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
+    short = {c: n for c, n in counts.items() if n < s.min_per_class}
+    if short:
+        raise TrainingError(f"too few labels to train: {short} (need at least {s.min_per_class} per class; "
+                            f"{len(keep)} usable labels, {len(bad)} unreadable images)")
+    hold = np.array([is_holdout(lab.task_id) for lab, _ in keep])
+    if len(set(y[hold])) < len(classes) or len(set(y[~hold])) < len(classes):
+        hold = np.zeros(len(y), dtype=bool)  # too few for a split: evaluate on nothing rather than lie
+    samples = [it.sample for _, it in keep]
+    train_idx, eval_idx = np.flatnonzero(~hold), np.flatnonzero(hold)
+
+    kind = choose_kind(s.classifier, predictor.scorer is not None)
+    clf: Classifier = KINDS[kind](classes, seed=s.seed)
+    report(f"training {kind} on {len(train_idx)} labels")
+    info = clf.fit([samples[i] for i in train_idx], y[train_idx])
+    meta: dict = {"kind": kind, "classes": classes, "n_train": int(len(train_idx)),
+                  "n_eval": int(len(eval_idx)), "class_counts": counts, "trigger": trigger,
+                  "train_info": info, "skipped_tasks": skipped_tasks,
+                  "unreadable_images": [{"task": t, "error": e} for t, e in bad][:100]}
+    if len(eval_idx):
+        report(f"evaluating on {len(eval_idx)} held-out labels")
+        ev = [samples[i] for i in eval_idx]
+        meta["metrics"] = evaluate(y[eval_idx], clf.predict_proba(ev), classes)
+        if predictor.scorer is not None:
+            zs = softmax(np.stack([x.zeroshot for x in ev]), predictor.temperature.get(project, 1.0))
+            meta["zeroshot_metrics"] = evaluate(y[eval_idx], zs, classes)
+        serving, current = predictor.classifier(project)
+        if current is not None and list(current.classes) == classes and (
+                not current.needs_features or predictor.scorer is not None):
+            meta["serving_metrics"] = {"version": serving, **evaluate(y[eval_idx], current.predict_proba(ev), classes)}
+    baseline = meta.get("serving_metrics") or meta.get("zeroshot_metrics")
+    new_acc = (meta.get("metrics") or {}).get("accuracy")
+    if baseline is None or new_acc is None:
+        promoted, why = True, "nothing to compare against"
+    elif new_acc >= baseline["accuracy"]:
+        promoted, why = True, f"held-out accuracy {new_acc:.4f} >= {baseline['accuracy']:.4f} of the serving model"
+    else:
+        promoted, why = False, f"held-out accuracy {new_acc:.4f} < {baseline['accuracy']:.4f} of the serving model"
+    meta.update(promoted=promoted, promotion_reason=why)
+
+    def write(folder):
+        clf.save(folder)
+        return meta
+
+    version = predictor.registry.add(project, write)
+    if promoted:
+        predictor.registry.promote(project, version)
+    log.info("project %s: trained %s (%s): %s", project, version, trigger, why)
+    return Outcome(version, promoted, predictor.registry.meta(project, version))

@@ -1,0 +1,194 @@
+"""Zero-shot classification with BLIP-2 image-text matching (ITM).
+
+How a class probability is made from the ITM head
+--------------------------------------------------
+For image ``i`` and prompt ``j`` the ITM head gives two logits (no match,
+match); their difference ``m_ij = logit(P(match))`` is the evidence that the
+prompt describes the image. A class ``c`` with prompts ``J_c`` scores
+
+    s_ic = mean_{j in J_c} m_ij
+
+(averaging log-odds over paraphrases, so a class with more prompts gets no
+advantage), and the class probabilities are a softmax across classes
+
+    P(c | i) = exp(s_ic / T) / sum_c' exp(s_ic' / T)
+
+with a temperature ``T`` (1 by default; fitted on corrected labels by
+:func:`labeler.calibration.fit_temperature`).
+
+Why the vision tower runs once per image
+----------------------------------------
+``Blip2ForImageTextRetrieval.forward`` pairs image ``i`` with text ``i``, so a
+straightforward caller repeats each image once per prompt and the ViT (about
+95% of the compute) runs K times. Here :meth:`ZeroShotScorer.embed` runs the
+vision tower once per image and :meth:`ZeroShotScorer.match_logits` feeds the
+same hidden states to the Q-Former for every prompt; the result equals the
+model's own pairwise forward (a unit test checks this).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "Salesforce/blip2-itm-vit-g"
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    """``dtype`` if given; bf16 (or fp16 where bf16 is missing) on CUDA; fp32 on CPU."""
+    if dtype:
+        return {"float32": torch.float32, "fp32": torch.float32,
+                "float16": torch.float16, "fp16": torch.float16,
+                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype.lower()]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+@dataclass
+class ImageEmbeddings:
+    """What the vision tower produced for a batch of images.
+
+    ``hidden`` (N, L, D) is what the Q-Former cross-attends to (needed to
+    re-score against new prompts); ``pooled`` (N, D) is a compact image
+    feature for trained classifiers.
+    """
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor
+
+
+class ZeroShotScorer:
+    """Scores images against text prompts with a BLIP-2 ITM checkpoint.
+
+    ``model`` is a hub id (default ``Salesforce/blip2-itm-vit-g``) or a local
+    folder written by ``save_pretrained``.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None,
+                 dtype: str | None = None, batch_size: int = 32,
+                 local_files_only: bool = False) -> None:
+        from transformers import AutoProcessor, Blip2ForImageTextRetrieval
+
+        self.model_id = model
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
+        self.batch_size = batch_size
+        self.processor = AutoProcessor.from_pretrained(model, local_files_only=local_files_only)
+        self.model = Blip2ForImageTextRetrieval.from_pretrained(
+            model, dtype=self.dtype, local_files_only=local_files_only
+        ).to(self.device).eval()
+        ip = self.processor.image_processor
+        self._size = (int(ip.size["width"]), int(ip.size["height"]))
+        self._mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._rescale = float(ip.rescale_factor)
+        self._resample = Image.Resampling(int(ip.resample))
+        # The cache key: same weights and architecture give the same key.
+        digest = hashlib.sha1(self.model.config.to_json_string().encode())
+        digest.update(str(model).encode())
+        self.key = f"blip2itm-{digest.hexdigest()[:12]}"
+        log.info("zero-shot model %s on %s/%s (key %s)", model, self.device, self.dtype, self.key)
+
+    # -- images -------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Resize, rescale and normalise exactly as the checkpoint's image processor does.
+
+        Done by hand in one batched tensor op because the transformers PIL
+        processor converts image by image through numpy, which dominates the
+        run time of small models.
+        """
+        arrays = [np.asarray(im.convert("RGB").resize(self._size, self._resample)) for im in images]
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+        return (x * self._rescale - self._mean) / self._std
+
+    @torch.inference_mode()
+    def embed(self, images: Sequence[Image.Image]) -> ImageEmbeddings:
+        """Run the vision tower once per image (in batches)."""
+        hidden, pooled = [], []
+        for start in range(0, len(images), self.batch_size):
+            pixels = self.preprocess(images[start:start + self.batch_size])
+            out = self.model.vision_model(pixel_values=pixels.to(self.device, self.dtype))
+            hidden.append(out.last_hidden_state)
+            pooled.append(out.pooler_output)
+        return ImageEmbeddings(torch.cat(hidden), torch.cat(pooled))
+
+    # -- text ---------------------------------------------------------------
+    def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        tok = self.processor.tokenizer(list(prompts), padding=True, return_tensors="pt")
+        return {"input_ids": tok["input_ids"].to(self.device),
+                "attention_mask": tok["attention_mask"].to(self.device)}
+
+    @torch.inference_mode()
+    def match_logits(self, hidden: torch.Tensor, prompts: Sequence[str]) -> np.ndarray:
+        """ITM log-odds ``logit(P(match))`` of every image against every prompt: (N, K).
+
+        The same computation as the ITM branch of
+        ``Blip2ForImageTextRetrieval.forward``, with each image's vision
+        hidden states shared by its K prompts.
+        """
+        model = self.model
+        tok = self.tokenize(prompts)
+        k = len(prompts)
+        out = []
+        for start in range(0, hidden.shape[0], self.batch_size):
+            h = hidden[start:start + self.batch_size].to(self.device, self.dtype)
+            n = h.shape[0]
+            image_embeds = h.repeat_interleave(k, dim=0)
+            input_ids = tok["input_ids"].repeat(n, 1)
+            attention_mask = tok["attention_mask"].repeat(n, 1)
+            query_tokens = model.query_tokens.expand(n * k, -1, -1)
+            if model.config.image_token_index is not None:
+                input_ids = input_ids[:, model.config.num_query_tokens:]
+                attention_mask = attention_mask[:, model.config.num_query_tokens:]
+            query_mask = torch.ones(query_tokens.shape[:-1], dtype=torch.long, device=self.device)
+            attention_mask = torch.cat([query_mask, attention_mask], dim=1)
+            embeds = model.embeddings(input_ids=input_ids, query_embeds=query_tokens)
+            text_out = model.qformer(
+                query_embeds=embeds,
+                query_length=query_tokens.shape[1],
+                attention_mask=attention_mask,
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long,
+                                                  device=self.device),
+            ).last_hidden_state
+            text_out = text_out.to(model.itm_head.weight.dtype)
+            logits = model.itm_head(text_out[:, : query_tokens.shape[1], :]).mean(dim=1)
+            out.append((logits[:, 1] - logits[:, 0]).float().view(n, k).cpu())
+        if not out:
+            return np.zeros((0, k), dtype=np.float32)
+        return torch.cat(out).numpy()
+
+    def class_scores(self, hidden: torch.Tensor,
+                     prompts: Mapping[str, Sequence[str]]) -> np.ndarray:
+        """Per-class ITM evidence ``s_ic`` (N, C), classes in ``prompts`` order."""
+        flat = [p for ps in prompts.values() for p in ps]
+        logits = self.match_logits(hidden, flat)
+        cols, start = [], 0
+        for ps in prompts.values():
+            cols.append(logits[:, start:start + len(ps)].mean(axis=1))
+            start += len(ps)
+        return np.stack(cols, axis=1)
+
+
+def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise ``exp(s / T) / sum exp(s / T)``, numerically stable."""
+    z = np.asarray(scores, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
