@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny BLIP-2 built offline, test images, a real Label Studio server."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+EYES24 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "eyes24"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from labeler.tiny import build_tiny_blip2
+
+    return build_tiny_blip2(tmp_path_factory.mktemp("tiny-blip2"))
+
+
+def png_bytes(seed: int, size: int = 24) -> bytes:
+    """A grayscale PNG with real content (Label Studio's UI rejects files under 100 bytes)."""
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((size, size)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("images")
+    for i in range(12):
+        (d / f"img{i:02d}.png").write_bytes(png_bytes(i))
+    return d
+
+
+@pytest.fixture(scope="session")
+def eyes24() -> Path:
+    if not (EYES24 / "labels.csv").exists():
+        pytest.skip("../shared/datasets/eyes24 is not here")
+    return EYES24
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio on loopback with SQLite; yields (url, token)."""
+    if shutil.which("label-studio") is None and not (Path(os.sys.executable).parent / "label-studio").exists():
+        pytest.skip("the label-studio server is not installed (pip install -e '.[test]')")
+    from labeler.localserver import start_label_studio
+
+    token = "labeler-test-token-0123456789"
+    server = start_label_studio(tmp_path_factory.mktemp("ls-data"), "admin@example.com", "test-pass-123", token)
+    yield server.url, token
+    server.stop()
