@@ -40,6 +40,7 @@ class Settings:
     cache_max_gb: float = 20.0                 # LABELER_CACHE_MAX_GB: embedding cache bound
     predict_budget_s: float = 60.0             # LABELER_PREDICT_BUDGET_S: stop scoring new images after this long
     download_workers: int = 8                  # LABELER_DOWNLOAD_WORKERS
+    log_requests: bool = False                 # LABELER_LOG_REQUESTS: log each request Label Studio sends
 
     _ENV = {
         "label_studio_url": "LABEL_STUDIO_URL", "label_studio_api_key": "LABEL_STUDIO_API_KEY",
@@ -51,6 +52,7 @@ class Settings:
         "admin_token": "LABELER_ADMIN_TOKEN", "basic_auth_user": "BASIC_AUTH_USER",
         "basic_auth_pass": "BASIC_AUTH_PASS", "cache_max_gb": "LABELER_CACHE_MAX_GB",
         "predict_budget_s": "LABELER_PREDICT_BUDGET_S", "download_workers": "LABELER_DOWNLOAD_WORKERS",
+        "log_requests": "LABELER_LOG_REQUESTS",
     }
 
     @classmethod

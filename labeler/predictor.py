@@ -258,7 +258,8 @@ class Predictor:
         for task, it in zip(tasks, items):
             if it.proba is None:
                 log.warning("task %s: no prediction: %s", task.get("id"), it.error)
-                results.append({"model_version": version, "score": 0.0, "result": []})
+                # No score: a failed task must not masquerade as the least confident one.
+                results.append({"model_version": version, "result": []})
                 continue
             results.append(to_prediction(it.proba, config, version, self.settings.uncertainty))
         return results

@@ -59,3 +59,17 @@ def label_studio(tmp_path_factory):
     server = start_label_studio(tmp_path_factory.mktemp("ls-data"), "admin@example.com", "test-pass-123", token)
     yield server.url, token
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory, tiny_model):
+    """The real ML backend (gunicorn) serving the tiny model; yields (url, model_dir)."""
+    from labeler.localserver import start_backend
+
+    model_dir = tmp_path_factory.mktemp("model_dir")
+    env = {"MODEL_DIR": str(model_dir), "LABELER_ZEROSHOT_MODEL": str(tiny_model), "HF_HUB_OFFLINE": "1",
+           "LABELER_ADMIN_TOKEN": "admin-secret", "LABELER_MIN_PER_CLASS": "3",
+           "LABELER_LOG_REQUESTS": "1"}
+    server = start_backend(env, log_dir=model_dir)
+    yield server.url, model_dir
+    server.stop()
