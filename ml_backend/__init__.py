@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
         @app.after_request
         def _log_request(response: Response) -> Response:
             body = request.get_json(silent=True) if request.is_json else None
-            summary = {k: (f"<{len(v)} items>" if isinstance(v, list) else v if not isinstance(v, str)
+            summary = {k: "***" if k == "access_token" else (f"<{len(v)} items>" if isinstance(v, list) else v if not isinstance(v, str)
                            or len(v) < 80 else v[:77] + "...") for k, v in (body or {}).items()}
             log.info("%s %s %s <- %s", request.method, request.path, response.status_code, summary)
             return response
