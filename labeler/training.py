@@ -1,8 +1,13 @@
 """One training run: labels from Label Studio -> classifier -> evaluation -> registry.
 
-Evaluation uses a held-out fifth of the labelled tasks chosen by a hash of
-the task id: stable across runs, so no version ever trains on an item that
-any version is evaluated on, and versions compare on the same items.
+Evaluation is always on annotations the model did not train on:
+
+- with enough labels (``HOLDOUT_MIN`` held-out items or more), a fifth of the
+  labelled tasks chosen by a hash of the task id is held out. The choice is
+  stable across runs, so no version ever trains on an item that any version is
+  evaluated on, and versions (and the serving model) compare on the same items;
+- with fewer, 5-fold stratified cross-validation gives out-of-fold
+  probabilities for every label, then the served model is fitted on all of them.
 """
 
 from __future__ import annotations
@@ -15,13 +20,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .classifiers import KINDS, Classifier
+from sklearn.model_selection import StratifiedKFold
+
+from .classifiers import KINDS
 from .metrics import evaluate
 from .predictor import Connection, Predictor
 from .studio import connect, labelled_tasks, project_config
 from .zeroshot import softmax
 
 log = logging.getLogger(__name__)
+HOLDOUT_MIN = 50
 
 
 class TrainingError(Exception):
@@ -75,33 +83,51 @@ def train_project(predictor: Predictor, project: str, conn: Connection, trigger:
         raise TrainingError(f"too few labels to train: {short} (need at least {s.min_per_class} per class; "
                             f"{len(keep)} usable labels, {len(bad)} unreadable images)")
     hold = np.array([is_holdout(lab.task_id) for lab, _ in keep])
-    if len(set(y[hold])) < len(classes) or len(set(y[~hold])) < len(classes):
-        hold = np.zeros(len(y), dtype=bool)  # too few for a split: evaluate on nothing rather than lie
+    use_holdout = hold.sum() >= HOLDOUT_MIN and len(set(y[~hold])) == len(classes)
     samples = [it.sample for _, it in keep]
-    train_idx, eval_idx = np.flatnonzero(~hold), np.flatnonzero(hold)
-
     kind = choose_kind(s.classifier, predictor.scorer is not None)
-    clf: Classifier = KINDS[kind](classes, seed=s.seed)
-    report(f"training {kind} on {len(train_idx)} labels")
-    info = clf.fit([samples[i] for i in train_idx], y[train_idx])
-    meta: dict = {"kind": kind, "classes": classes, "n_train": int(len(train_idx)),
-                  "n_eval": int(len(eval_idx)), "class_counts": counts, "trigger": trigger,
-                  "train_info": info, "skipped_tasks": skipped_tasks,
+    make = lambda: KINDS[kind](classes, seed=s.seed)  # noqa: E731
+    meta: dict = {"kind": kind, "classes": classes, "class_counts": counts, "trigger": trigger,
+                  "skipped_tasks": skipped_tasks,
                   "unreadable_images": [{"task": t, "error": e} for t, e in bad][:100]}
-    if len(eval_idx):
-        report(f"evaluating on {len(eval_idx)} held-out labels")
-        ev = [samples[i] for i in eval_idx]
-        meta["metrics"] = evaluate(y[eval_idx], clf.predict_proba(ev), classes)
-        if predictor.scorer is not None:
-            zs = softmax(np.stack([x.zeroshot for x in ev]), predictor.temperature.get(project, 1.0))
-            meta["zeroshot_metrics"] = evaluate(y[eval_idx], zs, classes)
-        serving, current = predictor.classifier(project)
-        if current is not None and list(current.classes) == classes and (
-                not current.needs_features or predictor.scorer is not None):
-            meta["serving_metrics"] = {"version": serving, **evaluate(y[eval_idx], current.predict_proba(ev), classes)}
+    take = lambda idx: [samples[i] for i in idx]  # noqa: E731
+
+    if use_holdout:
+        train_idx, eval_idx = np.flatnonzero(~hold), np.flatnonzero(hold)
+        report(f"training {kind} on {len(train_idx)} labels, {len(eval_idx)} held out")
+        clf = make()
+        meta["train_info"] = clf.fit(take(train_idx), y[train_idx])
+        eval_proba = clf.predict_proba(take(eval_idx))
+        meta["evaluation"] = "holdout"
+    else:
+        folds = min(5, min(counts.values()))
+        report(f"{folds}-fold cross-validation of {kind} on {len(y)} labels")
+        eval_idx = np.arange(len(y))
+        eval_proba = np.zeros((len(y), len(classes)))
+        for tr, te in StratifiedKFold(folds, shuffle=True, random_state=s.seed).split(np.zeros(len(y)), y):
+            fold = make()
+            fold.fit(take(tr), y[tr])
+            eval_proba[te] = fold.predict_proba(take(te))
+        train_idx = eval_idx
+        report(f"training {kind} on all {len(y)} labels")
+        clf = make()
+        meta["train_info"] = clf.fit(samples, y)
+        meta["evaluation"] = f"{folds}-fold cross-validation"
+    meta.update(n_train=int(len(train_idx)), n_eval=int(len(eval_idx)))
+    meta["metrics"] = evaluate(y[eval_idx], eval_proba, classes)
+    ev = take(eval_idx)
+    if predictor.scorer is not None:
+        zs = softmax(np.stack([x.zeroshot for x in ev]), predictor.temperature.get(project, 1.0))
+        meta["zeroshot_metrics"] = evaluate(y[eval_idx], zs, classes)
+    serving, current = predictor.classifier(project)
+    # A trained serving model is compared only on the stable hold-out, which it never trained on.
+    if use_holdout and current is not None and list(current.classes) == classes and (
+            not current.needs_features or predictor.scorer is not None):
+        meta["serving_metrics"] = {"version": serving,
+                                   **evaluate(y[eval_idx], current.predict_proba(ev), classes)}
     baseline = meta.get("serving_metrics") or meta.get("zeroshot_metrics")
-    new_acc = (meta.get("metrics") or {}).get("accuracy")
-    if baseline is None or new_acc is None:
+    new_acc = meta["metrics"]["accuracy"]
+    if baseline is None:
         promoted, why = True, "nothing to compare against"
     elif new_acc >= baseline["accuracy"]:
         promoted, why = True, f"held-out accuracy {new_acc:.4f} >= {baseline['accuracy']:.4f} of the serving model"
