@@ -129,10 +129,12 @@ def train_project(predictor: Predictor, project: str, conn: Connection, trigger:
     new_acc = meta["metrics"]["accuracy"]
     if baseline is None:
         promoted, why = True, "nothing to compare against"
-    elif new_acc >= baseline["accuracy"]:
-        promoted, why = True, f"held-out accuracy {new_acc:.4f} >= {baseline['accuracy']:.4f} of the serving model"
     else:
-        promoted, why = False, f"held-out accuracy {new_acc:.4f} < {baseline['accuracy']:.4f} of the serving model"
+        against = baseline.get("version", "the zero-shot model")
+        sign = ">=" if new_acc >= baseline["accuracy"] else "<"
+        promoted = new_acc >= baseline["accuracy"]
+        why = (f"accuracy on {len(eval_idx)} unseen labels {new_acc:.4f} {sign} "
+               f"{baseline['accuracy']:.4f} of {against} on the same items")
     meta.update(promoted=promoted, promotion_reason=why)
 
     def write(folder):
