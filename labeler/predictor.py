@@ -91,7 +91,7 @@ class Predictor:
         if self.settings.zeroshot_model is None or self._scorer_ready.is_set():
             return
         try:
-            self._scorer = ZeroShotScorer(
+            self._scorer = ZeroShotScorer.load(
                 self.settings.zeroshot_model, device=self.settings.device, dtype=self.settings.dtype,
                 batch_size=self.settings.batch_size, local_files_only=self.settings.local_files_only)
             self.cache = EmbeddingCache(self.settings.model_dir / "cache", self._scorer.key,

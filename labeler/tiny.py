@@ -26,18 +26,31 @@ _WORDS = (
 ).split()
 
 
-def build_tiny_blip2(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny BLIP-2 ITM checkpoint + processor to ``out_dir`` and return it."""
-    out = Path(out_dir)
+def make_processor(folder: str | Path, image_size: int) -> Blip2Processor:
+    """A BLIP-2 processor with a small WordPiece vocabulary written into ``folder``."""
+    out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab = _SPECIAL + _WORDS + letters + ["##" + c for c in letters]
     (out / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     tokenizer = BertTokenizer.from_pretrained(str(out))
-    image_processor = BlipImageProcessorPil(
-        size={"height": 32, "width": 32}, do_convert_rgb=True
-    )
-    processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=None)
+    image_processor = BlipImageProcessorPil(size={"height": image_size, "width": image_size}, do_convert_rgb=True)
+    return Blip2Processor(image_processor, tokenizer, num_query_tokens=None)
+
+
+def full_size_random_blip2(folder: str | Path) -> tuple[Blip2ForImageTextRetrieval, Blip2Processor]:
+    """The architecture of ``Salesforce/blip2-itm-vit-g`` (default ``Blip2Config``) with random
+    weights: the same compute as the real checkpoint, for throughput benchmarks."""
+    processor = make_processor(folder, 224)
+    config = Blip2Config(qformer_config={"use_qformer_text_input": True})
+    return Blip2ForImageTextRetrieval(config).eval(), processor
+
+
+def build_tiny_blip2(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny BLIP-2 ITM checkpoint + processor to ``out_dir`` and return it."""
+    out = Path(out_dir)
+    processor = make_processor(out, 32)
+    tokenizer = processor.tokenizer
 
     config = Blip2Config(
         vision_config=dict(

@@ -80,52 +80,70 @@ class ZeroShotScorer:
     folder written by ``save_pretrained``.
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None,
-                 dtype: str | None = None, batch_size: int = 32,
-                 local_files_only: bool = False) -> None:
-        from transformers import AutoProcessor, Blip2ForImageTextRetrieval
-
-        self.model_id = model
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device, dtype)
+    def __init__(self, model, processor, model_id: str, batch_size: int = 32) -> None:
+        """Wrap a loaded ``Blip2ForImageTextRetrieval`` and its processor (see :meth:`load`)."""
+        self.model = model.eval()
+        self.processor = processor
+        self.model_id = model_id
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.vision_model.parameters()).dtype
         self.batch_size = batch_size
-        self.processor = AutoProcessor.from_pretrained(model, local_files_only=local_files_only)
-        self.model = Blip2ForImageTextRetrieval.from_pretrained(
-            model, dtype=self.dtype, local_files_only=local_files_only
-        ).to(self.device).eval()
-        ip = self.processor.image_processor
+        ip = processor.image_processor
         self._size = (int(ip.size["width"]), int(ip.size["height"]))
         self._mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1)
         self._rescale = float(ip.rescale_factor)
         self._resample = Image.Resampling(int(ip.resample))
-        # The cache key: same weights and architecture give the same key.
-        digest = hashlib.sha1(self.model.config.to_json_string().encode())
-        digest.update(str(model).encode())
+        # The cache key: same architecture and source give the same key.
+        digest = hashlib.sha1(model.config.to_json_string().encode())
+        digest.update(str(model_id).encode())
         self.key = f"blip2itm-{digest.hexdigest()[:12]}"
-        log.info("zero-shot model %s on %s/%s (key %s)", model, self.device, self.dtype, self.key)
+
+    @classmethod
+    def load(cls, model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
+             batch_size: int = 32, local_files_only: bool = False) -> "ZeroShotScorer":
+        """Load from a hub id (default ``Salesforce/blip2-itm-vit-g``) or a local folder."""
+        from transformers import AutoProcessor, Blip2ForImageTextRetrieval
+
+        dev = pick_device(device)
+        processor = AutoProcessor.from_pretrained(model, local_files_only=local_files_only)
+        net = Blip2ForImageTextRetrieval.from_pretrained(
+            model, dtype=pick_dtype(dev, dtype), local_files_only=local_files_only).to(dev)
+        scorer = cls(net, processor, model, batch_size)
+        log.info("zero-shot model %s on %s/%s (key %s)", model, scorer.device, scorer.dtype, scorer.key)
+        return scorer
 
     # -- images -------------------------------------------------------------
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Resize, rescale and normalise exactly as the checkpoint's image processor does.
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Resized RGB images as one uint8 tensor (N, 3, H, W), as the checkpoint's processor resizes.
 
-        Done by hand in one batched tensor op because the transformers PIL
-        processor converts image by image through numpy, which dominates the
-        run time of small models.
+        Done by hand because the transformers PIL processor converts image by
+        image through float numpy arrays, which dominates small models' run
+        time; rescaling and normalising happen in :meth:`normalize`, on the
+        model's device.
         """
         arrays = [np.asarray(im.convert("RGB").resize(self._size, self._resample)) for im in images]
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
-        return (x * self._rescale - self._mean) / self._std
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.to(self.device, non_blocking=True).float()
+        x = (x * self._rescale - self._mean.to(self.device)) / self._std.to(self.device)
+        return x.to(self.dtype)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """What the checkpoint's image processor would give (``pixel_values``)."""
+        return self.normalize(self.pixels(images))
 
     @torch.inference_mode()
     def embed(self, images: Sequence[Image.Image]) -> ImageEmbeddings:
         """Run the vision tower once per image (in batches)."""
         hidden, pooled = [], []
         for start in range(0, len(images), self.batch_size):
-            pixels = self.preprocess(images[start:start + self.batch_size])
-            out = self.model.vision_model(pixel_values=pixels.to(self.device, self.dtype))
+            out = self.model.vision_model(pixel_values=self.preprocess(images[start:start + self.batch_size]))
             hidden.append(out.last_hidden_state)
             pooled.append(out.pooler_output)
+        if not hidden:
+            raise ValueError("no images to embed")
         return ImageEmbeddings(torch.cat(hidden), torch.cat(pooled))
 
     # -- text ---------------------------------------------------------------

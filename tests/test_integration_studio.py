@@ -64,7 +64,7 @@ def test_predictions_stored_with_choices_scores_and_version(project, backend, ti
     assert len(corrupt) == 1 and not (corrupt[0]["predictions"] and corrupt[0]["predictions"][0]["result"])
 
     # Independently recompute what the model should say for each image.
-    scorer = ZeroShotScorer(str(tiny_model), local_files_only=True)
+    scorer = ZeroShotScorer.load(str(tiny_model), local_files_only=True)
     config = parse_label_config(template("binary"))
     images = [Image.open(io.BytesIO(b)) for b in expected_bytes]
     proba = softmax(scorer.class_scores(scorer.embed(images).hidden, config.prompts))

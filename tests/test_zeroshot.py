@@ -10,7 +10,7 @@ from .conftest import png_bytes
 
 @pytest.fixture(scope="module")
 def scorer(tiny_model):
-    return ZeroShotScorer(str(tiny_model), batch_size=4, local_files_only=True)
+    return ZeroShotScorer.load(str(tiny_model), batch_size=4, local_files_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,8 @@ def test_class_scores_average_prompts_and_spread(scorer, images):
 
 
 def test_batching_does_not_change_scores(tiny_model, images):
-    a = ZeroShotScorer(str(tiny_model), batch_size=1, local_files_only=True)
-    b = ZeroShotScorer(str(tiny_model), batch_size=64, local_files_only=True)
+    a = ZeroShotScorer.load(str(tiny_model), batch_size=1, local_files_only=True)
+    b = ZeroShotScorer.load(str(tiny_model), batch_size=64, local_files_only=True)
     pa = a.class_scores(a.embed(images).hidden, {"x": ["open eye"], "y": ["closed eye"]})
     pb = b.class_scores(b.embed(images).hidden, {"x": ["open eye"], "y": ["closed eye"]})
     np.testing.assert_allclose(pa, pb, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,180 @@
+"""Zero-shot throughput, cache re-scoring and /predict latency (issue 4).
+
+(a) baseline: the model's own forward on image-prompt pairs (the vision tower
+    runs once per pair), inputs from the transformers processor, batched;
+(b) labeler: decode, our preprocessing, the vision tower once per image, the
+    Q-Former/ITM head per prompt.
+Both start from PNG bytes and score two prompts. Then: re-scoring the same
+images against changed prompts from the embedding cache, and the backend's
+/predict latency over HTTP for 32 cached tasks.
+
+    python benchmarks/throughput.py --model full --images 6          # CPU, full-size architecture
+    python benchmarks/throughput.py --model tiny --images 256        # pipeline overhead
+    python benchmarks/throughput.py --model full --images 2048 --batch 256 --device cuda --skip-baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from labeler.cache import EmbeddingCache, content_key
+from labeler.tiny import build_tiny_blip2, full_size_random_blip2
+from labeler.zeroshot import ZeroShotScorer, pick_device, pick_dtype, softmax
+
+PROMPTS = {"open": ["open eye or pupil"], "closed": ["closed eye"]}
+NEW_PROMPTS = {"open": ["an eye with a visible pupil"], "closed": ["an eyelid covering the eye"]}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def load_pngs(n: int) -> list[bytes]:
+    eyes = Path(__file__).resolve().parents[2] / "shared/datasets/eyes24/images"
+    files = sorted(eyes.glob("*.png"))[:n] if eyes.exists() else []
+    out = [f.read_bytes() for f in files]
+    rng = np.random.default_rng(0)
+    while len(out) < n:  # no dataset here: random 24x24 crops
+        buf = io.BytesIO()
+        Image.fromarray((rng.random((24, 24)) * 255).astype(np.uint8)).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def baseline(scorer: ZeroShotScorer, pngs: list[bytes], batch: int) -> float:
+    prompts = [p for ps in PROMPTS.values() for p in ps]
+    t = time.perf_counter()
+    for start in range(0, len(pngs), batch):
+        images = [Image.open(io.BytesIO(b)) for b in pngs[start:start + batch]]
+        pairs_img = [im for im in images for _ in prompts]
+        pairs_txt = [p for _ in images for p in prompts]
+        inputs = scorer.processor(images=pairs_img, text=pairs_txt, return_tensors="pt", padding=True)
+        inputs = {k: v.to(scorer.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(scorer.dtype)
+        with torch.inference_mode():
+            out = scorer.model(**inputs, use_image_text_matching_head=True)
+        out.logits_per_image.float().cpu()
+    sync(scorer.device)
+    return time.perf_counter() - t
+
+
+def ours(scorer: ZeroShotScorer, pngs: list[bytes], cache: EmbeddingCache | None = None) -> float:
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = time.perf_counter()
+    bs = scorer.batch_size
+    with ThreadPoolExecutor(4) as pool:  # decode + resize off the main thread, as the prefetch does
+        def prep(chunk):
+            return scorer.pixels([Image.open(io.BytesIO(b)) for b in chunk])
+        futures = [pool.submit(prep, pngs[i:i + bs]) for i in range(0, len(pngs), bs)]
+        for i, fut in enumerate(futures):
+            with torch.inference_mode():
+                out = scorer.model.vision_model(pixel_values=scorer.normalize(fut.result()))
+            scores = scorer.class_scores(out.last_hidden_state, PROMPTS)
+            softmax(scores)
+            if cache is not None:
+                hidden = out.last_hidden_state.float().cpu().numpy()
+                pooled = out.pooler_output.float().cpu().numpy()
+                for j, b in enumerate(pngs[i * bs:(i + 1) * bs]):
+                    cache.put(content_key(b), hidden[j], pooled[j])
+    sync(scorer.device)
+    return time.perf_counter() - t
+
+
+def rescore_from_cache(scorer: ZeroShotScorer, pngs: list[bytes], cache: EmbeddingCache) -> float:
+    t = time.perf_counter()
+    hidden = torch.from_numpy(np.stack([cache.get(content_key(b))[0] for b in pngs]))
+    softmax(scorer.class_scores(hidden, NEW_PROMPTS))
+    sync(scorer.device)
+    return time.perf_counter() - t
+
+
+def predict_latency(model_dir: Path, model_path: str, n_tasks: int = 32, repeats: int = 30) -> list[float]:
+    """Median/p99 of POST /predict over real HTTP for ``n_tasks`` inline-image tasks (cached after the first)."""
+    import requests
+    from werkzeug.serving import make_server
+
+    from labeler.config import Settings
+    from labeler.demo import template
+    from ml_backend import create_app
+
+    app = create_app(Settings(model_dir=model_dir, zeroshot_model=model_path, local_files_only=True),
+                     load_in_background=False)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.port}/predict"
+    tasks = [{"id": i, "data": {"image": "data:image/png;base64," + base64.b64encode(b).decode()}}
+             for i, b in enumerate(load_pngs(n_tasks))]
+    body = {"tasks": tasks, "label_config": template("binary"), "project": "1.0"}
+    requests.post(url, json=body).raise_for_status()  # fills the cache
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        r = requests.post(url, json=body)
+        times.append(time.perf_counter() - t)
+        assert len(r.json()["results"]) == n_tasks
+    server.shutdown()
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="full", help="full (random full-size), tiny, or a checkpoint folder")
+    ap.add_argument("--images", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--device")
+    ap.add_argument("--dtype")
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--latency", action="store_true", help="also measure /predict latency (tiny or folder model)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    device = pick_device(args.device)
+    dtype = pick_dtype(device, args.dtype)
+    if args.model == "full":
+        model, processor = full_size_random_blip2(tmp / "proc")
+        model_path = None
+        scorer = ZeroShotScorer(model.to(device, dtype), processor, "full-size-random", args.batch)
+    else:
+        model_path = str(build_tiny_blip2(tmp / "tiny")) if args.model == "tiny" else args.model
+        scorer = ZeroShotScorer.load(model_path, device=args.device, dtype=args.dtype,
+                                     batch_size=args.batch, local_files_only=True)
+    params = sum(p.numel() for p in scorer.model.parameters())
+    print(f"model {args.model}: {params / 1e6:.1f} M parameters on {scorer.device}/{scorer.dtype}, "
+          f"{args.images} images, batch {args.batch}, torch threads {torch.get_num_threads()}")
+    pngs = load_pngs(args.images)
+    ours(scorer, pngs[: min(len(pngs), args.batch)])  # warm-up
+    cache = EmbeddingCache(tmp / "cache", scorer.key)
+    t_ours = ours(scorer, pngs, cache)
+    rows = [("labeler (vision once per image)", t_ours)]
+    if not args.skip_baseline:
+        baseline(scorer, pngs[: min(len(pngs), args.batch)], args.batch)  # warm-up
+        rows.insert(0, ("model forward per image-prompt pair", baseline(scorer, pngs, args.batch)))
+    t_re = rescore_from_cache(scorer, pngs, cache)
+    rows.append(("re-score, new prompts, from cache", t_re))
+    print(f"\n{'path':<40} {'seconds':>9} {'images/s':>10}")
+    for name, t in rows:
+        print(f"{name:<40} {t:>9.3f} {len(pngs) / t:>10.1f}")
+    if not args.skip_baseline:
+        print(f"\nspeed-up of labeler over the pairwise forward: {rows[0][1] / t_ours:.2f}x (2 prompts)")
+    print(f"re-scoring from cache costs {100 * t_re / t_ours:.2f}% of the first pass")
+    if args.latency and model_path:
+        lat = sorted(predict_latency(tmp / "model_dir", model_path))
+        p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
+        print(f"\n/predict, 32 cached tasks, {len(lat)} calls over HTTP: median {statistics.median(lat) * 1000:.1f} ms, "
+              f"p99 {p99 * 1000:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
