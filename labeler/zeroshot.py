@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,40 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+class _OncePerImage(nn.Module):
+    """``linear`` applied to one row in ``k``: the rows repeat each image ``k`` times."""
+
+    def __init__(self, linear: nn.Linear, k: int) -> None:
+        super().__init__()
+        self.linear, self.k = linear, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x[:: self.k]).repeat_interleave(self.k, dim=0)
+
+
+@contextmanager
+def _cross_attention_once_per_image(qformer: nn.Module, k: int) -> Iterator[None]:
+    """Project each image's keys and values once, not once per prompt.
+
+    In ITM the Q-Former cross-attends to the image for every prompt; the
+    key/value projections of the 257 image tokens are about half of the
+    head's compute, and identical for the K prompts of an image. Not
+    thread-safe (it swaps modules): callers hold the model lock.
+    """
+    swapped = []
+    if k > 1:
+        for layer in qformer.encoder.layer:
+            att = getattr(getattr(layer, "crossattention", None), "attention", None)
+            if att is not None:
+                swapped.append((att, att.key, att.value))
+                att.key, att.value = _OncePerImage(att.key, k), _OncePerImage(att.value, k)
+    try:
+        yield
+    finally:
+        for att, key, value in swapped:
+            att.key, att.value = key, value
 
 
 @dataclass
@@ -158,7 +194,8 @@ class ZeroShotScorer:
 
         The same computation as the ITM branch of
         ``Blip2ForImageTextRetrieval.forward``, with each image's vision
-        hidden states shared by its K prompts.
+        hidden states (and their cross-attention keys and values) shared by
+        its K prompts.
         """
         model = self.model
         tok = self.tokenize(prompts)
@@ -177,14 +214,15 @@ class ZeroShotScorer:
             query_mask = torch.ones(query_tokens.shape[:-1], dtype=torch.long, device=self.device)
             attention_mask = torch.cat([query_mask, attention_mask], dim=1)
             embeds = model.embeddings(input_ids=input_ids, query_embeds=query_tokens)
-            text_out = model.qformer(
-                query_embeds=embeds,
-                query_length=query_tokens.shape[1],
-                attention_mask=attention_mask,
-                encoder_hidden_states=image_embeds,
-                encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long,
-                                                  device=self.device),
-            ).last_hidden_state
+            with _cross_attention_once_per_image(model.qformer, k):
+                text_out = model.qformer(
+                    query_embeds=embeds,
+                    query_length=query_tokens.shape[1],
+                    attention_mask=attention_mask,
+                    encoder_hidden_states=image_embeds,
+                    encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long,
+                                                      device=self.device),
+                ).last_hidden_state
             text_out = text_out.to(model.itm_head.weight.dtype)
             logits = model.itm_head(text_out[:, : query_tokens.shape[1], :]).mean(dim=1)
             out.append((logits[:, 1] - logits[:, 0]).float().view(n, k).cpu())
