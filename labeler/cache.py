@@ -17,6 +17,7 @@ import hashlib
 import os
 import tempfile
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ class EmbeddingCache:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._size: int | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
+        self._pending: list[Future] = []
 
     def _path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npy"
@@ -49,12 +52,30 @@ class EmbeddingCache:
         return both[:-1], both[-1].astype(np.float32)
 
     def put(self, key: str, hidden: np.ndarray, pooled: np.ndarray) -> None:
-        """Store atomically (temp file + rename): a crash never leaves a torn entry."""
+        """Store one entry now (see :meth:`put_rows` for the batched, background path)."""
+        self._write(key, np.concatenate([hidden, pooled[None, :]]).astype(np.float16))
+
+    def put_rows(self, keys: list[str], rows: np.ndarray) -> None:
+        """Queue ``rows[i]`` ((L + 1, D) fp16: hidden states + pooled row) under ``keys[i]``.
+
+        Writes happen on a background thread so the model never waits for the
+        disk (727 KB an image for the full model); :meth:`flush` waits for them.
+        """
+        self._pending.append(self._writer.submit(lambda: [self._write(k, r) for k, r in zip(keys, rows)]))
+        self._pending = [f for f in self._pending if not f.done()]
+
+    def flush(self) -> None:
+        for fut in self._pending:
+            fut.result()
+        self._pending = []
+
+    def _write(self, key: str, row: np.ndarray) -> None:
+        """Atomically (temp file + rename): a crash never leaves a torn entry."""
         path = self._path(key)
         path.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            np.save(f, np.concatenate([hidden, pooled[None, :]]).astype(np.float16))
+            np.save(f, row)
         os.replace(tmp, path)
         with self._lock:
             if self._size is None:

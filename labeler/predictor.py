@@ -197,12 +197,10 @@ class Predictor:
             chunk = missing[start:start + bs]
             with self._model_lock:
                 emb = scorer.embed([it.sample.image for it in chunk])
-            hidden = emb.hidden.float().cpu().numpy().astype(np.float16)
-            pooled = emb.pooled.float().cpu().numpy()
-            for i, it in enumerate(chunk):
-                self.cache.put(it.key, hidden[i], pooled[i])
-                it.sample.features = pooled[i]
-                it.hidden = hidden[i]
+            rows = emb.cache_rows()
+            self.cache.put_rows([it.key for it in chunk], rows)
+            for it, row in zip(chunk, rows):
+                it.hidden, it.sample.features = row[:-1], row[-1].astype(np.float32)
 
     def zeroshot_scores(self, items: Sequence[Scored], config: LabelConfig) -> None:
         """Attach ``s_ic`` (zero-shot class evidence) to every embedded item."""

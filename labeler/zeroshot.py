@@ -108,6 +108,14 @@ class ImageEmbeddings:
     hidden: torch.Tensor
     pooled: torch.Tensor
 
+    def cache_rows(self) -> np.ndarray:
+        """(N, L + 1, D) fp16 on the host: hidden states with the pooled feature as last row.
+
+        Concatenated and cast on the device, so half as many bytes cross to the host.
+        """
+        both = torch.cat([self.hidden, self.pooled[:, None, :]], dim=1)
+        return both.to(torch.float16).cpu().numpy()
+
 
 class ZeroShotScorer:
     """Scores images against text prompts with a BLIP-2 ITM checkpoint.
