@@ -81,7 +81,6 @@ class Predictor:
         self._models: dict[tuple[str, str], Classifier] = {}
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()  # torch modules are not re-entrant under inference
-        self.temperature: dict[str, float] = {}
         if settings.zeroshot_model is None:
             self._scorer_ready.set()
 
@@ -139,7 +138,7 @@ class Predictor:
         if self.settings.zeroshot_model is None:
             return "untrained"
         key = self.scorer.key if self.scorer else self.settings.zeroshot_model
-        t = self.temperature.get(project, 1.0)
+        t = self.registry.temperature(project)
         digest = hashlib.sha1(f"{key}|{config.signature()}|{t:.4g}".encode()).hexdigest()[:8]
         return f"zeroshot-{digest}"
 
@@ -236,7 +235,7 @@ class Predictor:
             with self._model_lock:
                 proba = model.predict_proba([it.sample for it in ok]) if ok else np.zeros((0, 0))
         elif self.scorer is not None:
-            t = self.temperature.get(project, 1.0)
+            t = self.registry.temperature(project)
             proba = softmax(np.stack([it.sample.zeroshot for it in ok]), t) if ok else np.zeros((0, 0))
         else:
             for it in ok:

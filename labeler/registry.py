@@ -101,6 +101,21 @@ class Registry:
             os.fsync(f.fileno())
         os.replace(tmp, pdir / "CURRENT")
 
+    def temperature(self, project: str) -> float:
+        """The zero-shot temperature fitted for ``project`` (1.0 until labels exist)."""
+        try:
+            return float(json.loads((self._project(project) / "temperature.json").read_text())["temperature"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return 1.0
+
+    def set_temperature(self, project: str, temperature: float, n_labels: int) -> None:
+        pdir = self._project(project)
+        pdir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=pdir, prefix=".temperature-")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"temperature": temperature, "n_labels": n_labels, "fitted": time.time()}, f)
+        os.replace(tmp, pdir / "temperature.json")
+
     def projects(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir()) if self.root.exists() else []
 

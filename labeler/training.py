@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from .classifiers import KINDS
+from .calibration import fit_temperature
 from .metrics import evaluate
 from .predictor import Connection, Predictor
 from .studio import connect, labelled_tasks, project_config
@@ -117,7 +118,11 @@ def train_project(predictor: Predictor, project: str, conn: Connection, trigger:
     meta["metrics"] = evaluate(y[eval_idx], eval_proba, classes)
     ev = take(eval_idx)
     if predictor.scorer is not None:
-        zs = softmax(np.stack([x.zeroshot for x in ev]), predictor.temperature.get(project, 1.0))
+        # Calibrate the zero-shot model on every label (it is not trained, so no leak);
+        # its metrics below use the temperature in force before this run.
+        zs_all = np.stack([x.zeroshot for x in samples])
+        meta["zeroshot_temperature"] = fit_temperature(zs_all, y)
+        zs = softmax(np.stack([x.zeroshot for x in ev]), predictor.registry.temperature(project))
         meta["zeroshot_metrics"] = evaluate(y[eval_idx], zs, classes)
     serving, current = predictor.classifier(project)
     # A trained serving model is compared only on the stable hold-out, which it never trained on.
@@ -142,6 +147,8 @@ def train_project(predictor: Predictor, project: str, conn: Connection, trigger:
         return meta
 
     version = predictor.registry.add(project, write)
+    if "zeroshot_temperature" in meta:
+        predictor.registry.set_temperature(project, meta["zeroshot_temperature"], len(y))
     if promoted:
         predictor.registry.promote(project, version)
     log.info("project %s: trained %s (%s): %s", project, version, trigger, why)
