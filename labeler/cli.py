@@ -137,6 +137,61 @@ def preannotate(project, redo, batch_size, url, api_key, model_dir) -> None:
     click.echo(rep.summary())
 
 
+@main.command("export")
+@click.option("--project", required=True, type=int)
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["imagefolder", "csv", "jsonl", "JSON", "JSON_MIN", "CSV", "COCO"]))
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--all-tasks", is_flag=True, help="Also tasks with only a prediction (labelled by the model).")
+@click.option("--split", help="imagefolder: train/val/test fractions, e.g. 0.8,0.1,0.1 (stratified by class).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+@with_studio
+def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, url, api_key, model_dir) -> None:
+    """Export the labelled dataset (written to a temp folder, renamed into place when complete)."""
+    from .export import export
+    from .studio import connect
+
+    fractions = None
+    if split:
+        try:
+            fractions = tuple(float(x) for x in split.split(","))
+            assert len(fractions) == 3 and abs(sum(fractions) - 1) < 1e-6
+        except (ValueError, AssertionError):
+            _fail(f"--split must be three fractions that sum to 1, got {split!r}")
+    s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
+    conn = _conn(s)
+    try:
+        summary = export(connect(conn.hostname, conn.token), project, fmt, out, conn,
+                         only_annotated=not all_tasks, split=fractions, seed=seed, overwrite=overwrite)
+    except (FileExistsError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(summary.text())
+
+
+@main.command()
+@click.option("--project", required=True, type=int)
+@click.option("--no-publish", is_flag=True, help="Only print; do not create the Label Studio tab.")
+@with_studio
+def review(project, no_publish, url, api_key, model_dir) -> None:
+    """Flag annotations the model contradicts with confidence; tab "Suspected label errors"."""
+    from .review import review as run
+    from .studio import connect
+    from .training import TrainingError
+
+    s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
+    conn = _conn(s)
+    try:
+        suspects = run(connect(conn.hostname, conn.token), project, _predictor(s), conn, publish=not no_publish)
+    except TrainingError as exc:
+        _fail(str(exc))
+    click.echo(f"{len(suspects)} suspected label errors" + ("" if no_publish else
+               ' (Label Studio tab "Suspected label errors")'))
+    for sp in suspects[:50]:
+        click.echo(f"  task {sp.task_id}: labelled {sp.given}, model says {sp.suggested} "
+                   f"(suspicion {sp.suspicion:.3f})")
+
+
 @main.group(invoke_without_command=True)
 @click.option("--project", type=str)
 @click.option("--model-dir", envvar="MODEL_DIR", type=click.Path(path_type=Path))

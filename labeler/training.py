@@ -15,14 +15,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from sklearn.model_selection import StratifiedKFold
 
-from .classifiers import KINDS
+from .classifiers import KINDS, Classifier, Sample
 from .calibration import fit_temperature
 from .metrics import evaluate
 from .predictor import Connection, Predictor
@@ -47,6 +47,17 @@ class Outcome:
     version: str
     promoted: bool
     meta: dict
+
+
+def cross_val_proba(make: Callable[[], Classifier], samples: Sequence[Sample], y: np.ndarray,
+                    folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold class probabilities: each item scored by a model that never saw it."""
+    proba = np.zeros((len(y), len(make().classes)))
+    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        model = make()
+        model.fit([samples[i] for i in tr], y[tr])
+        proba[te] = model.predict_proba([samples[i] for i in te])
+    return proba
 
 
 def choose_kind(setting: str, has_zeroshot: bool) -> str:
@@ -103,13 +114,8 @@ def train_project(predictor: Predictor, project: str, conn: Connection, trigger:
     else:
         folds = min(5, min(counts.values()))
         report(f"{folds}-fold cross-validation of {kind} on {len(y)} labels")
-        eval_idx = np.arange(len(y))
-        eval_proba = np.zeros((len(y), len(classes)))
-        for tr, te in StratifiedKFold(folds, shuffle=True, random_state=s.seed).split(np.zeros(len(y)), y):
-            fold = make()
-            fold.fit(take(tr), y[tr])
-            eval_proba[te] = fold.predict_proba(take(te))
-        train_idx = eval_idx
+        eval_idx = train_idx = np.arange(len(y))
+        eval_proba = cross_val_proba(make, samples, y, folds, s.seed)
         report(f"training {kind} on all {len(y)} labels")
         clf = make()
         meta["train_info"] = clf.fit(samples, y)
