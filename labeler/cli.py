@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -190,6 +191,141 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
     for sp in suspects[:50]:
         click.echo(f"  task {sp.task_id}: labelled {sp.given}, model says {sp.suggested} "
                    f"(suspicion {sp.suspicion:.3f})")
+
+
+@main.command()
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder the CSV's image paths are relative to (default: the CSV's folder).")
+@click.option("--labels", "labels_csv", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--strategy", "strategies", multiple=True, default=["margin_diverse"], show_default=True,
+              help="Repeatable; 'all' for every strategy.")
+@click.option("--budget", default=400, show_default=True, help="Human labels.")
+@click.option("--batch", default=50, show_default=True, help="Labels per round.")
+@click.option("--start", type=int, help="Size of the first (cold-start) batch [default: --batch].")
+@click.option("--holdout", default=600, show_default=True, help="Held-out images, never queried.")
+@click.option("--seeds", default=1, show_default=True, help="Repeat with seeds 0..N-1.")
+@click.option("--classifier", default="cnn", type=click.Choice(["cnn", "head"]), show_default=True)
+@click.option("--zeroshot-model", help="BLIP-2 ITM model for cold-start scores and head features (optional).")
+@click.option("--cnn-steps", type=int, help="Cap on CNN optimiser steps per round (for quick runs).")
+@click.option("--targets", default="0.05,0.04,0.03", show_default=True, help="EER targets for the table.")
+@click.option("--out", default="simulation", show_default=True, type=click.Path(path_type=Path))
+@click.option("--save-model", type=click.Path(path_type=Path), help="Keep the final model of the first run here.")
+def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
+             cnn_steps, targets, out, save_model) -> None:
+    """Replay the annotation loop offline and write learning curves (CSV + PNG)."""
+    import json as _json
+
+    import numpy as np
+
+    from .classifiers import Sample
+    from .datasets import read_labels
+    from .simulate import STRATEGIES, classifier_factory, imagenet_features, labels_to_reach, run, write_outputs
+
+    data = read_labels(labels_csv, images)
+    classes = data.classes
+    y = data.targets(classes)
+    if holdout >= len(y) - budget:
+        _fail(f"--holdout {holdout} + --budget {budget} exceed the {len(y)} images")
+    strategies = list(STRATEGIES) if "all" in strategies else list(strategies)
+    samples = [Sample(im) for im in data.images()]
+    zeroshot = None
+    if zeroshot_model:
+        from .zeroshot import ZeroShotScorer, softmax
+
+        scorer = ZeroShotScorer.load(zeroshot_model)
+        emb = scorer.embed([s.image for s in samples])
+        evidence = scorer.class_scores(emb.hidden, {c: [f"a photo of a {c}"] for c in classes})
+        for s, f, z in zip(samples, emb.pooled.float().cpu().numpy(), evidence):
+            s.features, s.zeroshot = f, z
+        zeroshot = softmax(evidence)
+    elif classifier == "head":
+        _fail("--classifier head needs --zeroshot-model")
+    features = imagenet_features(samples)
+    cnn_options = {"max_steps": cnn_steps, "min_steps": min(cnn_steps, 150)} if cnn_steps else {}
+    make = classifier_factory(classifier, classes, **cnn_options)
+    rows, saved = [], False
+    t0 = time.perf_counter()
+    for seed in range(seeds):
+        test = np.random.default_rng(1000 + seed).permutation(len(y))[:holdout]
+        for strategy in strategies:
+            t = time.perf_counter()
+            res, annotator = run(samples, y, classes, strategy, budget, batch, test, seed, make,
+                                 zeroshot=zeroshot, features=features, start=start)
+            assert not annotator.queried & set(test.tolist()), "held-out images must never be queried"
+            rows += res.rows
+            last = res.rows[-1] if res.rows else {}
+            click.echo(f"{strategy:>16} seed {seed}: {len(annotator.queried)} labels, EER {last.get('eer', float('nan')):.4f}, "
+                       f"{time.perf_counter() - t:.0f} s")
+            if save_model and not saved and res.model is not None:
+                meta = res.model.save(save_model)
+                (Path(save_model) / "meta.json").write_text(_json.dumps(
+                    {**meta, "strategy": strategy, "seed": seed, "n_train": len(annotator.queried),
+                     "metrics": last}, indent=2))
+                saved = True
+    if not rows:
+        _fail("no round could train (too few labels of some class)")
+    csv_path, png_path = write_outputs(rows, out, f"{labels_csv.parent.name}: {seeds} seed(s), hold-out {holdout}")
+    goals = [float(x) for x in targets.split(",")]
+    click.echo(f"\nlabels needed to reach a mean EER (over {seeds} seed(s)) of:")
+    click.echo(f"{'strategy':>16} " + " ".join(f"{g:>8}" for g in goals))
+    for strategy in strategies:
+        sel = [r for r in rows if r["strategy"] == strategy]
+        cells = [labels_to_reach(sel, g) for g in goals]
+        click.echo(f"{strategy:>16} " + " ".join(f"{(c if c is not None else '>' + str(budget)):>8}" for c in cells))
+    click.echo(f"\nEER at each checkpoint (mean +- std):")
+    for strategy in strategies:
+        by_n: dict = {}
+        for r in (r for r in rows if r["strategy"] == strategy):
+            by_n.setdefault(r["labels"], []).append(r["eer"])
+        click.echo(f"{strategy:>16} " + "  ".join(f"{n}:{np.mean(v):.4f}+-{np.std(v):.4f}" for n, v in sorted(by_n.items())))
+    click.echo(f"\nwrote {csv_path} and {png_path} in {time.perf_counter() - t0:.0f} s")
+
+
+@main.command("evaluate")
+@click.option("--model", "model_ref", required=True, help="A registry version (e.g. v3-cnn) or a model folder.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--labels", "labels_csv", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model-dir", envvar="MODEL_DIR", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def evaluate_cmd(model_ref, images, labels_csv, model_dir, as_json) -> None:
+    """Accuracy, ROC AUC, EER and confusion matrix of a trained model on a labelled folder."""
+    from .classifiers import Sample, load_classifier
+    from .datasets import read_labels
+    from .metrics import evaluate
+    from .registry import Registry, RegistryError
+
+    folder = Path(model_ref)
+    if not (folder / "classifier.json").exists():
+        try:
+            _, folder = Registry(_settings(model_dir=model_dir).model_dir).find(model_ref)
+        except RegistryError as exc:
+            _fail(f"{model_ref} is neither a model folder nor a registry version: {exc}")
+    model = load_classifier(folder)
+    data = read_labels(labels_csv, images)
+    unknown = set(data.labels) - set(model.classes)
+    if unknown:
+        _fail(f"labels {sorted(unknown)} are not classes of the model {model.classes}")
+    samples = [Sample(im) for im in data.images()]
+    if model.needs_features:
+        predictor = _predictor(_settings(model_dir=model_dir))
+        if predictor.scorer is None:
+            _fail("this model needs the zero-shot model's embeddings; set LABELER_ZEROSHOT_MODEL")
+        emb = predictor.scorer.embed([s.image for s in samples])
+        meta_file = folder / "meta.json"
+        prompts = json.loads(meta_file.read_text()).get("prompts") if meta_file.exists() else None
+        evidence = (predictor.scorer.class_scores(emb.hidden, prompts) if prompts
+                    else [None] * len(samples))  # the head was trained with zero-shot evidence for these prompts
+        for s, f, z in zip(samples, emb.pooled.float().cpu().numpy(), evidence):
+            s.features, s.zeroshot = f, z
+    m = evaluate(data.targets(model.classes), model.predict_proba(samples), model.classes)
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    click.echo(f"{len(samples)} images, model {folder}")
+    click.echo(f"accuracy {m['accuracy']:.4f}" + (f", ROC AUC {m['roc_auc']:.4f}, EER {m['eer']:.4f}" if "eer" in m else ""))
+    click.echo("confusion matrix (rows: true, columns: predicted) " + " ".join(model.classes))
+    for c, row in zip(model.classes, m["confusion_matrix"]):
+        click.echo(f"  {c:>12} " + " ".join(f"{v:>6}" for v in row))
 
 
 @main.group(invoke_without_command=True)

@@ -99,7 +99,8 @@ def train_project(predictor: Predictor, project: str, conn: Connection, trigger:
     samples = [it.sample for _, it in keep]
     kind = choose_kind(s.classifier, predictor.scorer is not None)
     make = lambda: KINDS[kind](classes, seed=s.seed)  # noqa: E731
-    meta: dict = {"kind": kind, "classes": classes, "class_counts": counts, "trigger": trigger,
+    meta: dict = {"kind": kind, "classes": classes, "prompts": {c: list(config.prompts[c]) for c in classes},
+                  "class_counts": counts, "trigger": trigger,
                   "skipped_tasks": skipped_tasks,
                   "unreadable_images": [{"task": t, "error": e} for t, e in bad][:100]}
     take = lambda idx: [samples[i] for i in idx]  # noqa: E731

@@ -1,0 +1,74 @@
+"""The offline simulation and `labeler evaluate` on generated images (issue 6)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+from click.testing import CliRunner
+
+from labeler.classifiers import Sample
+from labeler.cli import main
+from labeler.demo import synthetic_eyes
+from labeler.simulate import Annotator, classifier_factory, k_center_greedy, run, select
+
+
+def make_dataset(tmp_path, n=60):
+    folder = synthetic_eyes(tmp_path / "images", n=n, size=24, seed=1)
+    rows = [(f"images/{p.name}", p.name.split("_")[0]) for p in sorted(folder.iterdir())]
+    with (tmp_path / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        w.writerows(rows)
+    return tmp_path / "labels.csv"
+
+
+def test_annotator_reveals_only_what_is_queried():
+    a = Annotator(np.array([0, 1, 0, 1]))
+    assert list(a.label([3, 1])) == [1, 1] and a.queried == {1, 3}
+
+
+def test_k_center_greedy_covers_clusters():
+    rng = np.random.default_rng(0)
+    f = np.concatenate([rng.normal(c, 0.01, size=(20, 2)) for c in (0, 5, 10)])
+    picks = k_center_greedy(f, np.arange(60), np.zeros(0, dtype=int), 3, rng)
+    assert sorted(set(p // 20 for p in picks)) == [0, 1, 2]
+
+
+def test_uncertainty_selection_takes_the_least_certain():
+    proba = np.array([[0.99, 0.01], [0.5, 0.5], [0.7, 0.3], [0.55, 0.45]])
+    pool = np.array([10, 11, 12, 13])
+    got = select("margin", proba, pool, np.zeros(0, dtype=int), 2, np.random.default_rng(0), None)
+    assert list(got) == [11, 13]
+
+
+def test_run_never_queries_the_holdout(tmp_path):
+    from labeler.datasets import read_labels
+
+    data = read_labels(make_dataset(tmp_path))
+    classes = data.classes
+    y = data.targets(classes)
+    samples = [Sample(im) for im in data.images()]
+    test = np.arange(0, 60, 3)
+    make = classifier_factory("cnn", classes, max_steps=10, min_steps=10, input_size=32)
+    res, annotator = run(samples, y, classes, "margin_diverse", budget=20, batch=10, test_idx=test, seed=0,
+                         make=make, features=np.random.default_rng(0).normal(size=(60, 8)), progress=False)
+    assert len(annotator.queried) == 20 and not annotator.queried & set(test.tolist())
+    assert [r["labels"] for r in res.rows] == [10, 20]
+    assert all(0 <= r["eer"] <= 1 for r in res.rows)
+
+
+def test_simulate_and_evaluate_commands(tmp_path):
+    labels = make_dataset(tmp_path)
+    out = tmp_path / "sim"
+    r = CliRunner().invoke(main, ["simulate", "--labels", str(labels), "--strategy", "random",
+                                  "--strategy", "margin", "--budget", "20", "--batch", "10", "--holdout", "20",
+                                  "--cnn-steps", "10", "--out", str(out), "--save-model", str(tmp_path / "model")])
+    assert r.exit_code == 0, r.output
+    assert (out / "learning_curves.png").stat().st_size > 1000
+    rows = list(csv.DictReader((out / "learning_curves.csv").open()))
+    assert {row["strategy"] for row in rows} == {"random", "margin"} and len(rows) == 4
+    assert "labels needed to reach" in r.output
+    r = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path / "model"), "--labels", str(labels)])
+    assert r.exit_code == 0, r.output
+    assert "accuracy" in r.output and "EER" in r.output and "confusion matrix" in r.output
