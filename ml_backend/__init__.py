@@ -33,7 +33,8 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
         def _basic_auth() -> Response | None:
             # Label Studio's auto-created webhook carries no credentials; /webhook only
             # queues work, so it stays open rather than rejecting every annotation event.
-            if request.endpoint in {"api.webhook", "api.health"}:
+            # /admin has its own bearer token (both would need the Authorization header).
+            if request.endpoint in {"api.webhook", "api.health"} or (request.endpoint or "").startswith("admin."):
                 return None
             expected = f"{settings.basic_auth_user}:{settings.basic_auth_pass or ''}".encode()
             got = request.headers.get("Authorization", "")
