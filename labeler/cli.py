@@ -207,11 +207,12 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
 @click.option("--classifier", default="cnn", type=click.Choice(["cnn", "head"]), show_default=True)
 @click.option("--zeroshot-model", help="BLIP-2 ITM model for cold-start scores and head features (optional).")
 @click.option("--cnn-steps", type=int, help="Cap on CNN optimiser steps per round (for quick runs).")
+@click.option("--self-train", type=float, help="Also train on pool images predicted with at least this confidence.")
 @click.option("--targets", default="0.05,0.04,0.03", show_default=True, help="EER targets for the table.")
 @click.option("--out", default="simulation", show_default=True, type=click.Path(path_type=Path))
 @click.option("--save-model", type=click.Path(path_type=Path), help="Keep the final model of the first run here.")
 def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
-             cnn_steps, targets, out, save_model) -> None:
+             cnn_steps, self_train, targets, out, save_model) -> None:
     """Replay the annotation loop offline and write learning curves (CSV + PNG)."""
     import json as _json
 
@@ -250,7 +251,7 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
         for strategy in strategies:
             t = time.perf_counter()
             res, annotator = run(samples, y, classes, strategy, budget, batch, test, seed, make,
-                                 zeroshot=zeroshot, features=features, start=start)
+                                 zeroshot=zeroshot, features=features, start=start, self_train=self_train)
             assert not annotator.queried & set(test.tolist()), "held-out images must never be queried"
             rows += res.rows
             last = res.rows[-1] if res.rows else {}

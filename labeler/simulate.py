@@ -122,7 +122,8 @@ class RunResult:
 def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: str, budget: int,
         batch: int, test_idx: np.ndarray, seed: int, make: Callable[[int], Classifier],
         zeroshot: np.ndarray | None = None, features: np.ndarray | None = None,
-        start: int | None = None, progress: bool = True) -> tuple[RunResult, Annotator]:
+        start: int | None = None, progress: bool = True,
+        self_train: float | None = None) -> tuple[RunResult, Annotator]:
     """One simulated annotation run; returns metrics after each round and the annotator."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
@@ -149,6 +150,8 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         model = make(seed)
         t = time.perf_counter()
         model.fit([samples[i] for i in labelled], got)
+        if self_train is not None and len(pool):
+            model = _self_train(model, make(seed), samples, labelled, got, pool, self_train)
         train_s = time.perf_counter() - t
         m = evaluate(y[test], model.predict_proba([samples[i] for i in test]), classes)
         result.rows.append({"strategy": strategy, "seed": seed, "labels": len(labelled),
@@ -158,6 +161,25 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         proba = model.predict_proba([samples[i] for i in pool]) if len(pool) else None
     bar.close()
     return result, annotator
+
+
+def _self_train(model: Classifier, fresh: Classifier, samples: Sequence[Sample], labelled: np.ndarray,
+                got: np.ndarray, pool: np.ndarray, threshold: float) -> Classifier:
+    """Retrain on the labels plus the pool images the first model is at least ``threshold`` sure of.
+
+    Pseudo-labels are capped per class at the rarest class's count, so the
+    model's bias towards one class is not fed back to it.
+    """
+    proba = model.predict_proba([samples[i] for i in pool])
+    pred, conf = proba.argmax(1), proba.max(1)
+    per_class = [np.flatnonzero((pred == c) & (conf >= threshold)) for c in range(proba.shape[1])]
+    cap = min(len(ix) for ix in per_class)
+    if cap == 0:
+        return model
+    take = np.concatenate([ix[np.argsort(-conf[ix])[:cap]] for ix in per_class])
+    fresh.fit([samples[i] for i in labelled] + [samples[i] for i in pool[take]],
+              np.concatenate([got, pred[take]]))
+    return fresh
 
 
 def labels_to_reach(rows: list[dict], target: float) -> float | None:
