@@ -94,7 +94,7 @@ def ours(scorer: ZeroShotScorer, pngs: list[bytes], cache: EmbeddingCache | None
 
 def rescore_from_cache(scorer: ZeroShotScorer, pngs: list[bytes], cache: EmbeddingCache) -> float:
     t = time.perf_counter()
-    hidden = torch.from_numpy(np.stack([cache.get(content_key(b))[0] for b in pngs]))
+    hidden = torch.from_numpy(np.stack([h for h, _ in cache.get_many([content_key(b) for b in pngs], 16)]))
     softmax(scorer.class_scores(hidden, NEW_PROMPTS))
     sync(scorer.device)
     return time.perf_counter() - t

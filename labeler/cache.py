@@ -51,6 +51,13 @@ class EmbeddingCache:
             return None
         return both[:-1], both[-1].astype(np.float32)
 
+    def get_many(self, keys: list[str], workers: int = 8) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """:meth:`get` for many keys on a thread pool (file reads release the GIL)."""
+        if len(keys) < 16:
+            return [self.get(k) for k in keys]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(self.get, keys))
+
     def put(self, key: str, hidden: np.ndarray, pooled: np.ndarray) -> None:
         """Store one entry now (see :meth:`put_rows` for the batched, background path)."""
         self._write(key, np.concatenate([hidden, pooled[None, :]]).astype(np.float16))

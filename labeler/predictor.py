@@ -179,8 +179,7 @@ class Predictor:
         if scorer is None or not items:
             return
         missing = []
-        for it in items:
-            hit = self.cache.get(it.key)
+        for it, hit in zip(items, self.cache.get_many([it.key for it in items])):
             if hit is None:
                 missing.append(it)
             else:
