@@ -18,8 +18,8 @@ from label_studio_sdk import LabelStudio
 from .classifiers import KINDS
 from .label_errors import find_label_issues
 from .predictor import Connection, Predictor
-from .studio import ensure_view, iter_tasks, labelled_tasks, project_config
-from .training import TrainingError, choose_kind, cross_val_proba
+from .studio import ensure_view, iter_tasks, project_config
+from .training import TrainingError, choose_kind, cross_val_proba, load_labelled
 
 FIELD = "labeler_suspicion"
 VIEW = "Suspected label errors"
@@ -37,12 +37,9 @@ def review(ls: LabelStudio, project: int, predictor: Predictor, conn: Connection
            publish: bool = True) -> list[Suspect]:
     s = predictor.settings
     config = project_config(ls, project)
-    labelled, _ = labelled_tasks(ls, project, config)
-    items = predictor.samples([lab.url for lab in labelled], conn)
-    keep = [(lab, it) for lab, it in zip(labelled, items) if it.sample is not None]
-    predictor.zeroshot_scores([it for _, it in keep], config)
+    data = load_labelled(predictor, ls, project, config, conn)
+    keep, y = data.keep, data.y
     classes = list(config.classes)
-    y = np.array([classes.index(lab.label) for lab, _ in keep], dtype=int)
     counts = np.bincount(y, minlength=len(classes))
     if len(y) == 0 or counts.min() < 2:
         raise TrainingError(f"too few labels to review: {dict(zip(classes, counts.tolist()))}")

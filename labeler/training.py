@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,8 +24,9 @@ from sklearn.model_selection import StratifiedKFold
 from .classifiers import KINDS, Classifier, Sample
 from .calibration import fit_temperature
 from .metrics import evaluate
-from .predictor import Connection, Predictor
-from .studio import connect, labelled_tasks, project_config
+from .labelconfig import LabelConfig
+from .predictor import Connection, Predictor, Scored
+from .studio import Labelled, connect, labelled_tasks, project_config
 from .zeroshot import softmax
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,27 @@ def choose_kind(setting: str, has_zeroshot: bool) -> str:
     return setting
 
 
+@dataclass
+class LabelledSet:
+    """A project's usable labels with their images: what training and review start from."""
+
+    keep: list[tuple[Labelled, Scored]]  # readable images, embedded, zero-shot evidence attached
+    bad: list[tuple[int, str]]           # (task id, why its image could not be used)
+    y: np.ndarray                        # class indices of ``keep``
+    skipped_tasks: int                   # annotated tasks without a usable label
+
+
+def load_labelled(predictor: Predictor, ls, project: int, config: LabelConfig, conn: Connection) -> LabelledSet:
+    """Fetch the labelled tasks, download and embed their images, attach zero-shot evidence."""
+    labelled, skipped = labelled_tasks(ls, project, config)
+    items = predictor.samples([lab.url for lab in labelled], conn)
+    bad = [(lab.task_id, it.error or "unreadable") for lab, it in zip(labelled, items) if it.sample is None]
+    keep = [(lab, it) for lab, it in zip(labelled, items) if it.sample is not None]
+    predictor.zeroshot_scores([it for _, it in keep], config)
+    y = np.array([config.classes.index(lab.label) for lab, _ in keep], dtype=int)
+    return LabelledSet(keep, bad, y, skipped)
+
+
 def train_project(predictor: Predictor, project: str, conn: Connection, trigger: str = "manual",
                   report: Callable[[str], None] = lambda s: None) -> Outcome:
     """Train, evaluate and register a new version for ``project``; promote it if not worse.
@@ -80,15 +101,10 @@ def train_project(predictor: Predictor, project: str, conn: Connection, trigger:
     s = predictor.settings
     ls = connect(conn.hostname, conn.token)
     config = project_config(ls, int(project))
-    report("fetching annotations")
-    labelled, skipped_tasks = labelled_tasks(ls, int(project), config)
-    report(f"downloading {len(labelled)} images")
-    items = predictor.samples([lab.url for lab in labelled], conn)
-    bad = [(lab.task_id, it.error) for lab, it in zip(labelled, items) if it.sample is None]
-    keep = [(lab, it) for lab, it in zip(labelled, items) if it.sample is not None]
-    predictor.zeroshot_scores([it for _, it in keep], config)
+    report("fetching annotations and images")
+    data = load_labelled(predictor, ls, int(project), config, conn)
+    keep, bad, y, skipped_tasks = data.keep, data.bad, data.y, data.skipped_tasks
     classes = list(config.classes)
-    y = np.array([classes.index(lab.label) for lab, _ in keep], dtype=int)
     counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
     short = {c: n for c, n in counts.items() if n < s.min_per_class}
     if short:
