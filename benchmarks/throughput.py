@@ -34,6 +34,7 @@ from labeler.zeroshot import ImageEmbeddings, ZeroShotScorer, pick_device, pick_
 
 PROMPTS = {"open": ["open eye or pupil"], "closed": ["closed eye"]}
 NEW_PROMPTS = {"open": ["an eye with a visible pupil"], "closed": ["an eyelid covering the eye"]}
+ONE_NEW = {"open": ["open eye or pupil"], "closed": ["shut eyelids"]}
 
 
 def sync(device: torch.device) -> None:
@@ -82,20 +83,25 @@ def ours(scorer: ZeroShotScorer, pngs: list[bytes], cache: EmbeddingCache | None
         for i, fut in enumerate(futures):
             with torch.inference_mode():
                 out = scorer.model.vision_model(pixel_values=scorer.normalize(fut.result()))
-            softmax(scorer.class_scores(out.last_hidden_state, PROMPTS))
-            if cache is not None:
+            if cache is None:
+                softmax(scorer.class_scores(out.last_hidden_state, PROMPTS))
+            else:
+                keys = [content_key(b) for b in pngs[i * bs:(i + 1) * bs]]
+                softmax(scorer.class_scores(out.last_hidden_state, PROMPTS, keys, cache.logits))
                 emb = ImageEmbeddings(out.last_hidden_state, out.pooler_output)
-                cache.put_rows([content_key(b) for b in pngs[i * bs:(i + 1) * bs]], emb.cache_rows())
+                cache.put_rows(keys, emb.cache_rows())
     if cache is not None:
         cache.flush()
     sync(scorer.device)
     return time.perf_counter() - t
 
 
-def rescore_from_cache(scorer: ZeroShotScorer, pngs: list[bytes], cache: EmbeddingCache) -> float:
+def rescore_from_cache(scorer: ZeroShotScorer, pngs: list[bytes], cache: EmbeddingCache, prompts) -> float:
+    """As the predictor does: embeddings (memory-mapped) and memoised logits from the cache."""
     t = time.perf_counter()
-    hidden = torch.from_numpy(np.stack([h for h, _ in cache.get_many([content_key(b) for b in pngs], 16)]))
-    softmax(scorer.class_scores(hidden, NEW_PROMPTS))
+    keys = [content_key(b) for b in pngs]
+    hidden = [h for h, _ in cache.get_many(keys, 16)]
+    softmax(scorer.class_scores(hidden, prompts, keys, cache.logits))
     sync(scorer.device)
     return time.perf_counter() - t
 
@@ -162,14 +168,19 @@ def main() -> None:
     if not args.skip_baseline:
         baseline(scorer, pngs[: min(len(pngs), args.batch)], args.batch)  # warm-up
         rows.insert(0, ("model forward per image-prompt pair", baseline(scorer, pngs, args.batch)))
-    t_re = rescore_from_cache(scorer, pngs, cache)
-    rows.append(("re-score, new prompts, from cache", t_re))
+    t_re = rescore_from_cache(scorer, pngs, cache, NEW_PROMPTS)
+    t_one = rescore_from_cache(scorer, pngs, cache, ONE_NEW)
+    t_same = rescore_from_cache(scorer, pngs, cache, PROMPTS)
+    rows += [("re-score, both prompts new, from cache", t_re),
+             ("re-score, one of two prompts new", t_one),
+             ("re-rank, same prompts (memoised logits)", t_same)]
     print(f"\n{'path':<40} {'seconds':>9} {'images/s':>10}")
     for name, t in rows:
         print(f"{name:<40} {t:>9.3f} {len(pngs) / t:>10.1f}")
     if not args.skip_baseline:
         print(f"\nspeed-up of labeler over the pairwise forward: {rows[0][1] / t_ours:.2f}x (2 prompts)")
-    print(f"re-scoring from cache costs {100 * t_re / t_ours:.2f}% of the first pass")
+    print(f"re-scoring from cache costs {100 * t_re / t_ours:.2f}% of the first pass (both prompts new), "
+          f"{100 * t_one / t_ours:.2f}% (one new), {100 * t_same / t_ours:.2f}% (none new)")
     if args.latency and model_path:
         lat = sorted(predict_latency(tmp / "model_dir", model_path))
         p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]

@@ -8,13 +8,20 @@ image: ``(L + 1) * D * 2`` bytes, i.e. 258*1408*2 = 727 KB for
 ``blip2-itm-vit-g`` at 224 px (50,000 images = 36 GB) and about 1 KB for the
 tiny test model. The cache is
 bounded by ``max_bytes``: when a write takes it over, the least recently used
-files go first (reads refresh a file's mtime).
+files go first (reads refresh a file's mtime). Entries are read memory-mapped:
+a caller that needs only the pooled row (a trained head) or nothing at all
+(every prompt's logit already memoised) never reads the hidden states.
+
+Beside the embeddings, :class:`LogitCache` memoises the ITM log-odds of each
+(image, prompt) pair, so re-ranking, a new temperature or a changed prompt of
+one class re-runs the Q-Former only for prompts it has not seen.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,19 +44,24 @@ class EmbeddingCache:
         self._size: int | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
         self._pending: list[Future] = []
+        self.logits = LogitCache(self.dir / "logits.sqlite")
 
     def _path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npy"
 
     def get(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """(hidden, pooled) for ``key``, or None on a miss or an unreadable entry."""
+        """(hidden, pooled) for ``key``, or None on a miss or an unreadable entry.
+
+        ``hidden`` is a read-only memory map: its bytes are read when used.
+        """
         path = self._path(key)
         try:
-            both = np.load(path)
+            both = np.load(path, mmap_mode="r")
+            pooled = np.array(both[-1], dtype=np.float32)
             os.utime(path)
         except (FileNotFoundError, OSError, ValueError):
             return None
-        return both[:-1], both[-1].astype(np.float32)
+        return both[:-1], pooled
 
     def get_many(self, keys: list[str], workers: int = 8) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """:meth:`get` for many keys on a thread pool (file reads release the GIL)."""
@@ -107,3 +119,45 @@ class EmbeddingCache:
 
     def __len__(self) -> int:
         return sum(1 for _ in self.dir.glob("*/*.npy"))
+
+
+class LogitCache:
+    """ITM log-odds per (image content key, prompt), in SQLite (WAL: safe across worker processes).
+
+    About 150 bytes a pair (50,000 images x 4 prompts = 30 MB), so it is not bounded.
+    """
+
+    _CHUNK = 400  # keys per query, under SQLite's bound-variable limit
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS logits (image TEXT, prompt TEXT, logit REAL, "
+                             "PRIMARY KEY (image, prompt)) WITHOUT ROWID")
+
+    def get(self, keys: list[str], prompts: list[str]) -> np.ndarray:
+        """(N, K) memoised logits; NaN where a pair is unknown."""
+        out = np.full((len(keys), len(prompts)), np.nan, dtype=np.float32)
+        rows: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            rows.setdefault(k, []).append(i)
+        col = {p: j for j, p in enumerate(prompts)}
+        marks = ",".join("?" * len(prompts))
+        with self._lock:
+            for start in range(0, len(rows), self._CHUNK):
+                chunk = list(rows)[start:start + self._CHUNK]
+                sql = (f"SELECT image, prompt, logit FROM logits WHERE prompt IN ({marks}) "
+                       f"AND image IN ({','.join('?' * len(chunk))})")
+                for image, prompt, logit in self._db.execute(sql, [*prompts, *chunk]):
+                    out[rows[image], col[prompt]] = logit
+        return out
+
+    def put(self, keys: list[str], prompts: list[str], logits: np.ndarray) -> None:
+        """Store ``logits[i, j]`` for (``keys[i]``, ``prompts[j]``)."""
+        rows = [(k, p, float(v)) for k, r in zip(keys, np.asarray(logits)) for p, v in zip(prompts, r)]
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO logits VALUES (?, ?, ?)", rows)
+            self._db.execute("COMMIT")

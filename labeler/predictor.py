@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import requests
-import torch
 
 from .cache import EmbeddingCache, content_key
 from .classifiers import Classifier, Sample, load_classifier
@@ -203,12 +202,12 @@ class Predictor:
     def zeroshot_scores(self, items: Sequence[Scored], config: LabelConfig) -> None:
         """Attach ``s_ic`` (zero-shot class evidence) to every embedded item."""
         scorer = self.scorer
-        ready = [it for it in items if it.sample is not None and it.hidden is not None]
+        ready = [it for it in items if it.sample is not None and it.key is not None]
         if scorer is None or not ready:
             return
-        hidden = torch.from_numpy(np.stack([it.hidden for it in ready]))
         with self._model_lock:
-            s = scorer.class_scores(hidden, config.prompts)
+            s = scorer.class_scores([it.hidden for it in ready], config.prompts,
+                                    keys=[it.key for it in ready], memo=self.cache.logits)
         for it, row in zip(ready, s):
             it.sample.zeroshot = row
 

@@ -33,11 +33,15 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+if TYPE_CHECKING:
+    from .cache import LogitCache
 
 log = logging.getLogger(__name__)
 
@@ -238,16 +242,40 @@ class ZeroShotScorer:
             return np.zeros((0, k), dtype=np.float32)
         return torch.cat(out).numpy()
 
-    def class_scores(self, hidden: torch.Tensor,
-                     prompts: Mapping[str, Sequence[str]]) -> np.ndarray:
-        """Per-class ITM evidence ``s_ic`` (N, C), classes in ``prompts`` order."""
+    def class_scores(self, hidden: torch.Tensor | Sequence[np.ndarray],
+                     prompts: Mapping[str, Sequence[str]], keys: Sequence[str] | None = None,
+                     memo: LogitCache | None = None) -> np.ndarray:
+        """Per-class ITM evidence ``s_ic`` (N, C), classes in ``prompts`` order.
+
+        With ``memo`` and the images' content ``keys``, logits of (image,
+        prompt) pairs seen before are read from the memo; the Q-Former runs
+        only for the images and prompts that are new, and only their
+        ``hidden`` rows are read (they may be lazy memory maps).
+        """
         flat = [p for ps in prompts.values() for p in ps]
-        logits = self.match_logits(hidden, flat)
-        cols, start = [], 0
-        for ps in prompts.values():
-            cols.append(logits[:, start:start + len(ps)].mean(axis=1))
-            start += len(ps)
-        return np.stack(cols, axis=1)
+        if memo is None or keys is None:
+            return class_evidence(self.match_logits(_as_batch(hidden), flat), prompts)
+        logits = memo.get(list(keys), flat)
+        rows = np.flatnonzero(np.isnan(logits).any(axis=1))
+        if len(rows):
+            cols = np.flatnonzero(np.isnan(logits[rows]).any(axis=0))
+            fresh = self.match_logits(_as_batch([hidden[i] for i in rows]), [flat[j] for j in cols])
+            logits[np.ix_(rows, cols)] = fresh
+            memo.put([keys[i] for i in rows], [flat[j] for j in cols], fresh)
+        return class_evidence(logits, prompts)
+
+
+def _as_batch(hidden: torch.Tensor | Sequence[np.ndarray]) -> torch.Tensor:
+    return hidden if isinstance(hidden, torch.Tensor) else torch.from_numpy(np.stack(hidden))
+
+
+def class_evidence(logits: np.ndarray, prompts: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """``s_ic = mean_{p in prompts(c)} logit_ip``: (N, K) prompt logits to (N, C) class evidence."""
+    cols, start = [], 0
+    for ps in prompts.values():
+        cols.append(logits[:, start:start + len(ps)].mean(axis=1))
+        start += len(ps)
+    return np.stack(cols, axis=1)
 
 
 def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -50,6 +50,30 @@ def test_cache_hit_gives_the_same_scores(predictor, image_dir):
     np.testing.assert_array_equal(np.stack([i.proba for i in first]), np.stack([i.proba for i in second]))
 
 
+def test_changed_prompt_reruns_only_that_prompt(predictor, image_dir):
+    xml = template("binary")
+    urls = [str(p) for p in sorted(image_dir.iterdir())]
+    predictor.score("1", urls, parse_label_config(xml), Connection())
+    changed = parse_label_config(xml.replace("an eyelid covering the eye", "shut eyelids"))
+    runs = []
+    match = predictor.scorer.match_logits
+    predictor.scorer.match_logits = lambda hidden, prompts: runs.append((len(hidden), list(prompts))) or \
+        match(hidden, prompts)
+    _, memo = predictor.score("1", urls, changed, Connection())
+    assert runs == [(len(urls), ["shut eyelids"])], "only the new prompt goes through the Q-Former"
+    runs.clear()
+    items = predictor.samples(urls, Connection())
+    for it in items:
+        it.hidden = None  # a full memo hit must not read the hidden states
+    predictor.score_items("1", items, changed)
+    assert runs == []
+    predictor.scorer.match_logits = match
+    scorer = predictor.scorer
+    hidden = scorer.embed([it.sample.image for it in items]).hidden.half()  # as the cache stores them
+    fresh = softmax(scorer.class_scores(hidden, changed.prompts))
+    np.testing.assert_allclose(np.stack([i.proba for i in memo]), fresh, atol=1e-5)
+
+
 def test_temperature_changes_probabilities_not_choices(predictor, image_dir):
     config = parse_label_config(template("binary"))
     urls = [str(p) for p in sorted(image_dir.iterdir())]
