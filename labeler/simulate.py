@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import selftrain
 from .classifiers import KINDS, Classifier, Sample
 from .metrics import evaluate
 from .uncertainty import MEASURES, uncertainty
@@ -142,44 +143,30 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         picked = select(strategy, proba, pool, labelled, k, rng, features)
         labelled = np.concatenate([labelled, picked])
         got = np.concatenate([got, annotator.label(picked)])
-        pool = np.setdiff1d(pool, picked)
+        left = ~np.isin(pool, picked)
+        pool = pool[left]
         bar.update(len(picked))
         if len(set(got.tolist())) < len(classes):
             proba = None if zeroshot is None else zeroshot[pool]
             continue  # cannot train before every class has a label
         model = make(seed)
         t = time.perf_counter()
-        model.fit([samples[i] for i in labelled], got)
-        if self_train is not None and len(pool):
-            model = _self_train(model, make(seed), samples, labelled, got, pool, self_train)
+        if self_train is not None and proba is not None and len(pool):
+            # The last round's model (or the zero-shot one) is the teacher: no extra fit per round.
+            info = selftrain.self_train(model, [samples[i] for i in labelled], got, [samples[i] for i in pool],
+                                        proba[left], self_train)
+        else:
+            info = model.fit([samples[i] for i in labelled], got) or {}
         train_s = time.perf_counter() - t
         m = evaluate(y[test], model.predict_proba([samples[i] for i in test]), classes)
         result.rows.append({"strategy": strategy, "seed": seed, "labels": len(labelled),
                             "eer": m.get("eer"), "accuracy": m["accuracy"], "roc_auc": m.get("roc_auc"),
+                            "pseudo_labels": info.get("pseudo_labels", 0),
                             "train_seconds": round(train_s, 2)})
         result.model = model
         proba = model.predict_proba([samples[i] for i in pool]) if len(pool) else None
     bar.close()
     return result, annotator
-
-
-def _self_train(model: Classifier, fresh: Classifier, samples: Sequence[Sample], labelled: np.ndarray,
-                got: np.ndarray, pool: np.ndarray, threshold: float) -> Classifier:
-    """Retrain on the labels plus the pool images the first model is at least ``threshold`` sure of.
-
-    Pseudo-labels are capped per class at the rarest class's count, so the
-    model's bias towards one class is not fed back to it.
-    """
-    proba = model.predict_proba([samples[i] for i in pool])
-    pred, conf = proba.argmax(1), proba.max(1)
-    per_class = [np.flatnonzero((pred == c) & (conf >= threshold)) for c in range(proba.shape[1])]
-    cap = min(len(ix) for ix in per_class)
-    if cap == 0:
-        return model
-    take = np.concatenate([ix[np.argsort(-conf[ix])[:cap]] for ix in per_class])
-    fresh.fit([samples[i] for i in labelled] + [samples[i] for i in pool[take]],
-              np.concatenate([got, pred[take]]))
-    return fresh
 
 
 def labels_to_reach(rows: list[dict], target: float) -> float | None:

@@ -58,6 +58,32 @@ def test_run_never_queries_the_holdout(tmp_path):
     assert all(0 <= r["eer"] <= 1 for r in res.rows)
 
 
+def test_self_training_pseudo_labels_only_the_pool(tmp_path):
+    from labeler.datasets import read_labels
+
+    data = read_labels(make_dataset(tmp_path))
+    classes = data.classes
+    y = data.targets(classes)
+    samples = [Sample(im) for im in data.images()]
+    test = np.arange(0, 60, 3)
+    fits = []
+    make0 = classifier_factory("cnn", classes, max_steps=10, min_steps=10, input_size=32)
+
+    def make(seed):
+        model = make0(seed)
+        fit = model.fit
+        model.fit = lambda xs, ys: fits.append([id(x) for x in xs]) or fit(xs, ys)
+        return model
+
+    res, annotator = run(samples, y, classes, "margin", budget=30, batch=10, test_idx=test, seed=0, make=make,
+                         progress=False, self_train=0.0)
+    held_out = {id(samples[i]) for i in test}
+    assert [r["pseudo_labels"] for r in res.rows][0] == 0, "no teacher before the first model"
+    assert sum(r["pseudo_labels"] for r in res.rows) > 0
+    assert [len(f) for f in fits] == [r["labels"] + r["pseudo_labels"] for r in res.rows]
+    assert not any(held_out & set(f) for f in fits), "held-out images are never pseudo-labelled"
+
+
 def test_simulate_and_evaluate_commands(tmp_path):
     labels = make_dataset(tmp_path)
     out = tmp_path / "sim"

@@ -5,6 +5,7 @@ import pytest
 
 from labeler.labelconfig import LabelConfigError, parse_label_config
 from labeler.metrics import eer, evaluate
+from labeler.selftrain import pseudo_labels
 from labeler.studio import pick_label
 from labeler.uncertainty import confidence, entropy, least_confidence, margin, rank
 
@@ -97,3 +98,12 @@ def test_pick_label_rule():
     assert pick_label([ann("open", 1, "1", cancelled=True), ann("closed", 2, "0")], c) == "closed"
     # unknown class / other control
     assert pick_label([ann("maybe", 1, "1"), ann("open", 2, "0", from_name="other")], c) is None
+
+
+def test_pseudo_labels_are_confident_and_class_balanced():
+    proba = np.array([[0.99, 0.01], [0.97, 0.03], [0.6, 0.4], [0.02, 0.98], [0.995, 0.005], [0.3, 0.7]])
+    idx, lab = pseudo_labels(proba, 0.95)
+    # three confident class-0 rows, one confident class-1 row: one of each, the most confident
+    assert sorted(zip(idx.tolist(), lab.tolist())) == [(3, 1), (4, 0)]
+    idx, lab = pseudo_labels(proba[:3], 0.95)
+    assert len(idx) == 0 and len(lab) == 0, "no confident row of class 1: nothing to add"

@@ -1,0 +1,45 @@
+"""Self-training: retrain on the labels plus the unlabelled images a model is sure of.
+
+The teacher's confident predictions on the unlabelled pool become extra
+training labels (pseudo-labels). They are capped per class at the rarest
+class's count, most confident first, so that a teacher's bias towards one
+class is not fed back to the student. Held-out evaluation labels are never
+pseudo-labelled (they are labelled, not part of the pool), so the metrics
+stay honest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .classifiers import Classifier, Sample
+
+
+def pseudo_labels(proba: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows to pseudo-label and their labels.
+
+    Row ``i`` qualifies when ``max_c p_ic >= threshold``; each class keeps at
+    most ``min_c n_c`` of its qualifying rows (``n_c``: rows predicted ``c``),
+    the most confident first. Returns (indices, labels), both empty when some
+    class has no confident row.
+    """
+    proba = np.asarray(proba)
+    if not len(proba):
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    pred, conf = proba.argmax(1), proba.max(1)
+    per_class = [np.flatnonzero((pred == c) & (conf >= threshold)) for c in range(proba.shape[1])]
+    cap = min(len(ix) for ix in per_class)
+    if cap == 0:
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    take = np.concatenate([ix[np.argsort(-conf[ix], kind="stable")[:cap]] for ix in per_class])
+    return take, pred[take]
+
+
+def self_train(student: Classifier, samples: Sequence[Sample], y: np.ndarray, pool: Sequence[Sample],
+               pool_proba: np.ndarray, threshold: float) -> dict:
+    """Fit ``student`` on ``samples``/``y`` plus the confident part of ``pool`` (teacher: ``pool_proba``)."""
+    take, labels = pseudo_labels(pool_proba, threshold)
+    info = student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int))
+    return {**(info or {}), "pseudo_labels": int(len(take)), "self_train_threshold": threshold}
