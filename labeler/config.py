@@ -34,6 +34,8 @@ class Settings:
     train_every: int = 0                       # LABELER_TRAIN_EVERY: retrain every N new/updated annotations (0 = off)
     min_per_class: int = 5                     # LABELER_MIN_PER_CLASS: refuse to train with fewer labels of a class
     seed: int = 0                              # LABELER_SEED
+    self_train: float = 0.9                    # LABELER_SELF_TRAIN: pseudo-label pool images predicted this surely
+    self_train_pool: int = 2000                # LABELER_SELF_TRAIN_POOL: most unlabelled images used (0 = no self-training)
     admin_token: str | None = None             # LABELER_ADMIN_TOKEN: Bearer token for /admin/* (unset = admin API off)
     basic_auth_user: str | None = None         # BASIC_AUTH_USER
     basic_auth_pass: str | None = None         # BASIC_AUTH_PASS
@@ -49,6 +51,7 @@ class Settings:
         "local_files_only": "LABELER_LOCAL_FILES_ONLY", "uncertainty": "LABELER_UNCERTAINTY",
         "classifier": "LABELER_CLASSIFIER", "train_every": "LABELER_TRAIN_EVERY",
         "min_per_class": "LABELER_MIN_PER_CLASS", "seed": "LABELER_SEED",
+        "self_train": "LABELER_SELF_TRAIN", "self_train_pool": "LABELER_SELF_TRAIN_POOL",
         "admin_token": "LABELER_ADMIN_TOKEN", "basic_auth_user": "BASIC_AUTH_USER",
         "basic_auth_pass": "BASIC_AUTH_PASS", "cache_max_gb": "LABELER_CACHE_MAX_GB",
         "predict_budget_s": "LABELER_PREDICT_BUDGET_S", "download_workers": "LABELER_DOWNLOAD_WORKERS",

@@ -10,7 +10,8 @@ stay honest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -43,3 +44,34 @@ def self_train(student: Classifier, samples: Sequence[Sample], y: np.ndarray, po
     take, labels = pseudo_labels(pool_proba, threshold)
     info = student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int))
     return {**(info or {}), "pseudo_labels": int(len(take)), "self_train_threshold": threshold}
+
+
+class SelfTrained(Classifier):
+    """Self-training inside ``fit``: a teacher fitted on the labels pseudo-labels ``pool``,
+    then the student (what predicts and is saved) trains on both.
+
+    Used as a model factory's product, so cross-validation and hold-out
+    evaluation measure the whole procedure on labels it never saw.
+    """
+
+    def __init__(self, make: Callable[[], Classifier], pool: Sequence[Sample], threshold: float) -> None:
+        self._make, self.pool, self.threshold = make, list(pool), threshold
+        self.model = make()
+        super().__init__(self.model.classes, self.model.seed)
+        self.kind, self.needs_features = self.model.kind, self.model.needs_features
+
+    def fit(self, samples: Sequence[Sample], y: np.ndarray) -> dict:
+        teacher = self._make()
+        teacher.fit(samples, y)
+        self.model = self._make()
+        return self_train(self.model, samples, y, self.pool, teacher.predict_proba(self.pool), self.threshold)
+
+    def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
+        return self.model.predict_proba(samples)
+
+    def _save(self, folder: Path) -> None:
+        self.model._save(folder)  # saved as the student's kind: loads without this wrapper
+
+    @classmethod
+    def _load(cls, folder: Path, classes: list[str]) -> "Classifier":
+        raise TypeError("a self-trained model is saved as its student's kind")

@@ -15,6 +15,11 @@ never queried. Strategies:
 Cold start, with no labels: the zero-shot model's uncertainty where one is
 configured; otherwise k-center greedy on frozen ImageNet features, a first
 batch that covers the pool rather than one that is random by accident.
+
+With ``self_train``, each round's model also trains on the pool images the
+previous round's model (or the zero-shot model) is sure of (see
+:mod:`labeler.selftrain`): the teacher's predictions are the ones ranking the
+pool anyway, so self-training costs no extra fit per round.
 """
 
 from __future__ import annotations
@@ -164,6 +169,7 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
                             "pseudo_labels": info.get("pseudo_labels", 0),
                             "train_seconds": round(train_s, 2)})
         result.model = model
+        bar.set_postfix(eer=f"{m.get('eer', float('nan')):.4f}", pseudo=info.get("pseudo_labels", 0))
         proba = model.predict_proba([samples[i] for i in pool]) if len(pool) else None
     bar.close()
     return result, annotator

@@ -97,17 +97,23 @@ class Labelled:
     label: str
 
 
-def labelled_tasks(ls: LabelStudio, project: int, config: LabelConfig) -> tuple[list[Labelled], int]:
-    """(tasks with a usable label, count of annotated tasks skipped as cancelled/empty)."""
-    out, skipped = [], 0
-    for t in iter_tasks(ls, project, only_annotated=True):
-        label = pick_label(t.get("annotations") or [], config)
+def labelled_tasks(ls: LabelStudio, project: int, config: LabelConfig,
+                   ) -> tuple[list[Labelled], int, list[tuple[int, str]]]:
+    """(tasks with a usable label, count of annotated tasks skipped as cancelled/empty,
+    (task id, image URL) of the tasks nobody has annotated)."""
+    out, skipped, unlabelled = [], 0, []
+    for t in iter_tasks(ls, project):
         url = (t.get("data") or {}).get(config.value_key)
+        if not t.get("total_annotations", 0):
+            if url:
+                unlabelled.append((t["id"], url))
+            continue
+        label = pick_label(t.get("annotations") or [], config)
         if label is None or not url:
             skipped += 1
             continue
         out.append(Labelled(t["id"], url, label))
-    return out, skipped
+    return out, skipped, unlabelled
 
 
 def set_model_version(ls: LabelStudio, project: int, version: str, retries: int = 10) -> bool:

@@ -26,6 +26,7 @@ from .calibration import fit_temperature
 from .metrics import evaluate
 from .labelconfig import LabelConfig
 from .predictor import Connection, Predictor, Scored
+from .selftrain import SelfTrained
 from .studio import Labelled, connect, labelled_tasks, project_config
 from .zeroshot import softmax
 
@@ -78,17 +79,30 @@ class LabelledSet:
     bad: list[tuple[int, str]]           # (task id, why its image could not be used)
     y: np.ndarray                        # class indices of ``keep``
     skipped_tasks: int                   # annotated tasks without a usable label
+    unlabelled: list[tuple[int, str]]    # (task id, image URL) of tasks nobody annotated
 
 
 def load_labelled(predictor: Predictor, ls, project: int, config: LabelConfig, conn: Connection) -> LabelledSet:
     """Fetch the labelled tasks, download and embed their images, attach zero-shot evidence."""
-    labelled, skipped = labelled_tasks(ls, project, config)
+    labelled, skipped, unlabelled = labelled_tasks(ls, project, config)
     items = predictor.samples([lab.url for lab in labelled], conn)
     bad = [(lab.task_id, it.error or "unreadable") for lab, it in zip(labelled, items) if it.sample is None]
     keep = [(lab, it) for lab, it in zip(labelled, items) if it.sample is not None]
     predictor.zeroshot_scores([it for _, it in keep], config)
     y = np.array([config.classes.index(lab.label) for lab, _ in keep], dtype=int)
-    return LabelledSet(keep, bad, y, skipped)
+    return LabelledSet(keep, bad, y, skipped, unlabelled)
+
+
+def self_training_pool(predictor: Predictor, data: LabelledSet, config: LabelConfig, conn: Connection,
+                       limit: int) -> list[Sample]:
+    """Up to ``limit`` unlabelled images (a stable choice by task id), downloaded and embedded.
+
+    Unreadable ones are left out: they only cost the pseudo-labels they would have given.
+    """
+    chosen = sorted(data.unlabelled, key=lambda t: hashlib.sha1(str(t[0]).encode()).hexdigest())[:limit]
+    items = predictor.samples([url for _, url in chosen], conn)
+    predictor.zeroshot_scores(items, config)
+    return [it.sample for it in items if it.sample is not None]
 
 
 def train_project(predictor: Predictor, project: str, conn: Connection, trigger: str = "manual",
@@ -114,10 +128,16 @@ def train_project(predictor: Predictor, project: str, conn: Connection, trigger:
     use_holdout = hold.sum() >= HOLDOUT_MIN and len(set(y[~hold])) == len(classes)
     samples = [it.sample for _, it in keep]
     kind = choose_kind(s.classifier, predictor.scorer is not None)
-    make = lambda: KINDS[kind](classes, seed=s.seed)  # noqa: E731
+    base = lambda: KINDS[kind](classes, seed=s.seed)  # noqa: E731
+    pool: list[Sample] = []
+    if s.self_train_pool > 0 and data.unlabelled:
+        report(f"fetching up to {s.self_train_pool} of {len(data.unlabelled)} unlabelled images for self-training")
+        pool = self_training_pool(predictor, data, config, conn, s.self_train_pool)
+    make = (lambda: SelfTrained(base, pool, s.self_train)) if pool else base  # noqa: E731
     meta: dict = {"kind": kind, "classes": classes, "prompts": {c: list(config.prompts[c]) for c in classes},
                   "class_counts": counts, "trigger": trigger,
                   "skipped_tasks": skipped_tasks,
+                  "self_training": {"pool": len(pool), "threshold": s.self_train} if pool else None,
                   "unreadable_images": [{"task": t, "error": e} for t, e in bad][:100]}
     take = lambda idx: [samples[i] for i in idx]  # noqa: E731
 

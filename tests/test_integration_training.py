@@ -109,3 +109,21 @@ def test_admin_api_needs_the_token_and_rollback_serves_again(studio_project, bac
     assert out["results"][0]["model_version"].startswith("zeroshot-")
     assert requests.post(f"{url}/admin/projects/{pid}/promote", json={"version": "v99-x"},
                          headers=ADMIN).status_code == 404
+
+
+def test_training_self_trains_on_unlabelled_tasks(label_studio, backend, tmp_path):
+    url, token = label_studio
+    ls = LabelStudio(base_url=url, api_key=token)
+    proj = ls.projects.create(title="self-training", label_config=template("binary"))
+    upload_images(url, token, proj.id, sorted(synthetic_eyes(tmp_path / "eyes", n=36, seed=3).iterdir()))
+    tasks = tasks_of(ls, proj.id)
+    for t in tasks[:20]:
+        annotate(ls, t, "open" if "open_" in t["data"]["image"] else "closed")
+    r = requests.post(f"{backend[0]}/admin/projects/{proj.id}/train", headers=ADMIN)
+    assert r.status_code in (200, 201, 202), r.text
+    st = wait_job(backend[0], proj.id)
+    assert st["status"] == "done", st
+    meta = requests.get(f"{backend[0]}/metrics").json()["projects"][str(proj.id)]["versions"][-1]
+    assert meta["self_training"] == {"pool": 16, "threshold": 0.9}
+    assert meta["n_train"] == 20 and meta["n_eval"] == 20, "pseudo-labels never count as evaluation labels"
+    assert 0 <= meta["train_info"]["pseudo_labels"] <= 16
