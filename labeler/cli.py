@@ -265,7 +265,10 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
                 saved = True
     if not rows:
         _fail("no round could train (too few labels of some class)")
-    csv_path, png_path = write_outputs(rows, out, f"{labels_csv.parent.name}: {seeds} seed(s), hold-out {holdout}")
+    title = f"{labels_csv.parent.name}: {seeds} seed(s), hold-out {holdout}"
+    if self_train is not None:
+        title += f", self-training at p >= {self_train}"
+    csv_path, png_path = write_outputs(rows, out, title)
     goals = [float(x) for x in targets.split(",")]
     click.echo(f"\nlabels needed to reach a mean EER (over {seeds} seed(s)) of:")
     click.echo(f"{'strategy':>16} " + " ".join(f"{g:>8}" for g in goals))

@@ -117,8 +117,16 @@ def test_training_self_trains_on_unlabelled_tasks(label_studio, backend, tmp_pat
     proj = ls.projects.create(title="self-training", label_config=template("binary"))
     upload_images(url, token, proj.id, sorted(synthetic_eyes(tmp_path / "eyes", n=36, seed=3).iterdir()))
     tasks = tasks_of(ls, proj.id)
-    for t in tasks[:20]:
-        annotate(ls, t, "open" if "open_" in t["data"]["image"] else "closed")
+    by_class = {c: [t for t in tasks if f"{c}_" in t["data"]["image"]] for c in ("open", "closed")}
+    for c, ts in by_class.items():
+        for t in ts[:10]:
+            annotate(ls, t, c)
+    r = requests.post(f"{backend[0]}/admin/projects/{proj.id}/train", headers=ADMIN)
+    assert r.status_code in (200, 201, 202), r.text
+    st = wait_job(backend[0], proj.id)
+    assert st["status"] == "failed" and "no Label Studio connection" in st["error"], st
+
+    ls.ml.create(project=proj.id, url=backend[0], title="labeler")  # /setup hands the backend the connection
     r = requests.post(f"{backend[0]}/admin/projects/{proj.id}/train", headers=ADMIN)
     assert r.status_code in (200, 201, 202), r.text
     st = wait_job(backend[0], proj.id)
