@@ -207,7 +207,9 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
 @click.option("--classifier", default="cnn", type=click.Choice(["cnn", "head"]), show_default=True)
 @click.option("--zeroshot-model", help="BLIP-2 ITM model for cold-start scores and head features (optional).")
 @click.option("--cnn-steps", type=int, help="Cap on CNN optimiser steps per round (for quick runs).")
-@click.option("--self-train", type=float, help="Also train on pool images predicted with at least this confidence.")
+@click.option("--self-train", type=float, default=lambda: Settings.from_env().self_train, show_default="0.9",
+              help="Also train on pool images predicted with at least this confidence, as the backend's "
+                   "retraining does (LABELER_SELF_TRAIN); 0 turns it off.")
 @click.option("--targets", default="0.05,0.04,0.03", show_default=True, help="EER targets for the table.")
 @click.option("--out", default="simulation", show_default=True, type=click.Path(path_type=Path))
 @click.option("--save-model", type=click.Path(path_type=Path), help="Keep the final model of the first run here.")
@@ -222,6 +224,7 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
     from .datasets import read_labels
     from .simulate import STRATEGIES, classifier_factory, imagenet_features, labels_to_reach, run, write_outputs
 
+    self_train = self_train or None
     data = read_labels(labels_csv, images)
     classes = data.classes
     y = data.targets(classes)
