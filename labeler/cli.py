@@ -200,7 +200,7 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
 @click.option("--strategy", "strategies", multiple=True, default=["margin_diverse"], show_default=True,
               help="Repeatable; 'all' for every strategy.")
 @click.option("--budget", default=400, show_default=True, help="Human labels.")
-@click.option("--batch", default=50, show_default=True, help="Labels per round.")
+@click.option("--batch", default=25, show_default=True, help="Labels per round (smaller batches let the ranking adapt sooner).")
 @click.option("--start", type=int, help="Size of the first (cold-start) batch [default: --batch].")
 @click.option("--holdout", default=600, show_default=True, help="Held-out images, never queried.")
 @click.option("--seeds", default=1, show_default=True, help="Repeat with seeds 0..N-1.")
