@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from labeler.classifiers import Sample
@@ -21,6 +22,17 @@ def make_dataset(tmp_path, n=60):
         w.writerow(["image", "label"])
         w.writerows(rows)
     return tmp_path / "labels.csv"
+
+
+@pytest.fixture
+def generated(tmp_path):
+    """(samples, y, classes, test indices, a quick CNN factory) on 60 generated images."""
+    from labeler.datasets import read_labels
+
+    data = read_labels(make_dataset(tmp_path))
+    classes = data.classes
+    make = classifier_factory("cnn", classes, max_steps=10, min_steps=10, input_size=32)
+    return [Sample(im) for im in data.images()], data.targets(classes), classes, np.arange(0, 60, 3), make
 
 
 def test_annotator_reveals_only_what_is_queried():
@@ -42,15 +54,8 @@ def test_uncertainty_selection_takes_the_least_certain():
     assert list(got) == [11, 13]
 
 
-def test_run_never_queries_the_holdout(tmp_path):
-    from labeler.datasets import read_labels
-
-    data = read_labels(make_dataset(tmp_path))
-    classes = data.classes
-    y = data.targets(classes)
-    samples = [Sample(im) for im in data.images()]
-    test = np.arange(0, 60, 3)
-    make = classifier_factory("cnn", classes, max_steps=10, min_steps=10, input_size=32)
+def test_run_never_queries_the_holdout(generated):
+    samples, y, classes, test, make = generated
     res, annotator = run(samples, y, classes, "margin_diverse", budget=20, batch=10, test_idx=test, seed=0,
                          make=make, features=np.random.default_rng(0).normal(size=(60, 8)), progress=False)
     assert len(annotator.queried) == 20 and not annotator.queried & set(test.tolist())
@@ -58,16 +63,9 @@ def test_run_never_queries_the_holdout(tmp_path):
     assert all(0 <= r["eer"] <= 1 for r in res.rows)
 
 
-def test_self_training_pseudo_labels_only_the_pool(tmp_path):
-    from labeler.datasets import read_labels
-
-    data = read_labels(make_dataset(tmp_path))
-    classes = data.classes
-    y = data.targets(classes)
-    samples = [Sample(im) for im in data.images()]
-    test = np.arange(0, 60, 3)
+def test_self_training_pseudo_labels_only_the_pool(generated):
+    samples, y, classes, test, make0 = generated
     fits = []
-    make0 = classifier_factory("cnn", classes, max_steps=10, min_steps=10, input_size=32)
 
     def make(seed):
         model = make0(seed)
