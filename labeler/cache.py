@@ -145,9 +145,10 @@ class LogitCache:
             rows.setdefault(k, []).append(i)
         col = {p: j for j, p in enumerate(prompts)}
         marks = ",".join("?" * len(prompts))
+        images = list(rows)
         with self._lock:
-            for start in range(0, len(rows), self._CHUNK):
-                chunk = list(rows)[start:start + self._CHUNK]
+            for start in range(0, len(images), self._CHUNK):
+                chunk = images[start:start + self._CHUNK]
                 sql = (f"SELECT image, prompt, logit FROM logits WHERE prompt IN ({marks}) "
                        f"AND image IN ({','.join('?' * len(chunk))})")
                 for image, prompt, logit in self._db.execute(sql, [*prompts, *chunk]):

@@ -82,12 +82,16 @@ class TrainingJobs:
     def _run(self, project: str, trigger: str) -> None:
         from .preannotate import preannotate
         from .studio import connect
-        from .training import train_project
+        from .training import TrainingError, train_project
 
         while True:
             self._set(project, status="running", started=time.time(), step="starting")
             conn = self.connection(project)
             try:
+                if not conn.hostname or not conn.token:
+                    raise TrainingError(f"project {project} has no Label Studio connection: connect this backend "
+                                        "to the project in Label Studio (Settings > Model), or set "
+                                        "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
                 outcome = train_project(self.predictor, project, conn, trigger,
                                         report=lambda step: self._set(project, step=step))
                 refresh = None

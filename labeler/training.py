@@ -113,10 +113,6 @@ def train_project(predictor: Predictor, project: str, conn: Connection, trigger:
     the serving model.
     """
     s = predictor.settings
-    if not conn.hostname or not conn.token:
-        raise TrainingError(f"project {project} has no Label Studio connection: connect this backend to the "
-                            "project in Label Studio (Settings > Model), or set LABEL_STUDIO_URL and "
-                            "LABEL_STUDIO_API_KEY")
     ls = connect(conn.hostname, conn.token)
     config = project_config(ls, int(project))
     report("fetching annotations and images")
