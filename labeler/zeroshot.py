@@ -196,7 +196,11 @@ class ZeroShotScorer:
 
     # -- text ---------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        tok = self.processor.tokenizer(list(prompts), padding=True, return_tensors="pt")
+        # An over-long prompt (a label config is untrusted) is cut to the text encoder's positions.
+        limit = min(self.processor.tokenizer.model_max_length,
+                    self.model.config.qformer_config.max_position_embeddings)
+        tok = self.processor.tokenizer(list(prompts), padding=True, truncation=True, max_length=limit,
+                                       return_tensors="pt")
         return {"input_ids": tok["input_ids"].to(self.device),
                 "attention_mask": tok["attention_mask"].to(self.device)}
 
