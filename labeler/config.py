@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from .zeroshot import DEFAULT_MODEL
@@ -35,7 +35,7 @@ class Settings:
     min_per_class: int = 5                     # LABELER_MIN_PER_CLASS: refuse to train with fewer labels of a class
     seed: int = 0                              # LABELER_SEED
     self_train: float = 0.9                    # LABELER_SELF_TRAIN: pseudo-label pool images predicted this surely
-    self_train_pool: int = 2000                # LABELER_SELF_TRAIN_POOL: most unlabelled images used (0 = no self-training)
+    self_train_pool: int = 2000                # LABELER_SELF_TRAIN_POOL: most unlabelled images (0 = off)
     admin_token: str | None = None             # LABELER_ADMIN_TOKEN: Bearer token for /admin/* (unset = admin API off)
     basic_auth_user: str | None = None         # BASIC_AUTH_USER
     basic_auth_pass: str | None = None         # BASIC_AUTH_PASS
@@ -43,6 +43,17 @@ class Settings:
     predict_budget_s: float = 60.0             # LABELER_PREDICT_BUDGET_S: stop scoring new images after this long
     download_workers: int = 8                  # LABELER_DOWNLOAD_WORKERS
     log_requests: bool = False                 # LABELER_LOG_REQUESTS: log each request Label Studio sends
+    # -- security and resource bounds (README, "Security model") --
+    webhook_secret: str | None = None          # LABELER_WEBHOOK_SECRET: X-Labeler-Webhook-Secret header
+    allowed_hosts: str = ""                    # LABELER_ALLOWED_HOSTS: other image hosts ("a.com,*.cdn.net")
+    local_root: Path | None = None             # LABELER_LOCAL_ROOT: CLI/offline: local images under this root
+    max_image_bytes: int = 20 * 2**20          # LABELER_MAX_IMAGE_BYTES: per downloaded image
+    max_image_pixels: int = 40_000_000         # LABELER_MAX_IMAGE_PIXELS: checked before decoding
+    download_timeout_s: float = 20.0           # LABELER_DOWNLOAD_TIMEOUT_S: total per image download
+    max_request_mb: float = 32.0               # LABELER_MAX_REQUEST_MB: request body limit (413 above)
+    max_concurrent_predicts: int = 6           # LABELER_MAX_CONCURRENT_PREDICTS: more wait briefly, then 503
+    train_workers: int = 1                     # LABELER_TRAIN_WORKERS: training jobs run at once (others queue)
+    keep_versions: int = 20                    # LABELER_KEEP_VERSIONS: newest versions kept per project (+ serving)
 
     _ENV = {
         "label_studio_url": "LABEL_STUDIO_URL", "label_studio_api_key": "LABEL_STUDIO_API_KEY",
@@ -55,7 +66,12 @@ class Settings:
         "admin_token": "LABELER_ADMIN_TOKEN", "basic_auth_user": "BASIC_AUTH_USER",
         "basic_auth_pass": "BASIC_AUTH_PASS", "cache_max_gb": "LABELER_CACHE_MAX_GB",
         "predict_budget_s": "LABELER_PREDICT_BUDGET_S", "download_workers": "LABELER_DOWNLOAD_WORKERS",
-        "log_requests": "LABELER_LOG_REQUESTS",
+        "log_requests": "LABELER_LOG_REQUESTS", "webhook_secret": "LABELER_WEBHOOK_SECRET",
+        "allowed_hosts": "LABELER_ALLOWED_HOSTS", "local_root": "LABELER_LOCAL_ROOT",
+        "max_image_bytes": "LABELER_MAX_IMAGE_BYTES", "max_image_pixels": "LABELER_MAX_IMAGE_PIXELS",
+        "download_timeout_s": "LABELER_DOWNLOAD_TIMEOUT_S", "max_request_mb": "LABELER_MAX_REQUEST_MB",
+        "max_concurrent_predicts": "LABELER_MAX_CONCURRENT_PREDICTS", "train_workers": "LABELER_TRAIN_WORKERS",
+        "keep_versions": "LABELER_KEEP_VERSIONS",
     }
 
     @classmethod
@@ -69,7 +85,7 @@ class Settings:
                 continue
             raw = env[name]
             kind = type(f.default)
-            if f.name == "model_dir":
+            if f.name in {"model_dir", "local_root"}:
                 values[f.name] = Path(raw)
             elif kind is bool:
                 values[f.name] = _bool(raw)
@@ -85,4 +101,33 @@ class Settings:
         if str(values.get("zeroshot_model", "")).lower() in {"none", "off", "false"}:
             values["zeroshot_model"] = None
         values.update(overrides)
-        return replace(cls(), **values)
+        return replace(cls(), **values).validated()
+
+    def validated(self) -> "Settings":
+        """Self, or a ValueError naming the environment variable that is wrong."""
+        from .uncertainty import MEASURES
+
+        checks = [
+            ("uncertainty", self.uncertainty in MEASURES, f"one of {', '.join(MEASURES)}"),
+            ("classifier", self.classifier in {"auto", "head", "cnn"}, "auto, head or cnn"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("train_workers", self.train_workers >= 1, "at least 1"),
+            ("keep_versions", self.keep_versions >= 1, "at least 1"),
+            ("max_concurrent_predicts", self.max_concurrent_predicts >= 1, "at least 1"),
+            ("self_train", 0 < self.self_train <= 1, "in (0, 1]"),
+            ("max_image_bytes", self.max_image_bytes > 0, "positive"),
+            ("max_image_pixels", self.max_image_pixels > 0, "positive"),
+            ("max_request_mb", self.max_request_mb > 0, "positive"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise ValueError(f"{self._ENV[name]}={getattr(self, name)!r}: must be {want}")
+        return self
+
+    def fetch_policy(self, local_files: bool = True):
+        """What may be fetched (:class:`labeler.fetching.FetchPolicy`); the backend passes ``local_files=False``."""
+        from .fetching import FetchPolicy, parse_hosts
+
+        return FetchPolicy(allowed_hosts=parse_hosts(self.allowed_hosts),
+                           local_root=self.local_root if local_files else None,
+                           max_bytes=self.max_image_bytes, timeout_s=self.download_timeout_s)

@@ -11,10 +11,10 @@ and re-running starts clean.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import mimetypes
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import requests
 from label_studio_sdk import LabelStudio
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .images import ImageError, fetch_bytes, fetch_many
+from .connection import Connection
+from .fetching import Fetcher, FetchPolicy
+from .fsutil import fsync_dir
+from .images import ImageError, decode
 from .labelconfig import LabelConfig
-from .predictor import Connection
 from .studio import StudioError, annotation_label, iter_tasks, pick_label, project_config
 
 STUDIO_FORMATS = {"JSON", "JSON_MIN", "CSV", "COCO"}
@@ -98,7 +99,8 @@ def _rows(ls: LabelStudio, project: int, config: LabelConfig, only_annotated: bo
         if winner is not None:
             who = winner.get("completed_by")
             annotator = who.get("email") if isinstance(who, dict) else (str(who) if who is not None else None)
-        rows.append(Row(t["id"], (t.get("data") or {}).get(config.value_key), label, annotator,
+        ref = config.image_ref(t)
+        rows.append(Row(t["id"], ref if isinstance(ref, str) else None, label, annotator,
                         (winner or {}).get("updated_at"), pred_label,
                         pred.get("score") if pred else None))
     return rows
@@ -118,27 +120,67 @@ def _split(labels: list[str], fractions: tuple[float, float, float], seed: int) 
     return out
 
 
-def _extension(data: bytes) -> str:
-    try:
-        fmt = Image.open(io.BytesIO(data)).format or "PNG"
-    except Exception:  # noqa: BLE001
-        fmt = "PNG"
-    return mimetypes.guess_extension(Image.MIME.get(fmt, "image/png")) or ".png"
+def _extension(fmt: str | None) -> str:
+    return mimetypes.guess_extension(Image.MIME.get(fmt or "PNG", "image/png")) or ".png"
 
 
-def _safe_name(task_id: int, ref: str, data: bytes) -> str:
+def _component(text: str, fallback: str) -> str:
+    """``text`` as one safe file-name component (no separators, no leading dots, bounded length)."""
+    safe = re.sub(r"[^\w.\- ]", "_", text).strip().lstrip(".")[:100]
+    return safe or fallback
+
+
+def _safe_name(task_id: int, ref: str, fmt: str | None) -> str:
     base = "" if ref.startswith("data:") else os.path.basename(ref.split("?")[0].split("d=")[-1])
-    stem = Path(base).stem[:80] if base else "image"
-    return f"{task_id}_{stem}{_extension(data)}"
+    return f"{task_id}_{_component(Path(base).stem[:80], 'image')}{_extension(fmt)}"
+
+
+def class_folders(classes: list[str]) -> dict[str, str]:
+    """A distinct, safe folder name per class (class names come from an untrusted label config)."""
+    out: dict[str, str] = {}
+    for c in sorted(set(classes)):
+        name = _component(c, "class")
+        while name in out.values():
+            name += "_"
+        out[c] = name
+    return out
+
+
+def _recover(out: Path) -> None:
+    """Finish or undo an overwrite that a crash interrupted: the old dataset is never lost."""
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"))
+    if olds and not out.exists():
+        os.rename(olds.pop(), out)  # killed between the two renames: put the old dataset back
+    for p in [*olds, *out.parent.glob(f".{out.name}.partial-*")]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Move ``tmp`` to ``out``; an existing ``out`` is renamed aside first and deleted only after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def export(ls: LabelStudio, project: int, fmt: str, out: Path, conn: Connection,
            only_annotated: bool = True, split: tuple[float, float, float] | None = None,
-           seed: int = 0, workers: int = 8, progress: bool = True, overwrite: bool = False) -> ExportSummary:
-    """Export ``project`` to ``out`` in ``fmt``; returns counts and what was skipped."""
+           seed: int = 0, workers: int = 8, progress: bool = True, overwrite: bool = False,
+           policy: FetchPolicy | None = None) -> ExportSummary:
+    """Export ``project`` to ``out`` in ``fmt``; returns counts and what was skipped.
+
+    Images are fetched under ``policy`` (default: Label Studio's files and
+    ``data:`` URLs only) and decoded; what is not an image is skipped.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _recover(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,41 +196,43 @@ def export(ls: LabelStudio, project: int, fmt: str, out: Path, conn: Connection,
             for r in rows:
                 summary.counts[r.label or f"(predicted) {r.prediction}"] += 1
             if fmt == "imagefolder":
-                _imagefolder(rows, tmp, conn, split, seed, workers, progress, summary)
+                fetcher = Fetcher(policy or FetchPolicy(), conn)
+                _imagefolder(rows, tmp, fetcher, split, seed, workers, progress, summary)
             else:
                 _manifest(rows, tmp, fmt)
         (tmp / "export.json").write_text(json.dumps(
             {"project": project, "format": fmt, "only_annotated": only_annotated, "split": split,
              "counts": dict(summary.counts), "skipped": summary.skipped}, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
+        _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
 
 
-def _imagefolder(rows: list[Row], tmp: Path, conn: Connection, split, seed, workers, progress,
+def _imagefolder(rows: list[Row], tmp: Path, fetcher: Fetcher, split, seed, workers, progress,
                  summary: ExportSummary) -> None:
     labelled = [r for r in rows if (r.label or r.prediction)]
     names = [r.label or r.prediction for r in labelled]
+    folders = class_folders(names)
     splits = _split(names, split, seed) if split else [""] * len(labelled)
-    headers = conn.headers() if conn.hostname else None
-    session = requests.Session()
     bar = tqdm(total=len(labelled), desc="downloading images", unit="img", disable=not progress)
     summary.counts.clear()
     for start in range(0, len(labelled), 256):
         chunk = labelled[start:start + 256]
-        datas = fetch_many([r.image for r in chunk],
-                           lambda u: fetch_bytes(u, conn.hostname, headers, session), workers=workers)
+        datas = fetcher.get_many([r.image for r in chunk], workers=workers)
         for r, name, sp, data in zip(chunk, names[start:], splits[start:], datas):
             if isinstance(data, ImageError):
                 summary.skipped.append((r.task_id, f"image not downloaded: {data}"))
                 continue
-            folder = tmp / sp / name if sp else tmp / name
+            try:
+                fmt = decode(data).format
+            except ImageError as exc:
+                summary.skipped.append((r.task_id, f"not an image: {exc}"))
+                continue
+            folder = tmp / sp / folders[name] if sp else tmp / folders[name]
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / _safe_name(r.task_id, r.image or "", data)).write_bytes(data)
+            (folder / _safe_name(r.task_id, r.image or "", fmt)).write_bytes(data)
             summary.counts[name] += 1
             if sp:
                 summary.splits.setdefault(sp, Counter())[name] += 1

@@ -1,9 +1,15 @@
-"""Background training jobs: one at a time per project, with a visible state.
+"""Background training jobs: one at a time per project, a bounded number at once, with a visible state.
 
-State (``queued``/``running``/``done``/``failed`` with the reason) is kept in
-memory and in ``MODEL_DIR/projects/<p>/job.json``. A trigger that arrives
-while a job runs queues exactly one follow-up run, so a burst of annotation
-events trains once more, not once per event.
+State (``queued``/``running``/``done``/``failed`` with the reason and the
+current step) is kept in memory and in ``MODEL_DIR/projects/<p>/job.json``. A
+trigger that arrives while a job is queued or running queues exactly one
+follow-up run, so a burst of annotation events trains once more, not once per
+event. Jobs run on a pool of ``LABELER_TRAIN_WORKERS`` threads.
+
+After a crash: a job the last process left ``queued`` or ``running`` is
+marked failed ("interrupted") at start-up, and a promotion whose prediction
+refresh did not finish (``refresh_pending``) is refreshed by the next job of
+that project, which start-up or the next verified ``/setup`` submits.
 """
 
 from __future__ import annotations
@@ -13,13 +19,19 @@ import logging
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .config import Settings
-from .predictor import Connection, Predictor
+from .connection import Connection
+from .fsutil import atomic_write_text
+from .predictor import Predictor
+from .registry import check_project
 
 log = logging.getLogger(__name__)
+ACTIVE = {"queued", "running"}
 
 
 class TrainingJobs:
@@ -31,9 +43,26 @@ class TrainingJobs:
         self._states: dict[str, dict] = {}
         self._rerun: set[str] = set()
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=settings.train_workers, thread_name_prefix="train")
+        self._recover()
 
     def _file(self, project: str) -> Path:
-        return Path(self.settings.model_dir) / "projects" / project / "job.json"
+        return self.predictor.registry.project_dir(project) / "job.json"
+
+    def _recover(self) -> None:
+        """Jobs a previous process left active did not finish: say so instead of 'running' forever."""
+        for project in self.predictor.registry.projects():
+            st = self.state(project)
+            if st.get("status") in ACTIVE:
+                serving = self.predictor.registry.current(project)
+                # killed anywhere between promotion and the end of the refresh: refresh again
+                pending = serving if serving and serving != st.get("refreshed_version") else None
+                self._set(project, status="failed", step=None, finished=time.time(), refresh_pending=pending,
+                          error=f"interrupted: the backend stopped while this job was {st['status']}")
+
+    def pending_refreshes(self) -> list[str]:
+        """Projects whose last promotion was not followed by a finished prediction refresh."""
+        return [p for p in self.predictor.registry.projects() if self.state(p).get("refresh_pending")]
 
     def state(self, project: str) -> dict:
         with self._lock:
@@ -44,65 +73,52 @@ class TrainingJobs:
         except (FileNotFoundError, ValueError):
             return {"status": "none"}
 
-    def _set(self, project: str, **values) -> None:
+    def _set(self, project: str, **values) -> dict:
         with self._lock:
-            st = self._states.setdefault(project, {})
+            st = self._states.setdefault(project, self.state_from_disk(project))
             st.update(values, updated=time.time())
             snapshot = dict(st)
-        path = self._file(project)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(snapshot, indent=2))
-        tmp.replace(path)
+        atomic_write_text(self._file(project), json.dumps(snapshot, indent=2))
+        return snapshot
 
-    def submit(self, project: str, trigger: str) -> dict:
-        """Start a job for ``project`` (or queue one after the running one); returns the state."""
+    def state_from_disk(self, project: str) -> dict:
+        try:
+            return json.loads(self._file(project).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def submit(self, project: str, trigger: str, train: bool = True) -> dict:
+        """Queue a job for ``project`` (or one follow-up after the active one); returns the state.
+
+        ``train=False``: only finish a pending prediction refresh.
+        """
+        project = check_project(project)
         with self._lock:
-            running = self._states.get(project, {}).get("status") in {"queued", "running"}
-            if running:
+            active = self._states.get(project, {}).get("status") in ACTIVE
+            if active:
                 self._rerun.add(project)
-        if running:
+        if active:
             return {**self.state(project), "rerun_queued": True}
-        self._set(project, status="queued", trigger=trigger, error=None, version=None,
-                  queued_at=time.time())
-        threading.Thread(target=self._run, args=(project, trigger), name=f"train-{project}",
-                         daemon=True).start()
-        return self.state(project)
+        state = self._set(project, status="queued", trigger=trigger, error=None, version=None,
+                          job_id=uuid.uuid4().hex[:12], queued_at=time.time())
+        self._pool.submit(self._run, project, trigger, train)
+        return state
 
     def wait(self, project: str, timeout: float = 600) -> dict:
         """Block until the project's job is neither queued nor running (for CLI and tests)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             st = self.state(project)
-            if st.get("status") not in {"queued", "running"} and project not in self._rerun:
+            if st.get("status") not in ACTIVE and project not in self._rerun:
                 return st
             time.sleep(0.2)
         raise TimeoutError(f"training job of project {project} still running after {timeout} s")
 
-    def _run(self, project: str, trigger: str) -> None:
-        from .preannotate import preannotate
-        from .studio import connect
-        from .training import TrainingError, train_project
-
+    def _run(self, project: str, trigger: str, train: bool) -> None:
         while True:
             self._set(project, status="running", started=time.time(), step="starting")
-            conn = self.connection(project)
             try:
-                if not conn.hostname or not conn.token:
-                    raise TrainingError(f"project {project} has no Label Studio connection: connect this backend "
-                                        "to the project in Label Studio (Settings > Model), or set "
-                                        "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-                outcome = train_project(self.predictor, project, conn, trigger,
-                                        report=lambda step: self._set(project, step=step))
-                refresh = None
-                if outcome.promoted:
-                    self._set(project, step="refreshing predictions")
-                    rep = preannotate(connect(conn.hostname, conn.token), int(project), self.predictor,
-                                      conn, progress=False)
-                    refresh = {"predicted": rep.predicted, "failed": len(rep.failed)}
-                self._set(project, status="done", version=outcome.version, promoted=outcome.promoted,
-                          reason=outcome.meta.get("promotion_reason"), refreshed=refresh,
-                          metrics=outcome.meta.get("metrics"), step=None, finished=time.time())
+                self._train_and_refresh(project, trigger, train)
             except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never fatal
                 log.error("training project %s failed: %s\n%s", project, exc, traceback.format_exc())
                 self._set(project, status="failed", error=f"{type(exc).__name__}: {exc}", step=None,
@@ -111,4 +127,40 @@ class TrainingJobs:
                 if project not in self._rerun:
                     return
                 self._rerun.discard(project)
-            trigger = "queued while a job was running"
+            trigger, train = "queued while a job was running", True
+            self._set(project, status="queued", trigger=trigger, job_id=uuid.uuid4().hex[:12])
+
+    def _train_and_refresh(self, project: str, trigger: str, train: bool) -> None:
+        from .training import TrainingError, train_project
+
+        conn = self.connection(project)
+        if not conn:
+            raise TrainingError(f"project {project} has no Label Studio connection: connect this backend "
+                                "to the project in Label Studio (Settings > Model), or set "
+                                "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+        pending = self.state(project).get("refresh_pending")
+        if pending and pending == self.predictor.registry.current(project):
+            self._refresh(project, conn, pending)  # finish what a crash interrupted, then train
+        self._set(project, refresh_pending=None)
+        if not train:
+            self._set(project, status="done", step=None, finished=time.time())
+            return
+        outcome = train_project(self.predictor, project, conn, trigger,
+                                report=lambda step: self._set(project, step=step))
+        refresh = None
+        if outcome.promoted:
+            refresh = self._refresh(project, conn, outcome.version)
+        self._set(project, status="done", version=outcome.version, promoted=outcome.promoted,
+                  reason=outcome.meta.get("promotion_reason"), refreshed=refresh,
+                  metrics=outcome.meta.get("metrics"),
+                  unreadable_images=len(outcome.meta.get("unreadable_images") or []),
+                  step=None, finished=time.time())
+
+    def _refresh(self, project: str, conn: Connection, version: str) -> dict:
+        from .preannotate import preannotate
+        from .studio import connect
+
+        self._set(project, step="refreshing predictions", refresh_pending=version)
+        rep = preannotate(connect(conn.base_url, conn.token), int(project), self.predictor, conn, progress=False)
+        self._set(project, refresh_pending=None, refreshed_version=version)
+        return {"predicted": rep.predicted, "failed": len(rep.failed)}

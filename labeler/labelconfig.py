@@ -28,6 +28,11 @@ class LabelConfig:
     prompts: dict[str, tuple[str, ...]]
     multiple: bool = False    # choice="multiple"
 
+    def image_ref(self, task: object) -> object:
+        """The image reference in a task's data (None when the task or its data is not an object)."""
+        data = task.get("data") if isinstance(task, dict) else None
+        return data.get(self.value_key) if isinstance(data, dict) else None
+
     def signature(self) -> str:
         """Text that changes whenever classes or prompts change (for model versions)."""
         return "|".join(f"{c}={';'.join(self.prompts[c])}" for c in self.classes)

@@ -12,10 +12,12 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from filelock import FileLock, Timeout
 from label_studio_sdk import LabelStudio
 from tqdm.auto import tqdm
 
-from .predictor import Connection, Predictor, to_prediction
+from .connection import Connection
+from .predictor import Predictor, to_prediction
 from .studio import import_predictions, iter_tasks, project_config, set_model_version, uncertainty_view
 
 log = logging.getLogger(__name__)
@@ -39,10 +41,32 @@ class Report:
         return "\n".join(lines)
 
 
+class PreannotateBusy(RuntimeError):
+    """Another pre-annotation of the same project is running (it would write duplicate predictions)."""
+
+
 def preannotate(ls: LabelStudio, project: int, predictor: Predictor, conn: Connection,
                 only_missing: bool = True, batch_size: int = 64, progress: bool = True,
-                max_tasks: int | None = None) -> Report:
-    """Predict every task of ``project`` (or only those without a current-version prediction)."""
+                max_tasks: int | None = None, wait_s: float = 600) -> Report:
+    """Predict every task of ``project`` (or only those without a current-version prediction).
+
+    One run per project at a time (a lock file under ``MODEL_DIR``, shared by the
+    CLI and the backend): a second run waits up to ``wait_s`` and then re-reads
+    which tasks still need a prediction, so no task gets two.
+    """
+    lock = FileLock(predictor.registry.project_dir(str(project), create=True) / "preannotate.lock")
+    try:
+        lock.acquire(timeout=wait_s)
+    except Timeout:
+        raise PreannotateBusy(f"another pre-annotation of project {project} is still running") from None
+    try:
+        return _preannotate(ls, project, predictor, conn, only_missing, batch_size, progress, max_tasks)
+    finally:
+        lock.release()
+
+
+def _preannotate(ls: LabelStudio, project: int, predictor: Predictor, conn: Connection, only_missing: bool,
+                 batch_size: int, progress: bool, max_tasks: int | None) -> Report:
     config = project_config(ls, project)
     pkey = str(project)
     version = predictor.model_version(pkey, config)
@@ -58,7 +82,7 @@ def preannotate(ls: LabelStudio, project: int, predictor: Predictor, conn: Conne
     if max_tasks is not None:
         todo = todo[:max_tasks]
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    urls = lambda b: [(t.get("data") or {}).get(config.value_key) for t in b]  # noqa: E731
+    urls = lambda b: [config.image_ref(t) for t in b]  # noqa: E731
     bar = tqdm(total=len(todo), desc=f"pre-annotating project {project}", unit="task", disable=not progress)
     with ThreadPoolExecutor(max_workers=1) as prefetch:
         pending = prefetch.submit(predictor.fetch, urls(batches[0]), conn) if batches else None

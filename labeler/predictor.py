@@ -13,15 +13,16 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import requests
 
 from .cache import EmbeddingCache, content_key
 from .classifiers import Classifier, Sample, load_classifier
 from .config import Settings
-from .images import ImageError, decode, fetch_bytes, fetch_many
+from .connection import Connection
+from .fetching import Fetcher
+from .images import ImageError, decode
 from .labelconfig import LabelConfig
 from .registry import Registry
 from .uncertainty import confidence
@@ -41,39 +42,24 @@ class Scored:
     hidden: np.ndarray | None = None  # vision hidden states, for ITM scoring
 
 
-@dataclass
-class Connection:
-    """How to reach a Label Studio instance (from /setup or from settings)."""
+def project_key(project: object) -> str:
+    """The registry key of a project: Label Studio sends ``"<id>.<created_at>"``, the key is the id.
 
-    hostname: str | None = None
-    token: str | None = None
-    _headers: dict[str, str] | None = field(default=None, repr=False)
-
-    def headers(self) -> dict[str, str]:
-        """Auth headers for file downloads: legacy ``Token``, or a JWT exchanged for a Bearer."""
-        if self._headers is None:
-            self._headers = {}
-            if self.token and self.token.count(".") == 2 and self.hostname:
-                resp = requests.post(f"{self.hostname.rstrip('/')}/api/token/refresh/",
-                                     json={"refresh": self.token}, timeout=10)
-                if resp.ok:
-                    self._headers = {"Authorization": f"Bearer {resp.json()['access']}"}
-            elif self.token:
-                self._headers = {"Authorization": f"Token {self.token}"}
-        return self._headers
-
-
-def project_key(project: str | int | None) -> str:
-    """Label Studio sends ``"<id>.<created_at>"``; the registry keys by the id alone."""
-    return str(project).split(".")[0] if project not in (None, "") else "default"
+    Raises ValueError for anything else: project ids become folder names.
+    """
+    key = str(project).split(".")[0] if isinstance(project, (str, int)) and not isinstance(project, bool) else ""
+    if not key.isdigit() or len(key) > 12:
+        raise ValueError(f"invalid project id {str(project)[:40]!r}: expected digits (Label Studio's project id)")
+    return key
 
 
 class Predictor:
     """Holds the models of one process; thread-safe for concurrent requests."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, local_files: bool = True) -> None:
         self.settings = settings
-        self.registry = Registry(settings.model_dir)
+        self.policy = settings.fetch_policy(local_files=local_files)
+        self.registry = Registry(settings.model_dir, keep=settings.keep_versions)
         self._scorer: ZeroShotScorer | None = None
         self._scorer_error: str | None = None
         self._scorer_ready = threading.Event()
@@ -142,19 +128,16 @@ class Predictor:
         return f"zeroshot-{digest}"
 
     # -- scoring ------------------------------------------------------------------
-    def fetch(self, urls: Sequence[str], conn: Connection) -> list[Scored]:
-        """Download (concurrently) and decode every image; failures are per item, never raised."""
-        session = requests.Session()
-        headers = conn.headers() if conn.hostname else None
-        fetched = fetch_many(list(urls), lambda u: fetch_bytes(u, conn.hostname, headers, session),
-                             workers=self.settings.download_workers)
+    def fetch(self, refs: Sequence[object], conn: Connection, deadline: float | None = None) -> list[Scored]:
+        """Download (concurrently, under the fetch policy) and decode every image; failures are per item."""
+        fetched = Fetcher(self.policy, conn, deadline).get_many(list(refs), workers=self.settings.download_workers)
         out: list[Scored] = []
         for data in fetched:
             if isinstance(data, ImageError):
                 out.append(Scored(error=str(data)))
                 continue
             try:
-                out.append(Scored(sample=Sample(decode(data)), key=content_key(data)))
+                out.append(Scored(sample=Sample(decode(data, self.settings.max_image_pixels)), key=content_key(data)))
             except ImageError as exc:
                 out.append(Scored(error=str(exc)))
         return out
@@ -162,7 +145,7 @@ class Predictor:
     def samples(self, urls: Sequence[str], conn: Connection, deadline: float | None = None,
                 ) -> list[Scored]:
         """:meth:`fetch` then :meth:`embed`."""
-        items = self.fetch(urls, conn)
+        items = self.fetch(urls, conn, deadline)
         self.embed(items, deadline)
         return items
 
@@ -191,13 +174,24 @@ class Predictor:
                     it.error = "not scored: the request's time budget ran out (retry to continue)"
                     it.sample = None
                 break
-            chunk = missing[start:start + bs]
+            self._embed_chunk(scorer, missing[start:start + bs])
+
+    def _embed_chunk(self, scorer: ZeroShotScorer, chunk: Sequence[Scored]) -> None:
+        """Embed a batch; if the batch fails, embed one by one so only the bad image fails."""
+        try:
             with self._model_lock:
-                emb = scorer.embed([it.sample.image for it in chunk])
-            rows = emb.cache_rows()
-            self.cache.put_rows([it.key for it in chunk], rows)
-            for it, row in zip(chunk, rows):
-                it.hidden, it.sample.features = row[:-1], row[-1].astype(np.float32)
+                rows = scorer.embed([it.sample.image for it in chunk]).cache_rows()
+        except Exception as exc:  # noqa: BLE001 - any image the model cannot take is that image's error
+            if len(chunk) == 1:
+                log.warning("embedding failed: %s", exc)
+                chunk[0].error, chunk[0].sample = f"the model could not process this image: {exc}", None
+                return
+            for it in chunk:
+                self._embed_chunk(scorer, [it])
+            return
+        self.cache.put_rows([it.key for it in chunk], rows)
+        for it, row in zip(chunk, rows):
+            it.hidden, it.sample.features = row[:-1], row[-1].astype(np.float32)
 
     def zeroshot_scores(self, items: Sequence[Scored], config: LabelConfig) -> None:
         """Attach ``s_ic`` (zero-shot class evidence) to every embedded item."""
@@ -246,13 +240,13 @@ class Predictor:
     def predictions(self, tasks: Sequence[dict], config: LabelConfig, project: str,
                     conn: Connection) -> list[dict]:
         """One Label Studio prediction per task, in order; an empty one where scoring failed."""
-        urls = [(t.get("data") or {}).get(config.value_key) for t in tasks]
+        urls = [config.image_ref(t) for t in tasks]
         deadline = time.monotonic() + self.settings.predict_budget_s
         version, items = self.score(project, urls, config, conn, deadline)
         results = []
         for task, it in zip(tasks, items):
             if it.proba is None:
-                log.warning("task %s: no prediction: %s", task.get("id"), it.error)
+                log.warning("task %s: no prediction: %s", task.get("id") if isinstance(task, dict) else "?", it.error)
                 # No score: a failed task must not masquerade as the least confident one.
                 results.append({"model_version": version, "result": []})
                 continue

@@ -3,56 +3,48 @@
 Routes (``ml_backend/api.py``): ``GET /health``, ``POST /setup``, ``POST /predict``,
 ``POST /webhook``, ``GET /versions``, ``GET /metrics``; admin routes
 (``ml_backend/admin.py``) under ``/admin`` need ``Authorization: Bearer $LABELER_ADMIN_TOKEN``.
+Who may call what: ``ml_backend/auth.py``; what may be fetched: ``labeler/fetching.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import hmac
 import logging
 import threading
 
-from flask import Flask, Response, request
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from labeler.config import Settings
+from labeler.registry import RegistryError
 
-from .state import BackendState
+from .auth import basic_auth_ok
+from .state import BackendState, SetupRefused
+
+log = logging.getLogger(__name__)
+# Routes with their own credentials: /webhook (basic auth or a secret), /admin (a bearer token).
+_OWN_AUTH = {"api.health", "api.webhook"}
 
 
 def create_app(settings: Settings | None = None, load_in_background: bool = True) -> Flask:
     """Build the app; the zero-shot model loads in a background thread (``/health`` says when)."""
-    settings = settings or Settings.from_env()
+    settings = (settings or Settings.from_env()).validated()
     app = Flask(__name__)
     app.config["LABELER_SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = int(settings.max_request_mb * 2**20)  # larger bodies: 413
     state = BackendState(settings)
     app.extensions["labeler"] = state
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    if settings.basic_auth_user:
-        @app.before_request
-        def _basic_auth() -> Response | None:
-            # Label Studio's auto-created webhook carries no credentials; /webhook only
-            # queues work, so it stays open rather than rejecting every annotation event.
-            # /admin has its own bearer token (both would need the Authorization header).
-            if request.endpoint in {"api.webhook", "api.health"} or (request.endpoint or "").startswith("admin."):
-                return None
-            expected = f"{settings.basic_auth_user}:{settings.basic_auth_pass or ''}".encode()
-            got = request.headers.get("Authorization", "")
-            if got.startswith("Basic ") and hmac.compare_digest(
-                    base64.b64decode(got[6:].encode() or b"=").strip(), expected):
-                return None
-            return Response("authentication required", 401, {"WWW-Authenticate": 'Basic realm="labeler"'})
+    @app.before_request
+    def _basic_auth() -> Response | None:
+        endpoint = request.endpoint or ""
+        if endpoint in _OWN_AUTH or endpoint.startswith("admin.") or basic_auth_ok(request, settings):
+            return None
+        return Response("authentication required", 401, {"WWW-Authenticate": 'Basic realm="labeler"'})
 
+    _error_handlers(app)
     if settings.log_requests:
-        log = logging.getLogger("ml_backend.requests")
-
-        @app.after_request
-        def _log_request(response: Response) -> Response:
-            body = request.get_json(silent=True) if request.is_json else None
-            summary = {k: "***" if k == "access_token" else (f"<{len(v)} items>" if isinstance(v, list) else v if not isinstance(v, str)
-                           or len(v) < 80 else v[:77] + "...") for k, v in (body or {}).items()}
-            log.info("%s %s %s <- %s", request.method, request.path, response.status_code, summary)
-            return response
+        _request_log(app)
 
     from . import admin, api
     app.register_blueprint(api.bp)
@@ -63,3 +55,51 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     else:
         state.predictor.load_scorer()
     return app
+
+
+def _error_handlers(app: Flask) -> None:
+    """Every error is JSON ``{"status": "error", "error": ...}`` with a fitting status code."""
+
+    def body(message: str, status: int):
+        return jsonify({"status": "error", "error": message}), status
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        return body(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(RegistryError)
+    def _registry(exc: RegistryError):
+        return body(str(exc), 404 if "has no model version" in str(exc) or "no model version" in str(exc) else 400)
+
+    @app.errorhandler(SetupRefused)
+    def _refused(exc: SetupRefused):
+        return body(str(exc), 403)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return body(f"internal error ({type(exc).__name__}); see the backend log", 500)
+
+
+def _request_log(app: Flask) -> None:
+    """Log each request Label Studio sends, with tokens redacted and long values cut."""
+    req_log = logging.getLogger("ml_backend.requests")
+
+    def short(key: str, value: object) -> object:
+        if key in {"access_token", "api_key", "token"}:
+            return "***"
+        if isinstance(value, list):
+            return f"<{len(value)} items>"
+        if isinstance(value, str) and len(value) >= 80:
+            return value[:77] + "..."
+        return value if not isinstance(value, dict) else "{...}"
+
+    @app.after_request
+    def _log(response: Response) -> Response:
+        try:
+            body = request.get_json(silent=True) if request.is_json else None
+        except HTTPException:  # e.g. 413: the body was never read
+            body = None
+        summary = {k: short(k, v) for k, v in body.items()} if isinstance(body, dict) else type(body).__name__
+        req_log.info("%s %s %s <- %s", request.method, request.path, response.status_code, summary)
+        return response

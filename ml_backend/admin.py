@@ -2,43 +2,44 @@
 
 from __future__ import annotations
 
-import hmac
-
 from flask import Blueprint, abort, jsonify, request
 
-from labeler.registry import RegistryError
+from labeler.registry import check_project, check_version
 
 from .api import bad_request, state
+from .auth import admin_ok
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 
 @bp.before_request
 def _require_token():
-    token = state().settings.admin_token
-    if not token:
+    if not state().settings.admin_token:
         abort(404)  # admin API off unless LABELER_ADMIN_TOKEN is set
-    got = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-        return jsonify({"status": "error", "error": "admin token required"}), 401
+    if not admin_ok(request, state().settings):
+        return bad_request("admin token required", 401)
+    return None
 
 
 @bp.post("/projects/<project>/train")
 def train(project: str):
-    return jsonify({"status": "ok", "job": state().jobs.submit(project, trigger="admin API")}), 202
+    return jsonify({"status": "ok", "job": state().jobs.submit(check_project(project), trigger="admin API")}), 202
 
 
 @bp.get("/projects/<project>/job")
 def job(project: str):
-    return jsonify(state().jobs.state(project))
+    return jsonify(state().jobs.state(check_project(project)))
 
 
 @bp.post("/projects/<project>/promote")
 def promote(project: str):
-    data = request.get_json(silent=True) or {}
-    version = data.get("version")
-    try:
-        state().predictor.registry.promote(project, version)
-    except RegistryError as exc:
-        return bad_request(str(exc), 404)
+    data = request.get_json(silent=True)
+    if data is not None and not isinstance(data, dict):
+        return bad_request('expected {"version": "v3-head"} (or null for the zero-shot model)')
+    version = (data or {}).get("version")
+    if version in (None, "", "zeroshot", "zero-shot"):
+        version = None
+    else:
+        check_version(version)
+    state().predictor.registry.promote(check_project(project), version)
     return jsonify({"status": "ok", "serving": version or "zero-shot"})

@@ -10,10 +10,12 @@ from flask import Blueprint, current_app, jsonify, render_template_string, reque
 from labeler.labelconfig import LabelConfigError, parse_label_config
 from labeler.predictor import project_key
 
+from .auth import admin_ok, webhook_ok
 from .state import BackendState
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
+PREDICT_QUEUE_WAIT_S = 10.0
 
 
 def state() -> BackendState:
@@ -24,29 +26,39 @@ def bad_request(message: str, status: int = 400):
     return jsonify({"status": "error", "error": message}), status
 
 
+def _json_object() -> dict | None:
+    data = request.get_json(silent=True)
+    return data if isinstance(data, dict) else None
+
+
 @bp.get("/health")
 @bp.get("/")
 def health():
-    """Cheap: Label Studio calls it before every predict (1 s timeout)."""
+    """Cheap: Label Studio calls it before every predict (1 s timeout); never waits on a lock."""
     p = state().predictor
     body = {"status": "UP", "model_class": "labeler", "model_ready": p.ready}
     if p.scorer_error:
-        body["model_error"] = p.scorer_error
+        body["model_error"] = "the zero-shot model could not be loaded (see the backend log)"
     return jsonify(body)
 
 
 @bp.post("/setup")
 def setup():
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
+    data = _json_object()
+    if data is None:
         return bad_request("expected a JSON object")
+    for key in ("hostname", "access_token"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            return bad_request(f"{key} must be a string")
     try:
+        project = project_key(data.get("project"))
         config = parse_label_config(data.get("schema") or "")
     except LabelConfigError as exc:
         return bad_request(f"labeler cannot serve this project: {exc}")
-    project = project_key(data.get("project"))
+    except ValueError as exc:
+        return bad_request(str(exc))
     st = state()
-    st.remember(project, data.get("hostname"), data.get("access_token"))
+    st.setup(project, data.get("hostname"), data.get("access_token"))
     if not st.predictor.ready:  # /setup has 3 s: do not wait for the model here
         version = st.predictor.registry.current(project) or "loading"
     else:
@@ -57,22 +69,25 @@ def setup():
 @bp.post("/predict")
 def predict():
     t0 = time.perf_counter()
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
-        return bad_request('expected {"tasks": [...], "label_config": "..."}')
-    tasks = data["tasks"]
-    if not all(isinstance(t, dict) for t in tasks):
-        return bad_request("every task must be a JSON object")
+    data = _json_object()
+    if data is None or not isinstance(data.get("tasks"), list):
+        return bad_request('expected {"tasks": [...], "label_config": "...", "project": "..."}')
     try:
+        project = project_key(data.get("project"))
         config = parse_label_config(data.get("label_config") or "")
-    except LabelConfigError as exc:
+    except ValueError as exc:  # LabelConfigError included
         return bad_request(str(exc))
     st = state()
-    project = project_key(data.get("project"))
+    # A bounded number of predictions at once, so threads stay free for /health.
+    if not st.predict_slots.acquire(timeout=PREDICT_QUEUE_WAIT_S):
+        st.counters["predict_busy"] += 1
+        return bad_request("busy: too many predictions at once, retry", 503)
     try:
-        results = st.predictor.predictions(tasks, config, project, st.connection(project))
+        results = st.predictor.predictions(data["tasks"], config, project, st.connection(project))
     except ValueError as exc:
         return bad_request(str(exc), 409)
+    finally:
+        st.predict_slots.release()
     st.counters["predict_requests"] += 1
     st.counters["tasks_predicted"] += sum(1 for r in results if r["result"])
     st.counters["tasks_failed"] += sum(1 for r in results if not r["result"])
@@ -85,45 +100,67 @@ def predict():
 @bp.post("/webhook")
 def webhook():
     """Answers at once (Label Studio waits 1 s); training runs in the background."""
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict) or "action" not in data:
-        return bad_request('expected {"action": ..., "project": {...}}')
-    action = data["action"]
-    project = data.get("project") or {}
-    pid = str(project.get("id")) if isinstance(project, dict) and project.get("id") else None
-    if pid is None:
-        return jsonify({"status": "ignored", "reason": "no project id"}), 200
     st = state()
+    if not webhook_ok(request, st.settings):
+        return bad_request("webhook credentials required (basic auth or X-Labeler-Webhook-Secret)", 401)
+    data = _json_object()
+    if data is None or not isinstance(data.get("action"), str):
+        return bad_request('expected {"action": ..., "project": {...}}')
+    project = data.get("project")
+    try:
+        pid = project_key(project.get("id") if isinstance(project, dict) else None)
+    except ValueError:
+        return jsonify({"status": "ignored", "reason": "no valid project id"}), 200
+    if not st.known(pid):
+        return jsonify({"status": "ignored", "reason": f"project {pid} was never set up with this backend"}), 200
+    action = data["action"]
     if action == "START_TRAINING":
-        return jsonify({"status": "ok", "job": st.jobs.submit(pid, trigger="START_TRAINING")}), 201
+        return jsonify({"status": "ok", "job": _short_job(st.jobs.submit(pid, trigger="START_TRAINING"))}), 201
     if action in {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"} and st.settings.train_every > 0:
         n = st.annotation_events.get(pid, 0) + 1
         st.annotation_events[pid] = n
         if n % st.settings.train_every == 0:
-            return jsonify({"status": "ok", "job": st.jobs.submit(pid, trigger=f"{n} annotation events")}), 201
+            job = st.jobs.submit(pid, trigger=f"{n} annotation events")
+            return jsonify({"status": "ok", "job": _short_job(job)}), 201
     return jsonify({"status": "ok"}), 200
+
+
+def _short_job(job: dict) -> str:
+    """Label Studio stores ``response["job"]`` in a 128-character column: hand it a short id."""
+    return str(job.get("job_id") or job.get("status") or "queued")[:64]
 
 
 @bp.get("/versions")
 def versions():
     st = state()
     project = request.args.get("project")
-    projects = [project_key(project)] if project else st.predictor.registry.projects()
+    try:
+        projects = [project_key(project)] if project else st.predictor.registry.projects()
+    except ValueError as exc:
+        return bad_request(str(exc))
     names = [m["version"] for p in projects for m in st.predictor.registry.list(p)]
     return jsonify({"versions": names})
 
 
-def metrics_report() -> dict:
+def _percentile(values: list[float], q: float) -> float | None:
+    return round(values[min(len(values) - 1, int(q * len(values)))], 4) if values else None
+
+
+def metrics_report(details: bool) -> dict:
+    """Serving versions, job states and metrics; per-file errors and failure texts only with ``details``."""
     st = state()
     reg = st.predictor.registry
     lat = sorted(st.latencies)
-    pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 4) if lat else None  # noqa: E731
     projects = {}
     for p in reg.projects():
-        projects[p] = {"serving": reg.current(p) or "zero-shot", "job": st.jobs.state(p),
-                       "versions": reg.list(p)}
+        job = st.jobs.state(p)
+        versions = reg.list(p)
+        if not details:
+            job = {k: job.get(k) for k in ("status", "step", "version", "promoted", "trigger", "finished")}
+            versions = [{k: v for k, v in m.items() if k not in {"unreadable_images", "prompts"}} for m in versions]
+        projects[p] = {"serving": reg.current(p) or "zero-shot", "job": job, "versions": versions}
     return {"uptime_s": round(time.time() - st.started, 1), "counters": st.counters,
-            "predict_latency_s": {"p50": pct(0.5), "p99": pct(0.99), "n": len(lat)},
+            "predict_latency_s": {"p50": _percentile(lat, 0.5), "p99": _percentile(lat, 0.99), "n": len(lat)},
             "zeroshot_model": st.settings.zeroshot_model, "projects": projects}
 
 
@@ -143,7 +180,7 @@ _PAGE = """<!doctype html><title>labeler metrics</title>
 
 @bp.get("/metrics")
 def metrics():
-    report = metrics_report()
+    report = metrics_report(details=admin_ok(request, state().settings))
     if request.accept_mimetypes.best == "text/html":
         return render_template_string(_PAGE, r=report)
     return jsonify(report)

@@ -1,58 +1,151 @@
-"""What one backend process keeps between requests."""
+"""What one backend process keeps between requests, and which Label Studio each project talks to.
+
+The connection rule (README, "Security model"): with ``LABEL_STUDIO_URL`` and
+``LABEL_STUDIO_API_KEY`` set, those are used and ``/setup`` cannot change
+them. Otherwise ``/setup`` offers a URL and a token, and they are remembered
+for the project only once the token has proved it can read that project on
+that Label Studio; the first Label Studio to do so binds the backend (saved in
+``MODEL_DIR/studio.json``), and ``/setup`` from any other origin is refused.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
+import socket
 import threading
 import time
 from collections import deque
+from urllib.parse import urlsplit
 
 from labeler.config import Settings
+from labeler.connection import Connection
+from labeler.fsutil import atomic_write_text
 from labeler.jobs import TrainingJobs
-from labeler.predictor import Connection, Predictor
+from labeler.predictor import Predictor
 from labeler.studio import connect, set_model_version
 
 log = logging.getLogger(__name__)
+VERIFIED_TTL_S = 600.0
+
+
+class SetupRefused(Exception):
+    """A /setup that may not change this backend's connection (HTTP 403)."""
+
+
+def _resolvable_studio_host(url: str) -> bool:
+    """Label Studio may live on a private network, but never at a link-local or multicast address."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.username or parts.password:
+        return False
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 80, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0].split("%")[0])
+        if addr.is_link_local or addr.is_multicast or addr.is_unspecified:
+            return False
+    return True
 
 
 class BackendState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.predictor = Predictor(settings)
+        self.predictor = Predictor(settings, local_files=False)
         self.connections: dict[str, Connection] = {}
+        self._verified: dict[tuple[str, str | None, str], float] = {}
         self.synced_versions: dict[str, str] = {}
         self.annotation_events: dict[str, int] = {}
         self.latencies: deque[float] = deque(maxlen=1000)
-        self.counters = {"predict_requests": 0, "tasks_predicted": 0, "tasks_failed": 0}
+        self.counters = {"predict_requests": 0, "tasks_predicted": 0, "tasks_failed": 0, "predict_busy": 0}
         self.started = time.time()
-        self.jobs = TrainingJobs(settings, self.predictor, self.connection)
+        self.predict_slots = threading.BoundedSemaphore(settings.max_concurrent_predicts)
         self._lock = threading.Lock()
+        self._binding = settings.model_dir / "studio.json"
+        self.predictor.registry.cleanup()
+        self.jobs = TrainingJobs(settings, self.predictor, self.connection)
+        if self.configured():
+            for project in self.jobs.pending_refreshes():
+                self.jobs.submit(project, trigger="restart: finishing an interrupted prediction refresh", train=False)
+
+    # -- connections ------------------------------------------------------------------
+    def configured(self) -> bool:
+        return bool(self.settings.label_studio_url and self.settings.label_studio_api_key)
 
     def connection(self, project: str) -> Connection:
-        """Settings win (an admin-chosen API key); otherwise what /setup handed us."""
-        if self.settings.label_studio_url and self.settings.label_studio_api_key:
+        """Settings win (an admin-chosen API key); otherwise what a verified /setup handed us."""
+        if self.configured():
             return Connection(self.settings.label_studio_url, self.settings.label_studio_api_key)
-        return self.connections.get(project) or Connection()
-
-    def remember(self, project: str, hostname: str | None, token: str | None) -> None:
         with self._lock:
-            old = self.connections.get(project)
-            if old is None or (old.hostname, old.token) != (hostname, token):
-                self.connections[project] = Connection(hostname, token)
+            return self.connections.get(project) or Connection()
 
+    def bound_origin(self) -> str | None:
+        """The Label Studio this backend serves: LABEL_STUDIO_URL, or the first verified /setup's."""
+        if self.settings.label_studio_url:
+            return Connection(self.settings.label_studio_url).origin
+        try:
+            return json.loads(self._binding.read_text())["origin"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    def setup(self, project: str, hostname: str | None, token: str | None) -> bool:
+        """Remember the connection /setup offers, if it is allowed and verified; True when connected."""
+        if self.configured():
+            return self._verify(project, self.connection(project))
+        candidate = Connection(self.settings.label_studio_url or hostname, token)
+        if not candidate:
+            return False
+        bound = self.bound_origin()
+        if bound and candidate.origin != bound:
+            raise SetupRefused(f"this backend serves the Label Studio at {bound}, not {candidate.origin} "
+                               f"(set LABEL_STUDIO_URL, or remove {self._binding} to rebind)")
+        if not _resolvable_studio_host(candidate.base_url):
+            raise SetupRefused(f"refused Label Studio host {candidate.base_url!r}")
+        if not self._verify(project, candidate):
+            log.warning("project %s: the token from /setup cannot read the project at %s; not remembered",
+                        project, candidate.base_url)
+            return False
+        with self._lock:
+            if not bound:
+                atomic_write_text(self._binding, json.dumps({"origin": candidate.origin, "bound": time.time()}))
+            self.connections[project] = candidate
+        return True
+
+    def _verify(self, project: str, conn: Connection) -> bool:
+        key = (conn.base_url or "", conn.token, project)
+        with self._lock:
+            if time.monotonic() - self._verified.get(key, -VERIFIED_TTL_S) < VERIFIED_TTL_S:
+                return True
+        if not conn.can_read_project(project):
+            return False
+        with self._lock:
+            self._verified[key] = time.monotonic()
+        # a verified project is known: its folder exists, training may be triggered by webhooks
+        self.predictor.registry.project_dir(project, create=True)
+        if project in self.jobs.pending_refreshes():
+            self.jobs.submit(project, trigger="finishing an interrupted prediction refresh", train=False)
+        return True
+
+    def known(self, project: str) -> bool:
+        """A project some verified /setup (or an earlier training) has made known to this backend."""
+        return self.predictor.registry.project_dir(project).is_dir()
+
+    # -- Label Studio's project model_version ---------------------------------------------
     def sync_version(self, project: str, version: str) -> None:
         """Keep Label Studio's project model_version equal to ours (in the background)."""
+        conn = self.connection(project)
+        if not conn or not self.known(project):
+            return
         with self._lock:
             if self.synced_versions.get(project) == version:
                 return
             self.synced_versions[project] = version
-        conn = self.connection(project)
-        if not conn.hostname or not conn.token or not project.isdigit():
-            return
 
         def run() -> None:
             try:
-                if not set_model_version(connect(conn.hostname, conn.token, check=False), int(project), version):
+                if not set_model_version(connect(conn.base_url, conn.token, check=False), int(project), version):
                     with self._lock:
                         self.synced_versions.pop(project, None)
             except Exception as exc:  # noqa: BLE001

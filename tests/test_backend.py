@@ -21,10 +21,40 @@ def client(tmp_path):
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"ls:pw").decode()}
 
 
-def test_basic_auth_everywhere_but_webhook(client):
-    assert client.post("/setup", json={"schema": template("binary")}).status_code == 401
-    assert client.post("/setup", json={"schema": template("binary")}, headers=AUTH).status_code == 200
-    assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}}).status_code == 200
+def test_basic_auth_on_every_route_label_studio_calls(client):
+    setup = {"schema": template("binary"), "project": "1.1"}
+    assert client.post("/setup", json=setup).status_code == 401
+    assert client.post("/setup", json=setup, headers=AUTH).status_code == 200
+    event = {"action": "PROJECT_UPDATED", "project": {"id": 1}}
+    assert client.post("/webhook", json=event).status_code == 401
+    assert client.post("/webhook", json=event, headers=AUTH).status_code == 200
+    for bad in ("Basic abc", "Basic ", "Basic " + base64.b64encode(b"ls:wrong").decode(), "Bearer x", "garbage"):
+        assert client.post("/setup", json=setup, headers={"Authorization": bad}).status_code == 401, bad
+    assert client.get("/health").status_code == 200  # tells nothing, changes nothing
+
+
+def test_webhook_secret_header(tmp_path):
+    app = create_app(Settings(model_dir=tmp_path, zeroshot_model=None, webhook_secret="s3cret"),
+                     load_in_background=False)
+    c = app.test_client()
+    event = {"action": "START_TRAINING", "project": {"id": 1}}
+    assert c.post("/webhook", json=event).status_code == 401
+    assert c.post("/webhook", json=event, headers={"X-Labeler-Webhook-Secret": "nope"}).status_code == 401
+    r = c.post("/webhook", json=event, headers={"X-Labeler-Webhook-Secret": "s3cret"})
+    assert r.status_code == 200 and r.json["status"] == "ignored"  # project 1 was never set up
+    assert not (tmp_path / "projects" / "1").exists()
+
+
+def test_malformed_requests_are_400_not_500(client):
+    for body in ([1, 2], "text", 3, None, {"tasks": "x"}, {"tasks": [], "project": "../x"},
+                 {"tasks": [], "project": "/abs/path", "label_config": template("binary")}):
+        r = client.post("/predict", json=body, headers=AUTH)
+        assert r.status_code == 400 and r.json["status"] == "error", body
+    for body in ({"schema": template("binary"), "project": "1", "hostname": 5},
+                 {"schema": template("binary"), "project": "1", "access_token": ["x"]},
+                 {"schema": template("binary"), "project": "../1"}):
+        assert client.post("/setup", json=body, headers=AUTH).status_code == 400, body
+    assert client.post("/predict", data="{", content_type="application/json", headers=AUTH).status_code == 400
 
 
 def test_no_model_gives_empty_results_with_a_reason(client):
@@ -35,10 +65,13 @@ def test_no_model_gives_empty_results_with_a_reason(client):
 
 def test_every_nth_annotation_event_starts_a_job(client):
     event = {"action": "ANNOTATION_CREATED", "project": {"id": 9}, "annotation": {"id": 1}}
-    assert client.post("/webhook", json=event).status_code == 200
-    assert client.post("/webhook", json=event).status_code == 200
-    r = client.post("/webhook", json=event)
-    assert r.status_code == 201 and r.json["job"]["trigger"] == "3 annotation events"
+    assert client.post("/webhook", json=event, headers=AUTH).json["status"] == "ignored"  # not set up
+    client.application.extensions["labeler"].predictor.registry.project_dir("9", create=True)
+    assert client.post("/webhook", json=event, headers=AUTH).status_code == 200
+    assert client.post("/webhook", json=event, headers=AUTH).status_code == 200
+    r = client.post("/webhook", json=event, headers=AUTH)
+    assert r.status_code == 201 and isinstance(r.json["job"], str) and len(r.json["job"]) <= 64
+    assert client.application.extensions["labeler"].jobs.state("9")["trigger"] == "3 annotation events"
     state = client.application.extensions["labeler"].jobs.wait("9", timeout=30)
     # No Label Studio is configured here: the job fails, says why, and the backend keeps serving.
     assert state["status"] == "failed" and "LABEL_STUDIO_URL" in state["error"]
@@ -55,4 +88,22 @@ def test_metrics_page_html_and_json(client):
 
 
 def test_malformed_webhook_is_refused(client):
-    assert client.post("/webhook", data="x", content_type="application/json").status_code == 400
+    assert client.post("/webhook", data="x", content_type="application/json", headers=AUTH).status_code == 400
+
+
+def test_admin_refuses_paths_and_bad_versions(client):
+    admin = {"Authorization": "Bearer t0k"}
+    assert client.post("/admin/projects/..%2F..%2Fetc/train", headers=admin).status_code in (400, 401, 404)
+    assert client.post("/admin/projects/abc/train", headers=admin).status_code == 400
+    for version in ("../..", "/etc", "v1-../../x", 5):
+        r = client.post("/admin/projects/1/promote", json={"version": version}, headers=admin)
+        assert r.status_code == 400, version
+    assert client.post("/admin/projects/1/promote", json={"version": "v7-head"}, headers=admin).status_code == 404
+    assert client.post("/admin/projects/1/promote", json={"version": "v7-head"}).status_code == 401
+
+
+def test_request_body_limit(tmp_path):
+    app = create_app(Settings(model_dir=tmp_path, zeroshot_model=None, max_request_mb=0.01),
+                     load_in_background=False)
+    r = app.test_client().post("/predict", data=b"{" + b" " * 20000 + b"}", content_type="application/json")
+    assert r.status_code == 413

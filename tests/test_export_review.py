@@ -106,7 +106,7 @@ def test_interrupted_export_leaves_no_partial_output(labelled_project, tmp_path,
 
     def boom(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(ex, "fetch_many", boom)
+    monkeypatch.setattr(ex.Fetcher, "get_many", boom)
     with pytest.raises(KeyboardInterrupt):
         export(ls, pid, "imagefolder", tmp_path / "ds", conn, progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -30,8 +30,9 @@ def test_fit_temperature_recovers_the_true_one():
 
 
 @pytest.fixture()
-def predictor(tmp_path, tiny_model):
-    p = Predictor(Settings(model_dir=tmp_path / "md", zeroshot_model=str(tiny_model), local_files_only=True))
+def predictor(tmp_path, tiny_model, image_dir):
+    p = Predictor(Settings(model_dir=tmp_path / "md", zeroshot_model=str(tiny_model), local_files_only=True,
+                           local_root=image_dir))
     p.load_scorer()
     return p
 

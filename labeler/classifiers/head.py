@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import joblib
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -51,11 +51,26 @@ class EmbeddingHead(Classifier):
         proba[:, self.model.classes_] = self.model.predict_proba(self._matrix(samples))
         return proba
 
+    # Saved as plain arrays + JSON, never pickled: loading a model file must not run code.
+    _ARRAYS = {"scaler": ("mean_", "scale_", "var_"), "lr": ("coef_", "intercept_", "classes_", "n_iter_")}
+
     def _save(self, folder: Path) -> None:
-        joblib.dump(self.model, folder / "head.joblib")
+        scaler, lr = self.model[0], self.model[-1]
+        arrays = {f"{part}.{a}": np.asarray(getattr(est, a))
+                  for part, est in (("scaler", scaler), ("lr", lr)) for a in self._ARRAYS[part]}
+        np.savez(folder / "head.npz", **arrays)
+        (folder / "head.json").write_text(json.dumps({
+            "C": lr.C, "n_features_in": int(scaler.n_features_in_), "n_samples_seen": int(scaler.n_samples_seen_)}))
 
     @classmethod
     def _load(cls, folder: Path, classes: list[str]) -> "EmbeddingHead":
-        head = cls(classes)
-        head.model = joblib.load(folder / "head.joblib")
+        info = json.loads((folder / "head.json").read_text())
+        head = cls(classes, C=info["C"])
+        scaler, lr = head.model[0], head.model[-1]
+        with np.load(folder / "head.npz", allow_pickle=False) as arrays:
+            for part, est in (("scaler", scaler), ("lr", lr)):
+                for a in cls._ARRAYS[part]:
+                    setattr(est, a, arrays[f"{part}.{a}"])
+        scaler.n_features_in_ = lr.n_features_in_ = info["n_features_in"]
+        scaler.n_samples_seen_ = info["n_samples_seen"]
         return head
