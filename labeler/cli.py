@@ -71,7 +71,7 @@ def _predictor(settings: Settings):
 
 
 def _conn(settings: Settings):
-    from .predictor import Connection
+    from .connection import Connection
     from .studio import StudioError, connect
 
     try:
@@ -164,7 +164,8 @@ def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, url, api_ke
     conn = _conn(s)
     try:
         summary = export(connect(conn.hostname, conn.token), project, fmt, out, conn,
-                         only_annotated=not all_tasks, split=fractions, seed=seed, overwrite=overwrite)
+                         only_annotated=not all_tasks, split=fractions, seed=seed, overwrite=overwrite,
+                         policy=s.fetch_policy())
     except (FileExistsError, ValueError) as exc:
         _fail(str(exc))
     click.echo(summary.text())
