@@ -17,7 +17,8 @@ from label_studio_sdk import LabelStudio
 
 from .classifiers import KINDS
 from .label_errors import find_label_issues
-from .predictor import Connection, Predictor
+from .connection import Connection
+from .predictor import Predictor
 from .studio import ensure_view, iter_tasks, project_config
 from .training import TrainingError, choose_kind, cross_val_proba, load_labelled
 

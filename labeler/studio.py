@@ -103,7 +103,7 @@ def labelled_tasks(ls: LabelStudio, project: int, config: LabelConfig,
     (task id, image URL) of the tasks nobody has annotated)."""
     out, skipped, unlabelled = [], 0, []
     for t in iter_tasks(ls, project):
-        url = (t.get("data") or {}).get(config.value_key)
+        url = config.image_ref(t)
         if not t.get("total_annotations", 0):
             if url:
                 unlabelled.append((t["id"], url))

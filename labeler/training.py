@@ -25,7 +25,8 @@ from .classifiers import KINDS, Classifier, Sample
 from .calibration import fit_temperature
 from .metrics import evaluate
 from .labelconfig import LabelConfig
-from .predictor import Connection, Predictor, Scored
+from .connection import Connection
+from .predictor import Predictor, Scored
 from .selftrain import SelfTrained
 from .studio import Labelled, connect, labelled_tasks, project_config
 from .zeroshot import softmax
