@@ -29,6 +29,7 @@ from .connection import Connection
 from .fsutil import atomic_write_text
 from .predictor import Predictor
 from .registry import check_project
+from .studio import report_to_model_card
 
 log = logging.getLogger(__name__)
 ACTIVE = {"queued", "running"}
@@ -123,6 +124,7 @@ class TrainingJobs:
                 log.error("training project %s failed: %s\n%s", project, exc, traceback.format_exc())
                 self._set(project, status="failed", error=f"{type(exc).__name__}: {exc}", step=None,
                           finished=time.time())
+            report_to_model_card(self.connection(project), project, self.state(project), self.predictor.registry)
             with self._lock:
                 if project not in self._rerun:
                     return

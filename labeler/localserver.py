@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,12 +51,21 @@ class Server:
     log: Path
 
     def stop(self) -> None:
+        """Stop the server and its children: each server runs in its own session (process group)."""
         if self.proc.poll() is None:
-            self.proc.terminate()
+            _signal_group(self.proc, signal.SIGTERM)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                _signal_group(self.proc, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # start_new_session=True made the child its group's leader
+    except ProcessLookupError:
+        pass
 
 
 def start_label_studio(data_dir: Path, username: str, password: str, token: str,
@@ -71,6 +81,10 @@ def start_label_studio(data_dir: Path, username: str, password: str, token: str,
     env = {k: v for k, v in os.environ.items() if k not in _LEAKY}
     env.update(LABEL_STUDIO_BASE_DATA_DIR=str(data_dir), LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS="false",
                LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true", PYTHONUNBUFFERED="1")
+    # No telemetry, error reports or version checks: offline they only fill the log with retries.
+    for name, value in (("LABEL_STUDIO_COLLECT_ANALYTICS", "false"), ("LABEL_STUDIO_SENTRY_DSN", ""),
+                        ("LABEL_STUDIO_FRONTEND_SENTRY_DSN", "")):
+        env.setdefault(name, value)
     if files_root is not None:
         env.update(LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
                    LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(files_root))
@@ -98,8 +112,8 @@ def start_backend(env_extra: dict[str, str], port: int | None = None, log_dir: P
     log = (log_dir or Path.cwd()) / "backend.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--threads", "8", "--timeout", "300", "ml_backend.wsgi:app"],
+        [sys.executable, "-m", "gunicorn", "-c", "python:ml_backend.gunicorn_conf", "--bind", f"127.0.0.1:{port}",
+         "ml_backend.wsgi:app"],
         env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(url, proc, log)
     end = time.monotonic() + timeout

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from .connection import Connection
 from .predictor import Predictor, to_prediction
-from .studio import import_predictions, iter_tasks, project_config, set_model_version, uncertainty_view
+from .studio import (delete_stale_predictions, import_predictions, iter_tasks, project_config, set_model_version,
+                     uncertainty_view)
 
 log = logging.getLogger(__name__)
 
@@ -107,4 +108,5 @@ def _preannotate(ls: LabelStudio, project: int, predictor: Predictor, conn: Conn
     if report.predicted or report.skipped_existing:
         set_model_version(ls, project, version)
         uncertainty_view(ls, project)
+        delete_stale_predictions(ls, project, version)  # one prediction per task: the serving version's
     return report

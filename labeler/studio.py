@@ -142,10 +142,16 @@ def import_predictions(ls: LabelStudio, project: int, predictions: Sequence[dict
 
 
 def ensure_view(ls: LabelStudio, project: int, title: str, ordering: Sequence[str],
-                filters: dict | None = None) -> int:
-    """Create (or update) a saved Data Manager tab ``title``; returns its id."""
+                filters: dict | None = None, hidden: dict | None = None) -> int:
+    """Create (or update) a saved Data Manager tab ``title``; returns its id.
+
+    ``hidden`` is Label Studio's ``hiddenColumns`` (``{"explore": [...], "labeling": [...]}``).
+    Without it Label Studio computes only the ordering and filter fields, so every other
+    column of the tab (the model's answer, annotations) reads blank.
+    """
     data = {"title": title, "ordering": list(ordering),
-            "filters": filters or {"conjunction": "and", "items": []}}
+            "filters": filters or {"conjunction": "and", "items": []},
+            "hiddenColumns": hidden or QUEUE_HIDDEN_COLUMNS}
     for view in ls.views.list(project=project):
         if (view.data or {}).get("title") == title:
             ls.views.update(id=view.id, project=project, data=data)
@@ -153,8 +159,97 @@ def ensure_view(ls: LabelStudio, project: int, title: str, ordering: Sequence[st
     return ls.views.create(project=project, data=data).id
 
 
+# Columns of Label Studio's own tabs that the queue hides. What stays visible, left to right:
+# ID, Completed, annotation counts, Annotated by, Annotation results, the score, the model's
+# answer, then the image (Label Studio puts data columns last), so score, answer and image sit
+# side by side. The model version is hidden: after a refresh every task holds only the serving
+# version's prediction (see delete_stale_predictions), and the model card names that version.
+_ALWAYS_HIDDEN = ["tasks:inner_id", "tasks:annotations_ids", "tasks:predictions_model_versions",
+                  "tasks:file_upload", "tasks:storage_filename", "tasks:created_at", "tasks:updated_at",
+                  "tasks:updated_by", "tasks:avg_lead_time", "tasks:draft_exists",
+                  "tasks:cancelled_annotations", "tasks:total_predictions"]
+QUEUE_HIDDEN_COLUMNS = {
+    "explore": _ALWAYS_HIDDEN,
+    "labeling": _ALWAYS_HIDDEN + ["tasks:id", "tasks:completed_at", "tasks:annotators",
+                                  "tasks:annotations_results", "tasks:predictions_results"],
+}
+
+
 def uncertainty_view(ls: LabelStudio, project: int) -> int:
     """The "Least confident first" tab, and uncertainty sampling for "Label All Tasks"."""
     vid = ensure_view(ls, project, "Least confident first", ["tasks:predictions_score"])
     ls.projects.update(id=project, sampling="Uncertainty sampling")
     return vid
+
+
+def delete_stale_predictions(ls: LabelStudio, project: int, keep_version: str) -> int:
+    """Delete predictions of other model versions from tasks that hold one of ``keep_version``.
+
+    Run after a refresh, so each task shows one prediction, the serving version's. A task
+    whose refresh failed keeps its older prediction rather than none. Returns how many
+    predictions were deleted.
+    """
+    predictions = ls.predictions.list(project=project)
+    current = {p.task for p in predictions if p.model_version == keep_version}
+    stale = [p.id for p in predictions if p.model_version != keep_version and p.task in current]
+    for pid in stale:
+        ls.predictions.delete(id=pid)
+    if stale:
+        log.info("project %s: deleted %d predictions of versions other than %s", project, len(stale), keep_version)
+    return len(stale)
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def model_card_text(serving: str, serving_meta: dict | None, job: dict, admin_url: str | None) -> tuple[str, str]:
+    """(title, description) of Label Studio's model card: what serves and what the last training did."""
+    m = (serving_meta or {}).get("metrics") or {}
+    title = f"labeler · serving {serving}"
+    lines = [f"Serving {serving}" + (f": held-out accuracy {_fmt(m.get('accuracy'))}, EER {_fmt(m.get('eer'))}, "
+                                     f"ROC AUC {_fmt(m.get('roc_auc'))}" if m else " (zero-shot).")]
+    status = job.get("status")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(job["finished"])) if job.get("finished") else ""
+    if status == "failed":
+        lines.append(f"Last training FAILED {when}: {job.get('error')}")
+    elif status == "done" and job.get("version"):
+        verdict = "promoted" if job.get("promoted") else "NOT promoted"
+        lines.append(f"Last training {when}: {job['version']} {verdict} ({job.get('reason') or ''}).")
+    elif status in {"queued", "running"}:
+        lines.append(f"Training {status}: {job.get('step') or ''}")
+    if admin_url:
+        lines.append(f"Versions, metrics and learning curve: {admin_url}")
+    return title[:100], "\n".join(lines)[:1000]
+
+
+def update_model_card(ls: LabelStudio, project: int, title: str, description: str) -> int:
+    """Set title and description of the labeler ML backend(s) connected to ``project``.
+
+    With one backend connected it is ours; with several, those whose title starts with
+    "labeler". Returns how many cards were updated.
+    """
+    backends = ls.ml.list(project=project)
+    if len(backends) > 1:
+        backends = [b for b in backends if (b.title or "").lower().startswith("labeler")]
+    for b in backends:
+        ls.ml.update(id=b.id, title=title, description=description)
+    return len(backends)
+
+
+def report_to_model_card(conn, project: str, job: dict, registry) -> None:
+    """After a training job: put the serving version and the job's outcome on the model card.
+
+    Never raises: the card is a convenience, the job's state is the record.
+    """
+    if not conn or not str(project).isdigit():
+        return
+    try:
+        ls = connect(conn.base_url, conn.token, check=False)
+        serving = registry.current(project)
+        meta = registry.meta(project, serving) if serving else None
+        backends = ls.ml.list(project=int(project))
+        admin_url = f"{backends[0].url.rstrip('/')}/dashboard" if len(backends) == 1 and backends[0].url else None
+        update_model_card(ls, int(project), *model_card_text(serving or "zero-shot", meta, job, admin_url))
+    except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
+        log.warning("could not update the model card of project %s: %s", project, exc)

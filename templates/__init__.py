@@ -1,0 +1,1 @@
+"""Labelling configs; shipped inside the wheel as ``labeler.templates`` (see pyproject.toml)."""
