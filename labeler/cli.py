@@ -19,6 +19,11 @@ def _settings(**overrides) -> Settings:
     return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def _num(v) -> str:
+    """A metric for humans: 4 decimals, or "n/a" where it is undefined (None)."""
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
@@ -211,11 +216,14 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
 @click.option("--self-train", type=float, default=lambda: Settings.from_env().self_train, show_default="0.9",
               help="Also train on pool images predicted with at least this confidence, as the backend's "
                    "retraining does (LABELER_SELF_TRAIN); 0 turns it off.")
-@click.option("--targets", default="0.05,0.04,0.03", show_default=True, help="EER targets for the table.")
+@click.option("--metric", type=click.Choice(["auto", "eer", "accuracy", "macro_f1"]), default="auto",
+              show_default=True, help="What the table and plot track; auto: EER for two classes, macro-F1 for more.")
+@click.option("--targets", help="Targets for the table [default: EER 0.05,0.04,0.03; accuracy or macro-F1 "
+                                "0.8,0.9,0.95].")
 @click.option("--out", default="simulation", show_default=True, type=click.Path(path_type=Path))
 @click.option("--save-model", type=click.Path(path_type=Path), help="Keep the final model of the first run here.")
 def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
-             cnn_steps, self_train, targets, out, save_model) -> None:
+             cnn_steps, self_train, metric, targets, out, save_model) -> None:
     """Replay the annotation loop offline and write learning curves (CSV + PNG)."""
     import json as _json
 
@@ -223,11 +231,22 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
 
     from .classifiers import Sample
     from .datasets import read_labels
+    from .metrics import default_metric
     from .simulate import STRATEGIES, classifier_factory, imagenet_features, labels_to_reach, run, write_outputs
 
     self_train = self_train or None
     data = read_labels(labels_csv, images)
     classes = data.classes
+    if len(classes) < 2:
+        _fail(f"{labels_csv} has one class ({classes}); a classifier needs two or more")
+    metric = default_metric(len(classes)) if metric == "auto" else metric
+    if metric == "eer" and len(classes) > 2:
+        metric = "eer_macro"  # the mean one-vs-rest EER
+    try:
+        goals = [float(x) for x in (targets or ("0.05,0.04,0.03" if metric.startswith("eer")
+                                                else "0.8,0.9,0.95")).split(",")]
+    except ValueError:
+        _fail(f"--targets must be comma-separated numbers, got {targets!r}")
     y = data.targets(classes)
     if holdout >= len(y) - budget:
         _fail(f"--holdout {holdout} + --budget {budget} exceed the {len(y)} images")
@@ -259,7 +278,8 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
             assert not annotator.queried & set(test.tolist()), "held-out images must never be queried"
             rows += res.rows
             last = res.rows[-1] if res.rows else {}
-            click.echo(f"{strategy:>16} seed {seed}: {len(annotator.queried)} labels, EER {last.get('eer', float('nan')):.4f}, "
+            click.echo(f"{strategy:>16} seed {seed}: {len(annotator.queried)} labels, "
+                       f"{metric} {_num(last.get(metric))}, accuracy {_num(last.get('accuracy'))}, "
                        f"{time.perf_counter() - t:.0f} s")
             if save_model and not saved and res.model is not None:
                 meta = res.model.save(save_model)
@@ -272,19 +292,18 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
     title = f"{labels_csv.parent.name}: {seeds} seed(s), hold-out {holdout}"
     if self_train is not None:
         title += f", self-training at p >= {self_train}"
-    csv_path, png_path = write_outputs(rows, out, title)
-    goals = [float(x) for x in targets.split(",")]
-    click.echo(f"\nlabels needed to reach a mean EER (over {seeds} seed(s)) of:")
+    csv_path, png_path = write_outputs(rows, out, title, metric)
+    click.echo(f"\nlabels needed to reach a mean {metric} (over {seeds} seed(s)) of:")
     click.echo(f"{'strategy':>16} " + " ".join(f"{g:>8}" for g in goals))
     for strategy in strategies:
         sel = [r for r in rows if r["strategy"] == strategy]
-        cells = [labels_to_reach(sel, g) for g in goals]
+        cells = [labels_to_reach(sel, g, metric) for g in goals]
         click.echo(f"{strategy:>16} " + " ".join(f"{(c if c is not None else '>' + str(budget)):>8}" for c in cells))
-    click.echo(f"\nEER at each checkpoint (mean +- std):")
+    click.echo(f"\n{metric} at each checkpoint (mean +- std):")
     for strategy in strategies:
         by_n: dict = {}
         for r in (r for r in rows if r["strategy"] == strategy):
-            by_n.setdefault(r["labels"], []).append(r["eer"])
+            by_n.setdefault(r["labels"], []).append(r[metric])
         click.echo(f"{strategy:>16} " + "  ".join(f"{n}:{np.mean(v):.4f}+-{np.std(v):.4f}" for n, v in sorted(by_n.items())))
     click.echo(f"\nwrote {csv_path} and {png_path} in {time.perf_counter() - t0:.0f} s")
 
@@ -330,7 +349,14 @@ def evaluate_cmd(model_ref, images, labels_csv, model_dir, as_json) -> None:
         click.echo(json.dumps(m, indent=2))
         return
     click.echo(f"{len(samples)} images, model {folder}")
-    click.echo(f"accuracy {m['accuracy']:.4f}" + (f", ROC AUC {m['roc_auc']:.4f}, EER {m['eer']:.4f}" if "eer" in m else ""))
+    click.echo(f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}"
+               + (f", ROC AUC {m['roc_auc']:.4f}, EER {m['eer']:.4f}" if "eer" in m else "")
+               + (f", one-vs-rest mean ROC AUC {_num(m['roc_auc_macro'])}, EER {_num(m['eer_macro'])}"
+                  if "eer_macro" in m else ""))
+    click.echo(f"{'class':>12} {'precision':>9} {'recall':>7} {'F1':>7} {'support':>7} {'AUC(ovr)':>8} {'EER(ovr)':>8}")
+    for c, pc in m["per_class"].items():
+        click.echo(f"{c:>12} {pc['precision']:9.4f} {pc['recall']:7.4f} {pc['f1']:7.4f} {pc['support']:7d} "
+                   f"{_num(pc['roc_auc']):>8} {_num(pc['eer']):>8}")
     click.echo("confusion matrix (rows: true, columns: predicted) " + " ".join(model.classes))
     for c, row in zip(model.classes, m["confusion_matrix"]):
         click.echo(f"  {c:>12} " + " ".join(f"{v:>6}" for v in row))

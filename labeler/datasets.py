@@ -53,3 +53,42 @@ def read_labels(csv_path: str | Path, images_dir: str | Path | None = None) -> L
     if missing:
         raise FileNotFoundError(f"{len(missing)} images listed in {csv_path} do not exist, e.g. {missing[0]}")
     return LabelledFolder(paths, labels)
+
+
+def synthetic_digits(out: str | Path, counts: list[int], size: int = 32, seed: int = 0) -> Path:
+    """A labelled folder of generated images with ``len(counts)`` classes (class ``c`` has ``counts[c]``).
+
+    Class ``c`` is the digit ``c`` (then letters past 9) drawn in PIL's built-in
+    font at a random offset, scale and grey level, with pixel noise: a small
+    many-class set for tests and demos that needs no download. Unequal
+    ``counts`` give rare classes. Returns the ``labels.csv`` path.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    glyphs = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    if not 2 <= len(counts) <= len(glyphs):
+        raise ValueError(f"between 2 and {len(glyphs)} classes, got {len(counts)}")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    font = ImageFont.load_default()
+    rows = []
+    for c, n in enumerate(counts):
+        for i in range(n):
+            small = Image.new("L", (12, 14), int(rng.integers(0, 60)))
+            ImageDraw.Draw(small).text((int(rng.integers(0, 4)), int(rng.integers(0, 3))), glyphs[c],
+                                       fill=int(rng.integers(180, 256)), font=font)
+            scale = rng.uniform(0.6, 0.9)
+            glyph = small.resize((int(size * scale), int(size * scale)), Image.Resampling.BILINEAR)
+            im = Image.new("L", (size, size), int(rng.integers(0, 60)))
+            im.paste(glyph, (int(rng.integers(0, size - glyph.width + 1)), int(rng.integers(0, size - glyph.height + 1))))
+            arr = np.clip(np.asarray(im, dtype=np.float32) + rng.normal(0, 12, (size, size)), 0, 255)
+            name = f"images/c{c:02d}_{i:04d}.png"
+            Image.fromarray(arr.astype(np.uint8)).convert("RGB").save(out / name)
+            rows.append((name, f"class{c}"))
+    order = rng.permutation(len(rows))  # classes interleaved, as a real folder would be
+    with (out / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        w.writerows(rows[i] for i in order)
+    return out / "labels.csv"

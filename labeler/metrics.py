@@ -29,12 +29,32 @@ def eer(y_true: np.ndarray, score: np.ndarray) -> float:
     return float(fpr[k - 1] + (fpr[k] - fpr[k - 1]) * t)
 
 
+def one_vs_rest(y_true: np.ndarray, proba: np.ndarray) -> list[dict]:
+    """Per class ``c``: ROC AUC and EER of the score ``P_ic`` for "``y_i == c``" against the rest.
+
+    A class absent from ``y_true`` (or present everywhere) has neither: both are None.
+    """
+    y_true, proba = np.asarray(y_true, dtype=int), np.asarray(proba, dtype=np.float64)
+    out = []
+    for c in range(proba.shape[1]):
+        positive = (y_true == c).astype(int)
+        if 0 < positive.sum() < len(positive):
+            out.append({"roc_auc": float(roc_auc_score(positive, proba[:, c])), "eer": eer(positive, proba[:, c])})
+        else:
+            out.append({"roc_auc": None, "eer": None})
+    return out
+
+
 def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict:
-    """Accuracy, per-class precision/recall, confusion matrix; ROC AUC and EER for two classes.
+    """Accuracy, macro-F1, per-class precision/recall/F1 and one-vs-rest ROC AUC/EER, confusion matrix.
 
     ``y_true`` holds class indices into ``classes``; ``proba`` is (N, C).
-    For two classes the positive class is ``classes[0]`` (its probability is
-    the score), matching the order of the label config.
+    Macro-F1 is ``1/C' sum_c F1_c`` over the C' classes present in ``y_true``
+    or predicted (a class nobody has would otherwise count as 0).
+    For two classes, ``roc_auc`` and ``eer`` are those of ``classes[0]`` (its
+    probability is the score), matching the order of the label config; for
+    more, ``roc_auc_macro`` and ``eer_macro`` average the one-vs-rest values
+    of the classes present.
     """
     y_true = np.asarray(y_true, dtype=int)
     proba = np.asarray(proba, dtype=np.float64)
@@ -42,11 +62,14 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> d
     labels = list(range(len(classes)))
     prec, rec, f1, support = precision_recall_fscore_support(
         y_true, pred, labels=labels, zero_division=0)
+    ovr = one_vs_rest(y_true, proba) if len(y_true) else [{"roc_auc": None, "eer": None}] * len(classes)
+    seen = sorted(set(y_true.tolist()) | set(pred.tolist()))
     out: dict = {
         "n": int(len(y_true)),
         "accuracy": float((pred == y_true).mean()) if len(y_true) else float("nan"),
+        "macro_f1": float(np.mean(f1[seen])) if seen else float("nan"),
         "per_class": {c: {"precision": float(prec[i]), "recall": float(rec[i]),
-                          "f1": float(f1[i]), "support": int(support[i])}
+                          "f1": float(f1[i]), "support": int(support[i]), **ovr[i]}
                       for i, c in enumerate(classes)},
         "confusion_matrix": confusion_matrix(y_true, pred, labels=labels).tolist(),
     }
@@ -54,4 +77,18 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> d
         positive = (y_true == 0).astype(int)
         out["roc_auc"] = float(roc_auc_score(positive, proba[:, 0]))
         out["eer"] = eer(positive, proba[:, 0])
+    elif len(classes) > 2:
+        aucs = [o["roc_auc"] for o in ovr if o["roc_auc"] is not None]
+        eers = [o["eer"] for o in ovr if o["eer"] is not None]
+        out["roc_auc_macro"] = float(np.mean(aucs)) if aucs else None
+        out["eer_macro"] = float(np.mean(eers)) if eers else None
     return out
+
+
+#: What ``labeler simulate`` tracks per round, and which way is better.
+HIGHER_IS_BETTER = {"eer": False, "eer_macro": False, "accuracy": True, "macro_f1": True}
+
+
+def default_metric(n_classes: int) -> str:
+    """EER for two classes (the score of the first); macro-F1 for more (rare classes count as much)."""
+    return "eer" if n_classes == 2 else "macro_f1"

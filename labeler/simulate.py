@@ -32,17 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from . import selftrain
 from .classifiers import KINDS, Classifier, Sample
-from .metrics import evaluate
-from .uncertainty import MEASURES, uncertainty
+from .metrics import HIGHER_IS_BETTER, evaluate
+from .strategies import (DEFAULT_STRATEGY, STRATEGIES, check_strategy, imagenet_features,  # noqa: F401
+                         k_center_greedy, select)
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("random", *MEASURES, "margin_diverse")
-DEFAULT_STRATEGY = "margin_diverse"
 
 
 class Annotator:
@@ -55,66 +53,6 @@ class Annotator:
     def label(self, indices: Sequence[int]) -> np.ndarray:
         self.queried.update(int(i) for i in indices)
         return self._labels[np.asarray(indices, dtype=int)]
-
-
-@torch.inference_mode()
-def imagenet_features(samples: Sequence[Sample], size: int = 48) -> np.ndarray:
-    """L2-normalised pooled features of a frozen ImageNet MobileNetV2 (for diversity)."""
-    from .classifiers.cnn import _MEAN, _STD, _to_tensor
-    from .classifiers.mobilenet import mobilenet_v2
-
-    net, _ = mobilenet_v2(2)
-    net.eval()
-    feats = []
-    for start in range(0, len(samples), 256):
-        x = (_to_tensor(samples[start:start + 256], size) - _MEAN) / _STD
-        feats.append(torch.nn.functional.adaptive_avg_pool2d(net.features(x), 1).flatten(1))
-    f = torch.cat(feats).numpy()
-    return f / np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12)
-
-
-def k_center_greedy(features: np.ndarray, candidates: np.ndarray, chosen: np.ndarray, k: int,
-                    rng: np.random.Generator) -> np.ndarray:
-    """Pick ``k`` of ``candidates``, each the farthest from everything chosen so far.
-
-    ``d(x) = min_{c in chosen} ||f_x - f_c||``; repeatedly take ``argmax d``.
-    With nothing chosen yet, the first pick is random.
-    """
-    candidates = np.asarray(candidates)
-    if k >= len(candidates):
-        return candidates
-    fc = features[candidates]
-    if len(chosen):
-        d = np.full(len(candidates), np.inf)
-        for start in range(0, len(chosen), 512):
-            block = features[np.asarray(chosen)[start:start + 512]]
-            d = np.minimum(d, ((fc[:, None, :] - block[None]) ** 2).sum(-1).min(1))
-        picks = []
-    else:
-        first = int(rng.integers(len(candidates)))
-        picks = [first]
-        d = ((fc - fc[first]) ** 2).sum(-1)
-    while len(picks) < k:
-        nxt = int(np.argmax(d))
-        picks.append(nxt)
-        d = np.minimum(d, ((fc - fc[nxt]) ** 2).sum(-1))
-    return candidates[np.array(picks)]
-
-
-def select(strategy: str, proba: np.ndarray | None, pool: np.ndarray, labelled: np.ndarray, k: int,
-           rng: np.random.Generator, features: np.ndarray | None) -> np.ndarray:
-    """The next ``k`` pool indices to label; ``proba`` is aligned with ``pool`` (None at cold start)."""
-    if strategy == "random":
-        return rng.choice(pool, size=min(k, len(pool)), replace=False)
-    if proba is None:  # cold start without a zero-shot model
-        return k_center_greedy(features, pool, labelled, k, rng) if features is not None else \
-            rng.choice(pool, size=min(k, len(pool)), replace=False)
-    if strategy == "margin_diverse":
-        order = np.argsort(-uncertainty(proba, "margin"), kind="stable")
-        shortlist = pool[order[: 4 * k]]
-        return k_center_greedy(features, shortlist, labelled, k, rng)
-    order = np.argsort(-uncertainty(proba, strategy), kind="stable")
-    return pool[order[:k]]
 
 
 @dataclass
@@ -131,8 +69,7 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         start: int | None = None, progress: bool = True,
         self_train: float | None = None) -> tuple[RunResult, Annotator]:
     """One simulated annotation run; returns metrics after each round and the annotator."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    check_strategy(strategy)
     rng = np.random.default_rng(seed)
     annotator = Annotator(y)
     test = np.asarray(test_idx)
@@ -165,29 +102,37 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         train_s = time.perf_counter() - t
         m = evaluate(y[test], model.predict_proba([samples[i] for i in test]), classes)
         result.rows.append({"strategy": strategy, "seed": seed, "labels": len(labelled),
-                            "eer": m.get("eer"), "accuracy": m["accuracy"], "roc_auc": m.get("roc_auc"),
+                            "eer": m.get("eer"), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                            "roc_auc": m.get("roc_auc", m.get("roc_auc_macro")), "eer_macro": m.get("eer_macro"),
                             "pseudo_labels": info.get("pseudo_labels", 0),
                             "train_seconds": round(train_s, 2)})
         result.model = model
-        bar.set_postfix(eer=f"{m.get('eer', float('nan')):.4f}", pseudo=info.get("pseudo_labels", 0))
+        bar.set_postfix(acc=f"{m['accuracy']:.4f}", eer=m.get("eer"), pseudo=info.get("pseudo_labels", 0))
         proba = model.predict_proba([samples[i] for i in pool]) if len(pool) else None
     bar.close()
     return result, annotator
 
 
-def labels_to_reach(rows: list[dict], target: float) -> float | None:
-    """Fewest labels at which the mean EER over seeds is at or below ``target`` (None: never)."""
+def labels_to_reach(rows: list[dict], target: float, metric: str = "eer") -> float | None:
+    """Fewest labels at which the mean ``metric`` over seeds reaches ``target`` (None: never).
+
+    Reaching is ``<= target`` for error rates (EER) and ``>= target`` for
+    accuracy and macro-F1 (:data:`labeler.metrics.HIGHER_IS_BETTER`).
+    """
+    higher = HIGHER_IS_BETTER[metric]
     by_n: dict[int, list[float]] = {}
     for r in rows:
-        by_n.setdefault(r["labels"], []).append(r["eer"])
+        if r.get(metric) is not None:
+            by_n.setdefault(r["labels"], []).append(float(r[metric]))
     for n in sorted(by_n):
-        if np.mean(by_n[n]) <= target:
+        m = np.mean(by_n[n])
+        if (m >= target) if higher else (m <= target):
             return n
     return None
 
 
-def write_outputs(rows: list[dict], out: Path, title: str) -> tuple[Path, Path]:
-    """``learning_curves.csv`` and ``learning_curves.png`` (mean EER with a +-1 std band)."""
+def write_outputs(rows: list[dict], out: Path, title: str, metric: str = "eer") -> tuple[Path, Path]:
+    """``learning_curves.csv`` and ``learning_curves.png`` (mean ``metric`` with a +-1 std band)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,12 +147,13 @@ def write_outputs(rows: list[dict], out: Path, title: str) -> tuple[Path, Path]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         ns = sorted({r["labels"] for r in rows if r["strategy"] == strategy})
-        e = [[r["eer"] for r in rows if r["strategy"] == strategy and r["labels"] == n] for n in ns]
+        e = [[r[metric] for r in rows if r["strategy"] == strategy and r["labels"] == n] for n in ns]
         mean, std = np.array([np.mean(v) for v in e]), np.array([np.std(v) for v in e])
         ax.plot(ns, mean, marker="o", label=strategy)
         ax.fill_between(ns, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("human labels")
-    ax.set_ylabel("EER on the held-out part (lower is better)")
+    better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+    ax.set_ylabel(f"{metric} on the held-out part ({better} is better)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
