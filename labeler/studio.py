@@ -253,3 +253,16 @@ def report_to_model_card(conn, project: str, job: dict, registry) -> None:
         update_model_card(ls, int(project), *model_card_text(serving or "zero-shot", meta, job, admin_url))
     except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
         log.warning("could not update the model card of project %s: %s", project, exc)
+
+
+def secure_backend_webhooks(ls: LabelStudio, project: int, headers: dict[str, str]) -> int:
+    """Add ``headers`` (the backend's webhook credentials) to the webhooks Label Studio created for the
+    project's ML backends (it creates them without credentials); returns how many were updated."""
+    targets = {f"{(ml.url or '').rstrip('/')}/webhook" for ml in ls.ml.list(project=project)}
+    updated = 0
+    for hook in ls.webhooks.list(project=str(project)):
+        have = dict(hook.headers or {}) if isinstance(hook.headers, dict) else {}
+        if hook.url in targets and any(have.get(k) != v for k, v in headers.items()):
+            ls.webhooks.update(id=hook.id, headers={**have, **headers})
+            updated += 1
+    return updated

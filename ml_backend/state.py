@@ -10,6 +10,7 @@ that Label Studio; the first Label Studio to do so binds the backend (saved in
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import logging
@@ -24,7 +25,9 @@ from labeler.connection import Connection
 from labeler.fsutil import atomic_write_text
 from labeler.jobs import TrainingJobs
 from labeler.predictor import Predictor
-from labeler.studio import connect, set_model_version
+from labeler.studio import connect, secure_backend_webhooks, set_model_version
+
+from .auth import WEBHOOK_SECRET_HEADER
 
 log = logging.getLogger(__name__)
 VERIFIED_TTL_S = 600.0
@@ -124,9 +127,30 @@ class BackendState:
             self._verified[key] = time.monotonic()
         # a verified project is known: its folder exists, training may be triggered by webhooks
         self.predictor.registry.project_dir(project, create=True)
+        self._secure_webhooks(project, conn)
         if project in self.jobs.pending_refreshes():
             self.jobs.submit(project, trigger="finishing an interrupted prediction refresh", train=False)
         return True
+
+    def _secure_webhooks(self, project: str, conn: Connection) -> None:
+        """Label Studio's auto-created webhook carries no credentials: give it ours (in the background)."""
+        s = self.settings
+        if s.webhook_secret:
+            headers = {WEBHOOK_SECRET_HEADER: s.webhook_secret}
+        elif s.basic_auth_user:
+            pair = f"{s.basic_auth_user}:{s.basic_auth_pass or ''}".encode()
+            headers = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+        else:
+            return
+
+        def run() -> None:
+            try:
+                n = secure_backend_webhooks(connect(conn.base_url, conn.token, check=False), int(project), headers)
+                if n:
+                    log.info("project %s: added this backend's credentials to %d Label Studio webhook(s)", project, n)
+            except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
+                log.warning("project %s: could not add credentials to Label Studio's webhook: %s", project, exc)
+        threading.Thread(target=run, name=f"secure-webhooks-{project}", daemon=True).start()
 
     def known(self, project: str) -> bool:
         """A project some verified /setup (or an earlier training) has made known to this backend."""
