@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     @app.before_request
     def _basic_auth() -> Response | None:
         endpoint = request.endpoint or ""
-        if endpoint in _OWN_AUTH or endpoint.startswith("admin.") or basic_auth_ok(request, settings):
+        if endpoint in _OWN_AUTH or endpoint.startswith(("admin.", "dashboard.")) or basic_auth_ok(request, settings):
             return None
         return Response("authentication required", 401, {"WWW-Authenticate": 'Basic realm="labeler"'})
 
@@ -46,9 +46,10 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     if settings.log_requests:
         _request_log(app)
 
-    from . import admin, api
+    from . import admin, api, dashboard
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(dashboard.bp)  # /dashboard: the admin page, with its own token login
 
     if load_in_background:
         threading.Thread(target=state.predictor.load_scorer, name="load-model", daemon=True).start()

@@ -1,0 +1,254 @@
+"""The admin page: projects, serving version, job state, every version's metrics, learning curve,
+confusion matrix, and promote / rollback / train actions.
+
+One URL, ``/dashboard``, for people and programs: a browser that asks for
+``text/html`` explicitly (Chromium sends ``text/html,...,*/*;q=0.8,
+application/signed-exchange;v=b3;q=0.7``) gets the page; anything else gets
+JSON. Both need ``LABELER_ADMIN_TOKEN``: API clients send
+``Authorization: Bearer <token>``; a browser logs in once through a form,
+which sets a session cookie (HttpOnly, SameSite=Strict, scoped to
+``/dashboard``, signed with a key derived from the token, so changing the
+token logs everyone out). Every POST form carries a CSRF token tied to the
+session. With no admin token configured the page does not exist (404), like
+the admin API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import secrets
+import time
+
+from flask import Blueprint, abort, jsonify, redirect, render_template_string, request, session, url_for
+
+from labeler.registry import check_project, check_version
+
+from .api import metrics_report, state
+from .auth import admin_ok
+
+bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
+_SESSION_MARK = "labeler-admin"
+
+
+@bp.record_once
+def _configure_sessions(setup) -> None:
+    app = setup.app
+    token = app.config["LABELER_SETTINGS"].admin_token or ""
+    # Flask signs the session cookie with secret_key; derive it from the admin token (one secret to manage).
+    app.secret_key = app.secret_key or hmac.new(token.encode(), b"labeler dashboard session", hashlib.sha256).digest()
+    app.config.update(SESSION_COOKIE_NAME="labeler_admin", SESSION_COOKIE_HTTPONLY=True,
+                      SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_PATH="/dashboard")
+
+
+def wants_html() -> bool:
+    """True when the client names text/html itself and ranks it at least as high as JSON.
+
+    Werkzeug's ``accept_mimetypes.best`` picks Chromium's
+    ``application/signed-exchange;v=b3`` (more specific, so first) over
+    ``text/html``; an API client's ``*/*`` names no type and gets JSON.
+    """
+    accept = request.accept_mimetypes
+    named = {m.lower() for m, q in accept if q > 0}
+    return "text/html" in named and accept["text/html"] >= accept["application/json"]
+
+
+def _logged_in() -> bool:
+    return session.get("admin") == _SESSION_MARK
+
+
+def _csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(24)
+    return session["csrf"]
+
+
+def _authorised_post() -> bool:
+    """A POST is allowed with the bearer token, or with the session cookie and its CSRF token."""
+    if admin_ok(request, state().settings):
+        return True
+    sent = request.form.get("csrf", "")
+    return _logged_in() and bool(sent) and hmac.compare_digest(sent, session.get("csrf", ""))
+
+
+@bp.before_request
+def _enabled():
+    if not state().settings.admin_token:
+        abort(404)  # off unless LABELER_ADMIN_TOKEN is set
+
+
+def report() -> dict:
+    """What the page shows: the backend's metrics report with every detail."""
+    return metrics_report(details=True)
+
+
+@bp.get("")
+@bp.get("/")
+def index():
+    if not wants_html():
+        if not admin_ok(request, state().settings):
+            return jsonify({"status": "error", "error": "admin token required (Authorization: Bearer ...)"}), 401
+        return jsonify(report())
+    if not _logged_in():
+        return render_template_string(_LOGIN, error=None, csrf=_csrf_token()), 401
+    r = report()
+    plots = {p: learning_curve_svg(info["versions"]) for p, info in r["projects"].items()}
+    return render_template_string(_PAGE, r=r, plots=plots, csrf=_csrf_token(), message=session.pop("message", None),
+                                  fmt=_fmt, when=_when, zip=zip)
+
+
+@bp.post("/login")
+def login():
+    sent = request.form.get("csrf", "")
+    if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+        return render_template_string(_LOGIN, error="the form expired; try again", csrf=_csrf_token()), 400
+    token = state().settings.admin_token or ""
+    if not hmac.compare_digest(request.form.get("token", "").encode(), token.encode()):
+        time.sleep(0.5)  # slow down guessing
+        return render_template_string(_LOGIN, error="wrong admin token", csrf=_csrf_token()), 401
+    session.clear()
+    session["admin"] = _SESSION_MARK
+    return redirect(url_for("dashboard.index"), 303)
+
+
+@bp.post("/logout")
+def logout():
+    if _authorised_post():
+        session.clear()
+    return redirect(url_for("dashboard.index"), 303)
+
+
+def _done(message: str, body: dict, status: int = 200):
+    if wants_html() or request.form:
+        session["message"] = message
+        return redirect(url_for("dashboard.index"), 303)
+    return jsonify({"status": "ok", **body}), status
+
+
+@bp.post("/projects/<project>/promote")
+def promote(project: str):
+    """Serve ``version`` (a form field or JSON key); ``zero-shot`` or empty rolls back to the zero-shot model."""
+    if not _authorised_post():
+        return jsonify({"status": "error", "error": "admin token or a logged-in session with its form required"}), 401
+    data = request.form if request.form else request.get_json(silent=True)
+    if not request.form and not isinstance(data, dict):
+        return jsonify({"status": "error", "error": 'expected {"version": "v3-head"} or {"version": "zero-shot"}'}), 400
+    version = data.get("version")
+    version = None if version in (None, "", "zeroshot", "zero-shot") else check_version(version)
+    project = check_project(project)
+    state().predictor.registry.promote(project, version)
+    return _done(f"project {project} now serves {version or 'the zero-shot model'}", {"serving": version or "zero-shot"})
+
+
+@bp.post("/projects/<project>/train")
+def train(project: str):
+    if not _authorised_post():
+        return jsonify({"status": "error", "error": "admin token or a logged-in session with its form required"}), 401
+    job = state().jobs.submit(check_project(project), trigger="admin page")
+    return _done(f"training of project {project}: {job.get('status')}", {"job": job}, 202)
+
+
+# -- rendering ----------------------------------------------------------------------------------------
+
+def _fmt(value, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and value == value else "–"
+
+
+def _when(ts) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if isinstance(ts, (int, float)) else "–"
+
+
+def learning_curve_svg(versions: list[dict]) -> str | None:
+    """Inline SVG: held-out accuracy and EER of each version against its number of training labels,
+    with the zero-shot model's accuracy on the same items. None with no versions."""
+    rows = [v for v in versions if v.get("metrics")]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    x = [v.get("n_train") or 0 for v in rows]
+    fig = Figure(figsize=(6.4, 3.2), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot(x, [v["metrics"].get("accuracy") for v in rows], "o-", label="accuracy")
+    if any(isinstance(v["metrics"].get("eer"), float) for v in rows):
+        ax.plot(x, [v["metrics"].get("eer") for v in rows], "s-", label="EER")
+    if any(v.get("zeroshot_metrics") for v in rows):
+        ax.plot(x, [(v.get("zeroshot_metrics") or {}).get("accuracy") for v in rows], "x--",
+                label="zero-shot accuracy (same items)")
+    for xi, v in zip(x, rows):
+        ax.annotate(v["version"].split("-")[0], (xi, v["metrics"].get("accuracy") or 0), fontsize=7,
+                    textcoords="offset points", xytext=(0, 5), ha="center")
+    ax.set_xlabel("labels the version trained on")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("held-out metrics per version", fontsize=10)
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]  # drop the XML prolog: it is embedded in HTML
+
+
+_STYLE = """<style>
+body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em}td,th{padding:3px 9px;border-bottom:1px solid #ddd;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.serving{background:#eef7ee;font-weight:600}
+.msg{background:#eef;padding:.5em 1em}.failed{color:#b00}form.inline{display:inline}
+section{border-top:2px solid #ccc;margin-top:1.5em}.small{color:#666;font-size:.9em}
+</style>"""
+
+_LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>labeler admin: log in</title>""" + _STYLE + """
+</head><body><h1>labeler admin</h1>
+{% if error %}<p class="failed">{{ error }}</p>{% endif %}
+<form method="post" action="{{ url_for('dashboard.login') }}">
+<input type="hidden" name="csrf" value="{{ csrf }}">
+<label>Admin token (LABELER_ADMIN_TOKEN) <input type="password" name="token" autofocus></label>
+<button type="submit">Log in</button></form></body></html>"""
+
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>labeler admin</title>""" + _STYLE + """
+</head><body><h1>labeler admin</h1>
+<p class="small">zero-shot model {{ r.zeroshot_model }} · up {{ r.uptime_s }} s ·
+/predict latency p50 {{ fmt(r.predict_latency_s.p50, 3) }} s, p99 {{ fmt(r.predict_latency_s.p99, 3) }} s
+({{ r.predict_latency_s.n }} requests) · <a href="{{ url_for('dashboard.index') }}">refresh</a>
+<form class="inline" method="post" action="{{ url_for('dashboard.logout') }}"><input type="hidden" name="csrf" value="{{ csrf }}"><button>log out</button></form></p>
+{% if message %}<p class="msg">{{ message }}</p>{% endif %}
+{% if not r.projects %}<p>No project has trained yet: versions appear here after the first training
+(Label Studio: Settings → Model → Start Training).</p>{% endif %}
+{% for p, info in r.projects.items() %}{% set job = info.job %}
+<section id="project-{{ p }}"><h2>Project {{ p }}: serving <span class="serving-name">{{ info.serving }}</span></h2>
+<p>Training job: <b class="{{ 'failed' if job.status == 'failed' }}">{{ job.status or 'none' }}</b>
+{% if job.step %} · step: {{ job.step }}{% endif %}
+{% if job.trigger %} · trigger: {{ job.trigger }}{% endif %}
+{% if job.finished %} · finished {{ when(job.finished) }}{% endif %}
+{% if job.version %} · last result: {{ job.version }} {{ 'promoted' if job.promoted else 'not promoted' }}{% if job.reason %} ({{ job.reason }}){% endif %}{% endif %}
+{% if job.error %}<br><span class="failed">Last failure: {{ job.error }}</span>{% endif %}
+<form class="inline" method="post" action="{{ url_for('dashboard.train', project=p) }}"><input type="hidden" name="csrf" value="{{ csrf }}"> <button>Train now</button></form></p>
+<table class="versions"><tr><th>version</th><th>created</th><th>labels</th><th>evaluated on</th><th>accuracy</th>
+<th>EER</th><th>ROC AUC</th><th>macro-F1</th><th>zero-shot accuracy<br>(same items)</th><th>per class: precision / recall / F1</th><th></th></tr>
+{% for v in info.versions|reverse %}{% set m = v.metrics or {} %}
+<tr class="{{ 'serving' if v.version == info.serving }}"><td>{{ v.version }}{% if v.version == info.serving %} (serving){% endif %}</td>
+<td>{{ when(v.created) }}</td><td>{{ v.n_train }}</td><td>{{ v.n_eval }} {{ v.evaluation or '' }}</td>
+<td>{{ fmt(m.accuracy) }}</td><td>{{ fmt(m.eer if m.eer is defined else m.eer_macro) }}</td>
+<td>{{ fmt(m.roc_auc if m.roc_auc is defined else m.roc_auc_macro) }}</td><td>{{ fmt(m.macro_f1) }}</td>
+<td>{{ fmt((v.zeroshot_metrics or {}).accuracy) }}</td>
+<td>{% for c, pc in (m.per_class or {}).items() %}{{ c }}: {{ fmt(pc.precision, 2) }} / {{ fmt(pc.recall, 2) }} / {{ fmt(pc.f1, 2) }}{% if not loop.last %}<br>{% endif %}{% endfor %}</td>
+<td>{% if v.version != info.serving %}<form class="inline" method="post" action="{{ url_for('dashboard.promote', project=p) }}">
+<input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="version" value="{{ v.version }}">
+<button>serve this version</button></form>{% endif %}</td></tr>{% endfor %}
+<tr class="{{ 'serving' if info.serving == 'zero-shot' }}"><td>zero-shot{% if info.serving == 'zero-shot' %} (serving){% endif %}</td><td colspan="9"></td>
+<td>{% if info.serving != 'zero-shot' %}<form class="inline" method="post" action="{{ url_for('dashboard.promote', project=p) }}">
+<input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="version" value="zero-shot">
+<button>roll back to zero-shot</button></form>{% endif %}</td></tr></table>
+{% if plots[p] %}<div class="learning-curve">{{ plots[p]|safe }}</div>{% endif %}
+{% set newest = (info.versions|selectattr('version', 'equalto', info.serving)|list or info.versions[-1:]) %}
+{% for v in newest %}{% set m = v.metrics or {} %}{% if m.confusion_matrix %}
+<h3>Confusion matrix of {{ v.version }} (rows: true class, columns: predicted)</h3>
+<table class="confusion"><tr><th></th>{% for c in (m.per_class or {}).keys() %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for c, row in zip((m.per_class or {}).keys(), m.confusion_matrix) %}<tr><th>{{ c }}</th>{% for n in row %}<td>{{ n }}</td>{% endfor %}</tr>{% endfor %}
+</table>{% endif %}{% endfor %}</section>
+{% endfor %}</body></html>"""

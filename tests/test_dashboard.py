@@ -1,0 +1,129 @@
+"""The admin page (/dashboard): content negotiation, token login, CSRF, promote/rollback, what it shows.
+
+Flask's test client on the real app and a real registry; the page in a real browser is tests/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from labeler.config import Settings
+from labeler.metrics import evaluate
+from labeler.registry import Registry
+from ml_backend import create_app
+
+CHROMIUM_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,"
+                   "*/*;q=0.8,application/signed-exchange;v=b3;q=0.7")
+BEARER = {"Authorization": "Bearer t0k"}
+HTML = {"Accept": CHROMIUM_ACCEPT}
+
+
+def _version(reg: Registry, project: str, n_train: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 40)
+    proba = np.clip(np.eye(2)[y] * 0.6 + rng.random((40, 2)) * 0.5, 0, None)
+    proba /= proba.sum(1, keepdims=True)
+    meta = {"kind": "head", "n_train": n_train, "n_eval": 40, "evaluation": "holdout",
+            "metrics": evaluate(y, proba, ["open", "closed"]),
+            "zeroshot_metrics": evaluate(y, np.full((40, 2), 0.5), ["open", "closed"])}
+    return reg.add(project, lambda folder: meta)
+
+
+@pytest.fixture()
+def app(tmp_path):
+    reg = Registry(tmp_path)
+    names = [_version(reg, "7", n, seed) for seed, n in enumerate((20, 40, 80))]
+    reg.promote("7", names[1])
+    app = create_app(Settings(model_dir=tmp_path, zeroshot_model=None, admin_token="t0k",
+                              basic_auth_user="ls", basic_auth_pass="pw"), load_in_background=False)
+    app.config["VERSIONS"] = names
+    return app
+
+
+def _login(client) -> str:
+    page = client.get("/dashboard", headers=HTML)
+    assert page.status_code == 401 and b'name="token"' in page.data
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    resp = client.post("/dashboard/login", data={"token": "t0k", "csrf": csrf}, headers=HTML)
+    assert resp.status_code == 303, resp.text
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/dashboard" in cookie
+    return re.search(r'name="csrf" value="([^"]+)"', client.get("/dashboard", headers=HTML).text).group(1)
+
+
+@pytest.mark.parametrize("accept, html", [
+    (CHROMIUM_ACCEPT, True),
+    ("text/html", True),
+    ("text/html;q=0.5, application/json", False),
+    ("*/*", False),
+    ("application/json", False),
+    (None, False),
+])
+def test_html_for_browsers_json_for_api_clients(app, accept, html):
+    client = app.test_client()
+    resp = client.get("/dashboard", headers={**BEARER, **({"Accept": accept} if accept else {})})
+    if html:  # a browser without the session cookie gets the login form, whatever header it sends
+        assert resp.status_code == 401 and resp.mimetype == "text/html"
+    else:
+        assert resp.status_code == 200 and resp.mimetype == "application/json"
+        assert resp.json["projects"]["7"]["serving"] == app.config["VERSIONS"][1]
+
+
+def test_json_needs_the_bearer_token_and_page_is_off_without_one(app, tmp_path):
+    client = app.test_client()
+    assert client.get("/dashboard").status_code == 401
+    assert client.get("/dashboard", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    off = create_app(Settings(model_dir=tmp_path, zeroshot_model=None), load_in_background=False).test_client()
+    assert off.get("/dashboard", headers=HTML).status_code == 404
+    assert off.get("/dashboard", headers=BEARER).status_code == 404
+
+
+def test_login_then_page_shows_versions_plot_and_confusion_matrix(app):
+    client = app.test_client()
+    names = app.config["VERSIONS"]
+    bad = client.get("/dashboard", headers=HTML)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', bad.text).group(1)
+    assert client.post("/dashboard/login", data={"token": "nope", "csrf": csrf}, headers=HTML).status_code == 401
+    assert client.post("/dashboard/login", data={"token": "t0k"}, headers=HTML).status_code == 400  # no CSRF token
+    _login(client)
+    page = client.get("/dashboard", headers=HTML)
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    text = page.text
+    assert all(n in text for n in names) and f"{names[1]} (serving)" in text
+    assert "<svg" in text and "labels the version trained on" in text  # the learning curve, inline
+    assert 'class="confusion"' in text and "per class" in text
+    meta = Registry(app.config["LABELER_SETTINGS"].model_dir).meta("7", names[1])
+    assert f"{meta['metrics']['accuracy']:.4f}" in text and f"{meta['metrics']['eer']:.4f}" in text
+
+
+def test_promote_and_rollback_need_the_session_and_its_csrf_token(app):
+    client = app.test_client()
+    names = app.config["VERSIONS"]
+    reg = Registry(app.config["LABELER_SETTINGS"].model_dir)
+    # Not logged in, or logged in without the form's CSRF token: refused, nothing changes.
+    assert client.post("/dashboard/projects/7/promote", data={"version": names[2]}).status_code == 401
+    csrf = _login(client)
+    assert client.post("/dashboard/projects/7/promote", data={"version": names[2]}).status_code == 401
+    assert client.post("/dashboard/projects/7/promote", data={"version": names[2], "csrf": "x" * 32}).status_code == 401
+    assert reg.current("7") == names[1]
+    resp = client.post("/dashboard/projects/7/promote", data={"version": names[2], "csrf": csrf}, headers=HTML)
+    assert resp.status_code == 303 and reg.current("7") == names[2]
+    assert f"project 7 now serves {names[2]}" in client.get("/dashboard", headers=HTML).text
+    client.post("/dashboard/projects/7/promote", data={"version": "zero-shot", "csrf": csrf}, headers=HTML)
+    assert reg.current("7") is None
+    assert client.post("/dashboard/projects/7/promote", data={"version": "../../etc", "csrf": csrf}).status_code == 400
+    assert client.post("/dashboard/projects/x7/promote", data={"version": names[0], "csrf": csrf}).status_code == 400
+
+
+def test_promote_with_the_bearer_token_for_api_clients(app):
+    client = app.test_client()
+    names = app.config["VERSIONS"]
+    resp = client.post("/dashboard/projects/7/promote", json={"version": names[0]}, headers=BEARER)
+    assert resp.status_code == 200 and resp.json["serving"] == names[0]
+    assert Registry(app.config["LABELER_SETTINGS"].model_dir).current("7") == names[0]
+    assert client.post("/dashboard/projects/7/promote", json=["v1"], headers=BEARER).status_code == 400
+    assert client.post("/dashboard/projects/7/promote", headers=BEARER).status_code == 400
+    assert Registry(app.config["LABELER_SETTINGS"].model_dir).current("7") == names[0]
