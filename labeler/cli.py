@@ -8,14 +8,21 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .config import Settings
-from .zeroshot import DEFAULT_MODEL
+from . import __version__
+
+# torch, transformers and the Label Studio SDK are imported inside the commands that use
+# them, so --help, --version and argument errors answer at once.
+if TYPE_CHECKING:
+    from .config import Settings
 
 
 def _settings(**overrides) -> Settings:
+    from .config import Settings
+
     return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -30,18 +37,30 @@ def _fail(message: str) -> None:
 
 
 @click.group()
+@click.version_option(__version__, "--version", prog_name="labeler")
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
-def main(verbose: bool) -> None:
-    """labeler: BLIP-2 pre-annotation, uncertainty ranking and retraining for Label Studio."""
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """labeler: BLIP-2 pre-annotation, uncertainty ranking and retraining for Label Studio.
+
+    After `labeler demo`, commands run from the same folder use the demo's Label Studio,
+    project and models (labeler-demo/labeler.env; variables already set win).
+    """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if ctx.invoked_subcommand != "demo":
+        from .envfile import load_env_file
+
+        used = load_env_file()
+        if used:
+            logging.getLogger(__name__).info("environment from %s", used)
 
 
 @main.command()
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of images (default: a small generated set).")
-@click.option("--zeroshot-model", default=DEFAULT_MODEL, show_default=True,
-              help="Hub id or local folder of a BLIP-2 ITM checkpoint.")
+@click.option("--zeroshot-model", help="Hub id or local folder of a BLIP-2 ITM checkpoint "
+                                        "[default: Salesforce/blip2-itm-vit-g].")
 @click.option("--data-dir", default="labeler-demo", show_default=True, type=click.Path(path_type=Path))
 @click.option("--port", type=int, help="Label Studio port (default: a free one).")
 @click.option("--template", default="binary", show_default=True, help="templates/<name>.xml or a path.")
@@ -49,8 +68,9 @@ def main(verbose: bool) -> None:
 def demo(images, zeroshot_model, data_dir, port, template, no_wait) -> None:
     """Start Label Studio + the backend and pre-annotate a project of images."""
     from .demo import run_demo
+    from .zeroshot import DEFAULT_MODEL
 
-    info = run_demo(images, zeroshot_model, data_dir, port, template, wait=not no_wait)
+    info = run_demo(images, zeroshot_model or DEFAULT_MODEL, data_dir, port, template, wait=not no_wait)
     for server in info.pop("servers", []):
         server.stop()
 
@@ -100,7 +120,7 @@ def with_studio(f):
 
 
 @main.command()
-@click.option("--project", required=True, type=int)
+@click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
 @click.option("--classifier", type=click.Choice(["auto", "head", "cnn"]))
 @with_studio
 def train(project, classifier, url, api_key, model_dir) -> None:
@@ -127,7 +147,7 @@ def train(project, classifier, url, api_key, model_dir) -> None:
 
 
 @main.command()
-@click.option("--project", required=True, type=int)
+@click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
 @click.option("--all", "redo", is_flag=True, help="Re-predict tasks that already have a current prediction.")
 @click.option("--batch-size", default=64, show_default=True)
 @with_studio
@@ -144,7 +164,7 @@ def preannotate(project, redo, batch_size, url, api_key, model_dir) -> None:
 
 
 @main.command("export")
-@click.option("--project", required=True, type=int)
+@click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
 @click.option("--format", "fmt", required=True,
               type=click.Choice(["imagefolder", "csv", "jsonl", "JSON", "JSON_MIN", "CSV", "COCO"]))
 @click.option("--out", required=True, type=click.Path(path_type=Path))
@@ -177,7 +197,7 @@ def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, url, api_ke
 
 
 @main.command()
-@click.option("--project", required=True, type=int)
+@click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
 @click.option("--no-publish", is_flag=True, help="Only print; do not create the Label Studio tab.")
 @with_studio
 def review(project, no_publish, url, api_key, model_dir) -> None:
@@ -213,7 +233,7 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
 @click.option("--classifier", default="cnn", type=click.Choice(["cnn", "head"]), show_default=True)
 @click.option("--zeroshot-model", help="BLIP-2 ITM model for cold-start scores and head features (optional).")
 @click.option("--cnn-steps", type=int, help="Cap on CNN optimiser steps per round (for quick runs).")
-@click.option("--self-train", type=float, default=lambda: Settings.from_env().self_train, show_default="0.9",
+@click.option("--self-train", type=float, default=lambda: _settings().self_train, show_default="0.9",
               help="Also train on pool images predicted with at least this confidence, as the backend's "
                    "retraining does (LABELER_SELF_TRAIN); 0 turns it off.")
 @click.option("--metric", type=click.Choice(["auto", "eer", "accuracy", "macro_f1"]), default="auto",
@@ -363,7 +383,7 @@ def evaluate_cmd(model_ref, images, labels_csv, model_dir, as_json) -> None:
 
 
 @main.group(invoke_without_command=True)
-@click.option("--project", type=str)
+@click.option("--project", type=str, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
 @click.option("--model-dir", envvar="MODEL_DIR", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -412,7 +432,7 @@ def versions_export(version, out, model_dir) -> None:
 
 @main.command()
 @click.argument("version")
-@click.option("--project", required=True, type=str)
+@click.option("--project", required=True, type=str, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
 @click.option("--model-dir", envvar="MODEL_DIR", type=click.Path(path_type=Path))
 def rollback(version, project, model_dir) -> None:
     """Serve VERSION again (``zeroshot`` for the zero-shot model). The backend picks it up at once."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import signal
 import time
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +15,25 @@ import requests
 from PIL import Image, ImageDraw
 
 from . import localserver
-from .studio import connect, uncertainty_view
+from .envfile import write_env_file
+from .studio import connect, model_card_text, uncertainty_view, update_model_card
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+# templates/ at the top of the repository; pyproject.toml maps it into the wheel as labeler.templates.
+TEMPLATES = files("labeler.templates")
+ENV_FILE = "labeler.env"
 
 
 def template(name: str) -> str:
     """A labelling config from ``templates/`` by name (``binary``, ``multiclass``) or path."""
     path = Path(name)
-    if not path.exists():
-        path = TEMPLATES / f"{name}.xml"
-    if not path.exists():
+    if path.exists():
+        return path.read_text()
+    packaged = TEMPLATES / f"{name}.xml"
+    if not packaged.is_file():
         raise FileNotFoundError(f"no template {name!r} (looked in {TEMPLATES})")
-    return path.read_text()
+    return packaged.read_text()
 
 
 def synthetic_eyes(out: Path, n: int = 24, size: int = 48, seed: int = 0) -> Path:
@@ -83,14 +90,41 @@ def upload_images(ls_url: str, token: str, project: int, files: list[Path], chun
     return n
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (kill, systemd, a container stop) takes the Ctrl-C path, which stops the servers."""
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a test runner's thread)
+        pass
+
+
+def _project(ls, title: str, label_config: str, files: list[Path], ls_url: str, token: str) -> tuple[int, bool]:
+    """(project id, created?): the demo's project from an earlier run of the same data dir, or a new one."""
+    for p in ls.projects.list():
+        if p.title == title:
+            return p.id, False
+    project = ls.projects.create(title=title, label_config=label_config)
+    upload_images(ls_url, token, project.id, files)
+    return project.id, True
+
+
 def run_demo(images: Path | None, zeroshot_model: str, data_dir: Path, port: int | None,
              template_name: str = "binary", wait: bool = True) -> dict:
+    """Label Studio + backend + a pre-annotated project; re-running on the same ``data_dir`` reuses them."""
+    _stop_on_sigterm()
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    token_file = data_dir / "token"
-    if not token_file.exists():  # the token applies only when the admin is first created
-        token_file.write_text(secrets.token_hex(20))
-    token = token_file.read_text().strip()
+    secrets_of = {}
+    for name in ("token", "admin-token"):  # the token applies only when the admin is first created
+        f = data_dir / name
+        if not f.exists():
+            fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(20))
+        secrets_of[name] = f.read_text().strip()
+    token, admin_token = secrets_of["token"], secrets_of["admin-token"]
     username, password = "admin@labeler.local", "labeler-demo"
     if images is None:
         images = synthetic_eyes(data_dir / "sample-images")
@@ -102,34 +136,44 @@ def run_demo(images: Path | None, zeroshot_model: str, data_dir: Path, port: int
     print(f"starting Label Studio (data in {data_dir / 'label-studio'}) ...", flush=True)
     ls_server = localserver.start_label_studio(data_dir / "label-studio", username, password, token,
                                                port=port)
-    print(f"starting the ML backend with {model} ...", flush=True)
-    backend = localserver.start_backend(
-        {"LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": token,
-         "MODEL_DIR": str(data_dir / "model_dir"), "LABELER_ZEROSHOT_MODEL": model,
-         **({"HF_HUB_OFFLINE": "1"} if offline else {})}, log_dir=data_dir)
+    backend_env = {"LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": token,
+                   "MODEL_DIR": str(data_dir / "model_dir"), "LABELER_ZEROSHOT_MODEL": model,
+                   "LABELER_ADMIN_TOKEN": admin_token, **({"HF_HUB_OFFLINE": "1"} if offline else {})}
+    backend = None
     try:
+        print(f"starting the ML backend with {model} ...", flush=True)
+        backend = localserver.start_backend(backend_env, log_dir=data_dir)
         ls = connect(ls_server.url, token)
-        project = ls.projects.create(title=f"labeler demo ({len(files)} images)",
-                                     label_config=template(template_name))
-        upload_images(ls_server.url, token, project.id, files)
-        ls.ml.create(project=project.id, url=backend.url, title="labeler")
+        pid, created = _project(ls, f"labeler demo ({len(files)} images)", template(template_name), files,
+                                ls_server.url, token)
+        for old in ls.ml.list(project=pid):  # an earlier run's backend listened on another port
+            ls.ml.delete(id=old.id)
+        ls.ml.create(project=pid, url=backend.url, title="labeler")
         t = time.perf_counter()
-        ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
+        ls.actions.create(id="retrieve_tasks_predictions", project=pid,
                           selected_items={"all": True, "excluded": []})
         took = time.perf_counter() - t
-        view = uncertainty_view(ls, project.id)
-        info = {"label_studio": ls_server.url, "project": project.id, "view": view,
-                "username": username, "password": password, "token": token, "backend": backend.url,
-                "tasks": len(files), "predict_seconds": round(took, 2)}
+        view = uncertainty_view(ls, pid)
+        dashboard = f"{backend.url}/dashboard"
+        update_model_card(ls, pid, *model_card_text("zero-shot", None, {}, dashboard))
+        env_file = write_env_file(data_dir / ENV_FILE, {**backend_env, "LABELER_PROJECT": pid,
+                                                        "LABELER_BACKEND_URL": backend.url})
+        info = {"label_studio": ls_server.url, "project": pid, "view": view, "username": username,
+                "password": password, "token": token, "admin_token": admin_token, "backend": backend.url,
+                "tasks": len(files), "predict_seconds": round(took, 2), "env_file": str(env_file)}
         print(f"""
-labeler demo is ready: {len(files)} tasks pre-annotated in {took:.1f} s
-  Label Studio  {ls_server.url}/projects/{project.id}/data?tab={view}
+labeler demo is ready: {len(files)} tasks {'pre-annotated' if created else '(from the last run) checked'} in {took:.1f} s
+  Label Studio  {ls_server.url}/projects/{pid}/data?tab={view}
   login         {username} / {password}
   API token     {token}
-  ML backend    {backend.url}  (metrics: {backend.url}/metrics)
+  ML backend    {backend.url}
+  admin page    {dashboard}   (admin token: {admin_token})
+  CLI           commands run from {data_dir.parent} read {env_file}; elsewhere: source {env_file}
+                e.g. labeler versions; labeler train; labeler export --format csv --out labels
 The "Least confident first" tab lists the least certain images first.""", flush=True)
     except BaseException:
-        backend.stop()
+        if backend is not None:
+            backend.stop()
         ls_server.stop()
         raise
     if not wait:

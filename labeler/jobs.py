@@ -124,7 +124,7 @@ class TrainingJobs:
                 log.error("training project %s failed: %s\n%s", project, exc, traceback.format_exc())
                 self._set(project, status="failed", error=f"{type(exc).__name__}: {exc}", step=None,
                           finished=time.time())
-            report_to_model_card(self.connection(project), project, self.state(project), self.predictor.registry)
+            report_to_model_card(self.connection(project), project, self.state(project), self.predictor)
             with self._lock:
                 if project not in self._rerun:
                     return

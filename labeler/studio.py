@@ -223,21 +223,26 @@ def model_card_text(serving: str, serving_meta: dict | None, job: dict, admin_ur
     return title[:100], "\n".join(lines)[:1000]
 
 
-def update_model_card(ls: LabelStudio, project: int, title: str, description: str) -> int:
+def update_model_card(ls: LabelStudio, project: int, title: str, description: str,
+                      basic_auth: tuple[str, str] | None = None) -> int:
     """Set title and description of the labeler ML backend(s) connected to ``project``.
 
     With one backend connected it is ours; with several, those whose title starts with
-    "labeler". Returns how many cards were updated.
+    "labeler". Label Studio re-validates the connection on every change (health and setup
+    calls, 500 without ``url`` and ``project``), so a backend behind basic auth needs
+    ``basic_auth`` (the password is write-only in the API). Returns how many cards were updated.
     """
     backends = ls.ml.list(project=project)
     if len(backends) > 1:
         backends = [b for b in backends if (b.title or "").lower().startswith("labeler")]
+    auth = ({"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]}
+            if basic_auth else {})
     for b in backends:
-        ls.ml.update(id=b.id, title=title, description=description)
+        ls.ml.update(id=b.id, url=b.url, project=project, title=title, description=description, **auth)
     return len(backends)
 
 
-def report_to_model_card(conn, project: str, job: dict, registry) -> None:
+def report_to_model_card(conn, project: str, job: dict, predictor) -> None:
     """After a training job: put the serving version and the job's outcome on the model card.
 
     Never raises: the card is a convenience, the job's state is the record.
@@ -246,14 +251,15 @@ def report_to_model_card(conn, project: str, job: dict, registry) -> None:
         return
     try:
         ls = connect(conn.base_url, conn.token, check=False)
+        registry, settings = predictor.registry, predictor.settings
         serving = registry.current(project)
         meta = registry.meta(project, serving) if serving else None
         backends = ls.ml.list(project=int(project))
         admin_url = f"{backends[0].url.rstrip('/')}/dashboard" if len(backends) == 1 and backends[0].url else None
-        update_model_card(ls, int(project), *model_card_text(serving or "zero-shot", meta, job, admin_url))
+        auth = (settings.basic_auth_user, settings.basic_auth_pass or "") if settings.basic_auth_user else None
+        update_model_card(ls, int(project), *model_card_text(serving or "zero-shot", meta, job, admin_url), auth)
     except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
         log.warning("could not update the model card of project %s: %s", project, exc)
-
 
 def secure_backend_webhooks(ls: LabelStudio, project: int, headers: dict[str, str]) -> int:
     """Add ``headers`` (the backend's webhook credentials) to the webhooks Label Studio created for the
