@@ -127,6 +127,7 @@ def test_empty_project_exports_empty_dataset(label_studio, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # CNN out-of-fold training on the CPU: minutes
 def test_review_puts_planted_errors_first(labelled_project, tmp_path):
     ls, pid, truth, planted, conn, _ = labelled_project
     predictor = Predictor(Settings(model_dir=tmp_path, zeroshot_model=None, classifier="cnn", seed=0))

