@@ -17,6 +17,7 @@ from label_studio_sdk import LabelStudio
 from tqdm.auto import tqdm
 
 from .connection import Connection
+from .queue import Recorder, refresh as refresh_queue
 from .predictor import Predictor, to_prediction
 from .studio import (delete_stale_predictions, import_predictions, iter_tasks, project_config, set_model_version,
                      uncertainty_view)
@@ -31,6 +32,7 @@ class Report:
     skipped_existing: int = 0
     predicted: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)
+    queue: object | None = None  # labeler.queue.QueueReport of the "Next to label" tab, None if not published
 
     def summary(self) -> str:
         lines = [f"model version {self.version}: {self.predicted} tasks predicted, "
@@ -39,6 +41,8 @@ class Report:
         lines += [f"  task {tid}: {why}" for tid, why in self.failed[:50]]
         if len(self.failed) > 50:
             lines.append(f"  ... and {len(self.failed) - 50} more")
+        if self.queue is not None:
+            lines.append(self.queue.summary())
         return "\n".join(lines)
 
 
@@ -73,7 +77,9 @@ def _preannotate(ls: LabelStudio, project: int, predictor: Predictor, conn: Conn
     version = predictor.model_version(pkey, config)
     report = Report(version)
     todo = []
+    recorder = Recorder(predictor.settings.model_dir, project)  # the labelling queue's inputs (labeler.queue)
     for task in iter_tasks(ls, project):
+        recorder.saw(task)
         report.total += 1
         have = {p.get("model_version") for p in task.get("predictions") or [] if isinstance(p, dict)}
         if only_missing and version in have:
@@ -101,6 +107,7 @@ def _preannotate(ls: LabelStudio, project: int, predictor: Predictor, conn: Conn
                 preds.append({"task": task["id"], **to_prediction(it.proba, config, version,
                                                                   predictor.settings.uncertainty)})
             import_predictions(ls, project, preds)
+            recorder.add(batch, items, version)
             report.predicted += len(preds)
             bar.update(len(batch))
     bar.close()
@@ -109,4 +116,6 @@ def _preannotate(ls: LabelStudio, project: int, predictor: Predictor, conn: Conn
         set_model_version(ls, project, version)
         uncertainty_view(ls, project)
         delete_stale_predictions(ls, project, version)  # one prediction per task: the serving version's
+        report.queue = refresh_queue(ls, project, recorder, batch=predictor.settings.train_every or 25,
+                                     seed=predictor.settings.seed)
     return report

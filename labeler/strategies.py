@@ -18,6 +18,7 @@ covers the pool rather than one that is random by accident.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,6 +38,15 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
+@functools.lru_cache(maxsize=1)
+def _frozen_mobilenet():
+    """The ImageNet MobileNetV2, loaded once per process (the service calls this per batch)."""
+    from .classifiers.mobilenet import mobilenet_v2
+
+    net, _ = mobilenet_v2(2)
+    return net.eval()
+
+
 @torch.inference_mode()
 def imagenet_features(samples: Sequence, size: int = 48, dim: int = FEATURE_DIM) -> np.ndarray:
     """L2-normalised pooled features of a frozen ImageNet MobileNetV2 (for diversity), (N, ``dim``).
@@ -47,12 +57,10 @@ def imagenet_features(samples: Sequence, size: int = 48, dim: int = FEATURE_DIM)
     per task. ``samples`` are :class:`~labeler.classifiers.Sample` objects.
     """
     from .classifiers.cnn import _MEAN, _STD, _to_tensor
-    from .classifiers.mobilenet import mobilenet_v2
 
     if not len(samples):
         return np.zeros((0, dim), dtype=np.float32)
-    net, _ = mobilenet_v2(2)
-    net.eval()
+    net = _frozen_mobilenet()
     feats = []
     for start in range(0, len(samples), 256):
         x = (_to_tensor(samples[start:start + 256], size) - _MEAN) / _STD
@@ -106,10 +114,10 @@ def select(strategy: str, proba: np.ndarray | None, pool: np.ndarray, labelled: 
     ``pool`` and ``labelled`` index rows of ``features``.
     """
     if strategy == "random":
-        return rng.choice(pool, size=min(k, len(pool)), replace=False)
+        return rng.permutation(pool)[:k]  # the head of a permutation: the queue's random order starts alike
     if proba is None:  # cold start without a model
         return k_center_greedy(features, pool, labelled, k, rng) if features is not None else \
-            rng.choice(pool, size=min(k, len(pool)), replace=False)
+            rng.permutation(pool)[:k]
     if strategy == "margin_diverse":
         order = np.argsort(-uncertainty(proba, "margin"), kind="stable")
         shortlist = pool[order[: SHORTLIST * k]]
