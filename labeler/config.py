@@ -54,6 +54,8 @@ class Settings:
     max_concurrent_predicts: int = 6           # LABELER_MAX_CONCURRENT_PREDICTS: more wait briefly, then 503
     train_workers: int = 1                     # LABELER_TRAIN_WORKERS: training jobs run at once (others queue)
     keep_versions: int = 20                    # LABELER_KEEP_VERSIONS: newest versions kept per project (+ serving)
+    image_cache_mb: float = 2048.0             # LABELER_IMAGE_CACHE_MB: task image bytes kept to avoid re-downloads
+    image_ttl_s: float = 600.0                 # LABELER_IMAGE_TTL_S: reuse of non-upload image URLs (uploads: always)
 
     _ENV = {
         "label_studio_url": "LABEL_STUDIO_URL", "label_studio_api_key": "LABEL_STUDIO_API_KEY",
@@ -71,7 +73,8 @@ class Settings:
         "max_image_bytes": "LABELER_MAX_IMAGE_BYTES", "max_image_pixels": "LABELER_MAX_IMAGE_PIXELS",
         "download_timeout_s": "LABELER_DOWNLOAD_TIMEOUT_S", "max_request_mb": "LABELER_MAX_REQUEST_MB",
         "max_concurrent_predicts": "LABELER_MAX_CONCURRENT_PREDICTS", "train_workers": "LABELER_TRAIN_WORKERS",
-        "keep_versions": "LABELER_KEEP_VERSIONS",
+        "keep_versions": "LABELER_KEEP_VERSIONS", "image_cache_mb": "LABELER_IMAGE_CACHE_MB",
+        "image_ttl_s": "LABELER_IMAGE_TTL_S",
     }
 
     @classmethod

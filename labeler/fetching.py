@@ -171,9 +171,10 @@ class Fetcher:
             return self._local(unquote(urlsplit(ref).path))
         if scheme:
             raise ImageError(f"unsupported image URL scheme {scheme!r}")
-        if self.policy.local_root is not None:
+        studio_file = ref.startswith("/data/") and self.conn.base_url
+        if self.policy.local_root is not None and not (studio_file and not self._under_root(ref)):
             return self._local(ref)
-        if ref.startswith("/data/") and self.conn.base_url:
+        if studio_file:
             return self._http(self.conn.base_url + ref)
         raise ImageError("local paths are not read by the backend, and relative URLs need a Label Studio "
                          "connection (only /data/... files of Label Studio are fetched)")
@@ -188,6 +189,10 @@ class Fetcher:
         except (binascii.Error, ValueError) as exc:
             raise ImageError(f"bad data: URL: {exc}") from exc
 
+    def _under_root(self, path: str) -> bool:
+        root = os.path.realpath(self.policy.local_root)
+        return Path(os.path.realpath(Path(root) / path)).is_relative_to(root) and os.path.exists(Path(root) / path)
+
     def _local(self, path: str) -> bytes:
         root = self.policy.local_root
         if root is None:
@@ -200,10 +205,13 @@ class Fetcher:
             fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             raise ImageError(f"cannot read local file: {exc.strerror or exc}") from None
-        with os.fdopen(fd, "rb") as f:
+        try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise ImageError("refused local path: not a regular file")
-            data = f.read(self.policy.max_bytes + 1)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read(self.policy.max_bytes + 1)
+        finally:
+            os.close(fd)
         if len(data) > self.policy.max_bytes:
             raise ImageError(f"image file larger than {self.policy.max_bytes} bytes")
         return data

@@ -23,6 +23,7 @@ from .config import Settings
 from .connection import Connection
 from .fetching import Fetcher
 from .images import ImageError, decode
+from .imagestore import ImageStore
 from .labelconfig import LabelConfig
 from .registry import Registry
 from .uncertainty import confidence
@@ -59,6 +60,8 @@ class Predictor:
     def __init__(self, settings: Settings, local_files: bool = True) -> None:
         self.settings = settings
         self.policy = settings.fetch_policy(local_files=local_files)
+        self.images = ImageStore(settings.model_dir / "cache" / "images.sqlite",
+                                 int(settings.image_cache_mb * 2**20), settings.image_ttl_s)
         self.registry = Registry(settings.model_dir, keep=settings.keep_versions)
         self._scorer: ZeroShotScorer | None = None
         self._scorer_error: str | None = None
@@ -129,8 +132,18 @@ class Predictor:
 
     # -- scoring ------------------------------------------------------------------
     def fetch(self, refs: Sequence[object], conn: Connection, deadline: float | None = None) -> list[Scored]:
-        """Download (concurrently, under the fetch policy) and decode every image; failures are per item."""
-        fetched = Fetcher(self.policy, conn, deadline).get_many(list(refs), workers=self.settings.download_workers)
+        """Download (concurrently, under the fetch policy) and decode every image; failures are per item.
+
+        Images downloaded before come from the local image store instead (:mod:`labeler.imagestore`).
+        """
+        fetched: list[bytes | ImageError | None] = list(self.images.get_many(conn, refs))
+        todo = [i for i, data in enumerate(fetched) if data is None]
+        if todo:
+            new = Fetcher(self.policy, conn, deadline).get_many([refs[i] for i in todo],
+                                                                workers=self.settings.download_workers)
+            for i, data in zip(todo, new):
+                fetched[i] = data
+            self.images.put_many(conn, [(refs[i], d) for i, d in zip(todo, new) if isinstance(d, bytes)])
         out: list[Scored] = []
         for data in fetched:
             if isinstance(data, ImageError):

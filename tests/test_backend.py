@@ -107,3 +107,16 @@ def test_request_body_limit(tmp_path):
                      load_in_background=False)
     r = app.test_client().post("/predict", data=b"{" + b" " * 20000 + b"}", content_type="application/json")
     assert r.status_code == 413
+
+
+def test_restart_finds_a_promotion_whose_refresh_did_not_finish(tmp_path):
+    from labeler.jobs import TrainingJobs
+    from labeler.predictor import Predictor
+    from labeler.registry import Registry
+
+    reg = Registry(tmp_path)
+    reg.promote("4", reg.add("4", lambda folder: {"kind": "head"}))
+    (tmp_path / "projects" / "4" / "job.json").write_text('{"status": "running", "step": "refreshing predictions"}')
+    settings = Settings(model_dir=tmp_path, zeroshot_model=None)
+    jobs = TrainingJobs(settings, Predictor(settings), lambda p: None)
+    assert jobs.state("4")["status"] == "failed" and jobs.pending_refreshes() == ["4"]

@@ -14,7 +14,8 @@ from labeler.calibration import fit_temperature
 from labeler.config import Settings
 from labeler.demo import template, upload_images
 from labeler.labelconfig import parse_label_config
-from labeler.predictor import Connection, Predictor
+from labeler.connection import Connection
+from labeler.predictor import Predictor
 from labeler.preannotate import preannotate
 from labeler.uncertainty import confidence
 from labeler.zeroshot import softmax
@@ -131,3 +132,22 @@ def test_unreachable_label_studio_fails_fast_and_clearly(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "unreachable" in r.stderr
     assert time.monotonic() - t < 30
+
+
+@pytest.mark.integration
+def test_concurrent_preannotate_runs_write_one_prediction_per_task(label_studio, predictor, image_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, token = label_studio
+    ls = LabelStudio(base_url=url, api_key=token)
+    proj = ls.projects.create(title="concurrent", label_config=template("binary"))
+    files = sorted(image_dir.iterdir())
+    upload_images(url, token, proj.id, files)
+    conn = Connection(url, token)
+    with ThreadPoolExecutor(3) as pool:
+        reports = list(pool.map(lambda _: preannotate(ls, proj.id, predictor, conn, batch_size=4, progress=False),
+                                range(3)))
+    assert sum(r.predicted for r in reports) == len(files)
+    tasks = ls._client_wrapper.httpx_client.request(
+        "api/tasks/", method="GET", params={"project": proj.id, "fields": "all", "page_size": 100}).json()["tasks"]
+    assert all(len(t["predictions"]) == 1 for t in tasks)

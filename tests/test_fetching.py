@@ -1,0 +1,119 @@
+"""The fetch policy and the image store, without servers (the security suite attacks the real backend)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+
+from labeler.connection import Connection
+from labeler.export import _recover, _swap_in, class_folders
+from labeler.fetching import Fetcher, FetchPolicy, is_public
+from labeler.images import ImageError, decode
+from labeler.imagestore import ImageStore
+from labeler.registry import Registry
+
+from .conftest import png_bytes
+from .test_security import bomb_png
+
+
+def test_token_goes_only_to_label_studios_origin_and_data_paths():
+    f = Fetcher(FetchPolicy(), Connection("https://ls.example.com:8443", "tok"))
+    assert f._send_token("https://ls.example.com:8443/data/upload/1/a.png")
+    assert not f._send_token("http://ls.example.com:8443/data/upload/1/a.png")  # cleartext
+    assert not f._send_token("https://ls.example.com/data/upload/1/a.png")       # other port
+    assert not f._send_token("https://ls.example.com:8443/api/projects/1/export")
+    assert not f._send_token("https://evil.example.com:8443/data/upload/1/a.png")
+
+
+def test_host_rules():
+    p = FetchPolicy(allowed_hosts=("img.example.com", "*.cdn.example.net", "s.example.org:8080"))
+    assert p.host_allowed("img.example.com", 443) == (True, True)
+    assert p.host_allowed("a.cdn.example.net", 443) == (True, False)   # a pattern: public addresses only
+    assert p.host_allowed("s.example.org", 8080)[0] and not p.host_allowed("s.example.org", 80)[0]
+    assert not p.host_allowed("example.com", 443)[0]
+    assert not any(is_public(ip) for ip in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1",
+                                             "fc00::1", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1"))
+    assert is_public("8.8.8.8") and is_public("2606:4700::1111")
+
+
+def test_refused_references_fail_fast():
+    f = Fetcher(FetchPolicy(), Connection())
+    for ref in ("/etc/passwd", "file:///etc/passwd", "gopher://x/", "http://127.0.0.1:1/x", "x" * 5000, None, 3):
+        with pytest.raises(ImageError):
+            f.get(ref)
+
+
+def test_local_files_only_regular_and_under_the_root(tmp_path):
+    (tmp_path / "a.png").write_bytes(png_bytes(1))
+    (tmp_path / "sub").mkdir()
+    f = Fetcher(FetchPolicy(local_root=tmp_path), Connection())
+    assert f.get(str(tmp_path / "a.png")) == png_bytes(1)
+    for ref in (str(tmp_path / "sub"), str(tmp_path / ".." / "x"), "/etc/passwd", "/dev/zero"):
+        with pytest.raises(ImageError):
+            f.get(ref)
+    (tmp_path / "link.png").symlink_to("/etc/passwd")
+    with pytest.raises(ImageError, match="outside"):
+        f.get(str(tmp_path / "link.png"))
+
+
+def test_pixel_bomb_is_refused_before_decoding():
+    t0 = time.perf_counter()
+    with pytest.raises(ImageError, match="pixels"):
+        decode(bomb_png())
+    assert time.perf_counter() - t0 < 1
+
+
+def test_image_store_reuses_uploads_forever_and_other_urls_for_a_ttl(tmp_path):
+    store = ImageStore(tmp_path / "s.sqlite", max_bytes=10_000, ttl_s=0.2)
+    conn = Connection("http://ls:8080", "t")
+    refs = ["/data/upload/1/a.png", "http://img.example.com/b.png", "data:image/png;base64,AAAA", "/tmp/x.png"]
+    store.put_many(conn, [(r, png_bytes(i)) for i, r in enumerate(refs)])
+    assert [x is not None for x in store.get_many(conn, refs)] == [True, True, False, False]
+    assert store.get_many(Connection("http://other:8080", "t"), refs[:1]) == [None]  # scoped by Label Studio
+    time.sleep(0.3)
+    assert [x is not None for x in store.get_many(conn, refs[:2])] == [True, False]
+    store.put_many(conn, [(f"/data/upload/1/{i}.png", bytes(3000) + bytes([i])) for i in range(5)])
+    assert store._size <= 10_000  # least recently used evicted
+
+
+def _claim(model_dir: str, n: int, out) -> None:
+    reg = Registry(model_dir, keep=1000)
+    out.put([reg.add("1", lambda folder: {"kind": "cnn"}) for _ in range(n)])
+
+
+def test_version_names_never_collide_across_processes(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(str(tmp_path), 10, q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    names = [n for _ in procs for n in q.get(timeout=120)]
+    for p in procs:
+        p.join()
+    assert len(names) == 40 and len(set(names)) == 40
+    assert len(Registry(tmp_path).list("1")) == 40
+
+
+def test_export_swap_never_loses_the_old_dataset(tmp_path):
+    out, new = tmp_path / "ds", tmp_path / ".ds.partial-1"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    _swap_in(new, out)
+    assert (out / "new.txt").exists() and not list(tmp_path.glob(".ds.*"))
+    # killed after moving the old dataset aside, before the new one was in place
+    (tmp_path / ".ds.old-99").mkdir()
+    (tmp_path / ".ds.old-99" / "old.txt").write_text("old")
+    import shutil
+    shutil.rmtree(out)
+    _recover(out)
+    assert (out / "old.txt").read_text() == "old" and not list(tmp_path.glob(".ds.*"))
+
+
+def test_class_names_cannot_escape_the_export_folder():
+    folders = class_folders(["../../x", "/etc", "ok", "..", "a/b", "a_b"])
+    assert all("/" not in f and not f.startswith(".") for f in folders.values())
+    assert len(set(folders.values())) == len(folders)
