@@ -151,7 +151,7 @@ def ensure_view(ls: LabelStudio, project: int, title: str, ordering: Sequence[st
     """
     data = {"title": title, "ordering": list(ordering),
             "filters": filters or {"conjunction": "and", "items": []},
-            "hiddenColumns": hidden or QUEUE_HIDDEN_COLUMNS}
+            "hiddenColumns": hidden or QUEUE_HIDDEN_COLUMNS, "columnsWidth": QUEUE_COLUMN_WIDTHS}
     for view in ls.views.list(project=project):
         if (view.data or {}).get("title") == title:
             ls.views.update(id=view.id, project=project, data=data)
@@ -173,6 +173,11 @@ QUEUE_HIDDEN_COLUMNS = {
     "labeling": _ALWAYS_HIDDEN + ["tasks:id", "tasks:completed_at", "tasks:annotators",
                                   "tasks:annotations_results", "tasks:predictions_results"],
 }
+
+# The model's answer is Label Studio's JSON of the choice ("... value: {choices: [closed]}}]"): wide
+# enough to show it whole, narrow enough for the image to stay on a 1400-pixel screen.
+QUEUE_COLUMN_WIDTHS = {"tasks:id": 70, "tasks:completed_at": 120, "tasks:annotators": 100,
+                       "tasks:annotations_results": 180, "tasks:predictions_results": 300}
 
 
 def uncertainty_view(ls: LabelStudio, project: int) -> int:
@@ -204,23 +209,31 @@ def _fmt(value) -> str:
 
 
 def model_card_text(serving: str, serving_meta: dict | None, job: dict, admin_url: str | None) -> tuple[str, str]:
-    """(title, description) of Label Studio's model card: what serves and what the last training did."""
+    """(title, description) of Label Studio's model card.
+
+    The card shows only the title, so it carries the essentials: what serves and how the last
+    training ended. The description (the card's Edit dialog) has the details and the admin page.
+    """
     m = (serving_meta or {}).get("metrics") or {}
-    title = f"labeler · serving {serving}"
+    title = f"labeler · serving {serving}" + (f" (accuracy {_fmt(m.get('accuracy'))})" if m else "")
     lines = [f"Serving {serving}" + (f": held-out accuracy {_fmt(m.get('accuracy'))}, EER {_fmt(m.get('eer'))}, "
-                                     f"ROC AUC {_fmt(m.get('roc_auc'))}" if m else " (zero-shot).")]
+                                     f"ROC AUC {_fmt(m.get('roc_auc'))}." if m else " (the zero-shot model).")]
     status = job.get("status")
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(job["finished"])) if job.get("finished") else ""
     if status == "failed":
-        lines.append(f"Last training FAILED {when}: {job.get('error')}")
+        error = str(job.get("error") or "")
+        title += f" · last training FAILED: {error.split(': ', 1)[-1]}"
+        lines.append(f"Last training FAILED {when}: {error}")
     elif status == "done" and job.get("version"):
         verdict = "promoted" if job.get("promoted") else "NOT promoted"
+        title += f" · last training: {job['version']} {verdict}"
         lines.append(f"Last training {when}: {job['version']} {verdict} ({job.get('reason') or ''}).")
     elif status in {"queued", "running"}:
+        title += f" · training {status}"
         lines.append(f"Training {status}: {job.get('step') or ''}")
     if admin_url:
-        lines.append(f"Versions, metrics and learning curve: {admin_url}")
-    return title[:100], "\n".join(lines)[:1000]
+        lines.append(f"Versions, metrics, learning curve, rollback: {admin_url}")
+    return (title if len(title) <= 160 else title[:159] + "…"), "\n".join(lines)[:2000]
 
 
 def update_model_card(ls: LabelStudio, project: int, title: str, description: str,
