@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from .errors import SettingsError
 from .zeroshot import DEFAULT_MODEL
 
 
@@ -96,7 +97,7 @@ class Settings:
                 try:
                     values[f.name] = kind(raw)
                 except ValueError:
-                    raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+                    raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
             else:
                 values[f.name] = raw
         if _bool(env.get("HF_HUB_OFFLINE", "0")):
@@ -124,7 +125,7 @@ class Settings:
         ]
         for name, ok, want in checks:
             if not ok:
-                raise ValueError(f"{self._ENV[name]}={getattr(self, name)!r}: must be {want}")
+                raise SettingsError(f"{self._ENV[name]}={getattr(self, name)!r}: must be {want}")
         return self
 
     def fetch_policy(self, local_files: bool = True):

@@ -10,11 +10,9 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
+from .errors import ImageError  # noqa: F401 - raised here, imported from here
+
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; a bigger classification image is an attack or a mistake
-
-
-class ImageError(Exception):
-    """An image could not be fetched or decoded; the message says why."""
 
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -12,11 +12,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from .errors import LabelConfigError  # noqa: F401 - raised here
+
 DEFAULT_TEMPLATE = "a photo of a {}"
-
-
-class LabelConfigError(ValueError):
-    """The label config cannot be served by an image-classification backend."""
 
 
 @dataclass(frozen=True)

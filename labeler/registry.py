@@ -27,27 +27,24 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .errors import InvalidName, RegistryError
 from .fsutil import atomic_write_text, fsync_dir, fsync_tree, remove_temp_files
 
 VERSION_RE = re.compile(r"v\d{1,9}-[a-z0-9_]{1,32}")
 PROJECT_RE = re.compile(r"\d{1,12}")
 
 
-class RegistryError(Exception):
-    pass
-
-
 def check_project(project: object) -> str:
     """``project`` as a registry key, or RegistryError (project ids are digits)."""
     key = str(project)
     if not PROJECT_RE.fullmatch(key):
-        raise RegistryError(f"invalid project id {key[:40]!r}: expected digits")
+        raise InvalidName(f"invalid project id {key[:40]!r}: expected digits")
     return key
 
 
 def check_version(version: object) -> str:
     if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
-        raise RegistryError(f"invalid model version {str(version)[:40]!r}: expected a name like v3-head")
+        raise InvalidName(f"invalid model version {str(version)[:40]!r}: expected a name like v3-head")
     return version
 
 

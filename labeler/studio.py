@@ -10,13 +10,10 @@ from dataclasses import dataclass
 import requests
 from label_studio_sdk import LabelStudio
 
+from .errors import StudioError
 from .labelconfig import LabelConfig, parse_label_config
 
 log = logging.getLogger(__name__)
-
-
-class StudioError(Exception):
-    """Label Studio could not be reached or refused a request."""
 
 
 def connect(url: str | None, api_key: str | None, check: bool = True) -> LabelStudio:

@@ -18,14 +18,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from sklearn.model_selection import StratifiedKFold
 
-from .classifiers import KINDS, Classifier, Sample
 from .calibration import fit_temperature
-from .metrics import evaluate
-from .labelconfig import LabelConfig
+from .classifiers import KINDS, Classifier, Sample
 from .connection import Connection
+from .errors import TrainingError
+from .labelconfig import LabelConfig
+from .metrics import evaluate
 from .predictor import Predictor, Scored
 from .selftrain import SelfTrained
 from .studio import Labelled, connect, labelled_tasks, project_config
@@ -33,10 +33,6 @@ from .zeroshot import softmax
 
 log = logging.getLogger(__name__)
 HOLDOUT_MIN = 50
-
-
-class TrainingError(Exception):
-    """Training cannot go ahead; the message says why (shown on the job and /metrics)."""
 
 
 def is_holdout(task_id: int, fraction: int = 5) -> bool:

@@ -15,10 +15,10 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from labeler.config import Settings
-from labeler.registry import RegistryError
+from labeler.errors import LabelerError
 
 from .auth import basic_auth_ok
-from .state import BackendState, SetupRefused
+from .state import BackendState
 
 log = logging.getLogger(__name__)
 # Routes with their own credentials: /webhook (basic auth or a secret), /admin (a bearer token).
@@ -68,13 +68,9 @@ def _error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException):
         return body(exc.description or exc.name, exc.code or 500)
 
-    @app.errorhandler(RegistryError)
-    def _registry(exc: RegistryError):
-        return body(str(exc), 404 if "has no model version" in str(exc) or "no model version" in str(exc) else 400)
-
-    @app.errorhandler(SetupRefused)
-    def _refused(exc: SetupRefused):
-        return body(str(exc), 403)
+    @app.errorhandler(LabelerError)
+    def _labeler(exc: LabelerError):
+        return body(str(exc), exc.status)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from labeler.config import Settings
 from labeler.connection import Connection
+from labeler.errors import SetupRefused
 from labeler.fsutil import atomic_write_text
 from labeler.jobs import TrainingJobs
 from labeler.predictor import Predictor
@@ -31,10 +32,6 @@ from .auth import WEBHOOK_SECRET_HEADER
 
 log = logging.getLogger(__name__)
 VERIFIED_TTL_S = 600.0
-
-
-class SetupRefused(Exception):
-    """A /setup that may not change this backend's connection (HTTP 403)."""
 
 
 def _resolvable_studio_host(url: str) -> bool:

@@ -1,0 +1,58 @@
+"""One error model: every failure labeler reports to a person is a :class:`LabelerError`.
+
+Each kind carries the HTTP status the service answers with and the exit code
+of the CLI; the message says what went wrong and, where it can, what to do.
+The Flask app has one handler for all of them, the CLI one line per error.
+"""
+
+from __future__ import annotations
+
+
+class LabelerError(Exception):
+    status: int = 500
+    exit_code: int = 1
+
+
+class SettingsError(LabelerError, ValueError):
+    """An environment setting is invalid (raised at start-up)."""
+    exit_code = 2
+
+
+class LabelConfigError(LabelerError, ValueError):
+    """The label config cannot be served by an image-classification backend."""
+    status = 400
+
+
+class ImageError(LabelerError):
+    """An image could not be fetched or decoded (reported per task, never for the whole request)."""
+    status = 422
+
+
+class StudioError(LabelerError):
+    """Label Studio could not be reached or refused a request."""
+    status = 502
+
+
+class RegistryError(LabelerError):
+    """A model version does not exist."""
+    status = 404
+
+
+class InvalidName(RegistryError):
+    """A project id or version name that could point outside MODEL_DIR."""
+    status = 400
+
+
+class TrainingError(LabelerError):
+    """Training cannot go ahead; the message says why (shown on the job and the admin page)."""
+    status = 409
+
+
+class Busy(LabelerError):
+    """The same work already runs (e.g. a pre-annotation of the project)."""
+    status = 409
+
+
+class SetupRefused(LabelerError):
+    """A /setup that may not change this backend's Label Studio connection."""
+    status = 403
