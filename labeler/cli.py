@@ -36,7 +36,20 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group()
+class _Group(click.Group):
+    """Any :class:`~labeler.errors.LabelerError` ends the command with one line and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        from .errors import LabelerError
+
+        try:
+            return super().invoke(ctx)
+        except LabelerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group)
 @click.version_option(__version__, "--version", prog_name="labeler")
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 @click.pass_context

@@ -17,10 +17,18 @@ from label_studio_sdk import LabelStudio
 from tqdm.auto import tqdm
 
 from .connection import Connection
-from .queue import Recorder, refresh as refresh_queue
+from .errors import Busy
 from .predictor import Predictor, to_prediction
-from .studio import (delete_stale_predictions, import_predictions, iter_tasks, project_config, set_model_version,
-                     uncertainty_view)
+from .queue import Recorder
+from .queue import refresh as refresh_queue
+from .studio import (
+    delete_stale_predictions,
+    import_predictions,
+    iter_tasks,
+    project_config,
+    set_model_version,
+    uncertainty_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +54,7 @@ class Report:
         return "\n".join(lines)
 
 
-class PreannotateBusy(RuntimeError):
+class PreannotateBusy(Busy):
     """Another pre-annotation of the same project is running (it would write duplicate predictions)."""
 
 
