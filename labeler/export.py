@@ -31,7 +31,7 @@ from .fetching import Fetcher, FetchPolicy
 from .fsutil import fsync_dir
 from .images import ImageError, decode
 from .labelconfig import LabelConfig
-from .studio import StudioError, annotation_label, iter_tasks, pick_label, project_config
+from .studio import StudioError, annotation_label, iter_tasks, project_config, winning_annotation
 
 STUDIO_FORMATS = {"JSON", "JSON_MIN", "CSV", "COCO"}
 FORMATS = ("imagefolder", "csv", "jsonl", *sorted(STUDIO_FORMATS))
@@ -82,9 +82,8 @@ def _rows(ls: LabelStudio, project: int, config: LabelConfig, only_annotated: bo
     rows = []
     for t in iter_tasks(ls, project):
         anns = t.get("annotations") or []
-        label = pick_label(anns, config)
-        winner = next((a for a in sorted(anns, key=lambda a: a.get("updated_at") or "", reverse=True)
-                       if annotation_label(a, config) == label), None) if label else None
+        winner = winning_annotation(anns, config)
+        label = annotation_label(winner, config) if winner is not None else None
         preds = [p for p in t.get("predictions") or [] if p.get("result")]
         pred = next((p for p in preds if p.get("model_version") == version), preds[-1] if preds else None)
         pred_label = None

@@ -65,11 +65,18 @@ def annotation_label(annotation: dict, config: LabelConfig) -> str | None:
 
 
 def pick_label(annotations: Sequence[dict], config: LabelConfig) -> str | None:
-    """The label of a task with possibly several annotations.
+    """The label of a task with possibly several annotations (see :func:`winning_annotation`)."""
+    winner = winning_annotation(annotations, config)
+    return annotation_label(winner, config) if winner is not None else None
+
+
+def winning_annotation(annotations: Sequence[dict], config: LabelConfig) -> dict | None:
+    """The annotation whose label a task takes (training, review and export all use this rule).
 
     Rule: skip cancelled and empty annotations; if ground-truth annotations
     exist, only they count; then the majority label wins, and a tie goes to
-    the most recently updated annotation among the tied labels.
+    the most recently updated annotation among the tied labels. The winner is
+    the most recent annotation with the winning label.
     """
     valid = [(a, annotation_label(a, config)) for a in annotations]
     valid = [(a, lab) for a, lab in valid if lab is not None]
@@ -82,9 +89,8 @@ def pick_label(annotations: Sequence[dict], config: LabelConfig) -> str | None:
         counts[lab] = counts.get(lab, 0) + 1
     top = max(counts.values())
     tied = {lab for lab, c in counts.items() if c == top}
-    latest = max((a for a, lab in valid if lab in tied),
-                 key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
-    return annotation_label(latest, config)
+    return max((a for a, lab in valid if lab in tied),
+               key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
 
 
 @dataclass
