@@ -395,6 +395,61 @@ def evaluate_cmd(model_ref, images, labels_csv, model_dir, as_json) -> None:
         click.echo(f"  {c:>12} " + " ".join(f"{v:>6}" for v in row))
 
 
+@main.command("map")
+@click.option("--project", type=int, help="A Label Studio project (its serving model) ...")
+@click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="... or a labelled folder's CSV (image,label).")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model_ref", help="With --labels: a registry version or model folder for predictions.")
+@click.option("--max-points", default=5000, show_default=True, help="Larger sets are sampled (suspects kept).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", default="map", show_default=True, type=click.Path(path_type=Path))
+@with_studio
+def map_cmd(project, labels_csv, images, model_ref, max_points, seed, out, url, api_key, model_dir) -> None:
+    """A 2-D map (t-SNE) of the image embeddings: map.png and an interactive map.html."""
+    from . import datamap
+
+    if (project is None) == (labels_csv is None):
+        _fail("give either --project or --labels")
+    s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
+    if project is not None:
+        from .studio import connect
+
+        conn = _conn(s)
+        m = datamap.project_map(connect(conn.hostname, conn.token), project, _predictor(s), conn,
+                                max_points, seed)
+        # The backend serves the latest map of a project to admins from here.
+        from .registry import Registry
+
+        html_copy = Registry(s.model_dir).project_dir(str(project), create=True) / "map.html"
+        datamap.write_html(m, html_copy)
+    else:
+        from .classifiers import Sample, load_classifier
+        from .datasets import read_labels
+        from .registry import Registry, RegistryError
+
+        data = read_labels(labels_csv, images)
+        samples = [Sample(im) for im in data.images()]
+        model, classes, proba = None, data.classes, None
+        if model_ref:
+            folder = Path(model_ref)
+            if not (folder / "classifier.json").exists():
+                try:
+                    _, folder = Registry(s.model_dir).find(model_ref)
+                except RegistryError as exc:
+                    _fail(f"{model_ref} is neither a model folder nor a registry version: {exc}")
+            model = load_classifier(folder)
+            if model.needs_features:
+                _fail("--model: a head on BLIP-2 features needs the project path (--project)")
+            classes, proba = model.classes, model.predict_proba(samples)
+        feats, what = datamap.embeddings(samples, model)
+        m = datamap.build(feats, data.images(), data.labels, classes, proba,
+                          names=[p.name for p in data.paths], max_points=max_points, seed=seed,
+                          title=f"{labels_csv.parent.name}: {what}")
+    png, page = datamap.write(m, out)
+    click.echo(f"{len(m.xy)} images, {int(m.suspect.sum())} suspected label errors: wrote {png} and {page}")
+
+
 @main.group(invoke_without_command=True)
 @click.option("--project", type=str, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
 @click.option("--model-dir", envvar="MODEL_DIR", type=click.Path(path_type=Path))

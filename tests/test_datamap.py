@@ -1,0 +1,93 @@
+"""`labeler map` (issue 12): the 2-D map of image embeddings, PNG and self-contained HTML."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from labeler import datamap
+from labeler.cli import main
+from labeler.demo import synthetic_eyes
+
+
+def _clusters(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    feats = np.where(y[:, None] == 0, 5.0, -5.0) + rng.normal(size=(n, 8))
+    images = [Image.new("RGB", (20, 20), (int(200 * c), 50, 50)) for c in y]
+    return feats, images, y
+
+
+def test_map_keeps_clusters_apart_and_flags_the_flipped_label(tmp_path):
+    feats, images, y = _clusters()
+    classes = ["a", "b"]
+    labels = [classes[c] for c in y]
+    labels[0] = "b"  # a mislabelled "a"
+    proba = np.where(y[:, None] == np.arange(2)[None], 0.95, 0.05)
+    m = datamap.build(feats, images, labels, classes, proba, names=[f"img{i}</script>" for i in range(40)])
+    assert m.xy.shape == (40, 2)
+    ca, cb = m.xy[y == 0].mean(0), m.xy[y == 1].mean(0)
+    spread = max(m.xy[y == 0].std(0).max(), m.xy[y == 1].std(0).max())
+    assert np.linalg.norm(ca - cb) > 2 * spread, "t-SNE keeps the two clusters apart"
+    assert m.suspect.tolist() == [True] + [False] * 39
+    png, page = datamap.write(m, tmp_path / "out")
+    assert png.stat().st_size > 5000
+    text = page.read_text()
+    assert "<script src" not in text and "http://" not in text and "https://" not in text, "self-contained"
+    assert text.count("data:image/png;base64,") == 40
+    assert "img0</script>" not in text, "untrusted names cannot close the script element"
+    data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S)[1])
+    assert data["names"][0] == "img0</script>" and data["suspect"][0] is True
+
+
+def test_subsample_keeps_suspects_and_strata():
+    labels = ["a"] * 900 + ["b"] * 100
+    suspect = np.zeros(1000, bool)
+    suspect[[5, 950]] = True
+    keep = datamap.subsample(labels, suspect, 200)
+    assert {5, 950} <= set(keep.tolist()) and 190 <= len(keep) <= 202
+    assert 15 <= sum(1 for i in keep if labels[i] == "b") <= 25
+
+
+def test_map_command_on_a_labelled_folder(tmp_path):
+    import csv
+
+    folder = synthetic_eyes(tmp_path / "images", n=24, size=24, seed=1)
+    with (tmp_path / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        w.writerows((f"images/{p.name}", p.name.split("_")[0]) for p in sorted(folder.iterdir()))
+    r = CliRunner().invoke(main, ["map", "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m" / "map.png").exists() and (tmp_path / "m" / "map.html").exists()
+    r = CliRunner().invoke(main, ["map", "--out", str(tmp_path / "m")])
+    assert r.exit_code != 0 and "either --project or --labels" in r.output
+
+
+@pytest.mark.integration
+def test_project_map_with_the_serving_model(label_studio, tiny_model, image_dir, tmp_path):
+    from label_studio_sdk import LabelStudio
+
+    from labeler.config import Settings
+    from labeler.connection import Connection
+    from labeler.demo import template, upload_images
+    from labeler.predictor import Predictor
+
+    url, token = label_studio
+    ls = LabelStudio(base_url=url, api_key=token)
+    proj = ls.projects.create(title="map", label_config=template("binary")).id
+    upload_images(url, token, proj, sorted(image_dir.iterdir()))
+    first = ls.tasks.list(project=proj).items[0]
+    ls.annotations.create(id=first.id, result=[{"from_name": "choice", "to_name": "image", "type": "choices",
+                                                "value": {"choices": ["closed"]}}])
+    predictor = Predictor(Settings(model_dir=tmp_path / "md", zeroshot_model=str(tiny_model),
+                                   local_files_only=True, local_root=image_dir))
+    predictor.load_scorer()
+    m = datamap.project_map(ls, proj, predictor, Connection(url, token))
+    assert len(m.xy) == 12 and m.label.count("closed") == 1 and all(m.pred)
+    assert "BLIP-2" in m.title and np.isfinite(m.uncertainty).all()
