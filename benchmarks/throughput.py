@@ -8,9 +8,17 @@ Both start from PNG bytes and score two prompts. Then: re-scoring the same
 images against changed prompts from the embedding cache, and the backend's
 /predict latency over HTTP for 32 cached tasks.
 
+GPU options (issue 15): ``--compile`` adds a pass with the vision tower's
+layers compiled (``ZeroShotScorer.compile_vision``) beside the eager one;
+``--tier-gb`` keeps hidden states on the GPU (``labeler.devicetier``), so
+re-scoring reads no disk; it is then measured both from the GPU tier and from
+disk (pinned-memory staging; the files are in the page cache, just written).
+``benchmarks/gpu_bench.sh`` runs the old code and this one on a GPU machine.
+
     python benchmarks/throughput.py --model full --images 6          # CPU, full-size architecture
     python benchmarks/throughput.py --model tiny --images 256        # pipeline overhead
-    python benchmarks/throughput.py --model full --images 2048 --batch 256 --device cuda --skip-baseline
+    python benchmarks/throughput.py --model full --images 4096 --batch 256 --device cuda --skip-baseline \
+        --compile --tier-gb 16
 """
 
 from __future__ import annotations
@@ -29,12 +37,14 @@ import torch
 from PIL import Image
 
 from labeler.cache import EmbeddingCache, content_key
+from labeler.devicetier import DeviceTier
 from labeler.tiny import build_tiny_blip2, full_size_random_blip2
 from labeler.zeroshot import ImageEmbeddings, ZeroShotScorer, pick_device, pick_dtype, softmax
 
 PROMPTS = {"open": ["open eye or pupil"], "closed": ["closed eye"]}
 NEW_PROMPTS = {"open": ["an eye with a visible pupil"], "closed": ["an eyelid covering the eye"]}
 ONE_NEW = {"open": ["open eye or pupil"], "closed": ["shut eyelids"]}
+DISK_PROMPTS = {"open": ["a wide open eye"], "closed": ["a blinking eye"]}  # new again, for the disk path
 
 
 def sync(device: torch.device) -> None:
@@ -71,12 +81,13 @@ def baseline(scorer: ZeroShotScorer, pngs: list[bytes], batch: int) -> float:
     return time.perf_counter() - t
 
 
-def ours(scorer: ZeroShotScorer, pngs: list[bytes], cache: EmbeddingCache | None = None) -> float:
+def ours(scorer: ZeroShotScorer, pngs: list[bytes], cache: EmbeddingCache | None = None,
+         workers: int = 4) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
     t = time.perf_counter()
     bs = scorer.batch_size
-    with ThreadPoolExecutor(4) as pool:  # decode + resize off the main thread, as the prefetch does
+    with ThreadPoolExecutor(workers) as pool:  # decode + resize off the main thread, as the prefetch does
         def prep(chunk):
             return scorer.pixels([Image.open(io.BytesIO(b)) for b in chunk])
         futures = [pool.submit(prep, pngs[i:i + bs]) for i in range(0, len(pngs), bs)]
@@ -88,8 +99,7 @@ def ours(scorer: ZeroShotScorer, pngs: list[bytes], cache: EmbeddingCache | None
             else:
                 keys = [content_key(b) for b in pngs[i * bs:(i + 1) * bs]]
                 softmax(scorer.class_scores(out.last_hidden_state, PROMPTS, keys, cache.logits))
-                emb = ImageEmbeddings(out.last_hidden_state, out.pooler_output)
-                cache.put_rows(keys, emb.cache_rows())
+                cache.put_embeddings(keys, ImageEmbeddings(out.last_hidden_state, out.pooler_output))
     if cache is not None:
         cache.flush()
     sync(scorer.device)
@@ -143,6 +153,9 @@ def main() -> None:
     ap.add_argument("--dtype")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--latency", action="store_true", help="also measure /predict latency (tiny or folder model)")
+    ap.add_argument("--compile", action="store_true", help="also measure with the vision layers compiled")
+    ap.add_argument("--tier-gb", type=float, default=0.0, help="GPU tier of hidden states (GiB); 0: none")
+    ap.add_argument("--workers", type=int, default=4, help="decoding threads")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     device = pick_device(args.device)
@@ -159,28 +172,52 @@ def main() -> None:
     print(f"model {args.model}: {params / 1e6:.1f} M parameters on {scorer.device}/{scorer.dtype}, "
           f"{args.images} images, batch {args.batch}, torch threads {torch.get_num_threads()}")
     pngs = load_pngs(args.images)
-    ours(scorer, pngs[: min(len(pngs), args.batch)])  # warm-up
+    w = args.workers
+    ours(scorer, pngs[: min(len(pngs), args.batch)], workers=w)  # warm-up
     cache = EmbeddingCache(tmp / "cache", scorer.key)
-    t_ours = ours(scorer, pngs)
-    t_cached = ours(scorer, pngs, cache)
-    rows = [("labeler (vision once per image)", t_ours),
-            ("labeler + writing the embedding cache", t_cached)]
+    t_ours = ours(scorer, pngs, workers=w)
+    rows = [("labeler (vision once per image)", t_ours)]
+    if args.compile:
+        t = time.perf_counter()
+        try:
+            scorer.compile_vision()
+            ours(scorer, pngs[: min(len(pngs), args.batch)], workers=w)  # compiles
+        except Exception as exc:  # noqa: BLE001 - report it and measure the rest eagerly
+            print(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); eager from here", flush=True)
+            for layer in scorer.model.vision_model.encoder.layers:
+                layer._compiled_call_impl = None
+        else:
+            print(f"compiling the vision layers took {time.perf_counter() - t:.1f} s", flush=True)
+            t_comp = ours(scorer, pngs, workers=w)
+            rows.append(("labeler, vision layers compiled", t_comp))
+            t_ours = min(t_ours, t_comp)
+    if args.tier_gb > 0:
+        cache.attach_tier(DeviceTier(scorer.device, int(args.tier_gb * 2**30)))
+    t_cached = ours(scorer, pngs, cache, workers=w)
+    rows.append(("labeler + writing the embedding cache" + (" + GPU tier" if cache.tier else ""), t_cached))
     if not args.skip_baseline:
         baseline(scorer, pngs[: min(len(pngs), args.batch)], args.batch)  # warm-up
         rows.insert(0, ("model forward per image-prompt pair", baseline(scorer, pngs, args.batch)))
+    where = "GPU tier" if cache.tier else "cache"
     t_re = rescore_from_cache(scorer, pngs, cache, NEW_PROMPTS)
     t_one = rescore_from_cache(scorer, pngs, cache, ONE_NEW)
     t_same = rescore_from_cache(scorer, pngs, cache, PROMPTS)
-    rows += [("re-score, both prompts new, from cache", t_re),
+    rows += [(f"re-score, both prompts new, from {where}", t_re),
              ("re-score, one of two prompts new", t_one),
              ("re-rank, same prompts (memoised logits)", t_same)]
+    if cache.tier is not None:
+        cache.attach_tier(None)
+        t_disk = rescore_from_cache(scorer, pngs, cache, DISK_PROMPTS)
+        rows.append(("re-score, both new, from disk (pinned)", t_disk))
     print(f"\n{'path':<40} {'seconds':>9} {'images/s':>10}")
     for name, t in rows:
         print(f"{name:<40} {t:>9.3f} {len(pngs) / t:>10.1f}")
     if not args.skip_baseline:
         print(f"\nspeed-up of labeler over the pairwise forward: {rows[0][1] / t_ours:.2f}x (2 prompts)")
-    print(f"re-scoring from cache costs {100 * t_re / t_ours:.2f}% of the first pass (both prompts new), "
+    print(f"re-scoring from {where} costs {100 * t_re / t_ours:.2f}% of the first pass (both prompts new), "
           f"{100 * t_one / t_ours:.2f}% (one new), {100 * t_same / t_ours:.2f}% (none new)")
+    if cache.tier is None and args.tier_gb > 0:
+        print(f"re-scoring from disk (pinned staging) costs {100 * t_disk / t_ours:.2f}% of the first pass")
     if args.latency and model_path:
         lat = sorted(predict_latency(tmp / "model_dir", model_path))
         p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]

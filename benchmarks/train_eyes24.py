@@ -1,14 +1,29 @@
-"""Retraining benchmark on eyes24 with the CNN classifier (issue 3).
+"""Retraining benchmark on eyes24 with the CNN classifier (issues 3 and 15).
 
-Prints the training time for 250 labels and for every label, and the EER on a
-fixed held-out part of 600 images, over several seeds. Run:
+(a) Speed: retraining on every label with self-training on, as the backend
+    retrains (:class:`labeler.selftrain.SelfTrained`, threshold 0.9) with a
+    2,000-image unlabelled pool. eyes24 has no unlabelled images, so the pool
+    is 2,000 of the same images with their labels hidden: the cost is that of
+    a real pool, the pseudo-labels are not evaluated. A plain fit (no
+    self-training) is timed beside it.
+(b) Quality: EER on a fixed held-out part of 600 images, per seed, for 250 and
+    1,000 labels with self-training on the rest of the pool (never the
+    held-out part), so speed is not bought with label efficiency.
 
-    python benchmarks/train_eyes24.py [--data ../shared/datasets/eyes24] [--seeds 3]
+With ``--baseline-src DIR`` (a checkout of an older commit, e.g. from
+``git worktree add /tmp/base HEAD~3``) the same measurements run first on that
+code in a subprocess, so old and new compare in the same conditions:
+
+    python benchmarks/train_eyes24.py --baseline-src /tmp/base [--seeds 3] [--data ../shared/datasets/eyes24]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +33,55 @@ import torch
 from labeler.classifiers import CNNClassifier, Sample
 from labeler.datasets import read_labels
 from labeler.metrics import evaluate
+from labeler.selftrain import SelfTrained
+
+THRESHOLD = 0.9
+POOL = 2000
+
+
+def measure(data_dir: str, seeds: int, holdout: int, sizes: list[int]) -> dict:
+    data = read_labels(Path(data_dir) / "labels.csv")
+    classes = ["open", "closed"]
+    y = data.targets(classes)
+    samples = [Sample(im) for im in data.images()]
+    cnn = lambda seed: (lambda: CNNClassifier(classes, seed=seed, progress=False))  # noqa: E731
+    print(f"eyes24: {len(y)} images; torch threads {torch.get_num_threads()}", flush=True)
+    out: dict = {"quality": []}
+    t = time.perf_counter()
+    info = SelfTrained(cnn(0), samples[:POOL], THRESHOLD).fit(samples, y)
+    out["all_selftrain_s"] = time.perf_counter() - t
+    print(f"all {len(y)} labels, self-training on a {POOL}-image pool: {out['all_selftrain_s']:.1f} s "
+          f"({info.get('pseudo_labels')} pseudo-labels)", flush=True)
+    t = time.perf_counter()
+    cnn(0)().fit(samples, y)
+    out["all_plain_s"] = time.perf_counter() - t
+    print(f"all {len(y)} labels, no self-training: {out['all_plain_s']:.1f} s", flush=True)
+    print(f"{'labels':>7} {'seed':>4} {'train s':>8} {'pseudo':>6} {'EER':>7} {'acc':>7}", flush=True)
+    for seed in range(seeds):
+        perm = np.random.default_rng(seed).permutation(len(y))
+        test, pool = perm[:holdout], perm[holdout:]
+        for n in sizes:
+            idx, unlabelled = pool[:n], pool[n:][:POOL]
+            clf = SelfTrained(cnn(seed), [samples[i] for i in unlabelled], THRESHOLD)
+            t = time.perf_counter()
+            info = clf.fit([samples[i] for i in idx], y[idx])
+            train_s = time.perf_counter() - t
+            m = evaluate(y[test], clf.predict_proba([samples[i] for i in test]), classes)
+            out["quality"].append({"labels": n, "seed": seed, "train_s": train_s, "eer": m["eer"],
+                                   "accuracy": m["accuracy"]})
+            print(f"{n:>7} {seed:>4} {train_s:>8.1f} {info.get('pseudo_labels', 0):>6} {m['eer']:>7.4f} "
+                  f"{m['accuracy']:>7.4f}", flush=True)
+    return out
+
+
+def summary(name: str, res: dict) -> None:
+    print(f"\n[{name}] all labels + self-training {res['all_selftrain_s']:.1f} s, "
+          f"plain {res['all_plain_s']:.1f} s")
+    for n in sorted({r["labels"] for r in res["quality"]}):
+        sel = [r for r in res["quality"] if r["labels"] == n]
+        e, s = np.array([r["eer"] for r in sel]), np.array([r["train_s"] for r in sel])
+        print(f"[{name}] {n:>5} labels + self-training: EER {e.mean():.4f} +- {e.std():.4f}  "
+              f"train {s.mean():.1f} s  (seeds {len(sel)})")
 
 
 def main() -> None:
@@ -25,35 +89,35 @@ def main() -> None:
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/eyes24"))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--holdout", type=int, default=600)
+    ap.add_argument("--sizes", default="250,1000", help="label counts for the quality part")
+    ap.add_argument("--baseline-src", help="a checkout of older code, measured first in a subprocess")
+    ap.add_argument("--json", help=argparse.SUPPRESS)  # the subprocess's result file
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    data = read_labels(Path(args.data) / "labels.csv")
-    classes = ["open", "closed"]
-    y = data.targets(classes)
-    samples = [Sample(im) for im in data.images()]
-    print(f"eyes24: {len(y)} images; torch threads {torch.get_num_threads()}")
-    print(f"{'labels':>7} {'seed':>4} {'train s':>8} {'steps':>5} {'EER':>7} {'acc':>7}")
-    rows = []
-    for seed in range(args.seeds):
-        perm = np.random.default_rng(seed).permutation(len(y))
-        test, pool = perm[:args.holdout], perm[args.holdout:]
-        for n in (250, len(pool)):
-            idx = pool[:n]
-            clf = CNNClassifier(classes, seed=seed, progress=False)
-            info = clf.fit([samples[i] for i in idx], y[idx])
-            m = evaluate(y[test], clf.predict_proba([samples[i] for i in test]), classes)
-            rows.append((n, seed, info["train_seconds"], m["eer"]))
-            print(f"{n:>7} {seed:>4} {info['train_seconds']:>8.1f} {info['steps']:>5} {m['eer']:>7.4f} "
-                  f"{m['accuracy']:>7.4f}", flush=True)
-    t = time.perf_counter()
-    CNNClassifier(classes, seed=0, progress=False).fit(samples, y)
-    all_s = time.perf_counter() - t
-    print(f"\ntraining on all {len(y)} labels (no hold-out): {all_s:.1f} s")
-    for n in sorted({r[0] for r in rows}):
-        sel = [r for r in rows if r[0] == n]
-        e = np.array([r[3] for r in sel])
-        s = np.array([r[2] for r in sel])
-        print(f"{n:>5} labels: EER {e.mean():.4f} +- {e.std():.4f}  train {s.mean():.1f} s  (seeds {len(sel)})")
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    base = None
+    if args.baseline_src:
+        src = str(Path(args.baseline_src).resolve())
+        result = Path(f"/tmp/train_eyes24_baseline_{os.getpid()}.json")
+        print(f"== baseline: {src}", flush=True)
+        subprocess.run([sys.executable, __file__, "--data", args.data, "--seeds", str(args.seeds),
+                        "--holdout", str(args.holdout), "--sizes", args.sizes, "--json", str(result)],
+                       env={**os.environ, "PYTHONPATH": src}, check=True, cwd=src)
+        base = json.loads(result.read_text())
+        result.unlink()
+        print("== this checkout", flush=True)
+    import labeler
+
+    print(f"labeler from {Path(labeler.__file__).parent}", flush=True)
+    res = measure(args.data, args.seeds, args.holdout, sizes)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res))
+        return
+    if base is not None:
+        summary("baseline", base)
+    summary("this checkout", res)
+    if base is not None:
+        print(f"\nretraining on all labels with self-training: {base['all_selftrain_s']:.1f} s -> "
+              f"{res['all_selftrain_s']:.1f} s ({base['all_selftrain_s'] / res['all_selftrain_s']:.2f}x)")
 
 
 if __name__ == "__main__":

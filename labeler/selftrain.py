@@ -6,6 +6,12 @@ class's count, most confident first, so that a teacher's bias towards one
 class is not fed back to the student. Held-out evaluation labels are never
 pseudo-labelled (they are labelled, not part of the pool), so the metrics
 stay honest.
+
+Cost stays bounded as the pool grows: at most ``MAX_PSEUDO`` pseudo-labels
+join a fit, and in :class:`SelfTrained` the teacher trains with
+``TEACHER_FRACTION`` of the usual steps and the student starts from the
+teacher's weights (:meth:`Classifier.warm_start`) instead of from scratch,
+so a self-trained fit costs about one plain fit, not two.
 """
 
 from __future__ import annotations
@@ -17,14 +23,18 @@ import numpy as np
 
 from .classifiers import Classifier, Sample
 
+MAX_PSEUDO = 2000        # pseudo-labels per fit, all classes together
+TEACHER_FRACTION = 0.5   # the teacher only has to be sure of the easy images
 
-def pseudo_labels(proba: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+
+def pseudo_labels(proba: np.ndarray, threshold: float,
+                  limit: int | None = MAX_PSEUDO) -> tuple[np.ndarray, np.ndarray]:
     """Rows to pseudo-label and their labels.
 
     Row ``i`` qualifies when ``max_c p_ic >= threshold``; each class keeps at
-    most ``min_c n_c`` of its qualifying rows (``n_c``: rows predicted ``c``),
-    the most confident first. Returns (indices, labels), both empty when some
-    class has no confident row.
+    most ``min(min_c n_c, limit // C)`` of its qualifying rows (``n_c``: rows
+    predicted ``c``, ``C`` classes), the most confident first. Returns
+    (indices, labels), both empty when some class has no confident row.
     """
     proba = np.asarray(proba)
     if not len(proba):
@@ -32,6 +42,8 @@ def pseudo_labels(proba: np.ndarray, threshold: float) -> tuple[np.ndarray, np.n
     pred, conf = proba.argmax(1), proba.max(1)
     per_class = [np.flatnonzero((pred == c) & (conf >= threshold)) for c in range(proba.shape[1])]
     cap = min(len(ix) for ix in per_class)
+    if limit is not None:
+        cap = min(cap, limit // proba.shape[1])
     if cap == 0:
         return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
     take = np.concatenate([ix[np.argsort(-conf[ix], kind="stable")[:cap]] for ix in per_class])
@@ -54,17 +66,22 @@ class SelfTrained(Classifier):
     evaluation measure the whole procedure on labels it never saw.
     """
 
-    def __init__(self, make: Callable[[], Classifier], pool: Sequence[Sample], threshold: float) -> None:
+    def __init__(self, make: Callable[[], Classifier], pool: Sequence[Sample], threshold: float,
+                 teacher_fraction: float = TEACHER_FRACTION) -> None:
         self._make, self.pool, self.threshold = make, list(pool), threshold
+        self.teacher_fraction = teacher_fraction
         self.model = make()
         super().__init__(self.model.classes, self.model.seed)
         self.kind, self.needs_features = self.model.kind, self.model.needs_features
 
     def fit(self, samples: Sequence[Sample], y: np.ndarray) -> dict:
         teacher = self._make()
+        teacher.step_fraction = self.teacher_fraction
         teacher.fit(samples, y)
         self.model = self._make()
-        return self_train(self.model, samples, y, self.pool, teacher.predict_proba(self.pool), self.threshold)
+        warm = self.model.warm_start(teacher)
+        info = self_train(self.model, samples, y, self.pool, teacher.predict_proba(self.pool), self.threshold)
+        return {**info, "teacher_warm_start": warm}
 
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
         return self.model.predict_proba(samples)

@@ -3,14 +3,9 @@
 No Label Studio: a simulated annotator reveals the hidden label of each image
 the strategy queries, and nothing else. Each round retrains with the same
 classifier code the backend uses, and evaluates on a held-out part that is
-never queried. Strategies:
-
-- ``random``: a uniformly random batch;
-- ``least_confidence``, ``margin``, ``entropy``: the most uncertain batch
-  (identical orderings for two classes);
-- ``margin_diverse`` (default): the ``4 * batch`` smallest-margin images,
-  then k-center greedy on frozen ImageNet features among them, so that one
-  batch is not twenty near-identical crops.
+never queried. The strategies live in :mod:`labeler.strategies`, shared with
+the service's labelling queue (:mod:`labeler.queue`), so Label Studio serves
+what is measured here.
 
 Cold start, with no labels: the zero-shot model's uncertainty where one is
 configured; otherwise k-center greedy on frozen ImageNet features, a first
@@ -49,9 +44,11 @@ class Annotator:
     def __init__(self, labels: np.ndarray) -> None:
         self._labels = np.asarray(labels)
         self.queried: set[int] = set()
+        self.order: list[int] = []  # in the order asked
 
     def label(self, indices: Sequence[int]) -> np.ndarray:
         self.queried.update(int(i) for i in indices)
+        self.order += [int(i) for i in indices]
         return self._labels[np.asarray(indices, dtype=int)]
 
 
@@ -67,8 +64,12 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         batch: int, test_idx: np.ndarray, seed: int, make: Callable[[int], Classifier],
         zeroshot: np.ndarray | None = None, features: np.ndarray | None = None,
         start: int | None = None, progress: bool = True,
-        self_train: float | None = None) -> tuple[RunResult, Annotator]:
-    """One simulated annotation run; returns metrics after each round and the annotator."""
+        self_train: float | None = None, warm_start: bool = True) -> tuple[RunResult, Annotator]:
+    """One simulated annotation run; returns metrics after each round and the annotator.
+
+    With ``warm_start`` each round's model starts from the last round's
+    (:meth:`Classifier.warm_start`), which needs fewer steps than a cold fit.
+    """
     check_strategy(strategy)
     rng = np.random.default_rng(seed)
     annotator = Annotator(y)
@@ -92,6 +93,8 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
             proba = None if zeroshot is None else zeroshot[pool]
             continue  # cannot train before every class has a label
         model = make(seed)
+        if warm_start and result.model is not None:
+            model.warm_start(result.model)
         t = time.perf_counter()
         if self_train is not None and proba is not None and len(pool):
             # The last round's model (or the zero-shot one) is the teacher: no extra fit per round.

@@ -24,6 +24,16 @@ straightforward caller repeats each image once per prompt and the ViT (about
 vision tower once per image and :meth:`ZeroShotScorer.match_logits` feeds the
 same hidden states to the Q-Former for every prompt; the result equals the
 model's own pairwise forward (a unit test checks this).
+
+On a GPU
+--------
+Hidden states to re-score may be device tensors (a
+:class:`~labeler.devicetier.DeviceTier`) or host memory maps; each batch is
+assembled on the device by :func:`labeler.devicetier.stage` (pinned memory,
+one asynchronous copy for the host rows). :meth:`ZeroShotScorer.compile_vision`
+compiles the vision tower's encoder layers with ``torch.compile`` (attention
+already runs through PyTorch's SDPA kernels); ``benchmarks/throughput.py``
+measures both.
 """
 
 from __future__ import annotations
@@ -39,6 +49,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from .devicetier import stage
+
+HiddenRow = "torch.Tensor | np.ndarray"  # one image's (L, D) hidden states, on the device or on the host
 
 if TYPE_CHECKING:
     from .cache import LogitCache
@@ -120,6 +134,18 @@ class ImageEmbeddings:
         both = torch.cat([self.hidden, self.pooled[:, None, :]], dim=1)
         return both.to(torch.float16).cpu().numpy()
 
+    def host_rows(self) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """:meth:`cache_rows` without waiting: (N, L + 1, D) fp16 host tensor and the event after which
+        it is filled (None when it already is). On CUDA the copy goes to pinned memory asynchronously."""
+        both = torch.cat([self.hidden, self.pooled[:, None, :]], dim=1).to(torch.float16)
+        if both.device.type != "cuda":
+            return both.cpu(), None
+        host = torch.empty(both.shape, dtype=both.dtype, pin_memory=True)
+        host.copy_(both, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
 
 class ZeroShotScorer:
     """Scores images against text prompts with a BLIP-2 ITM checkpoint.
@@ -194,6 +220,16 @@ class ZeroShotScorer:
             raise ValueError("no images to embed")
         return ImageEmbeddings(torch.cat(hidden), torch.cat(pooled))
 
+    def compile_vision(self, **options) -> None:
+        """``torch.compile`` each encoder layer of the vision tower (same code, one compilation).
+
+        Fuses the layer norms, GELU and residual adds around the matrix
+        products; ``options`` go to ``torch.compile``. Worth it on a GPU
+        (measured in ``benchmarks/throughput.py``), not on a CPU.
+        """
+        for layer in self.model.vision_model.encoder.layers:
+            layer.compile(**options)
+
     # -- text ---------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         # An over-long prompt (a label config is untrusted) is cut to the text encoder's positions.
@@ -205,20 +241,21 @@ class ZeroShotScorer:
                 "attention_mask": tok["attention_mask"].to(self.device)}
 
     @torch.inference_mode()
-    def match_logits(self, hidden: torch.Tensor, prompts: Sequence[str]) -> np.ndarray:
+    def match_logits(self, hidden: torch.Tensor | Sequence[HiddenRow], prompts: Sequence[str]) -> np.ndarray:
         """ITM log-odds ``logit(P(match))`` of every image against every prompt: (N, K).
 
         The same computation as the ITM branch of
         ``Blip2ForImageTextRetrieval.forward``, with each image's vision
         hidden states (and their cross-attention keys and values) shared by
-        its K prompts.
+        its K prompts. ``hidden`` is one (N, L, D) tensor or N rows (device
+        tensors, host arrays, memory maps), staged batch by batch.
         """
         model = self.model
         tok = self.tokenize(prompts)
         k = len(prompts)
         out = []
-        for start in range(0, hidden.shape[0], self.batch_size):
-            h = hidden[start:start + self.batch_size].to(self.device, self.dtype)
+        for start in range(0, len(hidden), self.batch_size):
+            h = stage(hidden[start:start + self.batch_size], self.device, self.dtype)
             n = h.shape[0]
             image_embeds = h.repeat_interleave(k, dim=0)
             input_ids = tok["input_ids"].repeat(n, 1)
@@ -241,12 +278,12 @@ class ZeroShotScorer:
                 ).last_hidden_state
             text_out = text_out.to(model.itm_head.weight.dtype)
             logits = model.itm_head(text_out[:, : query_tokens.shape[1], :]).mean(dim=1)
-            out.append((logits[:, 1] - logits[:, 0]).float().view(n, k).cpu())
+            out.append((logits[:, 1] - logits[:, 0]).float().view(n, k))
         if not out:
             return np.zeros((0, k), dtype=np.float32)
-        return torch.cat(out).numpy()
+        return torch.cat(out).cpu().numpy()  # one copy to the host, one wait
 
-    def class_scores(self, hidden: torch.Tensor | Sequence[np.ndarray],
+    def class_scores(self, hidden: torch.Tensor | Sequence[HiddenRow],
                      prompts: Mapping[str, Sequence[str]], keys: Sequence[str] | None = None,
                      memo: LogitCache | None = None) -> np.ndarray:
         """Per-class ITM evidence ``s_ic`` (N, C), classes in ``prompts`` order.
@@ -258,19 +295,15 @@ class ZeroShotScorer:
         """
         flat = [p for ps in prompts.values() for p in ps]
         if memo is None or keys is None:
-            return class_evidence(self.match_logits(_as_batch(hidden), flat), prompts)
+            return class_evidence(self.match_logits(hidden, flat), prompts)
         logits = memo.get(list(keys), flat)
         rows = np.flatnonzero(np.isnan(logits).any(axis=1))
         if len(rows):
             cols = np.flatnonzero(np.isnan(logits[rows]).any(axis=0))
-            fresh = self.match_logits(_as_batch([hidden[i] for i in rows]), [flat[j] for j in cols])
+            fresh = self.match_logits([hidden[i] for i in rows], [flat[j] for j in cols])
             logits[np.ix_(rows, cols)] = fresh
             memo.put([keys[i] for i in rows], [flat[j] for j in cols], fresh)
         return class_evidence(logits, prompts)
-
-
-def _as_batch(hidden: torch.Tensor | Sequence[np.ndarray]) -> torch.Tensor:
-    return hidden if isinstance(hidden, torch.Tensor) else torch.from_numpy(np.stack(hidden))
 
 
 def class_evidence(logits: np.ndarray, prompts: Mapping[str, Sequence[str]]) -> np.ndarray:

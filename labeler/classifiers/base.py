@@ -28,6 +28,9 @@ class Sample:
 class Classifier(ABC):
     kind: str = ""
     needs_features: bool = False
+    # Share of the usual training effort (optimiser steps) a fit spends; iterative kinds honour it
+    # (a self-training teacher that only pseudo-labels needs less than the model that is served).
+    step_fraction: float = 1.0
 
     def __init__(self, classes: Sequence[str], seed: int = 0) -> None:
         self.classes = list(classes)
@@ -36,6 +39,11 @@ class Classifier(ABC):
     @abstractmethod
     def fit(self, samples: Sequence[Sample], y: np.ndarray) -> dict:
         """Train on ``samples`` with class indices ``y``; returns training info (time, epochs...)."""
+
+    def warm_start(self, previous: "Classifier") -> bool:
+        """Begin the next :meth:`fit` from ``previous``'s parameters where this kind can (same kind
+        and classes), so it needs fewer steps; returns whether it will. By default it cannot."""
+        return False
 
     @abstractmethod
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
