@@ -31,3 +31,25 @@ def fit_temperature(scores: np.ndarray, y: np.ndarray, bounds: tuple[float, floa
     res = minimize_scalar(lambda lt: nll(scores, y, float(np.exp(lt))),
                           bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded")
     return float(np.exp(res.x))
+
+
+def fit_thresholds(P: np.ndarray, Y: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per-class decision thresholds for multi-label probabilities, each maximising that class's F1.
+
+    ``t_c = argmax_t F1(Y_c, [P_c >= t])`` over the observed values of ``P_c``
+    (ties: the threshold nearest 0.5); a class without both positives and
+    negatives among the labels keeps ``default``.
+    """
+    P, Y = np.asarray(P, dtype=np.float64), np.asarray(Y, dtype=int)
+    out = np.full(P.shape[1], default)
+    for c in range(P.shape[1]):
+        y, p = Y[:, c], P[:, c]
+        if y.min() == y.max():
+            continue
+        cands = np.unique(p)
+        pred = p[None, :] >= cands[:, None]
+        tp = (pred & (y == 1)).sum(1)
+        f1 = 2 * tp / (pred.sum(1) + y.sum())
+        best = np.flatnonzero(f1 == f1.max())
+        out[c] = float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
+    return out

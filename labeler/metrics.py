@@ -92,3 +92,36 @@ HIGHER_IS_BETTER = {"eer": False, "eer_macro": False, "accuracy": True, "macro_f
 def default_metric(n_classes: int) -> str:
     """EER for two classes (the score of the first); macro-F1 for more (rare classes count as much)."""
     return "eer" if n_classes == 2 else "macro_f1"
+
+
+def evaluate_multilabel(Y: np.ndarray, P: np.ndarray, classes: Sequence[str],
+                        thresholds: np.ndarray | float = 0.5) -> dict:
+    """Multi-label metrics: ``Y`` (N, C) 0/1 truth, ``P`` (N, C) independent probabilities.
+
+    Prediction ``Ŷ_ic = [P_ic >= t_c]``. Subset accuracy is the share of items
+    whose whole label set is right, ``mean_i [Ŷ_i = Y_i]``; Hamming loss the
+    share of wrong (item, class) cells; per class precision, recall, F1 and
+    one-vs-rest ROC AUC/EER of ``P_c``; macro-F1 their mean over classes.
+    """
+    Y = np.asarray(Y, dtype=int)
+    P = np.asarray(P, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), P.shape[1:])
+    pred = (P >= t).astype(int)
+    per_class = {}
+    for c, name in enumerate(classes):
+        tp = int(((pred[:, c] == 1) & (Y[:, c] == 1)).sum())
+        fp = int(((pred[:, c] == 1) & (Y[:, c] == 0)).sum())
+        fn = int(((pred[:, c] == 0) & (Y[:, c] == 1)).sum())
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        both = 0 < Y[:, c].sum() < len(Y)
+        per_class[name] = {"precision": prec, "recall": rec,
+                           "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
+                           "support": int(Y[:, c].sum()), "threshold": float(t[c]),
+                           "roc_auc": float(roc_auc_score(Y[:, c], P[:, c])) if both else None,
+                           "eer": eer(Y[:, c], P[:, c]) if both else None}
+    return {"n": int(len(Y)),
+            "subset_accuracy": float((pred == Y).all(1).mean()) if len(Y) else float("nan"),
+            "hamming_loss": float((pred != Y).mean()) if len(Y) else float("nan"),
+            "macro_f1": float(np.mean([v["f1"] for v in per_class.values()])),
+            "per_class": per_class}

@@ -56,3 +56,18 @@ def confidence(P: np.ndarray, measure: str = "least_confidence") -> np.ndarray:
 def rank(P: np.ndarray, measure: str = "least_confidence") -> np.ndarray:
     """Indices of rows, most uncertain first (stable for ties)."""
     return np.argsort(-uncertainty(P, measure), kind="stable")
+
+
+def multilabel_uncertainty(P: np.ndarray, thresholds: np.ndarray | float = 0.5) -> np.ndarray:
+    """Uncertainty of multi-label predictions (independent per-class probabilities ``P``, (N, C)).
+
+    Class ``c`` is predicted when ``P_c >= t_c``; its margin is how far ``P_c``
+    sits from the threshold, relative to the room on that side:
+    ``m_c = |P_c - t_c| / (1 - t_c)`` above and ``/ t_c`` below, in [0, 1].
+    A task is as uncertain as its least decided class: ``u = 1 - min_c m_c``.
+    """
+    P = np.asarray(P, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), P.shape[1:])
+    room = np.where(P >= t, 1.0 - t, t)
+    m = np.abs(P - t) / np.clip(room, 1e-12, None)
+    return 1.0 - np.clip(m, 0.0, 1.0).min(axis=1)

@@ -97,3 +97,21 @@ def test_ten_class_simulate_and_evaluate_end_to_end(tmp_path):
     r = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path / "model"), "--labels", str(labels)])
     assert r.exit_code == 0, r.output
     assert "macro-F1" in r.output and "class9" in r.output and "EER(ovr)" in r.output
+
+
+def test_multilabel_metrics_uncertainty_and_thresholds():
+    from labeler.calibration import fit_thresholds
+    from labeler.metrics import evaluate_multilabel
+    from labeler.uncertainty import multilabel_uncertainty
+
+    Y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    P = np.array([[.9, .2, .7], [.1, .8, .4], [.6, .3, .2], [.2, .1, .9]])
+    m = evaluate_multilabel(Y, P, ["a", "b", "c"])
+    assert m["subset_accuracy"] == pytest.approx(3 / 4) and m["hamming_loss"] == pytest.approx(1 / 12)
+    assert m["per_class"]["b"]["recall"] == 0.5 and m["per_class"]["a"]["f1"] == 1.0
+    u = multilabel_uncertainty(P)
+    # row 2: class b at 0.3 is 0.2 below 0.5 -> margin 0.4; class a 0.6 -> 0.2: the least decided wins
+    np.testing.assert_allclose(u, [0.6, 0.8, 0.8, 0.4])
+    t = fit_thresholds(P, Y)
+    assert t[1] == pytest.approx(0.3), "b's positives are 0.8 and 0.3: a threshold of 0.3 catches both"
+    assert evaluate_multilabel(Y, P, ["a", "b", "c"], t)["subset_accuracy"] == 1.0
