@@ -23,6 +23,7 @@ import requests
 from label_studio_sdk import LabelStudio
 
 from labeler.demo import synthetic_eyes, template, upload_images
+from labeler.queue import VIEW as QUEUE_VIEW
 from labeler.studio import uncertainty_view
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
@@ -145,10 +146,10 @@ def test_annotate_retrain_and_admin_page_in_a_real_browser(browser, label_studio
     assert ann and ann[0]["result"][0]["value"]["choices"] == [other], ann
     shot(page, "3-submitted")
 
-    # Enough labels of both classes to train (the backend needs 3 per class here): the rest through the API.
-    for t in tasks_of(ls, pid):
-        if t["id"] != first["id"]:
-            label = "open" if "open_" in t["data"]["image"] else "closed"
+    # Enough labels of both classes to train (the backend needs 3 per class here) through the API; 7 stay unlabelled.
+    rest = [t for t in tasks_of(ls, pid) if t["id"] != first["id"]]
+    for label in ("open", "closed"):
+        for t in [t for t in rest if f"{label}_" in t["data"]["image"]][:4]:
             ls.annotations.create(id=t["id"], result=[{"from_name": "choice", "to_name": "image",
                                                        "type": "choices", "value": {"choices": [label]}}])
 
@@ -178,6 +179,21 @@ def test_annotate_retrain_and_admin_page_in_a_real_browser(browser, label_studio
     assert f"{new_first['score']:.3f}" in row_text, (row_text, new_first)
     assert zeroshot_version != version
     shot(page, "5-queue-after-training")
+
+    # The refresh also ranked the unlabelled tasks: "Next to label", the first tab, lists them in queue order.
+    next_view = next(v for v in ls.views.list(project=pid) if (v.data or {}).get("title") == QUEUE_VIEW)
+    expected = [t["id"] for t in tasks_of(ls, pid, next_view.id)]
+    assert len(expected) == 7 and not any(t["total_annotations"] for t in tasks_of(ls, pid, next_view.id))
+    page.goto(f"{ls_url}/projects/{pid}/data")
+    page.wait_for_selector("[class*=table__row]", timeout=60_000)
+    assert page.locator("[class*=tab]").filter(has_text=QUEUE_VIEW).count() >= 1
+    page.goto(f"{ls_url}/projects/{pid}/data?tab={next_view.id}")
+    page.wait_for_selector("[class*=table__row]", timeout=60_000)
+    rows = page.locator("[class*=table__row]")
+    expect(rows).to_have_count(len(expected))
+    shown = [int(rows.nth(i).inner_text().split("\n")[0]) for i in range(rows.count())]
+    assert shown == expected, (shown, expected)
+    shot(page, "5b-next-to-label-queue")
 
     # The admin page: log in with the admin token, then the versions table and the learning curve.
     admin = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
