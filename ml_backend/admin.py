@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, abort, jsonify, request, send_file
 
 from labeler.registry import check_project, check_version
 
@@ -43,3 +43,16 @@ def promote(project: str):
         check_version(version)
     state().predictor.registry.promote(check_project(project), version)
     return jsonify({"status": "ok", "serving": version or "zero-shot"})
+
+
+@bp.get("/projects/<project>/map")
+def data_map(project: str):
+    """The project's latest dataset map (``labeler map --project``): one self-contained HTML page."""
+    path = state().predictor.registry.project_dir(check_project(project)) / "map.html"
+    if not path.is_file():
+        return bad_request(f"no map of project {project} yet: run labeler map --project {project}", 404)
+    resp = send_file(path, mimetype="text/html")
+    # Everything is inline (points, thumbnails as data: URLs, script); nothing else may load.
+    resp.headers["Content-Security-Policy"] = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+                                               "script-src 'unsafe-inline'")
+    return resp

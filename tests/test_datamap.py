@@ -91,3 +91,22 @@ def test_project_map_with_the_serving_model(label_studio, tiny_model, image_dir,
     m = datamap.project_map(ls, proj, predictor, Connection(url, token))
     assert len(m.xy) == 12 and m.label.count("closed") == 1 and all(m.pred)
     assert "BLIP-2" in m.title and np.isfinite(m.uncertainty).all()
+
+
+def test_backend_serves_the_project_map_to_admins_only(tmp_path):
+    from labeler.config import Settings
+    from labeler.registry import Registry
+    from ml_backend import create_app
+
+    client = create_app(Settings(model_dir=tmp_path, zeroshot_model=None, admin_token="t0k"),
+                        load_in_background=False).test_client()
+    auth = {"Authorization": "Bearer t0k"}
+    assert client.get("/admin/projects/3/map", headers=auth).status_code == 404
+    feats, images, y = _clusters(12)
+    m = datamap.build(feats, images, ["a" if c == 0 else "b" for c in y], ["a", "b"])
+    datamap.write_html(m, Registry(tmp_path).project_dir("3", create=True) / "map.html")
+    assert client.get("/admin/projects/3/map").status_code == 401
+    r = client.get("/admin/projects/3/map", headers=auth)
+    assert r.status_code == 200 and b"data:image/png;base64," in r.data
+    assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+    assert client.get("/admin/projects/..%2Fx/map", headers=auth).status_code in (400, 404)
