@@ -162,7 +162,7 @@ def run_demo(images: Path | None, zeroshot_model: str, data_dir: Path, port: int
                 "password": password, "token": token, "admin_token": admin_token, "backend": backend.url,
                 "tasks": len(files), "predict_seconds": round(took, 2), "env_file": str(env_file)}
         print(f"""
-labeler demo is ready: {len(files)} tasks {'pre-annotated' if created else '(from the last run) checked'} in {took:.1f} s
+labeler demo is ready: {len(files)} tasks pre-annotated in {took:.1f} s{'' if created else ' (the project of an earlier run)'}
   Label Studio  {ls_server.url}/projects/{pid}/data?tab={view}
   login         {username} / {password}
   API token     {token}
