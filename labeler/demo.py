@@ -92,7 +92,7 @@ def upload_images(ls_url: str, token: str, project: int, files: list[Path], chun
 
 def _stop_on_sigterm() -> None:
     """SIGTERM (kill, systemd, a container stop) takes the Ctrl-C path, which stops the servers."""
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         raise KeyboardInterrupt
     try:
         signal.signal(signal.SIGTERM, handler)

@@ -97,7 +97,7 @@ def start_label_studio(data_dir: Path, username: str, password: str, token: str,
     server = Server(url, proc, log)
     try:
         wait_http(f"{url}/health", timeout, proc)
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever went wrong, stop the child and show its log
         server.stop()
         raise RuntimeError(f"Label Studio did not start; see {log}:\n{log.read_text()[-3000:]}") from None
     return server
@@ -123,7 +123,7 @@ def start_backend(env_extra: dict[str, str], port: int | None = None, log_dir: P
             if time.monotonic() > end:
                 raise TimeoutError("model not ready")
             time.sleep(0.3)
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever went wrong, stop the child and show its log
         server.stop()
         raise RuntimeError(f"the ML backend did not start; see {log}:\n{log.read_text()[-3000:]}") from None
     return server

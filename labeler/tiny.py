@@ -20,10 +20,11 @@ from transformers import (
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-_WORDS = (
-    "a an the of or and with photo picture image eye eyes open closed shut pupil "
-    "eyelid lid visible cat dog person face blink blinking wide looking"
-).split()
+_WORDS = [
+    "a", "an", "the", "of", "or", "and", "with", "photo", "picture", "image", "eye", "eyes",
+    "open", "closed", "shut", "pupil", "eyelid", "lid", "visible", "cat", "dog", "person", "face",
+    "blink", "blinking", "wide", "looking",
+]
 
 
 def make_processor(folder: str | Path, image_size: int) -> Blip2Processor:
@@ -53,17 +54,17 @@ def build_tiny_blip2(out_dir: str | Path, seed: int = 0) -> Path:
     tokenizer = processor.tokenizer
 
     config = Blip2Config(
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, image_size=32, patch_size=8,
-            initializer_range=0.5,
-        ),
-        qformer_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, encoder_hidden_size=32,
-            vocab_size=len(tokenizer), use_qformer_text_input=True,
-            max_position_embeddings=64, initializer_range=0.5,
-        ),
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+            "initializer_range": 0.5,
+        },
+        qformer_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "encoder_hidden_size": 32,
+            "vocab_size": len(tokenizer), "use_qformer_text_input": True,
+            "max_position_embeddings": 64, "initializer_range": 0.5,
+        },
         num_query_tokens=4,
         image_text_hidden_size=16,
     )

@@ -18,10 +18,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import math
 import secrets
 import time
 
-from flask import Blueprint, abort, jsonify, redirect, render_template_string, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    jsonify,
+    redirect,
+    render_template_string,
+    request,
+    session,
+    url_for,
+)
 
 from labeler.registry import check_project, check_version
 
@@ -152,7 +162,7 @@ def train(project: str):
 # -- rendering ----------------------------------------------------------------------------------------
 
 def _fmt(value, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and value == value else "–"
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not math.isnan(value) else "–"
 
 
 def _when(ts) -> str:
