@@ -85,7 +85,7 @@ def _preannotate(ls: LabelStudio, project: int, predictor: Predictor, conn: Conn
     version = predictor.model_version(pkey, config)
     report = Report(version)
     todo = []
-    recorder = Recorder(predictor.settings.model_dir, project)  # the labelling queue's inputs (labeler.queue)
+    recorder = Recorder(predictor.settings.model_dir, project, len(config.classes))  # the queue's inputs
     for task in iter_tasks(ls, project):
         recorder.saw(task)
         report.total += 1
@@ -124,6 +124,7 @@ def _preannotate(ls: LabelStudio, project: int, predictor: Predictor, conn: Conn
         set_model_version(ls, project, version)
         uncertainty_view(ls, project)
         delete_stale_predictions(ls, project, version)  # one prediction per task: the serving version's
-        report.queue = refresh_queue(ls, project, recorder, batch=predictor.settings.train_every or 25,
-                                     seed=predictor.settings.seed)
+    # The "Next to label" tab (labeler.queue), also before any model exists (a k-center cold start).
+    report.queue = refresh_queue(ls, project, recorder, batch=predictor.settings.train_every or 25,
+                                 seed=predictor.settings.seed)
     return report

@@ -126,8 +126,9 @@ def state_path(model_dir: Path, project: int | str) -> Path:
 class Recorder:
     """Collects what pre-annotation scored, for :func:`publish`: ``add`` per batch, then ``save``."""
 
-    def __init__(self, model_dir: Path, project: int | str) -> None:
+    def __init__(self, model_dir: Path, project: int | str, n_classes: int) -> None:
         self.path = state_path(model_dir, project)
+        self.n_classes = n_classes
         self.state = QueueState.load(self.path)
         self.annotated: dict[int, bool] = {}
         self.present: set[int] = set()
@@ -139,12 +140,17 @@ class Recorder:
         self.annotated[int(task["id"])] = bool(task.get("total_annotations"))
 
     def add(self, tasks: Sequence[dict], items: Sequence, version: str) -> None:
-        """Tasks and their scored items (``Scored`` with ``proba`` and ``sample``), as pre-annotation made them."""
-        ok = [(t, it) for t, it in zip(tasks, items) if it.proba is not None and it.sample is not None]
+        """Tasks and their scored items (``Scored`` with ``proba`` and ``sample``), as pre-annotation made them.
+
+        An image with no probabilities (no model yet) is kept with NaN ones: its
+        features still serve the cold start's k-center batch.
+        """
+        ok = [(t, it) for t, it in zip(tasks, items) if it.sample is not None]
         if not ok:
             return
         feats = imagenet_features([it.sample for _, it in ok])
-        self.state.update([t["id"] for t, _ in ok], np.stack([it.proba for _, it in ok]), feats, version)
+        proba = np.stack([it.proba if it.proba is not None else np.full(self.n_classes, np.nan) for _, it in ok])
+        self.state.update([t["id"] for t, _ in ok], proba, feats, version)
         if time.monotonic() - self._saved > 60:  # an interrupted run keeps what it scored
             self.state.save(self.path)
             self._saved = time.monotonic()
@@ -257,11 +263,16 @@ def publish(ls, project: int, state: QueueState, strategy: str = DEFAULT_STRATEG
     check_strategy(strategy)
     rep = QueueReport()
     t = time.perf_counter()
-    pool = np.flatnonzero(~state.annotated)
+    scored = np.isfinite(state.proba).all(1) if state.proba.size else np.zeros(len(state.ids), bool)
+    unlabelled = ~state.annotated
     labelled = np.flatnonzero(state.annotated)
     feats = state.features.astype(np.float32) if state.features.size else None
-    order = queue_order(strategy, state.proba[pool] if len(pool) else None, pool, labelled, batch, feats, seed,
-                        diverse_top=max(exact, 4 * batch))
+    if (unlabelled & scored).any():  # a model has scored them: unscored ones go last
+        pool, proba = np.flatnonzero(unlabelled & scored), state.proba[unlabelled & scored]
+        unranked_ids = [*unranked_ids, *state.ids[unlabelled & ~scored].tolist()]
+    else:  # cold start, no model yet: k-center batches that cover the pool
+        pool, proba = np.flatnonzero(unlabelled), None
+    order = queue_order(strategy, proba, pool, labelled, batch, feats, seed, diverse_top=max(exact, 4 * batch))
     ordered_ids = state.ids[order]
     rep.order_s = time.perf_counter() - t
     t = time.perf_counter()

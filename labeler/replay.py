@@ -1,0 +1,125 @@
+"""Replaying a simulated annotator through a real Label Studio, to check the queue against ``labeler simulate``.
+
+The annotator does what a person clicking "Label All Tasks" on the "Next to
+label" tab does: ask Label Studio for the next task of the tab
+(``GET /api/projects/<p>/next?view=<tab>``), submit its true label, and after
+every ``batch`` labels the service retrains and refreshes its predictions and
+the queue, exactly as its background job does (:func:`labeler.training.train_project`,
+then :func:`labeler.preannotate.preannotate` when the new version is promoted).
+After each retraining the newly trained version is scored on held-out images
+that are not in the project, so the learning curve can be laid beside the
+simulation's for the same images, strategy, batch and seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .classifiers import Sample, load_classifier
+from .metrics import evaluate
+from .queue import VIEW
+
+log = logging.getLogger(__name__)
+
+
+def queue_view(ls, project: int) -> int:
+    for v in ls.views.list(project=project):
+        if (v.data or {}).get("title") == VIEW:
+            return v.id
+    raise LookupError(f'project {project} has no "{VIEW}" tab: run labeler preannotate first')
+
+
+def next_task(ls, project: int, view: int) -> dict | None:
+    """What "Label All Tasks" on the tab would open next (None when the queue is empty)."""
+    resp = ls._client_wrapper.httpx_client.request(f"api/projects/{project}/next", method="GET",
+                                                   params={"view": view})
+    if resp.status_code == 404:
+        return None
+    resp.raise_for_status()
+    return resp.json()
+
+
+def replay(ls, project: int, predictor, conn, truth: dict[int, str], budget: int, batch: int,
+           holdout: Sequence[Sample], holdout_y: np.ndarray, classes: list[str],
+           annotate: Callable[[int, str], None] | None = None, progress: Callable[[str], None] = log.info,
+           ) -> tuple[list[dict], list[int]]:
+    """Label ``budget`` tasks through the queue; returns (one metrics row per retraining, task ids in order).
+
+    ``truth`` maps task id to its true class name; ``holdout``/``holdout_y`` are
+    the images and class indices the curve is measured on.
+    """
+    from .preannotate import preannotate
+    from .studio import project_config
+    from .training import TrainingError, train_project
+
+    config = project_config(ls, project)
+
+    def submit(task_id: int, label: str) -> None:
+        ls.annotations.create(id=task_id, result=[{"from_name": config.from_name, "to_name": config.to_name,
+                                                   "type": "choices", "value": {"choices": [label]}}])
+
+    annotate = annotate or submit
+    preannotate(ls, project, predictor, conn, progress=False)  # the cold-start queue
+    view = queue_view(ls, project)
+    order: list[int] = []
+    rows: list[dict] = []
+    exhausted = False
+    while len(order) < budget and not exhausted:
+        for _ in range(min(batch, budget - len(order))):
+            task = next_task(ls, project, view)
+            if task is None:
+                exhausted = True
+                break
+            annotate(task["id"], truth[task["id"]])
+            order.append(task["id"])
+        t = time.perf_counter()
+        try:
+            out = train_project(predictor, str(project), conn, trigger="replay")
+        except TrainingError as exc:  # e.g. not every class labelled yet: label on, as simulate does
+            progress(f"{len(order)} labels: no training ({exc})")
+            continue
+        train_s = time.perf_counter() - t
+        if out.promoted:
+            preannotate(ls, project, predictor, conn, progress=False)
+        model = load_classifier(predictor.registry.path(str(project), out.version))
+        m = evaluate(holdout_y, model.predict_proba(list(holdout)), classes)
+        rows.append({"labels": len(order), "eer": m.get("eer"), "accuracy": m["accuracy"],
+                     "macro_f1": m["macro_f1"], "version": out.version, "promoted": out.promoted,
+                     "train_seconds": round(train_s, 1)})
+        progress(f"{len(order)} labels: {out.version} EER {m.get('eer')} accuracy {m['accuracy']:.4f}"
+                 f"{'' if out.promoted else ' (not promoted: the queue keeps the serving model)'}")
+        if len(order) and task is None:
+            break
+    return rows, order
+
+
+def project_from_folder(ls, url: str, token: str, paths: Sequence, labels: Sequence[str], classes: list[str],
+                        title: str = "replay") -> tuple[int, dict[int, str]]:
+    """A project with one task per image (uploaded in the given order) and its hidden truth by task id.
+
+    The label config lists ``classes`` in order, so its first class is the EER's
+    positive class as in ``labeler simulate``.
+    """
+    from xml.sax.saxutils import quoteattr
+
+    from .demo import upload_images
+
+    choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in classes)
+    xml = (f'<View><Image name="image" value="$image"/>'
+           f'<Choices name="choice" toName="image" choice="single">{choices}</Choices></View>')
+    project = ls.projects.create(title=title, label_config=xml).id
+    upload_images(url, token, project, list(paths))
+    by_name = {str(getattr(p, "name", p)): lab for p, lab in zip(paths, labels)}
+    truth = {}
+    resp = ls._client_wrapper.httpx_client.request("api/tasks/", method="GET", params={
+        "project": project, "page_size": len(paths) + 10, "fields": "all"})
+    for t in resp.json()["tasks"]:
+        name = t["data"]["image"].rsplit("/", 1)[-1].split("-", 1)[-1]  # /data/upload/<p>/<hash>-<name>
+        truth[t["id"]] = by_name[name]
+    if len(truth) != len(paths):
+        raise RuntimeError(f"uploaded {len(paths)} images, Label Studio lists {len(truth)} tasks")
+    return project, truth
