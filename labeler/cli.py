@@ -143,10 +143,14 @@ def train(project, classifier, url, api_key, model_dir) -> None:
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir, classifier=classifier)
     conn = _conn(s)
     predictor = _predictor(s)
+    from .studio import report_to_model_card
+
     try:
         out = train_project(predictor, str(project), conn, trigger="labeler train",
                             report=lambda step: click.echo(f"... {step}", err=True))
     except TrainingError as exc:
+        report_to_model_card(conn, str(project), {"status": "failed", "error": str(exc), "finished": time.time()},
+                             predictor)
         _fail(f"training failed, the serving model is unchanged: {exc}")
     m = out.meta.get("metrics") or {}
     click.echo(f"{out.version}: held-out accuracy {m.get('accuracy')}, EER {m.get('eer')}; "
@@ -157,6 +161,9 @@ def train(project, classifier, url, api_key, model_dir) -> None:
 
         rep = preannotate(connect(conn.hostname, conn.token), project, predictor, conn)
         click.echo(rep.summary())
+    report_to_model_card(conn, str(project), {"status": "done", "version": out.version, "promoted": out.promoted,
+                                              "reason": out.meta.get("promotion_reason"), "finished": time.time()},
+                         predictor)
 
 
 @main.command()
