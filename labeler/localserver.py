@@ -83,7 +83,7 @@ def start_label_studio(data_dir: Path, username: str, password: str, token: str,
                LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true", PYTHONUNBUFFERED="1")
     # No telemetry, error reports or version checks: offline they only fill the log with retries.
     for name, value in (("LABEL_STUDIO_COLLECT_ANALYTICS", "false"), ("LABEL_STUDIO_SENTRY_DSN", ""),
-                        ("LABEL_STUDIO_FRONTEND_SENTRY_DSN", "")):
+                        ("LABEL_STUDIO_FRONTEND_SENTRY_DSN", ""), ("LABEL_STUDIO_LATEST_VERSION_CHECK", "false")):
         env.setdefault(name, value)
     if files_root is not None:
         env.update(LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
