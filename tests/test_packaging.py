@@ -64,9 +64,10 @@ def test_env_file_round_trip_and_what_is_set_wins(tmp_path, monkeypatch):
     out = subprocess.run(["bash", "-c", f". {path} && printf %s \"$LABELER_ZEROSHOT_MODEL\""],
                          capture_output=True, text=True, check=True)
     assert out.stdout == values["LABELER_ZEROSHOT_MODEL"]
+    for name in values:  # set then delete, so that monkeypatch restores each one after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("LABEL_STUDIO_URL", "http://elsewhere:8080")
-    monkeypatch.delenv("LABELER_PROJECT", raising=False)
-    monkeypatch.delenv("LABELER_ZEROSHOT_MODEL", raising=False)
     assert load_env_file(path) == path
     assert os.environ["LABEL_STUDIO_URL"] == "http://elsewhere:8080" and os.environ["LABELER_PROJECT"] == "3"
     assert load_env_file(tmp_path / "absent.env") is None
