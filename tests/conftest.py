@@ -13,6 +13,7 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["LABELER_ENV_FILE"] = os.devnull  # CLI tests never read a demo's labeler-demo/labeler.env
 
 EYES24 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "eyes24"
 
