@@ -104,8 +104,9 @@ def index():
         return render_template_string(_LOGIN, error=None, csrf=_csrf_token()), 401
     r = report()
     plots = {p: learning_curve_svg(info["versions"]) for p, info in r["projects"].items()}
+    active = any(info["job"].get("status") in {"queued", "running"} for info in r["projects"].values())
     return render_template_string(_PAGE, r=r, plots=plots, csrf=_csrf_token(), message=session.pop("message", None),
-                                  fmt=_fmt, when=_when, zip=zip)
+                                  fmt=_fmt, when=_when, zip=zip, now=time.time(), active=active)
 
 
 @bp.post("/login")
@@ -220,7 +221,8 @@ _LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>la
 <label>Admin token (LABELER_ADMIN_TOKEN) <input type="password" name="token" autofocus></label>
 <button type="submit">Log in</button></form></body></html>"""
 
-_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>labeler admin</title>""" + _STYLE + """
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>labeler admin</title>
+{% if active %}<meta http-equiv="refresh" content="5">{% endif %}""" + _STYLE + """
 </head><body><h1>labeler admin</h1>
 <p class="small">zero-shot model {{ r.zeroshot_model }} · up {{ r.uptime_s }} s ·
 /predict latency p50 {{ fmt(r.predict_latency_s.p50, 3) }} s, p99 {{ fmt(r.predict_latency_s.p99, 3) }} s
@@ -232,6 +234,7 @@ _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lab
 {% for p, info in r.projects.items() %}{% set job = info.job %}
 <section id="project-{{ p }}"><h2>Project {{ p }}: serving <span class="serving-name">{{ info.serving }}</span></h2>
 <p>Training job: <b class="{{ 'failed' if job.status == 'failed' }}">{{ job.status or 'none' }}</b>
+{% if job.status in ('queued', 'running') and job.started %} for {{ (now - job.started)|round|int }} s (this page refreshes itself){% endif %}
 {% if job.step %} · step: {{ job.step }}{% endif %}
 {% if job.trigger %} · trigger: {{ job.trigger }}{% endif %}
 {% if job.finished %} · finished {{ when(job.finished) }}{% endif %}

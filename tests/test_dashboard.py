@@ -127,3 +127,27 @@ def test_promote_with_the_bearer_token_for_api_clients(app):
     assert client.post("/dashboard/projects/7/promote", json=["v1"], headers=BEARER).status_code == 400
     assert client.post("/dashboard/projects/7/promote", headers=BEARER).status_code == 400
     assert Registry(app.config["LABELER_SETTINGS"].model_dir).current("7") == names[0]
+
+
+def test_page_shows_the_last_failure_and_the_running_job(tmp_path):
+    """A job the last process left running is reported as failed, with the reason; a running one shows
+    for how long and the page refreshes itself."""
+    import json
+    import time
+
+    reg = Registry(tmp_path)
+    _version(reg, "7", 20, 0)
+    (reg.project_dir("7") / "job.json").write_text(json.dumps({"status": "running", "step": "fitting",
+                                                                "started": time.time() - 30}))
+    app = create_app(Settings(model_dir=tmp_path, zeroshot_model=None, admin_token="t0k"), load_in_background=False)
+    client = app.test_client()
+    _login(client)
+    text = client.get("/dashboard", headers=HTML).text
+    assert "Last failure: interrupted: the backend stopped while this job was running" in text
+    assert 'http-equiv="refresh"' not in text
+    jobs = app.extensions["labeler"].jobs
+    jobs._set("7", status="running", step="fitting the head", started=time.time() - 12)
+    text = client.get("/dashboard", headers=HTML).text
+    assert "step: fitting the head" in text and re.search(r"for 1[2-9] s", text)
+    assert 'http-equiv="refresh"' in text
+    assert client.get("/dashboard", headers=BEARER).json["projects"]["7"]["job"]["step"] == "fitting the head"
