@@ -44,7 +44,7 @@ def images(n: int, work: Path) -> tuple[list[Path], list[str]]:
     if (EYES24 / "labels.csv").exists():
         rows = [line.split(",") for line in (EYES24 / "labels.csv").read_text().splitlines()[1:]]
         rows = random.Random(0).sample(rows, min(n, len(rows)))
-        return [EYES24 / "images" / r[0] for r in rows], [r[1].strip() for r in rows]
+        return [EYES24 / r[0] for r in rows], [r[1].strip() for r in rows]
     from PIL import Image
     rng = np.random.default_rng(0)
     files = []
