@@ -402,6 +402,27 @@ def evaluate_cmd(model_ref, images, labels_csv, model_dir, as_json) -> None:
         click.echo(f"  {c:>12} " + " ".join(f"{v:>6}" for v in row))
 
 
+@main.command("queue")
+@click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
+@click.option("--strategy", default="margin_diverse", show_default=True,
+              type=click.Choice(["random", "least_confidence", "margin", "entropy", "margin_diverse"]))
+@click.option("--batch", type=int, help="Labels between retrainings [default: LABELER_TRAIN_EVERY or 25].")
+@with_studio
+def queue_cmd(project, strategy, batch, url, api_key, model_dir) -> None:
+    """Re-rank the "Next to label" tab from the last pre-annotation's scores (no re-scoring)."""
+    from .queue import republish
+    from .studio import StudioError, connect
+
+    s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
+    conn = _conn(s)
+    try:
+        rep = republish(connect(conn.hostname, conn.token), project, s.model_dir, strategy,
+                        batch or s.train_every or 25, s.seed)
+    except StudioError as exc:
+        _fail(str(exc))
+    click.echo(rep.summary())
+
+
 @main.command("map")
 @click.option("--project", type=int, help="A Label Studio project (its serving model) ...")
 @click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),

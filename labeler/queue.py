@@ -296,3 +296,26 @@ def refresh(ls, project: int, recorder: Recorder, strategy: str = DEFAULT_STRATE
     except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
         log.error("project %s: could not publish the labelling queue: %s", project, exc)
         return None
+
+
+def republish(ls, project: int, model_dir: Path, strategy: str = DEFAULT_STRATEGY, batch: int = 25,
+              seed: int = 0) -> QueueReport:
+    """Re-rank from the stored state without scoring anything (e.g. another strategy or batch size);
+    which tasks are annotated is read from Label Studio first."""
+    from .studio import StudioError
+
+    path = state_path(model_dir, project)
+    state = QueueState.load(path)
+    if not len(state.ids):
+        raise StudioError(f"no queue state for project {project} yet: run labeler preannotate --project {project}")
+    resp = ls._client_wrapper.httpx_client.request("api/tasks/", method="GET", params={
+        "project": project, "page_size": 1_000_000, "fields": "task_only", "include": "id,total_annotations"})
+    if resp.status_code >= 400:
+        raise StudioError(f"listing tasks of project {project} failed: HTTP {resp.status_code}")
+    annotated = {int(t["id"]): bool(t.get("total_annotations")) for t in resp.json().get("tasks", [])}
+    state.drop_missing(annotated)
+    state.mark(annotated)
+    state.save(path)
+    known = set(state.ids.tolist())
+    unranked = sorted(i for i, a in annotated.items() if not a and i not in known)
+    return publish(ls, project, state, strategy, batch, seed, unranked)

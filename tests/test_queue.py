@@ -96,3 +96,14 @@ def test_preannotate_publishes_the_queue_and_annotated_tasks_leave_it(label_stud
     assert left == expected[1:], "an annotated task leaves the queue at once"
     nxt = http.request(f"api/projects/{proj}/next", method="GET", params={"view": views[0].id}).json()
     assert nxt["id"] == expected[1]
+
+    # Another strategy from the stored scores, no re-scoring: plain margin order of the unannotated tasks.
+    from labeler.queue import republish
+    from labeler.uncertainty import uncertainty
+
+    rep = republish(ls, proj, tmp_path / "md", "margin", 25)
+    state = QueueState.load(state_path(tmp_path / "md", proj))
+    assert state.annotated[state.ids.tolist().index(expected[0])], "the annotation is read back"
+    rest = np.flatnonzero(~state.annotated)
+    by_margin = state.ids[rest[np.argsort(-uncertainty(state.proba[rest], "margin"), kind="stable")]].tolist()
+    assert rep.ranked == len(files) - 1 and [t["id"] for t in _view_tasks(ls, proj, views[0].id)] == by_margin
