@@ -170,14 +170,28 @@ def train(project, classifier, url, api_key, model_dir) -> None:
 @click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
 @click.option("--all", "redo", is_flag=True, help="Re-predict tasks that already have a current prediction.")
 @click.option("--batch-size", default=64, show_default=True)
+@click.option("--engine", type=click.Choice(["auto", "local", "ray"]), default="auto", show_default=True,
+              help="ray: on the Ray cluster at RAY_ADDRESS (pip install 'labeler[ray]'); "
+                   "auto: ray when RAY_ADDRESS is set and Ray installed, else in this process.")
 @with_studio
-def preannotate(project, redo, batch_size, url, api_key, model_dir) -> None:
+def preannotate(project, redo, batch_size, engine, url, api_key, model_dir) -> None:
     """Score every task (resumable) and write predictions in bulk."""
-    from .preannotate import preannotate as run
+    from .distributed import ray_address, ray_installed
     from .studio import connect
 
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
     conn = _conn(s)
+    if engine == "ray" and not ray_installed():
+        _fail("--engine ray needs Ray: pip install 'labeler[ray]'")
+    if engine == "ray" or (engine == "auto" and ray_address() and ray_installed()):
+        from .distributed.bulk import preannotate_ray
+
+        rep = preannotate_ray(connect(conn.hostname, conn.token), project, s, conn,
+                              only_missing=not redo, batch_size=batch_size)
+        click.echo(rep.summary())
+        return
+    from .preannotate import preannotate as run
+
     rep = run(connect(conn.hostname, conn.token), project, _predictor(s), conn,
               only_missing=not redo, batch_size=batch_size)
     click.echo(rep.summary())

@@ -1,0 +1,231 @@
+"""Bulk pre-annotation on a Ray cluster (Ray Data): ``labeler preannotate --engine ray``.
+
+The same steps as :mod:`labeler.preannotate`, spread over a cluster:
+
+1. the driver lists the tasks narrowly (id, data, the model versions of their
+   predictions) and keeps those without a prediction of the serving version
+   (so a killed run resumes where it stopped);
+2. CPU tasks download and decode the images (:meth:`Predictor.fetch`: same
+   fetch policy, byte and pixel caps, image store);
+3. scoring actors, each holding the model once (a GPU each where the cluster
+   has GPUs), embed and score them (:meth:`Predictor.embed`,
+   :meth:`Predictor.score_items`, :func:`to_prediction`);
+4. a few importer actors write the predictions to Label Studio in large batches
+   (Label Studio, not the GPU, is the ceiling: see README "Scaling out").
+
+Workers must see the driver's ``MODEL_DIR`` at the same path (a shared volume):
+the registry says which version serves, the caches live under it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+import numpy as np
+from filelock import FileLock, Timeout
+from label_studio_sdk import LabelStudio
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..classifiers import Sample
+from ..config import Settings
+from ..connection import Connection
+from ..preannotate import PreannotateBusy, Report
+from ..predictor import Predictor, Scored, project_key, to_prediction
+from ..queue import Recorder
+from ..queue import refresh as refresh_queue
+from ..registry import Registry
+from ..strategies import FEATURE_DIM, imagenet_features
+from ..studio import (
+    delete_stale_predictions,
+    import_predictions,
+    iter_tasks,
+    project_config,
+    set_model_version,
+    uncertainty_view,
+)
+from . import ray_address, require_ray
+
+log = logging.getLogger(__name__)
+
+# Resources per actor: a scoring actor's work is on its GPU, an importer waits on HTTP; what is left
+# of each node's CPUs goes to the download/decode tasks.
+SCORER_CPUS = 0.5
+IMPORTER_CPUS = 0.25
+_EMPTY = np.zeros((0, 0, 3), dtype=np.uint8)
+_FETCHERS: dict[tuple, tuple[Predictor, Connection]] = {}  # one per worker process, reused across batches
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):  # element by element: numpy would broadcast same-shaped arrays
+        out[i] = v
+    return out
+
+
+def fetch_batch(batch: dict[str, np.ndarray], settings: Settings, url: str, token: str) -> dict[str, np.ndarray]:
+    """Download and decode one batch of task images (a CPU task); failures stay per image.
+
+    Images travel as RGB arrays: every consumer (BLIP-2, the CNN, the queue's
+    ImageNet features) converts to RGB first, so scores are those of the in-process path.
+    """
+    key = (settings, url, token)
+    if key not in _FETCHERS:
+        _FETCHERS[key] = (Predictor(settings), Connection(url, token))
+    predictor, conn = _FETCHERS[key]
+    refs = [json.loads(r) for r in batch["ref"]]
+    images, keys, errors = [], [], []
+    for it in predictor.fetch(refs, conn):
+        if it.sample is None:
+            images.append(_EMPTY), keys.append(""), errors.append(it.error or "unknown error")
+        else:
+            images.append(np.asarray(it.sample.image.convert("RGB"))), keys.append(it.key), errors.append("")
+    return {"id": batch["id"], "image": _objects(images), "key": np.array(keys, dtype=object),
+            "error": np.array(errors, dtype=object)}
+
+
+class ScoreActor:
+    """Holds the project's serving model once; scores batches of decoded images."""
+
+    def __init__(self, settings: Settings, project: str, config_xml: str, version: str) -> None:
+        from ..labelconfig import parse_label_config
+
+        self.predictor = Predictor(settings)
+        self.predictor.load_scorer()
+        self.project, self.version = project, version
+        self.config = parse_label_config(config_xml)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = [Scored(error=str(err)) if err else
+                 Scored(sample=Sample(Image.fromarray(np.asarray(img, dtype=np.uint8), "RGB")), key=str(k))
+                 for img, k, err in zip(batch["image"], batch["key"], batch["error"])]
+        self.predictor.embed(items)
+        version, items = self.predictor.score_items(self.project, items, self.config)
+        n_cls = len(self.config.classes)
+        preds, errors = [], []
+        proba = np.full((len(items), n_cls), np.nan, dtype=np.float32)
+        for i, (tid, it) in enumerate(zip(batch["id"], items)):
+            if version != self.version:  # promoted mid-run: never write a prediction of another version
+                it.proba, it.error = None, f"the serving model changed to {version} during the run: run again"
+            if it.proba is None:
+                preds.append(""), errors.append(it.error or "unknown error")
+                continue
+            proba[i] = it.proba
+            preds.append(json.dumps({"task": int(tid), **to_prediction(
+                it.proba, self.config, version, self.predictor.settings.uncertainty)}))
+            errors.append("")
+        # What the labelling queue needs per task (labeler.queue.Recorder.add), computed here on the GPU.
+        has = np.array([it.sample is not None for it in items])
+        feats = np.zeros((len(items), FEATURE_DIM), dtype=np.float16)
+        if has.any():
+            feats[has] = imagenet_features([it.sample for it in items if it.sample is not None])
+        return {"id": batch["id"], "prediction": np.array(preds, dtype=object),
+                "error": np.array(errors, dtype=object), "proba": proba, "features": feats, "has_sample": has}
+
+
+class ImportActor:
+    """Writes predictions to Label Studio, one request per batch."""
+
+    def __init__(self, url: str, token: str, project: int) -> None:
+        from ..studio import connect
+
+        self.ls, self.project = connect(url, token, check=False), project
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import_predictions(self.ls, self.project, [json.loads(p) for p in batch["prediction"] if p])
+        return {k: v for k, v in batch.items() if k != "prediction"}
+
+
+def _serving_version(settings: Settings, project: str, config_xml: str) -> tuple[str, str | None]:
+    """The version the scoring actors will write (it names the model, so it is asked where the model loads)."""
+    from ..labelconfig import parse_label_config
+
+    p = Predictor(settings)
+    p.load_scorer()
+    return p.model_version(project, parse_label_config(config_xml)), p.scorer_error
+
+
+def preannotate_ray(ls: LabelStudio, project: int, settings: Settings, conn: Connection,
+                    only_missing: bool = True, batch_size: int = 64, import_batch: int = 500,
+                    scorers: int | None = None, importers: int = 2, progress: bool = True,
+                    max_tasks: int | None = None, wait_s: float = 600) -> Report:
+    """Pre-annotate ``project`` on the Ray cluster at ``RAY_ADDRESS`` (or the one already initialised).
+
+    ``scorers``: scoring actors (default: one per GPU of the cluster, else one).
+    Same report, same lock and same end steps (project version, views,
+    stale predictions, labelling queue) as :func:`labeler.preannotate.preannotate`.
+    """
+    require_ray()
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address(), log_to_driver=False)
+    pkey = project_key(project)
+    lock = FileLock(Registry(settings.model_dir).project_dir(pkey, create=True) / "preannotate.lock")
+    try:
+        lock.acquire(timeout=wait_s)
+    except Timeout:
+        raise PreannotateBusy(f"another pre-annotation of project {project} is still running") from None
+    try:
+        return _run(ray, ls, project, pkey, settings, conn, only_missing, batch_size, import_batch,
+                    scorers, importers, progress, max_tasks)
+    finally:
+        lock.release()
+
+
+def _run(ray, ls, project, pkey, settings, conn, only_missing, batch_size, import_batch, scorers, importers,
+         progress, max_tasks) -> Report:
+    config = project_config(ls, project)
+    xml = ls.projects.get(id=project).label_config
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpu_each = 1 if gpus else 0
+    scorers = scorers or max(gpus, 1)
+    # Workers resolve the model folder and MODEL_DIR as given; relative paths would differ per worker.
+    settings = replace(settings, model_dir=settings.model_dir.resolve())
+    version, err = ray.get(ray.remote(num_gpus=gpu_each, num_cpus=SCORER_CPUS)(_serving_version)
+                           .remote(settings, pkey, xml))
+    if err:
+        log.warning(err)
+    report = Report(version)
+    recorder = Recorder(settings.model_dir, project, len(config.classes))
+    todo = []
+    for task in iter_tasks(ls, project, narrow=True):
+        recorder.saw(task)
+        report.total += 1
+        if only_missing and version in (task.get("predictions_model_versions") or []):
+            report.skipped_existing += 1
+        else:
+            todo.append(task)
+    if max_tasks is not None:
+        todo = todo[:max_tasks]
+    bar = tqdm(total=len(todo), desc=f"pre-annotating project {project} on Ray", unit="task", disable=not progress)
+    if todo:
+        url, token = conn.hostname, conn.token
+        ds = ray.data.from_items([{"id": int(t["id"]), "ref": json.dumps(config.image_ref(t))} for t in todo])
+        ds = ds.map_batches(fetch_batch, batch_size=batch_size, num_cpus=1,
+                            fn_kwargs={"settings": settings, "url": url, "token": token})
+        ds = ds.map_batches(ScoreActor, batch_size=batch_size, concurrency=scorers, num_gpus=gpu_each,
+                            num_cpus=SCORER_CPUS,
+                            fn_constructor_kwargs={"settings": settings, "project": pkey, "config_xml": xml,
+                                                   "version": version})
+        ds = ds.map_batches(ImportActor, batch_size=import_batch, concurrency=importers, num_cpus=IMPORTER_CPUS,
+                            fn_constructor_kwargs={"url": url, "token": token, "project": project})
+        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            ok = np.asarray(out["error"]) == ""
+            report.predicted += int(ok.sum())
+            report.failed += [(int(i), str(e)) for i, e in zip(out["id"], out["error"]) if e]
+            has = np.asarray(out["has_sample"], dtype=bool)
+            if has.any():  # as Recorder.add: every decoded image, probabilities NaN where none
+                recorder.state.update(np.asarray(out["id"])[has], np.asarray(out["proba"])[has],
+                                      np.asarray(out["features"])[has], version)
+            bar.update(len(out["id"]))
+    bar.close()
+    report.failed.sort()
+    if report.predicted or report.skipped_existing:
+        set_model_version(ls, project, version)
+        uncertainty_view(ls, project)
+        delete_stale_predictions(ls, project, version)
+    report.queue = refresh_queue(ls, project, recorder, batch=settings.train_every or 25, seed=settings.seed)
+    return report
