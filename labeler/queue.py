@@ -6,9 +6,10 @@ After each prediction refresh (``labeler preannotate``, a promoted retraining)
 same shortlist and k-center batch logic as the simulation) and writes the
 rank into each task's data as ``labeler_priority``. The Label Studio tab
 "Next to label" (the first, default tab) sorts on it ascending and shows only
-tasks nobody has annotated, and the project's sampling is sequential, so
-"Label All Tasks" from that tab serves the tasks in queue order. The stored
-prediction score is untouched: it stays an honest confidence.
+tasks nobody has annotated; annotators take its first row, and
+``GET /api/projects/<p>/next?view=<tab>`` serves the same order. (Label
+Studio 1.23's "Label All Tasks" button does not: see :func:`ensure_queue_view`.)
+The stored prediction score is untouched: it stays an honest confidence.
 
 What the strategy needs per task (class probabilities, diversity features,
 whether it is annotated) is kept in ``MODEL_DIR/projects/<p>/queue.npz``,
@@ -218,8 +219,14 @@ def write_priorities(ls, project: int, ordered_ids: Sequence[int], unranked_ids:
 
 
 def ensure_queue_view(ls, project: int) -> int:
-    """The "Next to label" tab: unannotated tasks by ``labeler_priority``, first among the tabs;
-    sequential sampling, so "Label All Tasks" from it serves the tab's order."""
+    """The "Next to label" tab: unannotated tasks by ``labeler_priority``, first among the tabs.
+
+    The project's sampling is left as it is (``uncertainty_view`` sets "Uncertainty sampling"):
+    Label Studio 1.23's "Label All Tasks" sends no tab (``POST /api/dm/actions?id=next_task``
+    with only the project in the body), so it serves by the project's sampling, never by a
+    tab's order; sequential sampling would make it serve task ids in order, least confident
+    first is the better of the two.
+    """
     from .studio import QUEUE_HIDDEN_COLUMNS
 
     column = f"tasks:data.{FIELD}"
@@ -238,7 +245,6 @@ def ensure_queue_view(ls, project: int) -> int:
     ids = [vid] + [v.id for v in views if v.id != vid]
     ls._client_wrapper.httpx_client.request("api/dm/views/order/", method="POST",
                                             json={"project": project, "ids": ids})
-    ls.projects.update(id=project, sampling="Sequential sampling")
     return vid
 
 

@@ -1,8 +1,7 @@
 """Replaying a simulated annotator through a real Label Studio, to check the queue against ``labeler simulate``.
 
-The annotator does what a person clicking "Label All Tasks" on the "Next to
-label" tab does: ask Label Studio for the next task of the tab
-(``GET /api/projects/<p>/next?view=<tab>``), submit its true label, and after
+The annotator takes the first task of the "Next to label" tab
+(:func:`next_task`), submits its true label, and after
 every ``batch`` labels the service retrains and refreshes its predictions and
 the queue, exactly as its background job does (:func:`labeler.training.train_project`,
 then :func:`labeler.preannotate.preannotate` when the new version is promoted).
@@ -34,13 +33,13 @@ def queue_view(ls, project: int) -> int:
 
 
 def next_task(ls, project: int, view: int) -> dict | None:
-    """What "Label All Tasks" on the tab would open next (None when the queue is empty)."""
-    resp = ls._client_wrapper.httpx_client.request(f"api/projects/{project}/next", method="GET",
-                                                   params={"view": view})
-    if resp.status_code == 404:
-        return None
+    """The first task of the tab (None when it is empty): what an annotator working down the
+    "Next to label" tab opens next."""
+    resp = ls._client_wrapper.httpx_client.request("api/tasks/", method="GET", params={
+        "project": project, "view": view, "page_size": 1, "fields": "task_only"})
     resp.raise_for_status()
-    return resp.json()
+    tasks = resp.json().get("tasks") or []
+    return tasks[0] if tasks else None
 
 
 def replay(ls, project: int, predictor, conn, truth: dict[int, str], budget: int, batch: int,
@@ -107,6 +106,7 @@ def project_from_folder(ls, url: str, token: str, paths: Sequence, labels: Seque
     from xml.sax.saxutils import quoteattr
 
     from .demo import upload_images
+    from .studio import iter_tasks
 
     choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in classes)
     xml = (f'<View><Image name="image" value="$image"/>'
@@ -115,9 +115,7 @@ def project_from_folder(ls, url: str, token: str, paths: Sequence, labels: Seque
     upload_images(url, token, project, list(paths))
     by_name = {str(getattr(p, "name", p)): lab for p, lab in zip(paths, labels)}
     truth = {}
-    resp = ls._client_wrapper.httpx_client.request("api/tasks/", method="GET", params={
-        "project": project, "page_size": len(paths) + 10, "fields": "all"})
-    for t in resp.json()["tasks"]:
+    for t in iter_tasks(ls, project):
         name = t["data"]["image"].rsplit("/", 1)[-1].split("-", 1)[-1]  # /data/upload/<p>/<hash>-<name>
         truth[t["id"]] = by_name[name]
     if len(truth) != len(paths):
