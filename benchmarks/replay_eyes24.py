@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--sim-seeds", type=int, default=3, help="simulations for the spread (at least --seeds)")
     ap.add_argument("--self-train", type=float, default=0.9)
     ap.add_argument("--skip-stale-delete", action="store_true")
+    ap.add_argument("--sim-cache", type=Path, help="JSON of simulation rows per seed: reused if there, else written")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -71,8 +72,15 @@ def main() -> None:
     results = []
     try:
         ls = studio.connect(server.url, token)
+        import json
+        from types import SimpleNamespace
+
+        cached = json.loads(args.sim_cache.read_text()) if args.sim_cache and args.sim_cache.exists() else {}
         sims = {}
         for seed in range(max(args.seeds, args.sim_seeds)):
+            if str(seed) in cached:
+                sims[seed] = (SimpleNamespace(rows=cached[str(seed)]), 0.0)
+                continue
             test = np.random.default_rng(1000 + seed).permutation(len(y))[: args.holdout]
             t = time.perf_counter()
             sim, _ = run(samples, y, classes, "margin_diverse", args.budget, args.batch, test, seed,
@@ -81,6 +89,9 @@ def main() -> None:
             sims[seed] = (sim, time.perf_counter() - t)
             print(f"simulate seed {seed}: " + "  ".join(f"{r['labels']}:{r['eer']:.4f}" for r in sim.rows)
                   + f" ({sims[seed][1]:.0f} s)", flush=True)
+        if args.sim_cache:
+            args.sim_cache.write_text(json.dumps({str(k): [{"labels": r["labels"], "eer": r["eer"]} for r in v.rows]
+                                                  for k, (v, _) in sims.items()}))
         by_n_sim: dict[int, list[float]] = {}
         for sim, _ in sims.values():
             for r in sim.rows:
