@@ -111,6 +111,14 @@ def start_label_studio(data_dir: Path, username: str, password: str, token: str,
     return server
 
 
+def _model_ready(url: str) -> bool:
+    """True once /health says the model is loaded; a slow answer (a loaded machine) is not an error."""
+    try:
+        return bool(requests.get(f"{url}/health", timeout=5).json().get("model_ready"))
+    except (requests.RequestException, ValueError):
+        return False
+
+
 def start_backend(env_extra: dict[str, str], port: int | None = None, log_dir: Path | None = None,
                   timeout: float = 120) -> Server:
     """The ML backend under gunicorn (one worker, threads), waiting until its model is ready."""
@@ -127,11 +135,13 @@ def start_backend(env_extra: dict[str, str], port: int | None = None, log_dir: P
     end = time.monotonic() + timeout
     try:
         wait_http(f"{url}/health", timeout, proc)
-        while not requests.get(f"{url}/health", timeout=2).json().get("model_ready"):
-            if time.monotonic() > end:
+        while not _model_ready(url):
+            if time.monotonic() > end or proc.poll() is not None:
                 raise TimeoutError("model not ready")
             time.sleep(0.3)
-    except Exception:  # noqa: BLE001 - whatever went wrong, stop the child and show its log
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, stop the child and show its log
+        with log.open("a") as f:
+            f.write(f"\n[start_backend] gave up: {type(exc).__name__}: {exc}\n")
         server.stop()
         raise RuntimeError(f"the ML backend did not start; see {log}:\n{log.read_text()[-3000:]}") from None
     return server

@@ -16,3 +16,4 @@ graceful_timeout = 30
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 16384
+control_socket_disable = True  # several backends on one machine must not share ~/.gunicorn/gunicorn.ctl
