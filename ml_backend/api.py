@@ -31,6 +31,18 @@ def _json_object() -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def wants_html() -> bool:
+    """True when the client names text/html itself and ranks it at least as high as JSON.
+
+    Werkzeug's ``accept_mimetypes.best`` picks Chromium's
+    ``application/signed-exchange;v=b3`` (more specific, so first) over
+    ``text/html``; an API client's ``*/*`` names no type and gets JSON.
+    """
+    accept = request.accept_mimetypes
+    named = {m.lower() for m, q in accept if q > 0}
+    return "text/html" in named and accept["text/html"] >= accept["application/json"]
+
+
 @bp.get("/health")
 @bp.get("/")
 def health():
@@ -181,6 +193,6 @@ _PAGE = """<!doctype html><title>labeler metrics</title>
 @bp.get("/metrics")
 def metrics():
     report = metrics_report(details=admin_ok(request, state().settings))
-    if request.accept_mimetypes.best == "text/html":
+    if wants_html():
         return render_template_string(_PAGE, r=report)
     return jsonify(report)

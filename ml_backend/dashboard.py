@@ -35,7 +35,7 @@ from flask import (
 
 from labeler.registry import check_project, check_version
 
-from .api import metrics_report, state
+from .api import metrics_report, state, wants_html
 from .auth import admin_ok
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -50,18 +50,6 @@ def _configure_sessions(setup) -> None:
     app.secret_key = app.secret_key or hmac.new(token.encode(), b"labeler dashboard session", hashlib.sha256).digest()
     app.config.update(SESSION_COOKIE_NAME="labeler_admin", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_PATH="/dashboard")
-
-
-def wants_html() -> bool:
-    """True when the client names text/html itself and ranks it at least as high as JSON.
-
-    Werkzeug's ``accept_mimetypes.best`` picks Chromium's
-    ``application/signed-exchange;v=b3`` (more specific, so first) over
-    ``text/html``; an API client's ``*/*`` names no type and gets JSON.
-    """
-    accept = request.accept_mimetypes
-    named = {m.lower() for m, q in accept if q > 0}
-    return "text/html" in named and accept["text/html"] >= accept["application/json"]
 
 
 def _logged_in() -> bool:

@@ -85,6 +85,9 @@ def test_metrics_page_html_and_json(client):
     assert "counters" in client.get("/metrics", headers=AUTH).json
     page = client.get("/metrics", headers={**AUTH, "Accept": "text/html"})
     assert page.status_code == 200 and b"<h1>labeler</h1>" in page.data
+    chromium = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,"
+                "application/signed-exchange;v=b3;q=0.7")
+    assert b"<h1>labeler</h1>" in client.get("/metrics", headers={**AUTH, "Accept": chromium}).data
 
 
 def test_malformed_webhook_is_refused(client):
