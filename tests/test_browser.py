@@ -99,6 +99,7 @@ def project(label_studio, backend, tmp_path_factory):
 
 
 def test_annotate_retrain_and_admin_page_in_a_real_browser(browser, label_studio, backend, project):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
     ls_url, _ = label_studio
@@ -163,9 +164,17 @@ def test_annotate_retrain_and_admin_page_in_a_real_browser(browser, label_studio
     version = st["version"]
 
     # The card says what serves and what the last training did; every task holds one prediction, the new one.
-    page.goto(f"{ls_url}/projects/{pid}/settings/ml")
+    # The card is updated just after the job is marked done (Label Studio re-checks the backend on every
+    # card change, seconds on a loaded machine): reload until it shows, as a person would.
     card = page.get_by_text(re.compile(rf"serving {re.escape(version)}"))
-    card.wait_for(timeout=30_000)
+    deadline = time.monotonic() + 90
+    while True:
+        page.goto(f"{ls_url}/projects/{pid}/settings/ml")
+        try:
+            card.wait_for(timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            assert time.monotonic() < deadline, "the model card never named the new version"
     assert "promoted" in card.inner_text()
     shot(page, "4-model-card-after-training")
     assert ls.ml.get(id=ml_id).description and f"{backend[0]}/dashboard" in ls.ml.get(id=ml_id).description
