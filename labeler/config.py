@@ -56,6 +56,7 @@ class Settings:
     train_workers: int = 1                     # LABELER_TRAIN_WORKERS: training jobs run at once (others queue)
     keep_versions: int = 20                    # LABELER_KEEP_VERSIONS: newest versions kept per project (+ serving)
     image_cache_mb: float = 2048.0             # LABELER_IMAGE_CACHE_MB: task image bytes kept to avoid re-downloads
+    gpu_tier_gb: float = 8.0                   # LABELER_GPU_TIER_GB: hidden states kept on the GPU (CUDA only)
     image_ttl_s: float = 600.0                 # LABELER_IMAGE_TTL_S: reuse of non-upload image URLs (uploads: always)
 
     _ENV = {
@@ -75,7 +76,7 @@ class Settings:
         "download_timeout_s": "LABELER_DOWNLOAD_TIMEOUT_S", "max_request_mb": "LABELER_MAX_REQUEST_MB",
         "max_concurrent_predicts": "LABELER_MAX_CONCURRENT_PREDICTS", "train_workers": "LABELER_TRAIN_WORKERS",
         "keep_versions": "LABELER_KEEP_VERSIONS", "image_cache_mb": "LABELER_IMAGE_CACHE_MB",
-        "image_ttl_s": "LABELER_IMAGE_TTL_S",
+        "image_ttl_s": "LABELER_IMAGE_TTL_S", "gpu_tier_gb": "LABELER_GPU_TIER_GB",
     }
 
     @classmethod

@@ -23,6 +23,7 @@ from .config import Settings
 from .connection import Connection
 from .fetching import Fetcher
 from .images import ImageError, decode
+from .devicetier import DeviceTier
 from .imagestore import ImageStore
 from .labelconfig import LabelConfig
 from .registry import Registry
@@ -83,6 +84,9 @@ class Predictor:
                 batch_size=self.settings.batch_size, local_files_only=self.settings.local_files_only)
             self.cache = EmbeddingCache(self.settings.model_dir / "cache", self._scorer.key,
                                         int(self.settings.cache_max_gb * 2**30))
+            if self._scorer.device.type == "cuda" and self.settings.gpu_tier_gb > 0:
+                # hidden states of recently used images stay on the GPU: new prompts re-score without disk reads
+                self.cache.attach_tier(DeviceTier(self._scorer.device, int(self.settings.gpu_tier_gb * 2**30)))
         except Exception as exc:  # noqa: BLE001 - reported on /health, never fatal
             self._scorer_error = f"cannot load zero-shot model {self.settings.zeroshot_model!r}: {exc}"
             log.error(self._scorer_error)
