@@ -25,6 +25,7 @@ from .studio import (
     delete_stale_predictions,
     import_predictions,
     iter_tasks,
+    prediction_versions,
     project_config,
     set_model_version,
     uncertainty_view,
@@ -86,10 +87,10 @@ def _preannotate(ls: LabelStudio, project: int, predictor: Predictor, conn: Conn
     report = Report(version)
     todo = []
     recorder = Recorder(predictor.settings.model_dir, project, len(config.classes))  # the queue's inputs
-    for task in iter_tasks(ls, project):
+    for task in iter_tasks(ls, project, narrow=True):
         recorder.saw(task)
         report.total += 1
-        have = {p.get("model_version") for p in task.get("predictions") or [] if isinstance(p, dict)}
+        have = prediction_versions(task)
         if only_missing and version in have:
             report.skipped_existing += 1
         else:

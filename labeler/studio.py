@@ -36,6 +36,24 @@ def project_config(ls: LabelStudio, project: int) -> LabelConfig:
 NARROW_FIELDS = "id,data,predictions_model_versions,total_annotations"
 
 
+def prediction_versions(task: dict) -> set[str]:
+    """The model versions of a task's predictions, from a narrow listing or a full one.
+
+    Label Studio sends ``predictions_model_versions`` as one string (``"v1,v2"`` on SQLite,
+    ``"v1, v2"`` on PostgreSQL), cut at 500 characters: a cut string drops its last, partial
+    name, so a version is never matched by a prefix of itself.
+    """
+    if "predictions" in task:
+        return {p.get("model_version") for p in task.get("predictions") or [] if isinstance(p, dict)}
+    raw = task.get("predictions_model_versions") or ""
+    if isinstance(raw, list):
+        return {str(v) for v in raw}
+    names = [v.strip() for v in str(raw).split(",")]
+    if len(raw) >= 500:
+        names = names[:-1]
+    return {v for v in names if v}
+
+
 def iter_tasks(ls: LabelStudio, project: int, page_size: int = 500,
                only_annotated: bool = False, narrow: bool = False) -> Iterator[dict]:
     """Every task of ``project`` as a plain dict (annotations and predictions included), paged.
@@ -44,8 +62,9 @@ def iter_tasks(ls: LabelStudio, project: int, page_size: int = 500,
     """
     page = 1
     while True:
-        params = {"project": project, "page": page, "page_size": page_size}
-        params.update({"include": NARROW_FIELDS} if narrow else {"fields": "all"})
+        params = {"project": project, "page": page, "page_size": page_size, "fields": "all"}
+        if narrow:  # with fields=all: without it Label Studio leaves predictions_model_versions empty
+            params["include"] = NARROW_FIELDS
         resp = ls._client_wrapper.httpx_client.request("api/tasks/", method="GET", params=params)
         if resp.status_code == 404:  # past the last page
             return

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from label_studio_sdk import LabelStudio
 
@@ -11,17 +24,26 @@ from labeler.demo import template, upload_images
 from labeler.predictor import Predictor
 from labeler.preannotate import preannotate
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'labeler[ray]')")
+from labeler.studio import prediction_versions
 
-pytestmark = pytest.mark.integration
+
+def test_prediction_versions_reads_every_listing_shape():
+    assert prediction_versions({"predictions": [{"model_version": "v2-head"}, "junk"]}) == {"v2-head"}
+    assert prediction_versions({"predictions_model_versions": "zeroshot-1a,v3-head"}) == {"zeroshot-1a", "v3-head"}
+    assert prediction_versions({"predictions_model_versions": "v1-head, v2-head"}) == {"v1-head", "v2-head"}
+    assert prediction_versions({"predictions_model_versions": ""}) == set()
+    cut = ",".join(f"v{i}-head" for i in range(80))[:500]  # Label Studio cuts the string at 500 characters
+    got = prediction_versions({"predictions_model_versions": cut})
+    assert cut.endswith(",v56-he") and "v55-head" in got and not any(v.startswith("v56") for v in got)
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
     """Two CPUs and one declared GPU: GPU actors are placed (and run on the CPU) on a machine without one."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'labeler[ray]')")
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
-    yield
+    yield ray
     ray.shutdown()
 
 
@@ -38,18 +60,20 @@ def _project(url, token, files, title):
     return ls, proj.id
 
 
-def _predictions(ls, project) -> dict[str, list[tuple]]:
-    """Per image file name: every prediction (version, choice, score) Label Studio holds."""
+def _predictions(ls, project, key: str = "name") -> dict[str, list[tuple]]:
+    """Per image file name (or whole URL): every prediction (version, choice, score) Label Studio holds."""
     tasks = ls._client_wrapper.httpx_client.request(
         "api/tasks/", method="GET", params={"project": project, "fields": "all", "page_size": 100}).json()["tasks"]
     out = {}
     for t in tasks:
-        name = t["data"]["image"].rsplit("-", 1)[-1]  # uploads are named <random>-<file name>
+        name = t["data"]["image"]
+        name = name.rsplit("-", 1)[-1] if key == "name" else name  # uploads are named <random>-<file name>
         out[name] = sorted((p["model_version"], tuple(r["value"]["choices"][0] for r in p["result"]),
                             p.get("score")) for p in t["predictions"])
     return out
 
 
+@pytest.mark.integration
 def test_ray_predictions_equal_in_process_ones(ray_cluster, label_studio, tmp_path, tiny_model, image_dir):
     from labeler.distributed.bulk import preannotate_ray
 
@@ -71,3 +95,139 @@ def test_ray_predictions_equal_in_process_ones(ray_cluster, label_studio, tmp_pa
     a, b = _predictions(ls_a, local_project), _predictions(ls_b, ray_project)
     assert a == b, "same tasks, same predictions, task for task"
     assert sum(len(p) for p in b.values()) == len(files)
+
+
+class _SlowImages(http.server.SimpleHTTPRequestHandler):
+    """Serves the test images, each after a delay, so a run is still going when it is killed."""
+
+    delay_s = 0.6
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        time.sleep(self.delay_s)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def slow_image_server(image_dir):
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_SlowImages, directory=str(image_dir)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+_DRIVER = """
+import sys
+from pathlib import Path
+from labeler.config import Settings
+from labeler.connection import Connection
+from labeler.distributed.bulk import preannotate_ray
+from labeler.studio import connect
+url, token, project, model_dir, tiny = sys.argv[1:6]
+s = Settings(model_dir=Path(model_dir), zeroshot_model=tiny, local_files_only=True, allowed_hosts="127.0.0.1")
+preannotate_ray(connect(url, token), int(project), s, Connection(url, token), batch_size=2, import_batch=2,
+                progress=False)
+"""
+
+
+@pytest.mark.integration
+def test_killed_ray_run_resumes_without_duplicates(ray_cluster, label_studio, tmp_path, tiny_model, image_dir,
+                                                   slow_image_server):
+    from labeler.distributed.bulk import preannotate_ray
+
+    url, token = label_studio
+    ls = LabelStudio(base_url=url, api_key=token)
+    project = ls.projects.create(title="killed", label_config=template("binary")).id
+    # 36 tasks: the 12 images three times over (distinct URLs), slow enough to be killed mid-way.
+    files = [f"{slow_image_server}/{f.name}?copy={k}" for k in range(3) for f in sorted(image_dir.iterdir())]
+    ls.projects.import_tasks(id=project, request=[{"image": f} for f in files])
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, url, token, str(project), str(tmp_path / "md"),
+                               str(tiny_model)], env=env, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    count = lambda: sum(len(p) for p in _predictions(ls, project, key="image").values())  # noqa: E731
+    deadline = time.monotonic() + 300
+    while count() == 0:
+        assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no prediction arrived"
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-run; Ray ends its actors
+    driver.wait()
+    time.sleep(2)  # a request already on the wire lands (or not) before the listing
+    done = count()
+    assert 0 < done < len(files), f"the run was not killed mid-way ({done} of {len(files)} predicted)"
+
+    settings = Settings(model_dir=tmp_path / "md", zeroshot_model=str(tiny_model), local_files_only=True,
+                        allowed_hosts="127.0.0.1")
+    rep = preannotate_ray(ls, project, settings, Connection(url, token), batch_size=4, progress=False)
+    assert (rep.skipped_existing, rep.predicted, rep.failed) == (done, len(files) - done, [])
+    per_task = _predictions(ls, project, key="image")
+    assert all(len(p) == 1 for p in per_task.values()), per_task
+    assert len(per_task) == len(files)
+
+
+@pytest.fixture(scope="module")
+def ray_jobs_cluster(tmp_path_factory):
+    """A one-node Ray cluster with its job server (``ray start --head --block``), ended by its process group."""
+    pytest.importorskip("ray.job_submission", reason="Ray is not installed (pip install 'labeler[ray]')")
+    pytest.importorskip("aiohttp", reason="Ray's job server needs ray[default] (pip install 'labeler[ray]')")
+    from labeler.localserver import free_port, wait_http
+
+    exe = os.path.join(os.path.dirname(sys.executable), "ray")
+    port, dash = free_port(), free_port()
+    # Ray's token authentication (on by default since 2.60), with a token of the test's own for cluster and client.
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    saved = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)
+    log = (tmp_path_factory.mktemp("ray-head") / "ray.log").open("wb")
+    proc = subprocess.Popen([exe, "start", "--head", "--block", "--num-cpus=1", "--num-gpus=0", f"--port={port}",
+                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{dash}/api/gcs_healthz", 120, proc)  # answers without Ray's auth token
+        yield f"http://127.0.0.1:{dash}"
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _sleeper(project: str, kind: str) -> str:
+    # The job's command is replaced by a sleep: what is under test is who may submit, not training.
+    return f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(60)'"
+
+
+@pytest.mark.integration
+def test_second_training_submission_for_a_project_is_refused(ray_jobs_cluster):
+    from labeler.distributed.rayjobs import RayJobs
+
+    replica_a = RayJobs(ray_jobs_cluster, env={}, entrypoint=_sleeper)
+    replica_b = RayJobs(ray_jobs_cluster, env={}, entrypoint=_sleeper)
+    first = replica_a.submit("7", trigger="START_TRAINING")
+    assert (first["refused"], first["job_id"]) == (False, "labeler-p7-1")
+    again = replica_b.submit("7", trigger="START_TRAINING")  # another replica, same project
+    assert (again["refused"], again["job_id"]) == (True, "labeler-p7-1")
+    assert replica_b.submit("8", trigger="START_TRAINING")["refused"] is False  # other projects are not held up
+
+    replica_a.client.stop_job("labeler-p7-1")
+    assert replica_a.wait("7", timeout=60)["status"] == "failed"
+    retry = replica_b.submit("7", trigger="after a failure")
+    assert (retry["refused"], retry["job_id"]) == (False, "labeler-p7-2"), "a failed job does not block the next"
+
+    # Two replicas racing for the same project: the job id decides, exactly one job starts.
+    replica_a.client.stop_job("labeler-p7-2")
+    replica_a.wait("7", timeout=60)
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda r: r.submit("7", trigger="race"), (replica_a, replica_b)))
+    assert sorted(o["refused"] for o in outcomes) == [False, True]
+    assert {o["job_id"] for o in outcomes} == {"labeler-p7-3"}
+    for sid in ("labeler-p7-3", "labeler-p8-1"):
+        replica_a.client.stop_job(sid)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -42,6 +43,7 @@ from ..studio import (
     delete_stale_predictions,
     import_predictions,
     iter_tasks,
+    prediction_versions,
     project_config,
     set_model_version,
     uncertainty_view,
@@ -183,7 +185,7 @@ def _run(ray, ls, project, pkey, settings, conn, only_missing, batch_size, impor
     gpu_each = 1 if gpus else 0
     scorers = scorers or max(gpus, 1)
     # Workers resolve the model folder and MODEL_DIR as given; relative paths would differ per worker.
-    settings = replace(settings, model_dir=settings.model_dir.resolve())
+    settings = replace(settings, model_dir=Path(settings.model_dir).resolve())
     version, err = ray.get(ray.remote(num_gpus=gpu_each, num_cpus=SCORER_CPUS)(_serving_version)
                            .remote(settings, pkey, xml))
     if err:
@@ -194,7 +196,7 @@ def _run(ray, ls, project, pkey, settings, conn, only_missing, batch_size, impor
     for task in iter_tasks(ls, project, narrow=True):
         recorder.saw(task)
         report.total += 1
-        if only_missing and version in (task.get("predictions_model_versions") or []):
+        if only_missing and version in prediction_versions(task):
             report.skipped_existing += 1
         else:
             todo.append(task)
