@@ -102,94 +102,182 @@ def self_training_pool(predictor: Predictor, data: LabelledSet, config: LabelCon
     return [it.sample for it in items if it.sample is not None]
 
 
-def train_project(predictor: Predictor, project: str, conn: Connection, trigger: str = "manual",
-                  report: Callable[[str], None] = lambda s: None) -> Outcome:
-    """Train, evaluate and register a new version for ``project``; promote it if not worse.
+@dataclass
+class Split:
+    """Which labels train the new version and which evaluate it (indices into the labelled set)."""
 
-    Raises :class:`TrainingError` (or a Label Studio error) without touching
-    the serving model.
-    """
-    s = predictor.settings
-    ls = connect(conn.hostname, conn.token)
-    config = project_config(ls, int(project))
-    report("fetching annotations and images")
-    data = load_labelled(predictor, ls, int(project), config, conn)
-    keep, bad, y, skipped_tasks = data.keep, data.bad, data.y, data.skipped_tasks
-    classes = list(config.classes)
+    train: np.ndarray
+    evaluate: np.ndarray
+    method: str   # "holdout" or "<k>-fold cross-validation"
+    folds: int = 0
+
+
+def check_counts(y: np.ndarray, classes: list[str], min_per_class: int, n_bad: int) -> dict[str, int]:
+    """Labels per class; TrainingError when a class has fewer than ``min_per_class``."""
     counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
-    short = {c: n for c, n in counts.items() if n < s.min_per_class}
+    short = {c: n for c, n in counts.items() if n < min_per_class}
     if short:
-        raise TrainingError(f"too few labels to train: {short} (need at least {s.min_per_class} per class; "
-                            f"{len(keep)} usable labels, {len(bad)} unreadable images)")
-    hold = np.array([is_holdout(lab.task_id) for lab, _ in keep])
-    use_holdout = hold.sum() >= HOLDOUT_MIN and len(set(y[~hold])) == len(classes)
-    samples = [it.sample for _, it in keep]
+        raise TrainingError(f"too few labels to train: {short} (need at least {min_per_class} per class; "
+                            f"{len(y)} usable labels, {n_bad} unreadable images)")
+    return counts
+
+
+def choose_split(task_ids: Sequence[int], y: np.ndarray, n_classes: int) -> Split:
+    """The stable hash hold-out when it has ``HOLDOUT_MIN`` items and leaves every class to train on,
+    else k-fold cross-validation over all labels (k = 5, or the rarest class's count)."""
+    hold = np.array([is_holdout(t) for t in task_ids], dtype=bool)
+    if hold.sum() >= HOLDOUT_MIN and len(set(y[~hold])) == n_classes:
+        return Split(np.flatnonzero(~hold), np.flatnonzero(hold), "holdout")
+    folds = int(min(5, np.bincount(y, minlength=n_classes).min()))
+    every = np.arange(len(y))
+    return Split(every, every, f"{folds}-fold cross-validation", folds)
+
+
+def fit_and_evaluate(make: Callable[[], Classifier], samples: Sequence[Sample], y: np.ndarray, split: Split,
+                     seed: int, report: Callable[[str], None]) -> tuple[Classifier, np.ndarray, dict]:
+    """(the model to serve, its probabilities on the evaluation items, training info).
+
+    Hold-out: one fit on the training part. Cross-validation: out-of-fold
+    probabilities, then one fit on every label.
+    """
+    take = lambda idx: [samples[i] for i in idx]  # noqa: E731
+    if split.method == "holdout":
+        report(f"training on {len(split.train)} labels, {len(split.evaluate)} held out")
+        clf = make()
+        info = clf.fit(take(split.train), y[split.train])
+        return clf, clf.predict_proba(take(split.evaluate)), info
+    report(f"{split.method} on {len(y)} labels")
+    proba = cross_val_proba(make, samples, y, split.folds, seed)
+    report(f"training on all {len(y)} labels")
+    clf = make()
+    return clf, proba, clf.fit(list(samples), y)
+
+
+def unseen_by(serving_meta: dict | None, task_ids: Sequence[int], split: Split) -> np.ndarray:
+    """Evaluation items (indices) the serving version never trained on.
+
+    The hold-out is never trained on by any version. Under cross-validation,
+    versions record the tasks they trained on; items labelled since then are
+    unseen by the serving version. An older version without that record is
+    evaluated on every item (which favours it: promotion stays conservative).
+    """
+    if split.method == "holdout" or not serving_meta or not serving_meta.get("trained_tasks"):
+        return split.evaluate
+    seen = set(serving_meta["trained_tasks"])
+    fresh = np.array([i for i in split.evaluate if task_ids[i] not in seen], dtype=int)
+    return fresh if len(fresh) else split.evaluate
+
+
+def decide_promotion(new_acc: float, baseline: dict) -> tuple[bool, str]:
+    """Promote when the new version is not worse than ``baseline`` on the same items.
+
+    ``baseline``: ``{"name", "accuracy", "new_accuracy"?, "n"}`` where ``new_accuracy``
+    (if given) is the new version's accuracy on exactly the baseline's items.
+    """
+    ours = baseline.get("new_accuracy", new_acc)
+    promoted = ours >= baseline["accuracy"]
+    sign = ">=" if promoted else "<"
+    return promoted, (f"accuracy on {baseline['n']} labels unseen by both {ours:.4f} {sign} "
+                      f"{baseline['accuracy']:.4f} of {baseline['name']} on the same items")
+
+
+def baseline_for(predictor: Predictor, project: str, samples: Sequence[Sample], y: np.ndarray,
+                 task_ids: Sequence[int], split: Split, eval_proba: np.ndarray, classes: list[str],
+                 meta: dict) -> dict:
+    """What the new version must not be worse than: the serving version if one serves, else the
+    zero-shot model, else a constant guess of the most frequent training class; all on the same items."""
+    serving, current = predictor.classifier(project)
+    usable = current is not None and list(current.classes) == classes and (
+        not current.needs_features or predictor.scorer is not None)
+    if usable:
+        items = unseen_by(predictor.registry.meta(project, serving), task_ids, split)
+        where = {int(i): k for k, i in enumerate(split.evaluate)}
+        ours = eval_proba[[where[int(i)] for i in items]].argmax(1)
+        theirs = current.predict_proba([samples[i] for i in items])
+        meta["serving_metrics"] = {"version": serving, **evaluate(y[items], theirs, classes)}
+        return {"name": serving, "accuracy": meta["serving_metrics"]["accuracy"], "n": len(items),
+                "new_accuracy": float((ours == y[items]).mean())}
+    if "zeroshot_metrics" in meta:
+        return {"name": "the zero-shot model", "accuracy": meta["zeroshot_metrics"]["accuracy"],
+                "n": len(split.evaluate)}
+    guess = int(np.bincount(y[split.train], minlength=len(classes)).argmax())
+    return {"name": f"always guessing {classes[guess]!r}", "accuracy": float((y[split.evaluate] == guess).mean()),
+            "n": len(split.evaluate)}
+
+
+def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Sample], y: np.ndarray,
+                      split: Split, classes: list[str], meta: dict) -> None:
+    """Calibrate the zero-shot model on every label (it is not trained: no leak) and record its
+    metrics on the evaluation items with the temperature in force before this run."""
+    if predictor.scorer is None:
+        return
+    meta["zeroshot_temperature"] = fit_temperature(np.stack([x.zeroshot for x in samples]), y)
+    zs = softmax(np.stack([samples[i].zeroshot for i in split.evaluate]), predictor.registry.temperature(project))
+    meta["zeroshot_metrics"] = evaluate(y[split.evaluate], zs, classes)
+
+
+def make_model(predictor: Predictor, data: LabelledSet, config: LabelConfig, conn: Connection,
+               report: Callable[[str], None]) -> tuple[str, Callable[[], Classifier], int]:
+    """(classifier kind, a factory of fresh models, self-training pool size)."""
+    s = predictor.settings
     kind = choose_kind(s.classifier, predictor.scorer is not None)
+    classes = list(config.classes)
     base = lambda: KINDS[kind](classes, seed=s.seed)  # noqa: E731
     pool: list[Sample] = []
     if s.self_train_pool > 0 and data.unlabelled:
         report(f"fetching up to {s.self_train_pool} of {len(data.unlabelled)} unlabelled images for self-training")
         pool = self_training_pool(predictor, data, config, conn, s.self_train_pool)
-    make = (lambda: SelfTrained(base, pool, s.self_train)) if pool else base  # noqa: E731
-    meta: dict = {"kind": kind, "classes": classes, "prompts": {c: list(config.prompts[c]) for c in classes},
-                  "class_counts": counts, "trigger": trigger,
-                  "skipped_tasks": skipped_tasks,
-                  "self_training": {"pool": len(pool), "threshold": s.self_train} if pool else None,
-                  "unreadable_images": [{"task": t, "error": e} for t, e in bad][:100]}
-    take = lambda idx: [samples[i] for i in idx]  # noqa: E731
+    if not pool:
+        return kind, base, 0
+    return kind, (lambda: SelfTrained(base, pool, s.self_train)), len(pool)
 
-    if use_holdout:
-        train_idx, eval_idx = np.flatnonzero(~hold), np.flatnonzero(hold)
-        report(f"training {kind} on {len(train_idx)} labels, {len(eval_idx)} held out")
-        clf = make()
-        meta["train_info"] = clf.fit(take(train_idx), y[train_idx])
-        eval_proba = clf.predict_proba(take(eval_idx))
-        meta["evaluation"] = "holdout"
-    else:
-        folds = min(5, min(counts.values()))
-        report(f"{folds}-fold cross-validation of {kind} on {len(y)} labels")
-        eval_idx = train_idx = np.arange(len(y))
-        eval_proba = cross_val_proba(make, samples, y, folds, s.seed)
-        report(f"training {kind} on all {len(y)} labels")
-        clf = make()
-        meta["train_info"] = clf.fit(samples, y)
-        meta["evaluation"] = f"{folds}-fold cross-validation"
-    meta.update(n_train=int(len(train_idx)), n_eval=int(len(eval_idx)))
-    meta["metrics"] = evaluate(y[eval_idx], eval_proba, classes)
-    ev = take(eval_idx)
-    if predictor.scorer is not None:
-        # Calibrate the zero-shot model on every label (it is not trained, so no leak);
-        # its metrics below use the temperature in force before this run.
-        zs_all = np.stack([x.zeroshot for x in samples])
-        meta["zeroshot_temperature"] = fit_temperature(zs_all, y)
-        zs = softmax(np.stack([x.zeroshot for x in ev]), predictor.registry.temperature(project))
-        meta["zeroshot_metrics"] = evaluate(y[eval_idx], zs, classes)
-    serving, current = predictor.classifier(project)
-    # A trained serving model is compared only on the stable hold-out, which it never trained on.
-    if use_holdout and current is not None and list(current.classes) == classes and (
-            not current.needs_features or predictor.scorer is not None):
-        meta["serving_metrics"] = {"version": serving,
-                                   **evaluate(y[eval_idx], current.predict_proba(ev), classes)}
-    baseline = meta.get("serving_metrics") or meta.get("zeroshot_metrics")
-    new_acc = meta["metrics"]["accuracy"]
-    if baseline is None:
-        promoted, why = True, "nothing to compare against"
-    else:
-        against = baseline.get("version", "the zero-shot model")
-        sign = ">=" if new_acc >= baseline["accuracy"] else "<"
-        promoted = new_acc >= baseline["accuracy"]
-        why = (f"accuracy on {len(eval_idx)} unseen labels {new_acc:.4f} {sign} "
-               f"{baseline['accuracy']:.4f} of {against} on the same items")
-    meta.update(promoted=promoted, promotion_reason=why)
 
+def register(predictor: Predictor, project: str, clf: Classifier, meta: dict, n_labels: int) -> str:
+    """Write the version (and the fitted zero-shot temperature); promote it if ``meta`` says so."""
     def write(folder):
         clf.save(folder)
         return meta
 
     version = predictor.registry.add(project, write)
     if "zeroshot_temperature" in meta:
-        predictor.registry.set_temperature(project, meta["zeroshot_temperature"], len(y))
-    if promoted:
+        predictor.registry.set_temperature(project, meta["zeroshot_temperature"], n_labels)
+    if meta["promoted"]:
         predictor.registry.promote(project, version)
+    return version
+
+
+def train_project(predictor: Predictor, project: str, conn: Connection, trigger: str = "manual",
+                  report: Callable[[str], None] = lambda s: None) -> Outcome:
+    """Train, evaluate and register a new version for ``project``; promote it if not worse.
+
+    Steps: load the labelled set, check counts, split, fit and evaluate, measure
+    the baselines, decide promotion, register. Raises :class:`TrainingError`
+    (or a Label Studio error) without touching the serving model.
+    """
+    ls = connect(conn.hostname, conn.token)
+    config = project_config(ls, int(project))
+    classes = list(config.classes)
+    report("fetching annotations and images")
+    data = load_labelled(predictor, ls, int(project), config, conn)
+    counts = check_counts(data.y, classes, predictor.settings.min_per_class, len(data.bad))
+    samples, y = [it.sample for _, it in data.keep], data.y
+    task_ids = [lab.task_id for lab, _ in data.keep]
+    split = choose_split(task_ids, y, len(classes))
+    kind, make, pool = make_model(predictor, data, config, conn, report)
+    clf, eval_proba, info = fit_and_evaluate(make, samples, y, split, predictor.settings.seed,
+                                             lambda step: report(f"{kind}: {step}"))
+    meta: dict = {"kind": kind, "classes": classes, "prompts": {c: list(config.prompts[c]) for c in classes},
+                  "class_counts": counts, "trigger": trigger, "skipped_tasks": data.skipped_tasks,
+                  "self_training": {"pool": pool, "threshold": predictor.settings.self_train} if pool else None,
+                  "unreadable_images": [{"task": t, "error": e} for t, e in data.bad][:100],
+                  "train_info": info, "evaluation": split.method, "n_train": int(len(split.train)),
+                  "n_eval": int(len(split.evaluate)), "metrics": evaluate(y[split.evaluate], eval_proba, classes),
+                  # under cross-validation, what this version trained on (the next run compares on the rest)
+                  "trained_tasks": sorted(int(task_ids[i]) for i in split.train) if split.folds else None}
+    zeroshot_baseline(predictor, project, samples, y, split, classes, meta)
+    baseline = baseline_for(predictor, project, samples, y, task_ids, split, eval_proba, classes, meta)
+    promoted, why = decide_promotion(meta["metrics"]["accuracy"], baseline)
+    meta.update(promoted=promoted, promotion_reason=why)
+    version = register(predictor, project, clf, meta, len(y))
     log.info("project %s: trained %s (%s): %s", project, version, trigger, why)
     return Outcome(version, promoted, predictor.registry.meta(project, version))

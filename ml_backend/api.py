@@ -167,6 +167,7 @@ def metrics_report(details: bool) -> dict:
     for p in reg.projects():
         job = st.jobs.state(p)
         versions = reg.list(p)
+        versions = [{k: v for k, v in m.items() if k != "trained_tasks"} for m in versions]
         if not details:
             job = {k: job.get(k) for k in ("status", "step", "version", "promoted", "trigger", "finished")}
             versions = [{k: v for k, v in m.items() if k not in {"unreadable_images", "prompts"}} for m in versions]

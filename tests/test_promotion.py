@@ -1,0 +1,43 @@
+"""The promotion rule and the split, without Label Studio."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from labeler.config import Settings
+from labeler.predictor import Predictor
+from labeler.training import HOLDOUT_MIN, Split, baseline_for, choose_split, decide_promotion, unseen_by
+
+
+def test_not_worse_is_promoted_and_the_reason_names_the_baseline():
+    assert decide_promotion(0.8, {"name": "v1-head", "accuracy": 0.8, "n": 10})[0]
+    ok, why = decide_promotion(0.9, {"name": "v1-head", "accuracy": 0.85, "n": 7, "new_accuracy": 0.7})
+    assert not ok and "0.7000 < 0.8500 of v1-head" in why and "7 labels" in why
+
+
+def test_split_is_holdout_with_enough_items_else_cross_validation():
+    y = np.array([0, 1] * 20)
+    small = choose_split(list(range(40)), y, 2)
+    assert small.method == "5-fold cross-validation" and len(small.evaluate) == 40
+    y = np.array([0, 1] * 300)
+    big = choose_split(list(range(600)), y, 2)
+    assert big.method == "holdout" and len(big.evaluate) >= HOLDOUT_MIN
+    assert not set(big.train) & set(big.evaluate)
+
+
+def test_serving_version_is_compared_on_items_it_never_trained_on():
+    split = Split(np.arange(6), np.arange(6), "3-fold cross-validation", 3)
+    tasks = [10, 11, 12, 13, 14, 15]
+    assert list(unseen_by({"trained_tasks": [10, 11, 12]}, tasks, split)) == [3, 4, 5]
+    assert list(unseen_by({"trained_tasks": tasks}, tasks, split)) == list(range(6))  # nothing new: all
+    assert list(unseen_by({}, tasks, split)) == list(range(6))                         # an old version: all
+    holdout = Split(np.arange(4), np.array([4, 5]), "holdout")
+    assert list(unseen_by({"trained_tasks": tasks}, tasks, holdout)) == [4, 5]
+
+
+def test_without_any_model_the_baseline_is_a_constant_guess(tmp_path):
+    predictor = Predictor(Settings(model_dir=tmp_path, zeroshot_model=None))
+    y = np.array([0, 0, 0, 1, 0, 1])
+    split = Split(np.arange(6), np.arange(6), "3-fold cross-validation", 3)
+    base = baseline_for(predictor, "1", [None] * 6, y, list(range(6)), split, np.zeros((6, 2)), ["a", "b"], {})
+    assert base["name"] == "always guessing 'a'" and base["accuracy"] == 4 / 6
