@@ -279,44 +279,24 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
 def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
              cnn_steps, self_train, metric, targets, out, save_model) -> None:
     """Replay the annotation loop offline and write learning curves (CSV + PNG)."""
-    import json as _json
-
     import numpy as np
 
     from .classifiers import Sample
     from .datasets import read_labels
-    from .metrics import default_metric
-    from .simulate import STRATEGIES, classifier_factory, imagenet_features, labels_to_reach, run, write_outputs
+    from .simulate import STRATEGIES, classifier_factory, imagenet_features, run, write_outputs
 
-    self_train = self_train or None
-    data = read_labels(labels_csv, images)
+    self_train, data = self_train or None, read_labels(labels_csv, images)
     classes = data.classes
     if len(classes) < 2:
         _fail(f"{labels_csv} has one class ({classes}); a classifier needs two or more")
-    metric = default_metric(len(classes)) if metric == "auto" else metric
-    if metric == "eer" and len(classes) > 2:
-        metric = "eer_macro"  # the mean one-vs-rest EER
-    try:
-        goals = [float(x) for x in (targets or ("0.05,0.04,0.03" if metric.startswith("eer")
-                                                else "0.8,0.9,0.95")).split(",")]
-    except ValueError:
-        _fail(f"--targets must be comma-separated numbers, got {targets!r}")
+    metric, goals = _simulation_metric(metric, targets, len(classes))
     y = data.targets(classes)
     if holdout >= len(y) - budget:
         _fail(f"--holdout {holdout} + --budget {budget} exceed the {len(y)} images")
     strategies = list(STRATEGIES) if "all" in strategies else list(strategies)
     samples = [Sample(im) for im in data.images()]
-    zeroshot = None
-    if zeroshot_model:
-        from .zeroshot import ZeroShotScorer, softmax
-
-        scorer = ZeroShotScorer.load(zeroshot_model)
-        emb = scorer.embed([s.image for s in samples])
-        evidence = scorer.class_scores(emb.hidden, {c: [f"a photo of a {c}"] for c in classes})
-        for s, f, z in zip(samples, emb.pooled.float().cpu().numpy(), evidence):
-            s.features, s.zeroshot = f, z
-        zeroshot = softmax(evidence)
-    elif classifier == "head":
+    zeroshot = _zeroshot_evidence(samples, zeroshot_model, classes) if zeroshot_model else None
+    if zeroshot is None and classifier == "head":
         _fail("--classifier head needs --zeroshot-model")
     features = imagenet_features(samples)
     cnn_options = {"max_steps": cnn_steps, "min_steps": min(cnn_steps, 150)} if cnn_steps else {}
@@ -336,17 +316,60 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
                        f"{metric} {_num(last.get(metric))}, accuracy {_num(last.get('accuracy'))}, "
                        f"{time.perf_counter() - t:.0f} s")
             if save_model and not saved and res.model is not None:
-                meta = res.model.save(save_model)
-                (Path(save_model) / "meta.json").write_text(_json.dumps(
-                    {**meta, "strategy": strategy, "seed": seed, "n_train": len(annotator.queried),
-                     "metrics": last}, indent=2))
-                saved = True
+                saved = _save_simulated_model(res.model, Path(save_model), strategy=strategy, seed=seed,
+                                              n_train=len(annotator.queried), metrics=last)
     if not rows:
         _fail("no round could train (too few labels of some class)")
     title = f"{labels_csv.parent.name}: {seeds} seed(s), hold-out {holdout}"
     if self_train is not None:
         title += f", self-training at p >= {self_train}"
     csv_path, png_path = write_outputs(rows, out, title, metric)
+    _print_curves(rows, strategies, goals, budget, metric, seeds)
+    click.echo(f"\nwrote {csv_path} and {png_path} in {time.perf_counter() - t0:.0f} s")
+
+
+def _save_simulated_model(model, folder: Path, **meta) -> bool:
+    import json
+
+    (folder / "meta.json").parent.mkdir(parents=True, exist_ok=True)
+    saved = model.save(folder)
+    (folder / "meta.json").write_text(json.dumps({**saved, **meta}, indent=2))
+    return True
+
+
+def _simulation_metric(metric: str, targets: str | None, n_classes: int) -> tuple[str, list[float]]:
+    """The metric simulate tracks (EER for two classes, macro-F1 for more) and its targets."""
+    from .metrics import default_metric
+
+    metric = default_metric(n_classes) if metric == "auto" else metric
+    if metric == "eer" and n_classes > 2:
+        metric = "eer_macro"  # the mean one-vs-rest EER
+    try:
+        goals = [float(x) for x in (targets or ("0.05,0.04,0.03" if metric.startswith("eer")
+                                                else "0.8,0.9,0.95")).split(",")]
+    except ValueError:
+        _fail(f"--targets must be comma-separated numbers, got {targets!r}")
+    return metric, goals
+
+
+def _zeroshot_evidence(samples, zeroshot_model: str, classes: list[str]):
+    """Attach BLIP-2 features and class evidence to ``samples``; returns zero-shot probabilities."""
+    from .zeroshot import ZeroShotScorer, softmax
+
+    scorer = ZeroShotScorer.load(zeroshot_model)
+    emb = scorer.embed([s.image for s in samples])
+    evidence = scorer.class_scores(emb.hidden, {c: [f"a photo of a {c}"] for c in classes})
+    for s, f, z in zip(samples, emb.pooled.float().cpu().numpy(), evidence):
+        s.features, s.zeroshot = f, z
+    return softmax(evidence)
+
+
+def _print_curves(rows: list[dict], strategies: list[str], goals: list[float], budget: int, metric: str,
+                  seeds: int) -> None:
+    import numpy as np
+
+    from .simulate import labels_to_reach
+
     click.echo(f"\nlabels needed to reach a mean {metric} (over {seeds} seed(s)) of:")
     click.echo(f"{'strategy':>16} " + " ".join(f"{g:>8}" for g in goals))
     for strategy in strategies:
@@ -359,7 +382,6 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
         for r in (r for r in rows if r["strategy"] == strategy):
             by_n.setdefault(r["labels"], []).append(r[metric])
         click.echo(f"{strategy:>16} " + "  ".join(f"{n}:{np.mean(v):.4f}+-{np.std(v):.4f}" for n, v in sorted(by_n.items())))
-    click.echo(f"\nwrote {csv_path} and {png_path} in {time.perf_counter() - t0:.0f} s")
 
 
 @main.command("evaluate")

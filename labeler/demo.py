@@ -110,32 +110,73 @@ def _project(ls, title: str, label_config: str, files: list[Path], ls_url: str, 
     return project.id, True
 
 
-def run_demo(images: Path | None, zeroshot_model: str, data_dir: Path, port: int | None,
-             template_name: str = "binary", wait: bool = True) -> dict:
-    """Label Studio + backend + a pre-annotated project; re-running on the same ``data_dir`` reuses them."""
-    _stop_on_sigterm()
-    data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    secrets_of = {}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+def _demo_secrets(data_dir: Path) -> tuple[str, str]:
+    """(API token, admin token), made once per demo folder (readable by the owner only)."""
+    out = []
     for name in ("token", "admin-token"):  # the token applies only when the admin is first created
         f = data_dir / name
         if not f.exists():
             fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(20))
-        secrets_of[name] = f.read_text().strip()
-    token, admin_token = secrets_of["token"], secrets_of["admin-token"]
-    username, password = "admin@labeler.local", "labeler-demo"
+        out.append(f.read_text().strip())
+    return out[0], out[1]
+
+
+def _demo_images(images: Path | None, data_dir: Path) -> list[Path]:
     if images is None:
         images = synthetic_eyes(data_dir / "sample-images")
-    files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
+    files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise SystemExit(f"no images in {images}")
+    return files
+
+
+def _demo_project(ls_url: str, token: str, backend_url: str, files: list[Path], template_name: str) -> dict:
+    """Create (or reuse) the project, connect the backend, pre-annotate every task; returns what to print."""
+    ls = connect(ls_url, token)
+    pid, created = _project(ls, f"labeler demo ({len(files)} images)", template(template_name), files, ls_url, token)
+    for old in ls.ml.list(project=pid):  # an earlier run's backend listened on another port
+        ls.ml.delete(id=old.id)
+    ls.ml.create(project=pid, url=backend_url, title="labeler")
+    t = time.perf_counter()
+    ls.actions.create(id="retrieve_tasks_predictions", project=pid, selected_items={"all": True, "excluded": []})
+    took = time.perf_counter() - t
+    view = uncertainty_view(ls, pid)
+    update_model_card(ls, pid, *model_card_text("zero-shot", None, {}, f"{backend_url}/dashboard"))
+    return {"project": pid, "view": view, "created": created, "predict_seconds": round(took, 2)}
+
+
+def _print_ready(info: dict, data_dir: Path) -> None:
+    again = "" if info["created"] else " (the project of an earlier run)"
+    print(f"""
+labeler demo is ready: {info['tasks']} tasks pre-annotated in {info['predict_seconds']:.1f} s{again}
+  Label Studio  {info['label_studio']}/projects/{info['project']}/data?tab={info['view']}
+  login         {info['username']} / {info['password']}
+  API token     {info['token']}
+  ML backend    {info['backend']}
+  admin page    {info['backend']}/dashboard   (admin token: {info['admin_token']})
+  CLI           commands run from {data_dir.parent} read {info['env_file']}; elsewhere: source {info['env_file']}
+                e.g. labeler versions; labeler train; labeler export --format csv --out labels
+The "Least confident first" tab lists the least certain images first.""", flush=True)
+
+
+def run_demo(images: Path | None, zeroshot_model: str, data_dir: Path, port: int | None,
+             template_name: str = "binary", wait: bool = True) -> dict:
+    """Label Studio + backend + a pre-annotated project; re-running on the same ``data_dir`` reuses them."""
+    _stop_on_sigterm()
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token, admin_token = _demo_secrets(data_dir)
+    username, password = "admin@labeler.local", "labeler-demo"
+    files = _demo_images(images, data_dir)
     model, offline = resolve_zeroshot(zeroshot_model, data_dir)
 
     print(f"starting Label Studio (data in {data_dir / 'label-studio'}) ...", flush=True)
-    ls_server = localserver.start_label_studio(data_dir / "label-studio", username, password, token,
-                                               port=port)
+    ls_server = localserver.start_label_studio(data_dir / "label-studio", username, password, token, port=port)
     backend_env = {"LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": token,
                    "MODEL_DIR": str(data_dir / "model_dir"), "LABELER_ZEROSHOT_MODEL": model,
                    "LABELER_ADMIN_TOKEN": admin_token, **({"HF_HUB_OFFLINE": "1"} if offline else {})}
@@ -143,34 +184,12 @@ def run_demo(images: Path | None, zeroshot_model: str, data_dir: Path, port: int
     try:
         print(f"starting the ML backend with {model} ...", flush=True)
         backend = localserver.start_backend(backend_env, log_dir=data_dir)
-        ls = connect(ls_server.url, token)
-        pid, created = _project(ls, f"labeler demo ({len(files)} images)", template(template_name), files,
-                                ls_server.url, token)
-        for old in ls.ml.list(project=pid):  # an earlier run's backend listened on another port
-            ls.ml.delete(id=old.id)
-        ls.ml.create(project=pid, url=backend.url, title="labeler")
-        t = time.perf_counter()
-        ls.actions.create(id="retrieve_tasks_predictions", project=pid,
-                          selected_items={"all": True, "excluded": []})
-        took = time.perf_counter() - t
-        view = uncertainty_view(ls, pid)
-        dashboard = f"{backend.url}/dashboard"
-        update_model_card(ls, pid, *model_card_text("zero-shot", None, {}, dashboard))
-        env_file = write_env_file(data_dir / ENV_FILE, {**backend_env, "LABELER_PROJECT": pid,
+        info = _demo_project(ls_server.url, token, backend.url, files, template_name)
+        env_file = write_env_file(data_dir / ENV_FILE, {**backend_env, "LABELER_PROJECT": info["project"],
                                                         "LABELER_BACKEND_URL": backend.url})
-        info = {"label_studio": ls_server.url, "project": pid, "view": view, "username": username,
-                "password": password, "token": token, "admin_token": admin_token, "backend": backend.url,
-                "tasks": len(files), "predict_seconds": round(took, 2), "env_file": str(env_file)}
-        print(f"""
-labeler demo is ready: {len(files)} tasks pre-annotated in {took:.1f} s{'' if created else ' (the project of an earlier run)'}
-  Label Studio  {ls_server.url}/projects/{pid}/data?tab={view}
-  login         {username} / {password}
-  API token     {token}
-  ML backend    {backend.url}
-  admin page    {dashboard}   (admin token: {admin_token})
-  CLI           commands run from {data_dir.parent} read {env_file}; elsewhere: source {env_file}
-                e.g. labeler versions; labeler train; labeler export --format csv --out labels
-The "Least confident first" tab lists the least certain images first.""", flush=True)
+        info.update(label_studio=ls_server.url, username=username, password=password, token=token,
+                    admin_token=admin_token, backend=backend.url, tasks=len(files), env_file=str(env_file))
+        _print_ready(info, data_dir)
     except BaseException:
         if backend is not None:
             backend.stop()

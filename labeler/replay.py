@@ -68,13 +68,7 @@ def replay(ls, project: int, predictor, conn, truth: dict[int, str], budget: int
     rows: list[dict] = []
     exhausted = False
     while len(order) < budget and not exhausted:
-        for _ in range(min(batch, budget - len(order))):
-            task = next_task(ls, project, view)
-            if task is None:
-                exhausted = True
-                break
-            annotate(task["id"], truth[task["id"]])
-            order.append(task["id"])
+        exhausted = _label_batch(ls, project, view, truth, min(batch, budget - len(order)), annotate, order)
         t = time.perf_counter()
         try:
             out = train_project(predictor, str(project), conn, trigger="replay")
@@ -91,9 +85,19 @@ def replay(ls, project: int, predictor, conn, truth: dict[int, str], budget: int
                      "train_seconds": round(train_s, 1)})
         progress(f"{len(order)} labels: {out.version} EER {m.get('eer')} accuracy {m['accuracy']:.4f}"
                  f"{'' if out.promoted else ' (not promoted: the queue keeps the serving model)'}")
-        if len(order) and task is None:
-            break
     return rows, order
+
+
+def _label_batch(ls, project: int, view: int, truth: dict[int, str], k: int,
+                 annotate: Callable[[int, str], None], order: list[int]) -> bool:
+    """Take the queue's first task and label it, ``k`` times; True when the queue ran dry."""
+    for _ in range(k):
+        task = next_task(ls, project, view)
+        if task is None:
+            return True
+        annotate(task["id"], truth[task["id"]])
+        order.append(task["id"])
+    return False
 
 
 def project_from_folder(ls, url: str, token: str, paths: Sequence, labels: Sequence[str], classes: list[str],

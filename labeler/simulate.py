@@ -104,16 +104,20 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
             info = model.fit([samples[i] for i in labelled], got) or {}
         train_s = time.perf_counter() - t
         m = evaluate(y[test], model.predict_proba([samples[i] for i in test]), classes)
-        result.rows.append({"strategy": strategy, "seed": seed, "labels": len(labelled),
-                            "eer": m.get("eer"), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-                            "roc_auc": m.get("roc_auc", m.get("roc_auc_macro")), "eer_macro": m.get("eer_macro"),
-                            "pseudo_labels": info.get("pseudo_labels", 0),
-                            "train_seconds": round(train_s, 2)})
+        result.rows.append(_row(strategy, seed, len(labelled), m, info, train_s))
         result.model = model
         bar.set_postfix(acc=f"{m['accuracy']:.4f}", eer=m.get("eer"), pseudo=info.get("pseudo_labels", 0))
         proba = model.predict_proba([samples[i] for i in pool]) if len(pool) else None
     bar.close()
     return result, annotator
+
+
+def _row(strategy: str, seed: int, labels: int, m: dict, info: dict, train_s: float) -> dict:
+    """One learning-curve point: the held-out metrics after a round."""
+    return {"strategy": strategy, "seed": seed, "labels": labels, "eer": m.get("eer"), "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"], "roc_auc": m.get("roc_auc", m.get("roc_auc_macro")),
+            "eer_macro": m.get("eer_macro"), "pseudo_labels": info.get("pseudo_labels", 0),
+            "train_seconds": round(train_s, 2)}
 
 
 def labels_to_reach(rows: list[dict], target: float, metric: str = "eer") -> float | None:
