@@ -19,8 +19,12 @@ PIP         := $(PY) -m pip --disable-pip-version-check -q
 demo: $(VENV)/.installed-studio
 	$(VENV)/bin/labeler demo $(DEMO_ARGS)
 
+# ruff first, then unit tests (a failure shows in seconds), then the integration tests (real servers).
+# pytest's exit 5 (nothing selected in one lane, e.g. with PYTEST_ARGS=tests/test_units.py) is not a failure.
 test: $(VENV)/.installed-test chromium
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider -m "not integration" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -p no:cacheprovider -m integration $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)

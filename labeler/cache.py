@@ -31,7 +31,6 @@ one class re-runs the Q-Former only for prompts it has not seen.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import os
 import re

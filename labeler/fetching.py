@@ -24,7 +24,6 @@ import binascii
 import fnmatch
 import ipaddress
 import os
-import socket
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence

@@ -58,7 +58,6 @@ def labelled_project(label_studio, tmp_path_factory):
         ls.annotations.create(id=t["id"], result=choice(label))
         if n == 6:  # a cancelled one on top does not count
             ls.annotations.create(id=t["id"], result=[], was_cancelled=True)
-    unlabelled = tasks[-1]["id"] if "missing" not in tasks[-1]["data"]["image"] else tasks[-2]["id"]
     return ls, proj.id, truth, planted, Connection(url, token), len(files)
 
 
