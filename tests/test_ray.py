@@ -10,7 +10,6 @@ import shlex
 import signal
 import subprocess
 import sys
-from pathlib import Path
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
