@@ -46,15 +46,16 @@ def data_url(seed: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def import_rate(root: Path, flag: bool, n: int, batch: int = 500) -> float:
-    """Predictions/s over ``n`` imports in batches of ``batch`` into an ``n``-task project."""
+def import_rate(root: Path, flag: bool, n: int, project_size: int, batch: int) -> float:
+    """Predictions/s over ``n`` imports in batches of ``batch`` into a ``project_size``-task project."""
     os.environ["LABELER_LS_FAST_IMPORT"] = "1" if flag else "0"
     server = start_label_studio(root / f"ls-{int(flag)}", "bench@example.com", "bench-pass-123", TOKEN)
     try:
         ls = LabelStudio(base_url=server.url, api_key=TOKEN, timeout=600)
         pid = ls.projects.create(title="imports", label_config=template("binary")).id
-        for start in range(0, n, 1000):
-            ls.projects.import_tasks(id=pid, request=[{"image": f"/data/x{i}.png"} for i in range(start, min(n, start + 1000))])
+        for start in range(0, project_size, 5000):
+            ls.projects.import_tasks(id=pid, request=[{"image": f"/data/x{i}.png"}
+                                                      for i in range(start, min(project_size, start + 5000))])
         ids = []
         page = 1
         while len(ids) < n:
@@ -65,7 +66,7 @@ def import_rate(root: Path, flag: bool, n: int, batch: int = 500) -> float:
             page += 1
         preds = [{"task": i, "model_version": "bench", "score": 0.5, "result": [{
             "from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["open"]}}]}
-            for i in ids]
+            for i in ids[:n]]
         t0 = time.perf_counter()
         for start in range(0, n, batch):
             ls.projects.import_predictions(id=pid, request=preds[start:start + batch])
@@ -99,7 +100,7 @@ def bulk_rates(root: Path, n: int) -> dict[str, float]:
         out["in-process s"] = time.perf_counter() - t0
         out["in-process tasks/s"] = rep.predicted / out["in-process s"]
         t0 = time.perf_counter()
-        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
         out["ray.init s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         rep = preannotate_ray(ls, projects["ray"], Settings(model_dir=root / "md-ray", zeroshot_model=str(tiny),
@@ -116,15 +117,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=300)
     ap.add_argument("--imports", type=int, default=3000)
+    ap.add_argument("--project-size", type=int, default=20000)
+    ap.add_argument("--import-batch", type=int, default=100)
     ap.add_argument("--skip-imports", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if not args.skip_imports:
-            before = import_rate(root, False, args.imports)
-            after = import_rate(root, True, args.imports)
-            print(f"predictions/s into Label Studio ({args.imports} into a {args.imports}-task project, "
-                  f"batches of 500): without {FAST_IMPORT_FLAG}: {before:.0f}/s; with it: {after:.0f}/s "
+            before = import_rate(root, False, args.imports, args.project_size, args.import_batch)
+            after = import_rate(root, True, args.imports, args.project_size, args.import_batch)
+            print(f"predictions/s into Label Studio ({args.imports} into a {args.project_size}-task project, "
+                  f"batches of {args.import_batch}): without {FAST_IMPORT_FLAG}: {before:.0f}/s; with it: {after:.0f}/s "
                   f"({after / before:.1f}x)", flush=True)
         for k, v in bulk_rates(root, args.tasks).items():
             print(f"bulk path, {args.tasks} tasks: {k} = {v:.2f}", flush=True)

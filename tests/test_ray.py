@@ -7,9 +7,11 @@ import http.server
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +42,7 @@ def test_prediction_versions_reads_every_listing_shape():
 def ray_cluster():
     """Two CPUs and one declared GPU: GPU actors are placed (and run on the CPU) on a machine without one."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'labeler[ray]')")
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield ray
     ray.shutdown()
@@ -178,6 +180,7 @@ def ray_jobs_cluster(tmp_path_factory):
 
     exe = os.path.join(os.path.dirname(sys.executable), "ray")
     port, dash = free_port(), free_port()
+    temp = tempfile.mkdtemp(prefix="rayj-")  # its own: /tmp/ray/ray_current_cluster would outlive the cluster
     # Ray's token authentication (on by default since 2.60), with a token of the test's own for cluster and client.
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     saved = {k: os.environ.get(k) for k in auth}
@@ -185,7 +188,8 @@ def ray_jobs_cluster(tmp_path_factory):
     log = (tmp_path_factory.mktemp("ray-head") / "ray.log").open("wb")
     proc = subprocess.Popen([exe, "start", "--head", "--block", "--num-cpus=1", "--num-gpus=0", f"--port={port}",
                              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                             "--disable-usage-stats", f"--temp-dir={temp}"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{dash}/api/gcs_healthz", 120, proc)  # answers without Ray's auth token
         yield f"http://127.0.0.1:{dash}"
@@ -197,6 +201,7 @@ def ray_jobs_cluster(tmp_path_factory):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _sleeper(project: str, kind: str) -> str:
