@@ -208,11 +208,13 @@ def _run(ray, ls, project, pkey, settings, conn, only_missing, batch_size, impor
         ds = ray.data.from_items([{"id": int(t["id"]), "ref": json.dumps(config.image_ref(t))} for t in todo])
         ds = ds.map_batches(fetch_batch, batch_size=batch_size, num_cpus=1,
                             fn_kwargs={"settings": settings, "url": url, "token": token})
-        ds = ds.map_batches(ScoreActor, batch_size=batch_size, concurrency=scorers, num_gpus=gpu_each,
+        ds = ds.map_batches(ScoreActor, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=scorers),
+                            num_gpus=gpu_each,
                             num_cpus=SCORER_CPUS,
                             fn_constructor_kwargs={"settings": settings, "project": pkey, "config_xml": xml,
                                                    "version": version})
-        ds = ds.map_batches(ImportActor, batch_size=import_batch, concurrency=importers, num_cpus=IMPORTER_CPUS,
+        ds = ds.map_batches(ImportActor, batch_size=import_batch, compute=ray.data.ActorPoolStrategy(size=importers),
+                            num_cpus=IMPORTER_CPUS,
                             fn_constructor_kwargs={"url": url, "token": token, "project": project})
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
             ok = np.asarray(out["error"]) == ""

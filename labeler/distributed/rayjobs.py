@@ -74,10 +74,12 @@ class RayJobs:
                 "error": j.message if str(j.status) in ("FAILED", "STOPPED") else None,
                 "queued_at": (j.start_time or 0) / 1000 or None, "finished": (j.end_time or 0) / 1000 or None}
 
-    def submit(self, project: str, trigger: str, kind: str = "train", attempts: int = 5) -> dict:
+    def submit(self, project: str, trigger: str, kind: str = "train", attempts: int = 5,
+               agent_wait_s: float = 60) -> dict:
         """Start a job for ``project`` unless one is queued or running (then its state, ``refused: True``)."""
         project = check_project(project)
-        for _ in range(attempts):
+        tries, agent_deadline = 0, time.monotonic() + agent_wait_s
+        while tries < attempts:
             jobs = self._jobs(project)
             if jobs and str(jobs[-1].status) in ACTIVE:
                 return {**self.state(project), "refused": True}
@@ -86,10 +88,14 @@ class RayJobs:
                 self.client.submit_job(entrypoint=self.entrypoint(project, kind), submission_id=sid,
                                        runtime_env={"env_vars": self.env},
                                        metadata={"project": project, "kind": kind, "trigger": trigger[:200]})
-            except RuntimeError as exc:  # the id is taken: another replica won this attempt; look again
+            except RuntimeError as exc:
+                if "No available agent" in str(exc) and time.monotonic() < agent_deadline:
+                    time.sleep(1.0)  # a cluster just started: its job agent comes up a little after the head
+                    continue
                 if "already exists" not in str(exc):
                     raise
-                log.info("job %s was submitted by another replica", sid)
+                log.info("job %s was submitted by another replica", sid)  # it won this attempt: look again
+                tries += 1
                 continue
             return {**self.state(project), "refused": False}
         raise RuntimeError(f"could not submit a job for project {project}: the job ids kept changing")
