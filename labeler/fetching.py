@@ -143,8 +143,8 @@ class Fetcher:
 
     def _check_peer(self, host: str, ip: str) -> None:
         studio = self.conn.origin and (urlsplit(self.conn.origin).hostname or "") == host.lower()
-        named = studio or self.policy.host_allowed(host, None)[1] or any(
-            p.lower().partition(":")[0] == host.lower() for p in self.policy.allowed_hosts)
+        # a host the operator named exactly (any port) may be private; a pattern match may not
+        named = studio or any(p.lower().partition(":")[0] == host.lower() for p in self.policy.allowed_hosts)
         if not named and not is_public(ip):
             raise ImageError(f"refused {host}: it resolves to the non-public address {ip}")
 
