@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from label_studio_sdk import LabelStudio
+from labeler.studio.client import Studio
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from labeler.demo import template, upload_images  # noqa: E402
-from labeler.localserver import start_backend, start_label_studio  # noqa: E402
-from labeler.tiny import build_tiny_blip2  # noqa: E402
+from labeler.dev.demo import template, upload_images  # noqa: E402
+from labeler.dev.localserver import start_backend, start_label_studio  # noqa: E402
+from labeler.dev.tiny import build_tiny_blip2  # noqa: E402
 
 EYES24 = ROOT.parent / "shared" / "datasets" / "eyes24"
 AUTH = ("ls", "bench-pass")
@@ -63,7 +63,7 @@ def run(studio, token: str, model: Path, files: list[Path], labels: list[str], s
            "LABELER_IMAGE_CACHE_MB": store_mb, "LABELER_MIN_PER_CLASS": "3", "LABELER_SELF_TRAIN_POOL": "200"}
     backend = start_backend(env, log_dir=model_dir)
     try:
-        ls = LabelStudio(base_url=studio.url, api_key=token)
+        ls = Studio(studio.url, token)
         proj = ls.projects.create(title=f"load-{store_mb}", label_config=template("binary"))
         upload_images(studio.url, token, proj.id, files)
         ls.ml.create(project=proj.id, url=backend.url, title="labeler", auth_method="BASIC_AUTH",

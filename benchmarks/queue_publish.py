@@ -3,7 +3,7 @@
 Starts a Label Studio on loopback (SQLite), imports N tasks, builds the queue's
 per-task state (random class probabilities and diversity features: what is
 measured here is ranking + writing, not scoring), then times
-:func:`labeler.queue.publish`. Baseline in the same run: one
+:func:`labeler.studio.queue.publish`. Baseline in the same run: one
 ``PATCH /api/tasks/<id>`` per task for a sample, extrapolated to N.
 
     python benchmarks/queue_publish.py --tasks 50000
@@ -32,9 +32,9 @@ def main() -> None:
     ap.add_argument("--api-key", default="labeler-bench-token-0123456789")
     args = ap.parse_args()
 
-    from labeler.localserver import start_label_studio
-    from labeler.queue import FIELD, QueueState, publish
-    from labeler.studio import connect
+    from labeler.dev.localserver import start_label_studio
+    from labeler.studio.queue import FIELD, QueueState, publish
+    from labeler.studio.client import Studio
 
     server = None
     if args.url:
@@ -44,7 +44,7 @@ def main() -> None:
                                     "bench-pass-123", args.api_key)
         url = server.url
     try:
-        ls = connect(url, args.api_key)
+        ls = Studio.connect(url, args.api_key)
         choices = "".join(f'<Choice value="c{i}"/>' for i in range(args.classes))
         xml = f'<View><Image name="image" value="$image"/><Choices name="choice" toName="image">{choices}</Choices></View>'
         project = ls.projects.create(title="queue bench", label_config=xml).id
@@ -68,7 +68,7 @@ def main() -> None:
         print(rep.summary())
         print(f"publish total: {total:.1f} s for {rep.ranked} tasks (ranking {rep.order_s:.1f} s, "
               f"writing {rep.write_s:.1f} s)")
-        http = ls._client_wrapper.httpx_client
+        http = ls
         first = http.request("api/tasks/", method="GET", params={"project": project, "view": rep.view,
                                                                   "page_size": 5, "fields": "task_only"}).json()
         got = [t["id"] for t in first["tasks"]]

@@ -26,15 +26,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from label_studio_sdk import LabelStudio  # noqa: E402
+from labeler.studio.client import Studio  # noqa: E402
 
 from labeler.config import Settings  # noqa: E402
-from labeler.connection import Connection  # noqa: E402
-from labeler.demo import template  # noqa: E402
-from labeler.localserver import FAST_IMPORT_FLAG, start_label_studio  # noqa: E402
-from labeler.predictor import Predictor  # noqa: E402
-from labeler.preannotate import preannotate  # noqa: E402
-from labeler.tiny import build_tiny_blip2  # noqa: E402
+from labeler.dev.demo import template  # noqa: E402
+from labeler.dev.localserver import FAST_IMPORT_FLAG, start_label_studio  # noqa: E402
+from labeler.models.predictor import Predictor  # noqa: E402
+from labeler.studio.preannotate import preannotate  # noqa: E402
+from labeler.dev.tiny import build_tiny_blip2  # noqa: E402
 
 TOKEN = "labeler-bench-token-0123456789"
 
@@ -51,7 +50,7 @@ def import_rate(root: Path, flag: bool, n: int, project_size: int, batch: int) -
     os.environ["LABELER_LS_FAST_IMPORT"] = "1" if flag else "0"
     server = start_label_studio(root / f"ls-{int(flag)}", "bench@example.com", "bench-pass-123", TOKEN)
     try:
-        ls = LabelStudio(base_url=server.url, api_key=TOKEN, timeout=600)
+        ls = Studio(server.url, TOKEN, timeout=600)
         pid = ls.projects.create(title="imports", label_config=template("binary")).id
         for start in range(0, project_size, 5000):
             ls.projects.import_tasks(id=pid, request=[{"image": f"/data/x{i}.png"}
@@ -59,8 +58,7 @@ def import_rate(root: Path, flag: bool, n: int, project_size: int, batch: int) -
         ids = []
         page = 1
         while len(ids) < n:
-            r = ls._client_wrapper.httpx_client.request("api/tasks/", method="GET",
-                                                         params={"project": pid, "page": page, "page_size": 1000,
+            r = ls.request("GET", "api/tasks/", params={"project": pid, "page": page, "page_size": 1000,
                                                                  "include": "id"}).json()["tasks"]
             ids += [t["id"] for t in r]
             page += 1
@@ -85,8 +83,7 @@ def bulk_rates(root: Path, n: int) -> dict[str, float]:
     server = start_label_studio(root / "ls-bulk", "bench@example.com", "bench-pass-123", TOKEN)
     out = {}
     try:
-        ls = LabelStudio(base_url=server.url, api_key=TOKEN, timeout=600)
-        conn = Connection(server.url, TOKEN)
+        ls = Studio(server.url, TOKEN, timeout=600)
         tasks = [{"image": data_url(i)} for i in range(n)]
         projects = {}
         for name in ("local", "ray"):
@@ -96,7 +93,7 @@ def bulk_rates(root: Path, n: int) -> dict[str, float]:
         t0 = time.perf_counter()
         predictor = Predictor(settings)
         predictor.load_scorer()
-        rep = preannotate(ls, projects["local"], predictor, conn, progress=False)
+        rep = preannotate(ls, projects["local"], predictor, progress=False)
         out["in-process s"] = time.perf_counter() - t0
         out["in-process tasks/s"] = rep.predicted / out["in-process s"]
         t0 = time.perf_counter()
@@ -104,7 +101,7 @@ def bulk_rates(root: Path, n: int) -> dict[str, float]:
         out["ray.init s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         rep = preannotate_ray(ls, projects["ray"], Settings(model_dir=root / "md-ray", zeroshot_model=str(tiny),
-                                                            local_files_only=True), conn, progress=False)
+                                                            local_files_only=True), progress=False)
         out["ray s"] = time.perf_counter() - t0
         out["ray tasks/s"] = rep.predicted / out["ray s"]
         ray.shutdown()

@@ -2,7 +2,7 @@
 
 For each seed: the same held-out images (as `labeler simulate` picks them), the
 same pool, strategy (margin_diverse), batch, budget, CNN and self-training;
-(a) `labeler.simulate.run`, (b) `labeler.replay.replay` through a real Label
+(a) `labeler.learning.simulate.run`, (b) `labeler.learning.replay.replay` through a real Label
 Studio: the simulated annotator takes the first task of "Next to label",
 submits its true label, and the service retrains every batch (its own
 training: cross-validation or the stable hold-out, self-training, promotion)
@@ -47,18 +47,17 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from labeler import studio
-    from labeler.classifiers import Sample
+    from labeler.models.classifiers import Sample
     from labeler.config import Settings
-    from labeler.connection import Connection
-    from labeler.datasets import read_labels
-    from labeler.localserver import start_label_studio
-    from labeler.predictor import Predictor
-    from labeler.replay import project_from_folder, replay
-    from labeler.simulate import classifier_factory, imagenet_features, run
+    from labeler.learning.datasets import read_labels
+    from labeler.dev.localserver import start_label_studio
+    from labeler.models.predictor import Predictor
+    from labeler.learning.replay import project_from_folder, replay
+    from labeler.learning.simulate import classifier_factory, imagenet_features, run
+    from labeler.studio.client import Studio
 
     if args.skip_stale_delete:
-        import labeler.preannotate as pre
+        import labeler.studio.preannotate as pre
 
         pre.delete_stale_predictions = lambda *a, **k: 0
     data = read_labels(args.labels)
@@ -71,7 +70,7 @@ def main() -> None:
                                 token)
     results = []
     try:
-        ls = studio.connect(server.url, token)
+        ls = Studio.connect(server.url, token)
         import json
         from types import SimpleNamespace
 
@@ -110,7 +109,7 @@ def main() -> None:
                                 self_train_pool=2000 if args.self_train else 0)
             predictor = Predictor(settings)
             t = time.perf_counter()
-            rows, order = replay(ls, project, predictor, Connection(server.url, token), truth, args.budget,
+            rows, order = replay(ls, project, predictor, truth, args.budget,
                                  args.batch, [samples[i] for i in test], y[test], classes, progress=print)
             rep_s = time.perf_counter() - t
             sim_eer = {r["labels"]: r["eer"] for r in sim.rows}

@@ -10,7 +10,7 @@ images against changed prompts from the embedding cache, and the backend's
 
 GPU options (issue 15): ``--compile`` adds a pass with the vision tower's
 layers compiled (``ZeroShotScorer.compile_vision``) beside the eager one;
-``--tier-gb`` keeps hidden states on the GPU (``labeler.devicetier``), so
+``--tier-gb`` keeps hidden states on the GPU (``labeler.models.devicetier``), so
 re-scoring reads no disk; it is then measured both from the GPU tier and from
 disk (pinned-memory staging; the files are in the page cache, just written).
 ``benchmarks/gpu_bench.sh`` runs the old code and this one on a GPU machine.
@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from labeler.cache import EmbeddingCache, content_key
-from labeler.devicetier import DeviceTier
-from labeler.tiny import build_tiny_blip2, full_size_random_blip2
-from labeler.zeroshot import ImageEmbeddings, ZeroShotScorer, pick_device, pick_dtype, softmax
+from labeler.models.cache import EmbeddingCache, content_key
+from labeler.models.devicetier import DeviceTier
+from labeler.dev.tiny import build_tiny_blip2, full_size_random_blip2
+from labeler.models.zeroshot import ImageEmbeddings, ZeroShotScorer, pick_device, pick_dtype, softmax
 
 PROMPTS = {"open": ["open eye or pupil"], "closed": ["closed eye"]}
 NEW_PROMPTS = {"open": ["an eye with a visible pupil"], "closed": ["an eyelid covering the eye"]}
@@ -122,7 +122,7 @@ def predict_latency(model_dir: Path, model_path: str, n_tasks: int = 32, repeats
     from werkzeug.serving import make_server
 
     from labeler.config import Settings
-    from labeler.demo import template
+    from labeler.dev.demo import template
     from ml_backend import create_app
 
     app = create_app(Settings(model_dir=model_dir, zeroshot_model=model_path, local_files_only=True),

@@ -1,7 +1,7 @@
 """Retraining benchmark on eyes24 with the CNN classifier (issues 3 and 15).
 
 (a) Speed: retraining on every label with self-training on, as the backend
-    retrains (:class:`labeler.selftrain.SelfTrained`, threshold 0.9) with a
+    retrains (:class:`labeler.models.selftrain.SelfTrained`, threshold 0.9) with a
     2,000-image unlabelled pool. eyes24 has no unlabelled images, so the pool
     is 2,000 of the same images with their labels hidden: the cost is that of
     a real pool, the pseudo-labels are not evaluated. A plain fit (no
@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labeler.classifiers import CNNClassifier, Sample
-from labeler.datasets import read_labels
-from labeler.metrics import evaluate
-from labeler.selftrain import SelfTrained
+from labeler.models.classifiers import CNNClassifier, Sample
+from labeler.learning.datasets import read_labels
+from labeler.learning.metrics import evaluate
+from labeler.models.selftrain import SelfTrained
 
 THRESHOLD = 0.9
 POOL = 2000

@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import __version__
+from labeler import __version__
 
 # torch, transformers and the Label Studio SDK are imported inside the commands that use
 # them, so --help, --version and argument errors answer at once.
 if TYPE_CHECKING:
-    from .config import Settings
+    from labeler.config import Settings
 
 
 def _settings(**overrides) -> Settings:
-    from .config import Settings
+    from labeler.config import Settings
 
     return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -40,7 +40,7 @@ class _Group(click.Group):
     """Any :class:`~labeler.errors.LabelerError` ends the command with one line and its exit code."""
 
     def invoke(self, ctx: click.Context):
-        from .errors import LabelerError
+        from labeler.errors import LabelerError
 
         try:
             return super().invoke(ctx)
@@ -62,7 +62,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if ctx.invoked_subcommand != "demo":
-        from .envfile import load_env_file
+        from labeler.envfile import load_env_file
 
         used = load_env_file()
         if used:
@@ -80,8 +80,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.option("--no-wait", is_flag=True, help="Set up, print, stop the servers and exit (smoke test).")
 def demo(images, zeroshot_model, data_dir, port, template, no_wait) -> None:
     """Start Label Studio + the backend and pre-annotate a project of images."""
-    from .demo import run_demo
-    from .zeroshot import DEFAULT_MODEL
+    from labeler.dev.demo import run_demo
+    from labeler.models.zeroshot import DEFAULT_MODEL
 
     info = run_demo(images, zeroshot_model or DEFAULT_MODEL, data_dir, port, template, wait=not no_wait)
     for server in info.pop("servers", []):
@@ -99,7 +99,7 @@ def serve(host: str, port: int) -> None:
 
 
 def _predictor(settings: Settings):
-    from .predictor import Predictor
+    from labeler.models.predictor import Predictor
 
     predictor = Predictor(settings)
     predictor.load_scorer()
@@ -108,15 +108,11 @@ def _predictor(settings: Settings):
     return predictor
 
 
-def _conn(settings: Settings):
-    from .connection import Connection
-    from .studio import StudioError, connect
+def _studio(settings: Settings):
+    """The Label Studio of the settings, checked once (an unreachable one ends the command)."""
+    from labeler.studio.client import Studio
 
-    try:
-        connect(settings.label_studio_url, settings.label_studio_api_key)
-    except StudioError as exc:
-        _fail(str(exc))
-    return Connection(settings.label_studio_url, settings.label_studio_api_key)
+    return Studio.connect(settings.label_studio_url, settings.label_studio_api_key)
 
 
 studio_options = [
@@ -138,30 +134,28 @@ def with_studio(f):
 @with_studio
 def train(project, classifier, url, api_key, model_dir) -> None:
     """Train a new version from the project's annotations (and promote it if not worse)."""
-    from .training import TrainingError, train_project
+    from labeler.learning.training import TrainingError, train_project
 
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir, classifier=classifier)
-    conn = _conn(s)
+    studio = _studio(s)
     predictor = _predictor(s)
-    from .studio import report_to_model_card
+    from labeler.studio.tasks import report_to_model_card
 
     try:
-        out = train_project(predictor, str(project), conn, trigger="labeler train",
+        out = train_project(predictor, str(project), studio, trigger="labeler train",
                             report=lambda step: click.echo(f"... {step}", err=True))
     except TrainingError as exc:
-        report_to_model_card(conn, str(project), {"status": "failed", "error": str(exc), "finished": time.time()},
+        report_to_model_card(studio, str(project), {"status": "failed", "error": str(exc), "finished": time.time()},
                              predictor)
         _fail(f"training failed, the serving model is unchanged: {exc}")
     m = out.meta.get("metrics") or {}
     click.echo(f"{out.version}: held-out accuracy {m.get('accuracy')}, EER {m.get('eer')}; "
                f"{'promoted' if out.promoted else 'NOT promoted'} ({out.meta['promotion_reason']})")
     if out.promoted:
-        from .preannotate import preannotate
-        from .studio import connect
-
-        rep = preannotate(connect(conn.hostname, conn.token), project, predictor, conn)
+        from labeler.studio.preannotate import preannotate
+        rep = preannotate(studio, project, predictor)
         click.echo(rep.summary())
-    report_to_model_card(conn, str(project), {"status": "done", "version": out.version, "promoted": out.promoted,
+    report_to_model_card(studio, str(project), {"status": "done", "version": out.version, "promoted": out.promoted,
                                               "reason": out.meta.get("promotion_reason"), "finished": time.time()},
                          predictor)
 
@@ -176,23 +170,21 @@ def train(project, classifier, url, api_key, model_dir) -> None:
 @with_studio
 def preannotate(project, redo, batch_size, engine, url, api_key, model_dir) -> None:
     """Score every task (resumable) and write predictions in bulk."""
-    from .distributed import ray_address, ray_installed
-    from .studio import connect
-
+    from labeler.distributed import ray_address, ray_installed
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
-    conn = _conn(s)
+    studio = _studio(s)
     if engine == "ray" and not ray_installed():
         _fail("--engine ray needs Ray: pip install 'labeler[ray]'")
     if engine == "ray" or (engine == "auto" and ray_address() and ray_installed()):
-        from .distributed.bulk import preannotate_ray
+        from labeler.distributed.bulk import preannotate_ray
 
-        rep = preannotate_ray(connect(conn.hostname, conn.token), project, s, conn,
+        rep = preannotate_ray(studio, project, s,
                               only_missing=not redo, batch_size=batch_size)
         click.echo(rep.summary())
         return
-    from .preannotate import preannotate as run
+    from labeler.studio.preannotate import preannotate as run
 
-    rep = run(connect(conn.hostname, conn.token), project, _predictor(s), conn,
+    rep = run(studio, project, _predictor(s),
               only_missing=not redo, batch_size=batch_size)
     click.echo(rep.summary())
 
@@ -209,9 +201,7 @@ def preannotate(project, redo, batch_size, engine, url, api_key, model_dir) -> N
 @with_studio
 def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, url, api_key, model_dir) -> None:
     """Export the labelled dataset (written to a temp folder, renamed into place when complete)."""
-    from .export import export
-    from .studio import connect
-
+    from labeler.studio.export import export
     fractions = None
     if split:
         try:
@@ -220,9 +210,9 @@ def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, url, api_ke
         except (ValueError, AssertionError):
             _fail(f"--split must be three fractions that sum to 1, got {split!r}")
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
-    conn = _conn(s)
+    studio = _studio(s)
     try:
-        summary = export(connect(conn.hostname, conn.token), project, fmt, out, conn,
+        summary = export(studio, project, fmt, out,
                          only_annotated=not all_tasks, split=fractions, seed=seed, overwrite=overwrite,
                          policy=s.fetch_policy())
     except (FileExistsError, ValueError) as exc:
@@ -236,14 +226,13 @@ def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, url, api_ke
 @with_studio
 def review(project, no_publish, url, api_key, model_dir) -> None:
     """Flag annotations the model contradicts with confidence; tab "Suspected label errors"."""
-    from .review import review as run
-    from .studio import connect
-    from .training import TrainingError
+    from labeler.learning.review import review as run
+    from labeler.learning.training import TrainingError
 
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
-    conn = _conn(s)
+    studio = _studio(s)
     try:
-        suspects = run(connect(conn.hostname, conn.token), project, _predictor(s), conn, publish=not no_publish)
+        suspects = run(studio, project, _predictor(s), publish=not no_publish)
     except TrainingError as exc:
         _fail(str(exc))
     click.echo(f"{len(suspects)} suspected label errors" + ("" if no_publish else
@@ -281,9 +270,9 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
     """Replay the annotation loop offline and write learning curves (CSV + PNG)."""
     import numpy as np
 
-    from .classifiers import Sample
-    from .datasets import read_labels
-    from .simulate import STRATEGIES, classifier_factory, imagenet_features, run, write_outputs
+    from labeler.models.classifiers import Sample
+    from labeler.learning.datasets import read_labels
+    from labeler.learning.simulate import STRATEGIES, classifier_factory, imagenet_features, run, write_outputs
 
     self_train, data = self_train or None, read_labels(labels_csv, images)
     classes = data.classes
@@ -339,7 +328,7 @@ def _save_simulated_model(model, folder: Path, **meta) -> bool:
 
 def _simulation_metric(metric: str, targets: str | None, n_classes: int) -> tuple[str, list[float]]:
     """The metric simulate tracks (EER for two classes, macro-F1 for more) and its targets."""
-    from .metrics import default_metric
+    from labeler.learning.metrics import default_metric
 
     metric = default_metric(n_classes) if metric == "auto" else metric
     if metric == "eer" and n_classes > 2:
@@ -354,7 +343,7 @@ def _simulation_metric(metric: str, targets: str | None, n_classes: int) -> tupl
 
 def _zeroshot_evidence(samples, zeroshot_model: str, classes: list[str]):
     """Attach BLIP-2 features and class evidence to ``samples``; returns zero-shot probabilities."""
-    from .zeroshot import ZeroShotScorer, softmax
+    from labeler.models.zeroshot import ZeroShotScorer, softmax
 
     scorer = ZeroShotScorer.load(zeroshot_model)
     emb = scorer.embed([s.image for s in samples])
@@ -368,7 +357,7 @@ def _print_curves(rows: list[dict], strategies: list[str], goals: list[float], b
                   seeds: int) -> None:
     import numpy as np
 
-    from .simulate import labels_to_reach
+    from labeler.learning.simulate import labels_to_reach
 
     click.echo(f"\nlabels needed to reach a mean {metric} (over {seeds} seed(s)) of:")
     click.echo(f"{'strategy':>16} " + " ".join(f"{g:>8}" for g in goals))
@@ -392,10 +381,10 @@ def _print_curves(rows: list[dict], strategies: list[str], goals: list[float], b
 @click.option("--json", "as_json", is_flag=True)
 def evaluate_cmd(model_ref, images, labels_csv, model_dir, as_json) -> None:
     """Accuracy, ROC AUC, EER and confusion matrix of a trained model on a labelled folder."""
-    from .classifiers import Sample, load_classifier
-    from .datasets import read_labels
-    from .metrics import evaluate
-    from .registry import Registry, RegistryError
+    from labeler.models.classifiers import Sample, load_classifier
+    from labeler.learning.datasets import read_labels
+    from labeler.learning.metrics import evaluate
+    from labeler.learning.registry import Registry, RegistryError
 
     folder = Path(model_ref)
     if not (folder / "classifier.json").exists():
@@ -446,13 +435,13 @@ def evaluate_cmd(model_ref, images, labels_csv, model_dir, as_json) -> None:
 @with_studio
 def queue_cmd(project, strategy, batch, url, api_key, model_dir) -> None:
     """Re-rank the "Next to label" tab from the last pre-annotation's scores (no re-scoring)."""
-    from .queue import republish
-    from .studio import StudioError, connect
+    from labeler.studio.queue import republish
+    from labeler.errors import StudioError
 
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
-    conn = _conn(s)
+    studio = _studio(s)
     try:
-        rep = republish(connect(conn.hostname, conn.token), project, s.model_dir, strategy,
+        rep = republish(studio, project, s.model_dir, strategy,
                         batch or s.train_every or 25, s.seed)
     except StudioError as exc:
         _fail(str(exc))
@@ -471,26 +460,23 @@ def queue_cmd(project, strategy, batch, url, api_key, model_dir) -> None:
 @with_studio
 def map_cmd(project, labels_csv, images, model_ref, max_points, seed, out, url, api_key, model_dir) -> None:
     """A 2-D map (t-SNE) of the image embeddings: map.png and an interactive map.html."""
-    from . import datamap
+    from labeler.learning import datamap
 
     if (project is None) == (labels_csv is None):
         _fail("give either --project or --labels")
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
     if project is not None:
-        from .studio import connect
-
-        conn = _conn(s)
-        m = datamap.project_map(connect(conn.hostname, conn.token), project, _predictor(s), conn,
-                                max_points, seed)
+        studio = _studio(s)
+        m = datamap.project_map(studio, project, _predictor(s), max_points, seed)
         # The backend serves the latest map of a project to admins from here.
-        from .registry import Registry
+        from labeler.learning.registry import Registry
 
         html_copy = Registry(s.model_dir).project_dir(str(project), create=True) / "map.html"
         datamap.write_html(m, html_copy)
     else:
-        from .classifiers import Sample, load_classifier
-        from .datasets import read_labels
-        from .registry import Registry, RegistryError
+        from labeler.models.classifiers import Sample, load_classifier
+        from labeler.learning.datasets import read_labels
+        from labeler.learning.registry import Registry, RegistryError
 
         data = read_labels(labels_csv, images)
         samples = [Sample(im) for im in data.images()]
@@ -523,7 +509,7 @@ def versions(ctx, project, model_dir, as_json) -> None:
     """List model versions with their metrics (serving one marked *)."""
     if ctx.invoked_subcommand:
         return
-    from .registry import Registry
+    from labeler.learning.registry import Registry
 
     reg = Registry(_settings(model_dir=model_dir).model_dir)
     projects = [project] if project else reg.projects()
@@ -552,7 +538,7 @@ def versions(ctx, project, model_dir, as_json) -> None:
 @click.option("--model-dir", envvar="MODEL_DIR", type=click.Path(path_type=Path))
 def versions_export(version, out, model_dir) -> None:
     """Copy VERSION into a self-contained folder (for `labeler evaluate --model`)."""
-    from .registry import Registry, RegistryError
+    from labeler.learning.registry import Registry, RegistryError
 
     try:
         _, path = Registry(_settings(model_dir=model_dir).model_dir).find(version)
@@ -568,7 +554,7 @@ def versions_export(version, out, model_dir) -> None:
 @click.option("--model-dir", envvar="MODEL_DIR", type=click.Path(path_type=Path))
 def rollback(version, project, model_dir) -> None:
     """Serve VERSION again (``zeroshot`` for the zero-shot model). The backend picks it up at once."""
-    from .registry import Registry, RegistryError
+    from labeler.learning.registry import Registry, RegistryError
 
     reg = Registry(_settings(model_dir=model_dir).model_dir)
     try:

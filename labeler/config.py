@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from .errors import SettingsError
-from .zeroshot import DEFAULT_MODEL
+from labeler.errors import SettingsError
+from labeler.models.zeroshot import DEFAULT_MODEL
 
 
 def _bool(v: str) -> bool:
@@ -110,7 +110,7 @@ class Settings:
 
     def validated(self) -> "Settings":
         """Self, or a ValueError naming the environment variable that is wrong."""
-        from .uncertainty import MEASURES
+        from labeler.learning.uncertainty import MEASURES
 
         checks = [
             ("uncertainty", self.uncertainty in MEASURES, f"one of {', '.join(MEASURES)}"),
@@ -130,8 +130,8 @@ class Settings:
         return self
 
     def fetch_policy(self, local_files: bool = True):
-        """What may be fetched (:class:`labeler.fetching.FetchPolicy`); the backend passes ``local_files=False``."""
-        from .fetching import FetchPolicy, parse_hosts
+        """What may be fetched (:class:`labeler.media.fetching.FetchPolicy`); the backend passes ``local_files=False``."""
+        from labeler.media.fetching import FetchPolicy, parse_hosts
 
         return FetchPolicy(allowed_hosts=parse_hosts(self.allowed_hosts),
                            local_root=self.local_root if local_files else None,

@@ -33,7 +33,7 @@ from flask import (
     url_for,
 )
 
-from labeler.registry import check_project, check_version
+from labeler.learning.registry import check_project, check_version
 
 from .api import metrics_report, state, wants_html
 from .auth import admin_ok

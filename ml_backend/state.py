@@ -21,12 +21,12 @@ from collections import deque
 from urllib.parse import urlsplit
 
 from labeler.config import Settings
-from labeler.connection import Connection
+from labeler.studio.client import Connection, Studio
 from labeler.errors import SetupRefused
 from labeler.fsutil import atomic_write_text
-from labeler.jobs import TrainingJobs
-from labeler.predictor import Predictor
-from labeler.studio import connect, secure_backend_webhooks, set_model_version
+from ml_backend.jobs import TrainingJobs
+from labeler.models.predictor import Predictor
+from labeler.studio.tasks import secure_backend_webhooks, set_model_version
 
 from .auth import WEBHOOK_SECRET_HEADER
 
@@ -54,7 +54,8 @@ class BackendState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.predictor = Predictor(settings, local_files=False)
-        self.connections: dict[str, Connection] = {}
+        self.studios: dict[str, Studio] = {}  # per project, from a verified /setup
+        self._configured: Studio | None = None
         self._verified: dict[tuple[str, str | None, str], float] = {}
         self.synced_versions: dict[str, str] = {}
         self.annotation_events: dict[str, int] = {}
@@ -65,7 +66,7 @@ class BackendState:
         self._lock = threading.Lock()
         self._binding = settings.model_dir / "studio.json"
         self.predictor.registry.cleanup()
-        self.jobs = TrainingJobs(settings, self.predictor, self.connection)
+        self.jobs = TrainingJobs(settings, self.predictor, self.studio)
         if self.configured():
             for project in self.jobs.pending_refreshes():
                 self.jobs.submit(project, trigger="restart: finishing an interrupted prediction refresh", train=False)
@@ -74,12 +75,19 @@ class BackendState:
     def configured(self) -> bool:
         return bool(self.settings.label_studio_url and self.settings.label_studio_api_key)
 
-    def connection(self, project: str) -> Connection:
+    def studio(self, project: str) -> Studio | None:
         """Settings win (an admin-chosen API key); otherwise what a verified /setup handed us."""
-        if self.configured():
-            return Connection(self.settings.label_studio_url, self.settings.label_studio_api_key)
         with self._lock:
-            return self.connections.get(project) or Connection()
+            if self.configured():
+                if self._configured is None:
+                    self._configured = Studio(self.settings.label_studio_url, self.settings.label_studio_api_key)
+                return self._configured
+            return self.studios.get(project)
+
+    def connection(self, project: str) -> Connection:
+        """What image downloads for ``project`` use (an empty connection when none is known)."""
+        studio = self.studio(project)
+        return studio.conn if studio is not None else Connection()
 
     def bound_origin(self) -> str | None:
         """The Label Studio this backend serves: LABEL_STUDIO_URL, or the first verified /setup's."""
@@ -110,7 +118,7 @@ class BackendState:
         with self._lock:
             if not bound:
                 atomic_write_text(self._binding, json.dumps({"origin": candidate.origin, "bound": time.time()}))
-            self.connections[project] = candidate
+            self.studios[project] = Studio.of(candidate)
         return True
 
     def _verify(self, project: str, conn: Connection) -> bool:
@@ -142,7 +150,7 @@ class BackendState:
 
         def run() -> None:
             try:
-                n = secure_backend_webhooks(connect(conn.base_url, conn.token, check=False), int(project), headers)
+                n = secure_backend_webhooks(Studio.of(conn), int(project), headers)
                 if n:
                     log.info("project %s: added this backend's credentials to %d Label Studio webhook(s)", project, n)
             except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
@@ -156,8 +164,8 @@ class BackendState:
     # -- Label Studio's project model_version ---------------------------------------------
     def sync_version(self, project: str, version: str) -> None:
         """Keep Label Studio's project model_version equal to ours (in the background)."""
-        conn = self.connection(project)
-        if not conn or not self.known(project):
+        studio = self.studio(project)
+        if studio is None or not self.known(project):
             return
         with self._lock:
             if self.synced_versions.get(project) == version:
@@ -166,7 +174,7 @@ class BackendState:
 
         def run() -> None:
             try:
-                if not set_model_version(connect(conn.base_url, conn.token, check=False), int(project), version):
+                if not set_model_version(studio, int(project), version):
                     with self._lock:
                         self.synced_versions.pop(project, None)
             except Exception as exc:  # noqa: BLE001

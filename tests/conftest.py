@@ -20,7 +20,7 @@ EYES24 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "e
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from labeler.tiny import build_tiny_blip2
+    from labeler.dev.tiny import build_tiny_blip2
 
     return build_tiny_blip2(tmp_path_factory.mktemp("tiny-blip2"))
 
@@ -54,7 +54,7 @@ def label_studio(tmp_path_factory):
     """A real Label Studio on loopback with SQLite; yields (url, token)."""
     if shutil.which("label-studio") is None and not (Path(os.sys.executable).parent / "label-studio").exists():
         pytest.skip("the label-studio server is not installed (pip install -e '.[test]')")
-    from labeler.localserver import start_label_studio
+    from labeler.dev.localserver import start_label_studio
 
     token = "labeler-test-token-0123456789"
     server = start_label_studio(tmp_path_factory.mktemp("ls-data"), "admin@example.com", "test-pass-123", token)
@@ -65,7 +65,7 @@ def label_studio(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory, tiny_model):
     """The real ML backend (gunicorn) serving the tiny model; yields (url, model_dir)."""
-    from labeler.localserver import start_backend
+    from labeler.dev.localserver import start_backend
 
     model_dir = tmp_path_factory.mktemp("model_dir")
     env = {"MODEL_DIR": str(model_dir), "LABELER_ZEROSHOT_MODEL": str(tiny_model), "HF_HUB_OFFLINE": "1",

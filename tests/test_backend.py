@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from labeler.config import Settings
-from labeler.demo import template
+from labeler.dev.demo import template
 from ml_backend import create_app
 
 
@@ -113,9 +113,9 @@ def test_request_body_limit(tmp_path):
 
 
 def test_restart_finds_a_promotion_whose_refresh_did_not_finish(tmp_path):
-    from labeler.jobs import TrainingJobs
-    from labeler.predictor import Predictor
-    from labeler.registry import Registry
+    from ml_backend.jobs import TrainingJobs
+    from labeler.models.predictor import Predictor
+    from labeler.learning.registry import Registry
 
     reg = Registry(tmp_path)
     reg.promote("4", reg.add("4", lambda folder: {"kind": "head"}))

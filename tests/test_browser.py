@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from label_studio_sdk import LabelStudio
+from labeler.studio.client import Studio
 
-from labeler.demo import synthetic_eyes, template, upload_images
-from labeler.queue import VIEW as QUEUE_VIEW
-from labeler.studio import uncertainty_view
+from labeler.dev.demo import synthetic_eyes, template, upload_images
+from labeler.studio.queue import VIEW as QUEUE_VIEW
+from labeler.studio.tasks import uncertainty_view
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,11 +64,11 @@ def login_cookies(ls_url: str, email: str, password: str) -> list[dict]:
 
 def tasks_of(ls, pid, view=None):
     params = {"project": pid, "fields": "all", "page_size": 100, **({"view": view} if view else {})}
-    return ls._client_wrapper.httpx_client.request("api/tasks/", method="GET", params=params).json()["tasks"]
+    return ls.request("GET", "api/tasks/", params=params).json()["tasks"]
 
 
 def task_json(ls, tid: int) -> dict:
-    return ls._client_wrapper.httpx_client.request(f"api/tasks/{tid}", method="GET").json()
+    return ls.request("GET", f"api/tasks/{tid}", ).json()
 
 
 def wait_job(backend_url, pid, timeout=300):
@@ -90,7 +90,7 @@ def shot(page, name: str) -> Path:
 @pytest.fixture(scope="module")
 def project(label_studio, backend, tmp_path_factory):
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     proj = ls.projects.create(title="eyes in a browser", label_config=template("binary"))
     upload_images(url, token, proj.id, sorted(synthetic_eyes(tmp_path_factory.mktemp("eyes"), n=16).iterdir()))
     ml = ls.ml.create(project=proj.id, url=backend[0], title="labeler")

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from labeler import datamap
+from labeler.learning import datamap
 from labeler.cli import main
-from labeler.demo import synthetic_eyes
+from labeler.dev.demo import synthetic_eyes
 
 
 def _clusters(n=40, seed=0):
@@ -71,15 +71,14 @@ def test_map_command_on_a_labelled_folder(tmp_path):
 
 @pytest.mark.integration
 def test_project_map_with_the_serving_model(label_studio, tiny_model, image_dir, tmp_path):
-    from label_studio_sdk import LabelStudio
+    from labeler.studio.client import Studio
 
     from labeler.config import Settings
-    from labeler.connection import Connection
-    from labeler.demo import template, upload_images
-    from labeler.predictor import Predictor
+    from labeler.dev.demo import template, upload_images
+    from labeler.models.predictor import Predictor
 
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     proj = ls.projects.create(title="map", label_config=template("binary")).id
     upload_images(url, token, proj, sorted(image_dir.iterdir()))
     first = ls.tasks.list(project=proj).items[0]
@@ -88,14 +87,14 @@ def test_project_map_with_the_serving_model(label_studio, tiny_model, image_dir,
     predictor = Predictor(Settings(model_dir=tmp_path / "md", zeroshot_model=str(tiny_model),
                                    local_files_only=True, local_root=image_dir))
     predictor.load_scorer()
-    m = datamap.project_map(ls, proj, predictor, Connection(url, token))
+    m = datamap.project_map(ls, proj, predictor)
     assert len(m.xy) == 12 and m.label.count("closed") == 1 and all(m.pred)
     assert "BLIP-2" in m.title and np.isfinite(m.uncertainty).all()
 
 
 def test_backend_serves_the_project_map_to_admins_only(tmp_path):
     from labeler.config import Settings
-    from labeler.registry import Registry
+    from labeler.learning.registry import Registry
     from ml_backend import create_app
 
     client = create_app(Settings(model_dir=tmp_path, zeroshot_model=None, admin_token="t0k"),

@@ -7,15 +7,15 @@ import json
 
 import numpy as np
 import pytest
-from label_studio_sdk import LabelStudio
+from labeler.studio.client import Studio
 
 from labeler.config import Settings
-from labeler.demo import synthetic_eyes, template, upload_images
-from labeler.export import export
-from labeler.label_errors import find_label_issues
-from labeler.predictor import Connection, Predictor
-from labeler.review import review
-from labeler.studio import StudioError
+from labeler.dev.demo import synthetic_eyes, template, upload_images
+from labeler.studio.export import export
+from labeler.learning.label_errors import find_label_issues
+from labeler.models.predictor import Predictor
+from labeler.learning.review import review
+from labeler.studio.tasks import StudioError
 
 
 def test_find_label_issues_hand_made():
@@ -33,13 +33,13 @@ def choice(label):
 @pytest.fixture(scope="module")
 def labelled_project(label_studio, tmp_path_factory):
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     proj = ls.projects.create(title="export", label_config=template("binary"))
     files = sorted(synthetic_eyes(tmp_path_factory.mktemp("eyes"), n=30, seed=3).iterdir())
     upload_images(url, token, proj.id, files)
     ls.projects.import_tasks(id=proj.id, request=[{"image": "/data/upload/missing.png"}])
-    tasks = ls._client_wrapper.httpx_client.request(
-        "api/tasks/", method="GET", params={"project": proj.id, "page_size": 100, "fields": "all"}).json()["tasks"]
+    tasks = ls.request(
+        "GET", "api/tasks/", params={"project": proj.id, "page_size": 100, "fields": "all"}).json()["tasks"]
     truth = {}
     planted = []
     for t in tasks:
@@ -58,13 +58,13 @@ def labelled_project(label_studio, tmp_path_factory):
         ls.annotations.create(id=t["id"], result=choice(label))
         if n == 6:  # a cancelled one on top does not count
             ls.annotations.create(id=t["id"], result=[], was_cancelled=True)
-    return ls, proj.id, truth, planted, Connection(url, token), len(files)
+    return ls, proj.id, truth, planted, len(files)
 
 
 @pytest.mark.integration
 def test_export_formats(labelled_project, tmp_path):
-    ls, pid, truth, planted, conn, n = labelled_project
-    s = export(ls, pid, "imagefolder", tmp_path / "folder", conn, split=(0.6, 0.2, 0.2), progress=False)
+    ls, pid, truth, planted, n = labelled_project
+    s = export(ls, pid, "imagefolder", tmp_path / "folder", split=(0.6, 0.2, 0.2), progress=False)
     files = list((tmp_path / "folder").glob("*/*/*.png"))
     assert len(files) == n and sum(s.counts.values()) == n
     assert {p.parent.parent.name for p in files} == {"train", "val", "test"}
@@ -76,23 +76,23 @@ def test_export_formats(labelled_project, tmp_path):
     for split, counts in s.splits.items():
         assert set(counts) == {"open", "closed"}, "stratified: both classes in every split"
 
-    export(ls, pid, "csv", tmp_path / "csv", conn, progress=False)
+    export(ls, pid, "csv", tmp_path / "csv", progress=False)
     rows = list(csv.DictReader((tmp_path / "csv" / "labels.csv").open()))
     assert len(rows) == n + 1  # + the missing image, which a manifest still lists
     row = rows[0]
     assert {"image", "label", "annotator", "annotated_at", "prediction", "score", "agree"} <= set(row)
     assert row["annotator"]
 
-    export(ls, pid, "jsonl", tmp_path / "jsonl", conn, progress=False)
+    export(ls, pid, "jsonl", tmp_path / "jsonl", progress=False)
     recs = [json.loads(x) for x in (tmp_path / "jsonl" / "labels.jsonl").read_text().splitlines()]
     assert len(recs) == n + 1 and all(r["label"] in {"open", "closed"} for r in recs)
 
-    assert export(ls, pid, "JSON", tmp_path / "JSON", conn, progress=False).counts["tasks"] == n + 1
+    assert export(ls, pid, "JSON", tmp_path / "JSON", progress=False).counts["tasks"] == n + 1
     # JSON_MIN and CSV have a row per annotation: the task with two annotations has two
     for fmt in ("JSON_MIN", "CSV"):
-        assert export(ls, pid, fmt, tmp_path / fmt, conn, progress=False).counts["tasks"] == n + 2, fmt
+        assert export(ls, pid, fmt, tmp_path / fmt, progress=False).counts["tasks"] == n + 2, fmt
     try:  # COCO describes regions; Label Studio may refuse it for a Choices config: clearly, then
-        export(ls, pid, "COCO", tmp_path / "COCO", conn, progress=False)
+        export(ls, pid, "COCO", tmp_path / "COCO", progress=False)
         assert any((tmp_path / "COCO").iterdir())
     except StudioError as exc:
         assert "COCO" in str(exc) and not (tmp_path / "COCO").exists()
@@ -100,39 +100,39 @@ def test_export_formats(labelled_project, tmp_path):
 
 @pytest.mark.integration
 def test_interrupted_export_leaves_no_partial_output(labelled_project, tmp_path, monkeypatch):
-    ls, pid, _, _, conn, _ = labelled_project
-    import labeler.export as ex
+    ls, pid, _, _, _ = labelled_project
+    import labeler.studio.export as ex
 
     def boom(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(ex.Fetcher, "get_many", boom)
     with pytest.raises(KeyboardInterrupt):
-        export(ls, pid, "imagefolder", tmp_path / "ds", conn, progress=False)
+        export(ls, pid, "imagefolder", tmp_path / "ds", progress=False)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
-    export(ls, pid, "imagefolder", tmp_path / "ds", conn, progress=False)  # re-running works
+    export(ls, pid, "imagefolder", tmp_path / "ds", progress=False)  # re-running works
     assert (tmp_path / "ds" / "export.json").exists()
     with pytest.raises(FileExistsError):
-        export(ls, pid, "imagefolder", tmp_path / "ds", conn, progress=False)
+        export(ls, pid, "imagefolder", tmp_path / "ds", progress=False)
 
 
 @pytest.mark.integration
 def test_empty_project_exports_empty_dataset(label_studio, tmp_path):
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     pid = ls.projects.create(title="empty", label_config=template("binary")).id
-    s = export(ls, pid, "imagefolder", tmp_path / "empty", Connection(url, token), progress=False)
+    s = export(ls, pid, "imagefolder", tmp_path / "empty", progress=False)
     assert "EMPTY" in s.text() and (tmp_path / "empty" / "export.json").exists()
 
 
 @pytest.mark.integration
 @pytest.mark.slow  # CNN out-of-fold training on the CPU: minutes
 def test_review_puts_planted_errors_first(labelled_project, tmp_path):
-    ls, pid, truth, planted, conn, _ = labelled_project
+    ls, pid, truth, planted, _ = labelled_project
     predictor = Predictor(Settings(model_dir=tmp_path, zeroshot_model=None, classifier="cnn", seed=0))
-    suspects = review(ls, pid, predictor, conn)
+    suspects = review(ls, pid, predictor)
     assert {sp.task_id for sp in suspects[:len(planted)]} == set(planted), suspects
     view = next(v for v in ls.views.list(project=pid) if v.data["title"] == "Suspected label errors")
-    in_view = ls._client_wrapper.httpx_client.request(
-        "api/tasks/", method="GET", params={"project": pid, "view": view.id, "page_size": 100}).json()["tasks"]
+    in_view = ls.request(
+        "GET", "api/tasks/", params={"project": pid, "view": view.id, "page_size": 100}).json()["tasks"]
     assert [t["id"] for t in in_view] == [sp.task_id for sp in suspects]

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from labeler.connection import Connection
-from labeler.export import _recover, _swap_in, class_folders
-from labeler.fetching import Fetcher, FetchPolicy, is_public
-from labeler.images import ImageError, decode
-from labeler.imagestore import ImageStore
-from labeler.registry import Registry
+from labeler.studio.client import Connection
+from labeler.studio.export import _recover, _swap_in, class_folders
+from labeler.media.fetching import Fetcher, FetchPolicy, is_public
+from labeler.media.images import ImageError, decode
+from labeler.media.imagestore import ImageStore
+from labeler.learning.registry import Registry
 
 from .conftest import png_bytes
 from .test_security import bomb_png

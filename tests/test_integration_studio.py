@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 import requests
-from label_studio_sdk import LabelStudio
+from labeler.studio.client import Studio
 from PIL import Image
 
-from labeler.demo import template, upload_images
-from labeler.labelconfig import parse_label_config
-from labeler.zeroshot import ZeroShotScorer, softmax
+from labeler.dev.demo import template, upload_images
+from labeler.studio.labelconfig import parse_label_config
+from labeler.models.zeroshot import ZeroShotScorer, softmax
 
 from .conftest import png_bytes
 
@@ -32,15 +32,15 @@ def wait_for(fn, timeout=30, every=0.5):
 
 
 def task_predictions(ls, project):
-    resp = ls._client_wrapper.httpx_client.request(
-        "api/tasks/", method="GET", params={"project": project, "fields": "all", "page_size": 100})
+    resp = ls.request(
+        "GET", "api/tasks/", params={"project": project, "fields": "all", "page_size": 100})
     return {t["id"]: t for t in resp.json()["tasks"]}
 
 
 @pytest.fixture(scope="module")
 def project(label_studio, backend, image_dir):
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     proj = ls.projects.create(title="eyes", label_config=template("binary"))
     files = sorted(image_dir.iterdir())[:6]
     assert upload_images(url, token, proj.id, files) == 6
@@ -84,12 +84,12 @@ def test_predictions_stored_with_choices_scores_and_version(project, backend, ti
 
 
 def test_view_sorted_by_prediction_score_is_ascending(project):
-    from labeler.studio import uncertainty_view
+    from labeler.studio.tasks import uncertainty_view
 
     ls, pid, _ = project
     view = uncertainty_view(ls, pid)
-    resp = ls._client_wrapper.httpx_client.request(
-        "api/tasks/", method="GET", params={"project": pid, "view": view, "fields": "all", "page_size": 100})
+    resp = ls.request(
+        "GET", "api/tasks/", params={"project": pid, "view": view, "fields": "all", "page_size": 100})
     tasks = resp.json()["tasks"]
     scores = [t["predictions"][0]["score"] for t in tasks if t["predictions"] and t["predictions"][0]["result"]]
     assert len(scores) == 8 and len(set(scores)) > 1

@@ -6,9 +6,9 @@ import time
 
 import pytest
 import requests
-from label_studio_sdk import LabelStudio
+from labeler.studio.client import Studio
 
-from labeler.demo import synthetic_eyes, template, upload_images
+from labeler.dev.demo import synthetic_eyes, template, upload_images
 
 pytestmark = pytest.mark.integration
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -26,7 +26,7 @@ def wait_job(backend_url, pid, timeout=240):
 
 def tasks_of(ls, pid, view=None):
     params = {"project": pid, "fields": "all", "page_size": 200, **({"view": view} if view else {})}
-    return ls._client_wrapper.httpx_client.request("api/tasks/", method="GET", params=params).json()["tasks"]
+    return ls.request("GET", "api/tasks/", params=params).json()["tasks"]
 
 
 def annotate(ls, task, label):
@@ -37,7 +37,7 @@ def annotate(ls, task, label):
 @pytest.fixture(scope="module")
 def studio_project(label_studio, backend, tmp_path_factory):
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     proj = ls.projects.create(title="retrain", label_config=template("binary"))
     files = sorted(synthetic_eyes(tmp_path_factory.mktemp("eyes"), n=40).iterdir())
     upload_images(url, token, proj.id, files)
@@ -91,7 +91,7 @@ def test_start_training_promotes_a_new_version_that_serves(studio_project, backe
     r = requests.post(f"{backend[0]}/predict", json={"tasks": tasks[:2], "label_config": template("binary"),
                                                      "project": f"{pid}.0"}).json()
     assert {x["model_version"] for x in r["results"]} == {version}
-    from labeler.studio import uncertainty_view
+    from labeler.studio.tasks import uncertainty_view
     view = uncertainty_view(ls, pid)
     ordered = [t["predictions_score"] for t in tasks_of(ls, pid, view)]
     assert ordered == sorted(ordered) and None not in ordered
@@ -113,7 +113,7 @@ def test_admin_api_needs_the_token_and_rollback_serves_again(studio_project, bac
 
 def test_training_self_trains_on_unlabelled_tasks(label_studio, backend, tmp_path):
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     proj = ls.projects.create(title="self-training", label_config=template("binary"))
     upload_images(url, token, proj.id, sorted(synthetic_eyes(tmp_path / "eyes", n=36, seed=3).iterdir()))
     tasks = tasks_of(ls, proj.id)

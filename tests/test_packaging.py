@@ -75,7 +75,7 @@ def test_env_file_round_trip_and_what_is_set_wins(tmp_path, monkeypatch):
 
 def test_cli_reads_the_demo_env_file_from_the_working_folder(tmp_path):
     """`labeler versions` run beside labeler-demo/ sees the demo's registry with nothing typed."""
-    from labeler.registry import Registry
+    from labeler.learning.registry import Registry
 
     model_dir = tmp_path / "labeler-demo" / "model_dir"
     version = Registry(model_dir).add("4", lambda folder: {"kind": "head", "n_train": 10})
@@ -108,7 +108,7 @@ def test_non_editable_install_runs_the_demo(wheel, tmp_path):
     work.mkdir()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "LABELER_", "MODEL_DIR"))},
            "PATH": f"{venv / 'bin'}:{BIN}:{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1"}
-    code = "import labeler.demo as d; print(d.__file__); print(d.template('binary')[:6])"
+    code = "import labeler.dev.demo as d; print(d.__file__); print(d.template('binary')[:6])"
     where = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=work, env=env, capture_output=True, text=True,
                            check=True).stdout.split("\n")
     assert where[0].startswith(str(site)) and where[1] == "<View>", where

@@ -12,13 +12,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from label_studio_sdk import LabelStudio
+from labeler.studio.client import Studio
 
 from labeler.config import Settings
-from labeler.connection import Connection
-from labeler.demo import template, upload_images
-from labeler.predictor import Predictor
-from labeler.preannotate import preannotate
+from labeler.dev.demo import template, upload_images
+from labeler.models.predictor import Predictor
+from labeler.studio.preannotate import preannotate
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +33,7 @@ def _pg_bin() -> Path | None:
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory):
     """A throw-away PostgreSQL on 127.0.0.1; yields (port, run-psql)."""
-    from labeler.localserver import free_port
+    from labeler.dev.localserver import free_port
 
     bin_dir = _pg_bin()
     if bin_dir is None:
@@ -77,7 +76,7 @@ def postgres(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def label_studio_pg(postgres, tmp_path_factory):
-    from labeler.localserver import start_label_studio
+    from labeler.dev.localserver import start_label_studio
 
     port, _ = postgres
     env = {"DJANGO_DB": "default", "POSTGRE_NAME": "labelstudio", "POSTGRE_USER": "labelstudio",
@@ -100,18 +99,17 @@ def label_studio_pg(postgres, tmp_path_factory):
 def test_preannotate_on_label_studio_with_postgresql(label_studio_pg, postgres, tmp_path, tiny_model, image_dir):
     url, token = label_studio_pg
     _, psql = postgres
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     project = ls.projects.create(title="on postgres", label_config=template("binary")).id
     files = sorted(image_dir.iterdir())
     upload_images(url, token, project, files)
     predictor = Predictor(Settings(model_dir=tmp_path / "md", zeroshot_model=str(tiny_model), local_files_only=True))
     predictor.load_scorer()
-    conn = Connection(url, token)
 
-    first = preannotate(ls, project, predictor, conn, batch_size=5, max_tasks=7, progress=False)
+    first = preannotate(ls, project, predictor, batch_size=5, max_tasks=7, progress=False)
     assert first.predicted == 7
     # PostgreSQL lists prediction versions in its own format ("v1, v2"): resuming must still read them.
-    second = preannotate(ls, project, predictor, conn, batch_size=5, progress=False)
+    second = preannotate(ls, project, predictor, batch_size=5, progress=False)
     assert (second.skipped_existing, second.predicted) == (7, len(files) - 7)
     stored = psql(f"SELECT count(*), count(DISTINCT task_id) FROM prediction WHERE project_id = {project}")
     assert stored.strip() == f"{len(files)}|{len(files)}", "the predictions live in PostgreSQL, one per task"

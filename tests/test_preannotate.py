@@ -8,17 +8,17 @@ import time
 
 import numpy as np
 import pytest
-from label_studio_sdk import LabelStudio
+from labeler.studio.client import Studio
 
-from labeler.calibration import fit_temperature
+from labeler.models.calibration import fit_temperature
 from labeler.config import Settings
-from labeler.demo import template, upload_images
-from labeler.labelconfig import parse_label_config
-from labeler.connection import Connection
-from labeler.predictor import Predictor
-from labeler.preannotate import preannotate
-from labeler.uncertainty import confidence
-from labeler.zeroshot import softmax
+from labeler.dev.demo import template, upload_images
+from labeler.studio.labelconfig import parse_label_config
+from labeler.studio.client import Connection
+from labeler.models.predictor import Predictor
+from labeler.studio.preannotate import preannotate
+from labeler.learning.uncertainty import confidence
+from labeler.models.zeroshot import softmax
 
 
 def test_fit_temperature_recovers_the_true_one():
@@ -91,34 +91,33 @@ def test_temperature_changes_probabilities_not_choices(predictor, image_dir):
 @pytest.mark.integration
 def test_interrupted_preannotate_resumes_and_view_matches_uncertainty(label_studio, predictor, image_dir):
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     proj = ls.projects.create(title="bulk", label_config=template("binary"))
     files = sorted(image_dir.iterdir())
     upload_images(url, token, proj.id, files)
     ls.projects.import_tasks(id=proj.id, request=[{"image": "/data/upload/does-not-exist.png"}])
-    conn = Connection(url, token)
 
-    first = preannotate(ls, proj.id, predictor, conn, batch_size=4, max_tasks=5, progress=False)
+    first = preannotate(ls, proj.id, predictor, batch_size=4, max_tasks=5, progress=False)
     assert first.predicted == 5  # ... and the run stops here, as if interrupted
-    second = preannotate(ls, proj.id, predictor, conn, batch_size=4, progress=False)
+    second = preannotate(ls, proj.id, predictor, batch_size=4, progress=False)
     assert second.skipped_existing == 5 and second.predicted == len(files) - 5
     assert len(second.failed) == 1 and "cannot download" in second.failed[0][1]
-    third = preannotate(ls, proj.id, predictor, conn, batch_size=4, progress=False)
+    third = preannotate(ls, proj.id, predictor, batch_size=4, progress=False)
     assert third.predicted == 0 and third.skipped_existing == len(files)
 
-    tasks = ls._client_wrapper.httpx_client.request(
-        "api/tasks/", method="GET", params={"project": proj.id, "fields": "all", "page_size": 100}).json()["tasks"]
+    tasks = ls.request(
+        "GET", "api/tasks/", params={"project": proj.id, "fields": "all", "page_size": 100}).json()["tasks"]
     for t in tasks:
         assert len([p for p in t["predictions"] if p["model_version"] == first.version]) <= 1
 
     # The "Least confident first" tab orders tasks as our own uncertainty does.
     config = parse_label_config(template("binary"))
-    _, items = predictor.score(str(proj.id), [str(f) for f in files], config, conn)
+    _, items = predictor.score(str(proj.id), [str(f) for f in files], config, ls.conn)
     conf = confidence(np.stack([i.proba for i in items]))
     expected = [files[i].name for i in np.argsort(conf, kind="stable")]
     view = next(v for v in ls.views.list(project=proj.id) if v.data["title"] == "Least confident first")
-    in_view = ls._client_wrapper.httpx_client.request(
-        "api/tasks/", method="GET", params={"project": proj.id, "view": view.id, "fields": "all",
+    in_view = ls.request(
+        "GET", "api/tasks/", params={"project": proj.id, "view": view.id, "fields": "all",
                                              "page_size": 100}).json()["tasks"]
     got = [t["data"]["image"].rsplit("/", 1)[-1].split("-", 1)[-1] for t in in_view if t.get("predictions_score") is not None]
     assert got == expected
@@ -139,15 +138,14 @@ def test_concurrent_preannotate_runs_write_one_prediction_per_task(label_studio,
     from concurrent.futures import ThreadPoolExecutor
 
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     proj = ls.projects.create(title="concurrent", label_config=template("binary"))
     files = sorted(image_dir.iterdir())
     upload_images(url, token, proj.id, files)
-    conn = Connection(url, token)
     with ThreadPoolExecutor(3) as pool:
-        reports = list(pool.map(lambda _: preannotate(ls, proj.id, predictor, conn, batch_size=4, progress=False),
+        reports = list(pool.map(lambda _: preannotate(ls, proj.id, predictor, batch_size=4, progress=False),
                                 range(3)))
     assert sum(r.predicted for r in reports) == len(files)
-    tasks = ls._client_wrapper.httpx_client.request(
-        "api/tasks/", method="GET", params={"project": proj.id, "fields": "all", "page_size": 100}).json()["tasks"]
+    tasks = ls.request(
+        "GET", "api/tasks/", params={"project": proj.id, "fields": "all", "page_size": 100}).json()["tasks"]
     assert all(len(t["predictions"]) == 1 for t in tasks)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from label_studio_sdk import LabelStudio
+from labeler.studio.client import Studio
 
-from labeler.queue import FIELD, VIEW, QueueState, bucket_values, state_path
-from labeler.strategies import STRATEGIES, queue_order, select
+from labeler.studio.queue import FIELD, VIEW, QueueState, bucket_values, state_path
+from labeler.learning.strategies import STRATEGIES, queue_order, select
 
 
 def test_bucket_values_are_exact_at_the_top_and_few_overall():
@@ -46,29 +46,28 @@ def test_queue_state_merges_and_survives_a_round_trip(tmp_path):
 
 
 def _view_tasks(ls, project, view):
-    return ls._client_wrapper.httpx_client.request(
-        "api/tasks/", method="GET", params={"project": project, "view": view, "fields": "all",
+    return ls.request(
+        "GET", "api/tasks/", params={"project": project, "view": view, "fields": "all",
                                              "page_size": 100}).json()["tasks"]
 
 
 @pytest.mark.integration
 def test_preannotate_publishes_the_queue_and_annotated_tasks_leave_it(label_studio, tiny_model, image_dir, tmp_path):
     from labeler.config import Settings
-    from labeler.connection import Connection
-    from labeler.demo import template, upload_images
-    from labeler.predictor import Predictor
-    from labeler.preannotate import preannotate
-    from labeler.uncertainty import confidence
+    from labeler.dev.demo import template, upload_images
+    from labeler.models.predictor import Predictor
+    from labeler.studio.preannotate import preannotate
+    from labeler.learning.uncertainty import confidence
 
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     proj = ls.projects.create(title="queue", label_config=template("binary")).id
     files = sorted(image_dir.iterdir())
     upload_images(url, token, proj, files)
     predictor = Predictor(Settings(model_dir=tmp_path / "md", zeroshot_model=str(tiny_model),
                                    local_files_only=True, local_root=image_dir))
     predictor.load_scorer()
-    rep = preannotate(ls, proj, predictor, Connection(url, token), batch_size=5, progress=False)
+    rep = preannotate(ls, proj, predictor, batch_size=5, progress=False)
     assert rep.queue is not None and rep.queue.ranked == len(files), rep.summary()
 
     views = list(ls.views.list(project=proj))
@@ -92,8 +91,8 @@ def test_preannotate_publishes_the_queue_and_annotated_tasks_leave_it(label_stud
     assert left == expected[1:], "an annotated task leaves the queue at once"
 
     # Another strategy from the stored scores, no re-scoring: plain margin order of the unannotated tasks.
-    from labeler.queue import republish
-    from labeler.uncertainty import uncertainty
+    from labeler.studio.queue import republish
+    from labeler.learning.uncertainty import uncertainty
 
     rep = republish(ls, proj, tmp_path / "md", "margin", 25)
     state = QueueState.load(state_path(tmp_path / "md", proj))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from label_studio_sdk import LabelStudio
+from labeler.studio.client import Studio
 
 from tests.test_browser import browser, login_cookies, shot, tasks_of  # noqa: F401 - fixtures
 
@@ -21,20 +21,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 def queue_page(browser, label_studio, tiny_model, image_dir, tmp_path_factory):  # noqa: F811
     """A pre-annotated project (tiny BLIP-2), its queue tab open in a logged-in page; yields (page, pid, expected)."""
     from labeler.config import Settings
-    from labeler.connection import Connection
-    from labeler.demo import template, upload_images
-    from labeler.predictor import Predictor
-    from labeler.preannotate import preannotate
-    from labeler.queue import VIEW
+    from labeler.dev.demo import template, upload_images
+    from labeler.models.predictor import Predictor
+    from labeler.studio.preannotate import preannotate
+    from labeler.studio.queue import VIEW
 
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     pid = ls.projects.create(title="queue in a browser", label_config=template("binary")).id
     upload_images(url, token, pid, sorted(image_dir.iterdir()))
     predictor = Predictor(Settings(model_dir=tmp_path_factory.mktemp("md"), zeroshot_model=str(tiny_model),
                                    local_files_only=True, local_root=image_dir))
     predictor.load_scorer()
-    preannotate(ls, pid, predictor, Connection(url, token), progress=False)
+    preannotate(ls, pid, predictor, progress=False)
     view = next(v for v in ls.views.list(project=pid) if (v.data or {}).get("title") == VIEW)
     expected = [t["id"] for t in tasks_of(ls, pid, view.id)]
     assert expected != sorted(expected), "the queue differs from id order, so following it is no accident"
@@ -48,7 +47,7 @@ def queue_page(browser, label_studio, tiny_model, image_dir, tmp_path_factory): 
 
 
 def test_next_to_label_is_the_first_tab_and_lists_the_queue(queue_page):
-    from labeler.queue import VIEW
+    from labeler.studio.queue import VIEW
 
     page, view, expected = queue_page
     tabs = page.locator("[class*=tab]").filter(has_text=re.compile(r"^\s*\S"))
@@ -67,7 +66,7 @@ def test_label_all_tasks_serves_by_the_project_sampling_not_the_tab(queue_page, 
     sampling, uncertainty sampling here: the lowest stored prediction score first, not the tab's order."""
     page, view, expected = queue_page
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     pid = int(re.search(r"/projects/(\d+)/", page.url)[1])
     page.goto(re.sub(r"\?.*$", "", page.url) + f"?tab={view}")
     page.wait_for_selector("[class*=table__row]", timeout=60_000)

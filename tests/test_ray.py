@@ -17,15 +17,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from label_studio_sdk import LabelStudio
+from labeler.studio.client import Studio
 
 from labeler.config import Settings
-from labeler.connection import Connection
-from labeler.demo import template, upload_images
-from labeler.predictor import Predictor
-from labeler.preannotate import preannotate
+from labeler.dev.demo import template, upload_images
+from labeler.models.predictor import Predictor
+from labeler.studio.preannotate import preannotate
 
-from labeler.studio import prediction_versions
+from labeler.studio.tasks import prediction_versions
 
 
 def test_prediction_versions_reads_every_listing_shape():
@@ -54,7 +53,7 @@ def _settings(tmp_path, tiny_model, image_dir) -> Settings:
 
 
 def _project(url, token, files, title):
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     proj = ls.projects.create(title=title, label_config=template("binary"))
     upload_images(url, token, proj.id, files)
     ls.projects.import_tasks(id=proj.id, request=[{"image": "/data/upload/does-not-exist.png"}])
@@ -63,8 +62,8 @@ def _project(url, token, files, title):
 
 def _predictions(ls, project, key: str = "name") -> dict[str, list[tuple]]:
     """Per image file name (or whole URL): every prediction (version, choice, score) Label Studio holds."""
-    tasks = ls._client_wrapper.httpx_client.request(
-        "api/tasks/", method="GET", params={"project": project, "fields": "all", "page_size": 100}).json()["tasks"]
+    tasks = ls.request(
+        "GET", "api/tasks/", params={"project": project, "fields": "all", "page_size": 100}).json()["tasks"]
     out = {}
     for t in tasks:
         name = t["data"]["image"]
@@ -80,14 +79,13 @@ def test_ray_predictions_equal_in_process_ones(ray_cluster, label_studio, tmp_pa
 
     url, token = label_studio
     files = sorted(image_dir.iterdir())
-    conn = Connection(url, token)
     ls_a, local_project = _project(url, token, files, "in-process")
     ls_b, ray_project = _project(url, token, files, "on Ray")
 
     predictor = Predictor(_settings(tmp_path / "a", tiny_model, image_dir))
     predictor.load_scorer()
-    local = preannotate(ls_a, local_project, predictor, conn, batch_size=4, progress=False)
-    remote = preannotate_ray(ls_b, ray_project, _settings(tmp_path / "b", tiny_model, image_dir), conn,
+    local = preannotate(ls_a, local_project, predictor, batch_size=4, progress=False)
+    remote = preannotate_ray(ls_b, ray_project, _settings(tmp_path / "b", tiny_model, image_dir),
                              batch_size=4, import_batch=5, progress=False)
 
     assert remote.version == local.version
@@ -125,12 +123,11 @@ _DRIVER = """
 import sys
 from pathlib import Path
 from labeler.config import Settings
-from labeler.connection import Connection
 from labeler.distributed.bulk import preannotate_ray
-from labeler.studio import connect
+from labeler.studio.client import Studio
 url, token, project, model_dir, tiny = sys.argv[1:6]
 s = Settings(model_dir=Path(model_dir), zeroshot_model=tiny, local_files_only=True, allowed_hosts="127.0.0.1")
-preannotate_ray(connect(url, token), int(project), s, Connection(url, token), batch_size=2, import_batch=2,
+preannotate_ray(Studio.connect(url, token), int(project), s, batch_size=2, import_batch=2,
                 progress=False)
 """
 
@@ -141,7 +138,7 @@ def test_killed_ray_run_resumes_without_duplicates(ray_cluster, label_studio, tm
     from labeler.distributed.bulk import preannotate_ray
 
     url, token = label_studio
-    ls = LabelStudio(base_url=url, api_key=token)
+    ls = Studio(url, token)
     project = ls.projects.create(title="killed", label_config=template("binary")).id
     # 36 tasks: the 12 images three times over (distinct URLs), slow enough to be killed mid-way.
     files = [f"{slow_image_server}/{f.name}?copy={k}" for k in range(3) for f in sorted(image_dir.iterdir())]
@@ -164,7 +161,7 @@ def test_killed_ray_run_resumes_without_duplicates(ray_cluster, label_studio, tm
 
     settings = Settings(model_dir=tmp_path / "md", zeroshot_model=str(tiny_model), local_files_only=True,
                         allowed_hosts="127.0.0.1")
-    rep = preannotate_ray(ls, project, settings, Connection(url, token), batch_size=4, progress=False)
+    rep = preannotate_ray(ls, project, settings, batch_size=4, progress=False)
     assert (rep.skipped_existing, rep.predicted, rep.failed) == (done, len(files) - done, [])
     per_task = _predictions(ls, project, key="image")
     assert all(len(p) == 1 for p in per_task.values()), per_task
@@ -176,7 +173,7 @@ def ray_jobs_cluster(tmp_path_factory):
     """A one-node Ray cluster with its job server (``ray start --head --block``), ended by its process group."""
     pytest.importorskip("ray.job_submission", reason="Ray is not installed (pip install 'labeler[ray]')")
     pytest.importorskip("aiohttp", reason="Ray's job server needs ray[default] (pip install 'labeler[ray]')")
-    from labeler.localserver import free_port, wait_http
+    from labeler.dev.localserver import free_port, wait_http
 
     exe = os.path.join(os.path.dirname(sys.executable), "ray")
     port, dash = free_port(), free_port()

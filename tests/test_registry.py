@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from labeler.registry import Registry, RegistryError
+from labeler.learning.registry import Registry, RegistryError
 
 
 def write(meta):

@@ -5,22 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labeler.classifiers import Sample
-from labeler.demo import synthetic_eyes
+from labeler.models.classifiers import Sample
+from labeler.dev.demo import synthetic_eyes
 
 
 @pytest.mark.integration
 @pytest.mark.slow  # trains a CNN with cross-validation at every round, as the service does
 def test_replay_through_label_studio_matches_the_simulation(label_studio, tmp_path):
     from labeler.config import Settings
-    from labeler.connection import Connection
-    from labeler.predictor import Predictor
-    from labeler.replay import project_from_folder, replay
-    from labeler.simulate import classifier_factory, imagenet_features, run
-    from labeler.studio import connect
+    from labeler.models.predictor import Predictor
+    from labeler.learning.replay import project_from_folder, replay
+    from labeler.learning.simulate import classifier_factory, imagenet_features, run
+    from labeler.studio.client import Studio
 
     url, token = label_studio
-    ls = connect(url, token)
+    ls = Studio.connect(url, token)
     files = sorted(synthetic_eyes(tmp_path / "images", n=48, size=32, seed=2).iterdir())
     labels = [p.name.split("_")[0] for p in files]
     classes = ["open", "closed"]
@@ -37,7 +36,7 @@ def test_replay_through_label_studio_matches_the_simulation(label_studio, tmp_pa
                                          classes)
     settings = Settings(model_dir=tmp_path / "md", zeroshot_model=None, classifier="cnn", min_per_class=2,
                         seed=0, train_every=batch, self_train_pool=0)
-    rows, order = replay(ls, project, Predictor(settings), Connection(url, token), truth, budget, batch,
+    rows, order = replay(ls, project, Predictor(settings), truth, budget, batch,
                          [samples[i] for i in test], y[test], classes)
     assert len(order) == budget == len(set(order))
     # The cold-start batch is the simulation's: k-center on the same features from the same seed.
@@ -51,6 +50,6 @@ def test_replay_through_label_studio_matches_the_simulation(label_studio, tmp_pa
 
 
 def _names(ls, project):
-    resp = ls._client_wrapper.httpx_client.request("api/tasks/", method="GET", params={
+    resp = ls.request("GET", "api/tasks/", params={
         "project": project, "page_size": 1000, "fields": "all"})
     return {t["id"]: t["data"]["image"].rsplit("/", 1)[-1].split("-", 1)[-1] for t in resp.json()["tasks"]}

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from label_studio_sdk import LabelStudio
+from labeler.studio.client import Studio
 
-from labeler.demo import template
-from labeler.localserver import free_port, start_backend
+from labeler.dev.demo import template
+from labeler.dev.localserver import free_port, start_backend
 
 from .conftest import png_bytes
 
@@ -265,7 +265,7 @@ def test_setup_cannot_hijack_a_project(label_studio, secured, canaries, image_di
     """With a real Label Studio: its /setup binds the backend; an attacker's /setup changes nothing."""
     url, model_dir = secured
     ls_url, token = label_studio
-    ls = LabelStudio(base_url=ls_url, api_key=token)
+    ls = Studio(ls_url, token)
     proj = ls.projects.create(title="victim", label_config=template("binary"))
     ls.ml.create(project=proj.id, url=url, title="labeler", auth_method="BASIC_AUTH",
                  basic_auth_user="ls", basic_auth_pass="pw")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from labeler.classifiers import Sample
+from labeler.models.classifiers import Sample
 from labeler.cli import main
-from labeler.demo import synthetic_eyes
-from labeler.simulate import Annotator, classifier_factory, k_center_greedy, run, select
+from labeler.dev.demo import synthetic_eyes
+from labeler.learning.simulate import Annotator, classifier_factory, k_center_greedy, run, select
 
 
 def make_dataset(tmp_path, n=60):
@@ -27,7 +27,7 @@ def make_dataset(tmp_path, n=60):
 @pytest.fixture
 def generated(tmp_path):
     """(samples, y, classes, test indices, a quick CNN factory) on 60 generated images."""
-    from labeler.datasets import read_labels
+    from labeler.learning.datasets import read_labels
 
     data = read_labels(make_dataset(tmp_path))
     classes = data.classes

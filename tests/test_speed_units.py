@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from labeler.cache import EmbeddingCache, LogitCache, read_entry
-from labeler.classifiers import CNNClassifier, Sample, load_classifier
-from labeler.devicetier import DeviceTier, stage
-from labeler.selftrain import SelfTrained, pseudo_labels
+from labeler.models.cache import EmbeddingCache, LogitCache, read_entry
+from labeler.models.classifiers import CNNClassifier, Sample, load_classifier
+from labeler.models.devicetier import DeviceTier, stage
+from labeler.models.selftrain import SelfTrained, pseudo_labels
 
 CLASSES = ["dark", "light"]
 
@@ -206,8 +206,8 @@ def test_stage_mixes_device_rows_and_host_memory_maps(tmp_path):
 
 
 def test_rescoring_from_the_tier_equals_rescoring_from_disk(tiny_model, tmp_path):
-    from labeler.cache import content_key
-    from labeler.zeroshot import ImageEmbeddings, ZeroShotScorer
+    from labeler.models.cache import content_key
+    from labeler.models.zeroshot import ImageEmbeddings, ZeroShotScorer
 
     from .conftest import png_bytes
 

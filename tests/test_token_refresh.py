@@ -14,11 +14,11 @@ import time
 import jwt
 import pytest
 import requests
-from label_studio_sdk import LabelStudio
+from labeler.studio.client import Studio
 
-from labeler.connection import Connection
-from labeler.demo import template, upload_images
-from labeler.fetching import Fetcher, FetchPolicy
+from labeler.studio.client import Connection
+from labeler.dev.demo import template, upload_images
+from labeler.media.fetching import Fetcher, FetchPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def test_downloads_survive_an_expired_access_token(label_studio, image_dir, tmp_
         pytest.skip(f"this user already has a personal access token ({r.status_code})")
     pat = r.json()["token"]
 
-    ls = LabelStudio(base_url=url, api_key=legacy)
+    ls = Studio(url, legacy)
     proj = ls.projects.create(title="token-expiry", label_config=template("binary"))
     upload_images(url, legacy, proj.id, sorted(image_dir.iterdir())[:1])
     ref = ls.tasks.list(project=proj.id).items[0].data["image"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from labeler.zeroshot import ZeroShotScorer, pick_dtype, softmax
+from labeler.models.zeroshot import ZeroShotScorer, pick_dtype, softmax
 
 from .conftest import png_bytes
 

@@ -1,6 +1,6 @@
 """Bulk pre-annotation on a Ray cluster (Ray Data): ``labeler preannotate --engine ray``.
 
-The same steps as :mod:`labeler.preannotate`, spread over a cluster:
+The same steps as :mod:`labeler.studio.preannotate`, spread over a cluster:
 
 1. the driver lists the tasks narrowly (id, data, the model versions of their
    predictions) and keeps those without a prediction of the serving version
@@ -26,29 +26,22 @@ from pathlib import Path
 
 import numpy as np
 from filelock import FileLock, Timeout
-from label_studio_sdk import LabelStudio
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..classifiers import Sample
-from ..config import Settings
-from ..connection import Connection
-from ..preannotate import PreannotateBusy, Report
-from ..predictor import Predictor, Scored, project_key, to_prediction
-from ..queue import Recorder
-from ..queue import refresh as refresh_queue
-from ..registry import Registry
-from ..strategies import FEATURE_DIM, imagenet_features
-from ..studio import (
-    delete_stale_predictions,
+from labeler.models.classifiers import Sample
+from labeler.config import Settings
+from labeler.studio.client import Connection, Studio
+from labeler.studio.preannotate import PreannotateBusy, Report, finish, tasks_to_predict
+from labeler.models.predictor import Predictor, Scored, project_key, to_prediction
+from labeler.studio.queue import Recorder, queue_scores
+from labeler.learning.registry import Registry
+from labeler.learning.strategies import FEATURE_DIM, imagenet_features
+from labeler.studio.tasks import (
     import_predictions,
-    iter_tasks,
-    prediction_versions,
     project_config,
-    set_model_version,
-    uncertainty_view,
 )
-from . import ray_address, require_ray
+from labeler.distributed import ray_address, require_ray
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +85,7 @@ class ScoreActor:
     """Holds the project's serving model once; scores batches of decoded images."""
 
     def __init__(self, settings: Settings, project: str, config_xml: str, version: str) -> None:
-        from ..labelconfig import parse_label_config
+        from labeler.studio.labelconfig import parse_label_config
 
         self.predictor = Predictor(settings)
         self.predictor.load_scorer()
@@ -114,11 +107,11 @@ class ScoreActor:
             if it.proba is None:
                 preds.append(""), errors.append(it.error or "unknown error")
                 continue
-            proba[i] = it.proba
+            proba[i] = queue_scores(it.proba, it.thresholds)
             preds.append(json.dumps({"task": int(tid), **to_prediction(
-                it.proba, self.config, version, self.predictor.settings.uncertainty)}))
+                it.proba, self.config, version, self.predictor.settings.uncertainty, it.thresholds)}))
             errors.append("")
-        # What the labelling queue needs per task (labeler.queue.Recorder.add), computed here on the GPU.
+        # What the labelling queue needs per task (labeler.studio.queue.Recorder.add), computed here on the GPU.
         has = np.array([it.sample is not None for it in items])
         feats = np.zeros((len(items), FEATURE_DIM), dtype=np.float16)
         if has.any():
@@ -131,25 +124,23 @@ class ImportActor:
     """Writes predictions to Label Studio, one request per batch."""
 
     def __init__(self, url: str, token: str, project: int) -> None:
-        from ..studio import connect
-
-        self.ls, self.project = connect(url, token, check=False), project
+        self.studio, self.project = Studio(url, token), project
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import_predictions(self.ls, self.project, [json.loads(p) for p in batch["prediction"] if p])
+        import_predictions(self.studio, self.project, [json.loads(p) for p in batch["prediction"] if p])
         return {k: v for k, v in batch.items() if k != "prediction"}
 
 
 def _serving_version(settings: Settings, project: str, config_xml: str) -> tuple[str, str | None]:
     """The version the scoring actors will write (it names the model, so it is asked where the model loads)."""
-    from ..labelconfig import parse_label_config
+    from labeler.studio.labelconfig import parse_label_config
 
     p = Predictor(settings)
     p.load_scorer()
     return p.model_version(project, parse_label_config(config_xml)), p.scorer_error
 
 
-def preannotate_ray(ls: LabelStudio, project: int, settings: Settings, conn: Connection,
+def preannotate_ray(studio: Studio, project: int, settings: Settings,
                     only_missing: bool = True, batch_size: int = 64, import_batch: int = 500,
                     scorers: int | None = None, importers: int = 2, progress: bool = True,
                     max_tasks: int | None = None, wait_s: float = 600) -> Report:
@@ -157,7 +148,7 @@ def preannotate_ray(ls: LabelStudio, project: int, settings: Settings, conn: Con
 
     ``scorers``: scoring actors (default: one per GPU of the cluster, else one).
     Same report, same lock and same end steps (project version, views,
-    stale predictions, labelling queue) as :func:`labeler.preannotate.preannotate`.
+    stale predictions, labelling queue) as :func:`labeler.studio.preannotate.preannotate`.
     """
     require_ray()
     import ray
@@ -171,16 +162,16 @@ def preannotate_ray(ls: LabelStudio, project: int, settings: Settings, conn: Con
     except Timeout:
         raise PreannotateBusy(f"another pre-annotation of project {project} is still running") from None
     try:
-        return _run(ray, ls, project, pkey, settings, conn, only_missing, batch_size, import_batch,
+        return _run(ray, studio, project, pkey, settings, only_missing, batch_size, import_batch,
                     scorers, importers, progress, max_tasks)
     finally:
         lock.release()
 
 
-def _run(ray, ls, project, pkey, settings, conn, only_missing, batch_size, import_batch, scorers, importers,
+def _run(ray, studio, project, pkey, settings, only_missing, batch_size, import_batch, scorers, importers,
          progress, max_tasks) -> Report:
-    config = project_config(ls, project)
-    xml = ls.projects.get(id=project).label_config
+    config = project_config(studio, project)
+    xml = studio.projects.get(id=project).label_config
     gpus = int(ray.cluster_resources().get("GPU", 0))
     gpu_each = 1 if gpus else 0
     scorers = scorers or max(gpus, 1)
@@ -191,20 +182,11 @@ def _run(ray, ls, project, pkey, settings, conn, only_missing, batch_size, impor
     if err:
         log.warning(err)
     report = Report(version)
-    recorder = Recorder(settings.model_dir, project, len(config.classes))
-    todo = []
-    for task in iter_tasks(ls, project, narrow=True):
-        recorder.saw(task)
-        report.total += 1
-        if only_missing and version in prediction_versions(task):
-            report.skipped_existing += 1
-        else:
-            todo.append(task)
-    if max_tasks is not None:
-        todo = todo[:max_tasks]
+    recorder = Recorder(settings.model_dir, project, len(config.classes), config.multiple)
+    todo = tasks_to_predict(studio, project, version, only_missing, max_tasks, recorder, report)
     bar = tqdm(total=len(todo), desc=f"pre-annotating project {project} on Ray", unit="task", disable=not progress)
     if todo:
-        url, token = conn.hostname, conn.token
+        url, token = studio.conn.base_url, studio.conn.token
         ds = ray.data.from_items([{"id": int(t["id"]), "ref": json.dumps(config.image_ref(t))} for t in todo])
         ds = ds.map_batches(fetch_batch, batch_size=batch_size, num_cpus=1,
                             fn_kwargs={"settings": settings, "url": url, "token": token})
@@ -227,9 +209,4 @@ def _run(ray, ls, project, pkey, settings, conn, only_missing, batch_size, impor
             bar.update(len(out["id"]))
     bar.close()
     report.failed.sort()
-    if report.predicted or report.skipped_existing:
-        set_model_version(ls, project, version)
-        uncertainty_view(ls, project)
-        delete_stale_predictions(ls, project, version)
-    report.queue = refresh_queue(ls, project, recorder, batch=settings.train_every or 25, seed=settings.seed)
-    return report
+    return finish(studio, project, report, recorder, settings)

@@ -21,8 +21,8 @@ import shlex
 import time
 from collections.abc import Callable, Mapping
 
-from ..registry import check_project
-from . import require_ray
+from labeler.learning.registry import check_project
+from labeler.distributed import require_ray
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,212 @@
+"""``labeler demo``: a local Label Studio with a pre-annotated project, from nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image, ImageDraw
+
+from labeler.studio.client import Studio
+from labeler.dev import localserver
+from labeler.envfile import write_env_file
+from labeler.studio.tasks import model_card_text, uncertainty_view, update_model_card
+
+log = logging.getLogger(__name__)
+
+# templates/ at the top of the repository; pyproject.toml maps it into the wheel as labeler.templates.
+TEMPLATES = files("labeler.templates")
+ENV_FILE = "labeler.env"
+
+
+def template(name: str) -> str:
+    """A labelling config from ``templates/`` by name (``binary``, ``multiclass``) or path."""
+    path = Path(name)
+    if path.exists():
+        return path.read_text()
+    packaged = TEMPLATES / f"{name}.xml"
+    if not packaged.is_file():
+        raise FileNotFoundError(f"no template {name!r} (looked in {TEMPLATES})")
+    return packaged.read_text()
+
+
+def synthetic_eyes(out: Path, n: int = 24, size: int = 48, seed: int = 0) -> Path:
+    """Draw ``n`` grayscale eye-like images, half open (iris and pupil) and half closed (a lid line)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        im = Image.new("L", (size, size), int(rng.integers(150, 210)))
+        d = ImageDraw.Draw(im)
+        cx, cy = size / 2 + rng.normal(0, 2), size / 2 + rng.normal(0, 2)
+        w, h = size * 0.4, size * rng.uniform(0.15, 0.25)
+        if i % 2 == 0:
+            d.ellipse([cx - w, cy - h, cx + w, cy + h], fill=235, outline=60)
+            r = h * 0.9
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=int(rng.integers(40, 110)))
+            d.ellipse([cx - r / 2.5, cy - r / 2.5, cx + r / 2.5, cy + r / 2.5], fill=10)
+            name = f"open_{i:03d}.png"
+        else:
+            d.arc([cx - w, cy - h, cx + w, cy + h], 10, 170, fill=50, width=2)
+            name = f"closed_{i:03d}.png"
+        arr = np.clip(np.asarray(im, dtype=np.float32) + rng.normal(0, 6, im.size[::-1]), 0, 255)
+        Image.fromarray(arr.astype(np.uint8)).save(out / name)
+    return out
+
+
+def resolve_zeroshot(model: str, data_dir: Path) -> tuple[str, bool]:
+    """(model to serve, offline?): the hub id or folder if it loads, else a tiny random stand-in."""
+    from transformers import AutoConfig
+
+    try:
+        if not Path(model).exists():  # fail fast instead of the hub client's minute of retries
+            requests.head("https://huggingface.co", timeout=5)
+        AutoConfig.from_pretrained(model)
+        return model, False
+    except Exception as exc:  # noqa: BLE001 - hub unreachable or folder missing
+        from labeler.dev.tiny import build_tiny_blip2
+
+        log.warning("cannot load %s (%s): using a tiny RANDOM BLIP-2 so the loop can run; "
+                    "its predictions are meaningless. Pass --zeroshot-model with a local folder "
+                    "of Salesforce/blip2-itm-vit-g for real ones.", model, str(exc).splitlines()[0])
+        return str(build_tiny_blip2(data_dir / "tiny-blip2")), True
+
+
+def upload_images(ls_url: str, token: str, project: int, files: list[Path], chunk: int = 50) -> int:
+    """Multipart upload (``/data/upload/...`` URLs); one form field per file or only one is kept."""
+    n = 0
+    for i in range(0, len(files), chunk):
+        part = files[i:i + chunk]
+        payload = {f"file{j}": (p.name, p.read_bytes()) for j, p in enumerate(part)}
+        resp = requests.post(f"{ls_url}/api/projects/{project}/import", files=payload,
+                             headers={"Authorization": f"Token {token}"}, timeout=120)
+        resp.raise_for_status()
+        n += resp.json().get("task_count", len(part))
+    return n
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (kill, systemd, a container stop) takes the Ctrl-C path, which stops the servers."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a test runner's thread)
+        pass
+
+
+def _project(studio: Studio, title: str, label_config: str, files: list[Path], ls_url: str,
+             token: str) -> tuple[int, bool]:
+    """(project id, created?): the demo's project from an earlier run of the same data dir, or a new one."""
+    for p in studio.projects.list():
+        if p.title == title:
+            return p.id, False
+    project = studio.projects.create(title=title, label_config=label_config)
+    upload_images(ls_url, token, project.id, files)
+    return project.id, True
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+def _demo_secrets(data_dir: Path) -> tuple[str, str]:
+    """(API token, admin token), made once per demo folder (readable by the owner only)."""
+    out = []
+    for name in ("token", "admin-token"):  # the token applies only when the admin is first created
+        f = data_dir / name
+        if not f.exists():
+            fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(20))
+        out.append(f.read_text().strip())
+    return out[0], out[1]
+
+
+def _demo_images(images: Path | None, data_dir: Path) -> list[Path]:
+    if images is None:
+        images = synthetic_eyes(data_dir / "sample-images")
+    files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SystemExit(f"no images in {images}")
+    return files
+
+
+def _demo_project(ls_url: str, token: str, backend_url: str, files: list[Path], template_name: str) -> dict:
+    """Create (or reuse) the project, connect the backend, pre-annotate every task; returns what to print."""
+    studio = Studio(ls_url, token)
+    pid, created = _project(studio, f"labeler demo ({len(files)} images)", template(template_name), files, ls_url, token)
+    for old in studio.ml.list(project=pid):  # an earlier run's backend listened on another port
+        studio.ml.delete(id=old.id)
+    studio.ml.create(project=pid, url=backend_url, title="labeler")
+    t = time.perf_counter()
+    studio.actions.create(id="retrieve_tasks_predictions", project=pid, selected_items={"all": True, "excluded": []})
+    took = time.perf_counter() - t
+    view = uncertainty_view(studio, pid)
+    update_model_card(studio, pid, *model_card_text("zero-shot", None, {}, f"{backend_url}/dashboard"))
+    return {"project": pid, "view": view, "created": created, "predict_seconds": round(took, 2)}
+
+
+def _print_ready(info: dict, data_dir: Path) -> None:
+    again = "" if info["created"] else " (the project of an earlier run)"
+    print(f"""
+labeler demo is ready: {info['tasks']} tasks pre-annotated in {info['predict_seconds']:.1f} s{again}
+  Label Studio  {info['label_studio']}/projects/{info['project']}/data?tab={info['view']}
+  login         {info['username']} / {info['password']}
+  API token     {info['token']}
+  ML backend    {info['backend']}
+  admin page    {info['backend']}/dashboard   (admin token: {info['admin_token']})
+  CLI           commands run from {data_dir.parent} read {info['env_file']}; elsewhere: source {info['env_file']}
+                e.g. labeler versions; labeler train; labeler export --format csv --out labels
+The "Least confident first" tab lists the least certain images first.""", flush=True)
+
+
+def run_demo(images: Path | None, zeroshot_model: str, data_dir: Path, port: int | None,
+             template_name: str = "binary", wait: bool = True) -> dict:
+    """Label Studio + backend + a pre-annotated project; re-running on the same ``data_dir`` reuses them."""
+    _stop_on_sigterm()
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token, admin_token = _demo_secrets(data_dir)
+    username, password = "admin@labeler.local", "labeler-demo"
+    files = _demo_images(images, data_dir)
+    model, offline = resolve_zeroshot(zeroshot_model, data_dir)
+
+    print(f"starting Label Studio (data in {data_dir / 'label-studio'}) ...", flush=True)
+    ls_server = localserver.start_label_studio(data_dir / "label-studio", username, password, token, port=port)
+    backend_env = {"LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": token,
+                   "MODEL_DIR": str(data_dir / "model_dir"), "LABELER_ZEROSHOT_MODEL": model,
+                   "LABELER_ADMIN_TOKEN": admin_token, **({"HF_HUB_OFFLINE": "1"} if offline else {})}
+    backend = None
+    try:
+        print(f"starting the ML backend with {model} ...", flush=True)
+        backend = localserver.start_backend(backend_env, log_dir=data_dir)
+        info = _demo_project(ls_server.url, token, backend.url, files, template_name)
+        env_file = write_env_file(data_dir / ENV_FILE, {**backend_env, "LABELER_PROJECT": info["project"],
+                                                        "LABELER_BACKEND_URL": backend.url})
+        info.update(label_studio=ls_server.url, username=username, password=password, token=token,
+                    admin_token=admin_token, backend=backend.url, tasks=len(files), env_file=str(env_file))
+        _print_ready(info, data_dir)
+    except BaseException:
+        if backend is not None:
+            backend.stop()
+        ls_server.stop()
+        raise
+    if not wait:
+        info["servers"] = [ls_server, backend]
+        return info
+    print("Press Ctrl-C to stop.", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        backend.stop()
+        ls_server.stop()
+    return info

@@ -1,0 +1,50 @@
+"""A project's labelled set: its usable labels with their images downloaded, embedded and scored
+by the zero-shot model; what training and review start from. Also the unlabelled pool that
+self-training draws on."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from labeler.models.classifiers import Sample
+from labeler.models.predictor import Predictor, Scored
+from labeler.studio.client import Studio
+from labeler.studio.labelconfig import LabelConfig
+from labeler.studio.tasks import Labelled, labelled_tasks
+
+
+@dataclass
+class LabelledSet:
+    """A project's usable labels with their images: what training and review start from."""
+
+    keep: list[tuple[Labelled, Scored]]  # readable images, embedded, zero-shot evidence attached
+    bad: list[tuple[int, str]]           # (task id, why its image could not be used)
+    y: np.ndarray                        # class indices of ``keep``
+    skipped_tasks: int                   # annotated tasks without a usable label
+    unlabelled: list[tuple[int, str]]    # (task id, image URL) of tasks nobody annotated
+
+
+def load_labelled(predictor: Predictor, studio: Studio, project: int, config: LabelConfig) -> LabelledSet:
+    """Fetch the labelled tasks, download and embed their images, attach zero-shot evidence."""
+    labelled, skipped, unlabelled = labelled_tasks(studio, project, config)
+    items = predictor.samples([lab.url for lab in labelled], studio.conn)
+    bad = [(lab.task_id, it.error or "unreadable") for lab, it in zip(labelled, items) if it.sample is None]
+    keep = [(lab, it) for lab, it in zip(labelled, items) if it.sample is not None]
+    predictor.zeroshot_scores([it for _, it in keep], config)
+    y = np.array([config.classes.index(lab.label) for lab, _ in keep], dtype=int)
+    return LabelledSet(keep, bad, y, skipped, unlabelled)
+
+
+def self_training_pool(predictor: Predictor, data: LabelledSet, config: LabelConfig, studio: Studio,
+                       limit: int) -> list[Sample]:
+    """Up to ``limit`` unlabelled images (a stable choice by task id), downloaded and embedded.
+
+    Unreadable ones are left out: they only cost the pseudo-labels they would have given.
+    """
+    chosen = sorted(data.unlabelled, key=lambda t: hashlib.sha1(str(t[0]).encode()).hexdigest())[:limit]
+    items = predictor.samples([url for _, url in chosen], studio.conn)
+    predictor.zeroshot_scores(items, config)
+    return [it.sample for it in items if it.sample is not None]

@@ -1,0 +1,176 @@
+"""Replaying the annotation loop offline: does active learning save labels?
+
+No Label Studio: a simulated annotator reveals the hidden label of each image
+the strategy queries, and nothing else. Each round retrains with the same
+classifier code the backend uses, and evaluates on a held-out part that is
+never queried. The strategies live in :mod:`labeler.learning.strategies`, shared with
+the service's labelling queue (:mod:`labeler.studio.queue`), so Label Studio serves
+what is measured here.
+
+Cold start, with no labels: the zero-shot model's uncertainty where one is
+configured; otherwise k-center greedy on frozen ImageNet features, a first
+batch that covers the pool rather than one that is random by accident.
+
+With ``self_train``, each round's model also trains on the pool images the
+previous round's model (or the zero-shot model) is sure of (see
+:mod:`labeler.models.selftrain`): the teacher's predictions are the ones ranking the
+pool anyway, so self-training costs no extra fit per round.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from labeler.models import selftrain
+from labeler.models.classifiers import KINDS, Classifier, Sample
+from labeler.learning.metrics import HIGHER_IS_BETTER, evaluate
+from labeler.learning.strategies import (DEFAULT_STRATEGY, STRATEGIES, check_strategy, imagenet_features,  # noqa: F401
+                         k_center_greedy, select)
+
+log = logging.getLogger(__name__)
+
+
+class Annotator:
+    """The simulated person: knows every label, tells only those asked for."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self._labels = np.asarray(labels)
+        self.queried: set[int] = set()
+        self.order: list[int] = []  # in the order asked
+
+    def label(self, indices: Sequence[int]) -> np.ndarray:
+        self.queried.update(int(i) for i in indices)
+        self.order += [int(i) for i in indices]
+        return self._labels[np.asarray(indices, dtype=int)]
+
+
+@dataclass
+class RunResult:
+    strategy: str
+    seed: int
+    rows: list[dict] = field(default_factory=list)
+    model: Classifier | None = None
+
+
+def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: str, budget: int,
+        batch: int, test_idx: np.ndarray, seed: int, make: Callable[[int], Classifier],
+        zeroshot: np.ndarray | None = None, features: np.ndarray | None = None,
+        start: int | None = None, progress: bool = True,
+        self_train: float | None = None, warm_start: bool = True) -> tuple[RunResult, Annotator]:
+    """One simulated annotation run; returns metrics after each round and the annotator.
+
+    With ``warm_start`` each round's model starts from the last round's
+    (:meth:`Classifier.warm_start`), which needs fewer steps than a cold fit.
+    """
+    check_strategy(strategy)
+    rng = np.random.default_rng(seed)
+    annotator = Annotator(y)
+    test = np.asarray(test_idx)
+    pool = np.setdiff1d(np.arange(len(y)), test)
+    labelled = np.zeros(0, dtype=int)
+    got = np.zeros(0, dtype=int)
+    result = RunResult(strategy, seed)
+    proba = zeroshot[pool] if zeroshot is not None else None
+    first = start or batch
+    bar = tqdm(total=budget, desc=f"{strategy} seed {seed}", unit="label", disable=not progress)
+    while len(labelled) < budget and len(pool):
+        k = min(first if not len(labelled) else batch, budget - len(labelled))
+        picked = select(strategy, proba, pool, labelled, k, rng, features)
+        labelled = np.concatenate([labelled, picked])
+        got = np.concatenate([got, annotator.label(picked)])
+        left = ~np.isin(pool, picked)
+        pool = pool[left]
+        bar.update(len(picked))
+        if len(set(got.tolist())) < len(classes):
+            proba = None if zeroshot is None else zeroshot[pool]
+            continue  # cannot train before every class has a label
+        model = make(seed)
+        if warm_start and result.model is not None:
+            model.warm_start(result.model)
+        t = time.perf_counter()
+        if self_train is not None and proba is not None and len(pool):
+            # The last round's model (or the zero-shot one) is the teacher: no extra fit per round.
+            info = selftrain.self_train(model, [samples[i] for i in labelled], got, [samples[i] for i in pool],
+                                        proba[left], self_train)
+        else:
+            info = model.fit([samples[i] for i in labelled], got) or {}
+        train_s = time.perf_counter() - t
+        m = evaluate(y[test], model.predict_proba([samples[i] for i in test]), classes)
+        result.rows.append(_row(strategy, seed, len(labelled), m, info, train_s))
+        result.model = model
+        bar.set_postfix(acc=f"{m['accuracy']:.4f}", eer=m.get("eer"), pseudo=info.get("pseudo_labels", 0))
+        proba = model.predict_proba([samples[i] for i in pool]) if len(pool) else None
+    bar.close()
+    return result, annotator
+
+
+def _row(strategy: str, seed: int, labels: int, m: dict, info: dict, train_s: float) -> dict:
+    """One learning-curve point: the held-out metrics after a round."""
+    return {"strategy": strategy, "seed": seed, "labels": labels, "eer": m.get("eer"), "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"], "roc_auc": m.get("roc_auc", m.get("roc_auc_macro")),
+            "eer_macro": m.get("eer_macro"), "pseudo_labels": info.get("pseudo_labels", 0),
+            "train_seconds": round(train_s, 2)}
+
+
+def labels_to_reach(rows: list[dict], target: float, metric: str = "eer") -> float | None:
+    """Fewest labels at which the mean ``metric`` over seeds reaches ``target`` (None: never).
+
+    Reaching is ``<= target`` for error rates (EER) and ``>= target`` for
+    accuracy and macro-F1 (:data:`labeler.learning.metrics.HIGHER_IS_BETTER`).
+    """
+    higher = HIGHER_IS_BETTER[metric]
+    by_n: dict[int, list[float]] = {}
+    for r in rows:
+        if r.get(metric) is not None:
+            by_n.setdefault(r["labels"], []).append(float(r[metric]))
+    for n in sorted(by_n):
+        m = np.mean(by_n[n])
+        if (m >= target) if higher else (m <= target):
+            return n
+    return None
+
+
+def write_outputs(rows: list[dict], out: Path, title: str, metric: str = "eer") -> tuple[Path, Path]:
+    """``learning_curves.csv`` and ``learning_curves.png`` (mean ``metric`` with a +-1 std band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = out / "learning_curves.csv", out / "learning_curves.png"
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        ns = sorted({r["labels"] for r in rows if r["strategy"] == strategy})
+        e = [[r[metric] for r in rows if r["strategy"] == strategy and r["labels"] == n] for n in ns]
+        mean, std = np.array([np.mean(v) for v in e]), np.array([np.std(v) for v in e])
+        ax.plot(ns, mean, marker="o", label=strategy)
+        ax.fill_between(ns, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("human labels")
+    better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+    ax.set_ylabel(f"{metric} on the held-out part ({better} is better)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return csv_path, png_path
+
+
+def classifier_factory(kind: str, classes: list[str], **cnn_options) -> Callable[[int], Classifier]:
+    if kind == "cnn":
+        return lambda seed: KINDS["cnn"](classes, seed=seed, progress=False, **cnn_options)
+    return lambda seed: KINDS[kind](classes, seed=seed)

@@ -1,0 +1,249 @@
+"""One training run: labels from Label Studio -> classifier -> evaluation -> registry.
+
+Evaluation is always on annotations the model did not train on:
+
+- with enough labels (``HOLDOUT_MIN`` held-out items or more), a fifth of the
+  labelled tasks chosen by a hash of the task id is held out. The choice is
+  stable across runs, so no version ever trains on an item that any version is
+  evaluated on, and versions (and the serving model) compare on the same items;
+- with fewer, 5-fold stratified cross-validation gives out-of-fold
+  probabilities for every label, then the served model is fitted on all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from labeler.models.calibration import fit_temperature
+from labeler.models.classifiers import KINDS, Classifier, Sample
+from labeler.studio.client import Studio
+from labeler.errors import TrainingError
+from labeler.studio.labelconfig import LabelConfig
+from labeler.learning.metrics import evaluate
+from labeler.models.predictor import Predictor
+from labeler.models.selftrain import SelfTrained
+from labeler.learning.labelled import LabelledSet, load_labelled, self_training_pool
+from labeler.studio.tasks import project_config
+from labeler.models.zeroshot import softmax
+
+log = logging.getLogger(__name__)
+HOLDOUT_MIN = 50
+
+
+def is_holdout(task_id: int, fraction: int = 5) -> bool:
+    """Stable held-out membership: one task in ``fraction`` by a hash of its id."""
+    return int(hashlib.sha1(str(task_id).encode()).hexdigest(), 16) % fraction == 0
+
+
+@dataclass
+class Outcome:
+    version: str
+    promoted: bool
+    meta: dict
+
+
+def cross_val_proba(make: Callable[[], Classifier], samples: Sequence[Sample], y: np.ndarray,
+                    folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold class probabilities: each item scored by a model that never saw it."""
+    proba = np.zeros((len(y), len(make().classes)))
+    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        model = make()
+        model.fit([samples[i] for i in tr], y[tr])
+        proba[te] = model.predict_proba([samples[i] for i in te])
+    return proba
+
+
+def choose_kind(setting: str, has_zeroshot: bool) -> str:
+    if setting == "auto":
+        return "head" if has_zeroshot else "cnn"
+    if setting not in KINDS:
+        raise TrainingError(f"unknown classifier {setting!r}; choose from auto, {', '.join(KINDS)}")
+    if KINDS[setting].needs_features and not has_zeroshot:
+        raise TrainingError(f"classifier {setting!r} needs the zero-shot model, which is not loaded")
+    return setting
+
+
+@dataclass
+class Split:
+    """Which labels train the new version and which evaluate it (indices into the labelled set)."""
+
+    train: np.ndarray
+    evaluate: np.ndarray
+    method: str   # "holdout" or "<k>-fold cross-validation"
+    folds: int = 0
+
+
+def check_counts(y: np.ndarray, classes: list[str], min_per_class: int, n_bad: int) -> dict[str, int]:
+    """Labels per class; TrainingError when a class has fewer than ``min_per_class``."""
+    counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
+    short = {c: n for c, n in counts.items() if n < min_per_class}
+    if short:
+        raise TrainingError(f"too few labels to train: {short} (need at least {min_per_class} per class; "
+                            f"{len(y)} usable labels, {n_bad} unreadable images)")
+    return counts
+
+
+def choose_split(task_ids: Sequence[int], y: np.ndarray, n_classes: int) -> Split:
+    """The stable hash hold-out when it has ``HOLDOUT_MIN`` items and leaves every class to train on,
+    else k-fold cross-validation over all labels (k = 5, or the rarest class's count)."""
+    hold = np.array([is_holdout(t) for t in task_ids], dtype=bool)
+    if hold.sum() >= HOLDOUT_MIN and len(set(y[~hold])) == n_classes:
+        return Split(np.flatnonzero(~hold), np.flatnonzero(hold), "holdout")
+    folds = int(min(5, np.bincount(y, minlength=n_classes).min()))
+    every = np.arange(len(y))
+    return Split(every, every, f"{folds}-fold cross-validation", folds)
+
+
+def fit_and_evaluate(make: Callable[[], Classifier], samples: Sequence[Sample], y: np.ndarray, split: Split,
+                     seed: int, report: Callable[[str], None]) -> tuple[Classifier, np.ndarray, dict]:
+    """(the model to serve, its probabilities on the evaluation items, training info).
+
+    Hold-out: one fit on the training part. Cross-validation: out-of-fold
+    probabilities, then one fit on every label.
+    """
+    take = lambda idx: [samples[i] for i in idx]  # noqa: E731
+    if split.method == "holdout":
+        report(f"training on {len(split.train)} labels, {len(split.evaluate)} held out")
+        clf = make()
+        info = clf.fit(take(split.train), y[split.train])
+        return clf, clf.predict_proba(take(split.evaluate)), info
+    report(f"{split.method} on {len(y)} labels")
+    proba = cross_val_proba(make, samples, y, split.folds, seed)
+    report(f"training on all {len(y)} labels")
+    clf = make()
+    return clf, proba, clf.fit(list(samples), y)
+
+
+def unseen_by(serving_meta: dict | None, task_ids: Sequence[int], split: Split) -> np.ndarray:
+    """Evaluation items (indices) the serving version never trained on.
+
+    The hold-out is never trained on by any version. Under cross-validation,
+    versions record the tasks they trained on; items labelled since then are
+    unseen by the serving version. An older version without that record is
+    evaluated on every item (which favours it: promotion stays conservative).
+    """
+    if split.method == "holdout" or not serving_meta or not serving_meta.get("trained_tasks"):
+        return split.evaluate
+    seen = set(serving_meta["trained_tasks"])
+    fresh = np.array([i for i in split.evaluate if task_ids[i] not in seen], dtype=int)
+    return fresh if len(fresh) else split.evaluate
+
+
+def decide_promotion(new_acc: float, baseline: dict) -> tuple[bool, str]:
+    """Promote when the new version is not worse than ``baseline`` on the same items.
+
+    ``baseline``: ``{"name", "accuracy", "new_accuracy"?, "n"}`` where ``new_accuracy``
+    (if given) is the new version's accuracy on exactly the baseline's items.
+    """
+    ours = baseline.get("new_accuracy", new_acc)
+    promoted = ours >= baseline["accuracy"]
+    sign = ">=" if promoted else "<"
+    return promoted, (f"accuracy on {baseline['n']} labels unseen by both {ours:.4f} {sign} "
+                      f"{baseline['accuracy']:.4f} of {baseline['name']} on the same items")
+
+
+def baseline_for(predictor: Predictor, project: str, samples: Sequence[Sample], y: np.ndarray,
+                 task_ids: Sequence[int], split: Split, eval_proba: np.ndarray, classes: list[str],
+                 meta: dict) -> dict:
+    """What the new version must not be worse than: the serving version if one serves, else the
+    zero-shot model, else a constant guess of the most frequent training class; all on the same items."""
+    serving, current = predictor.classifier(project)
+    usable = current is not None and list(current.classes) == classes and (
+        not current.needs_features or predictor.scorer is not None)
+    if usable:
+        items = unseen_by(predictor.registry.meta(project, serving), task_ids, split)
+        where = {int(i): k for k, i in enumerate(split.evaluate)}
+        ours = eval_proba[[where[int(i)] for i in items]].argmax(1)
+        theirs = current.predict_proba([samples[i] for i in items])
+        meta["serving_metrics"] = {"version": serving, **evaluate(y[items], theirs, classes)}
+        return {"name": serving, "accuracy": meta["serving_metrics"]["accuracy"], "n": len(items),
+                "new_accuracy": float((ours == y[items]).mean())}
+    if "zeroshot_metrics" in meta:
+        return {"name": "the zero-shot model", "accuracy": meta["zeroshot_metrics"]["accuracy"],
+                "n": len(split.evaluate)}
+    guess = int(np.bincount(y[split.train], minlength=len(classes)).argmax())
+    return {"name": f"always guessing {classes[guess]!r}", "accuracy": float((y[split.evaluate] == guess).mean()),
+            "n": len(split.evaluate)}
+
+
+def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Sample], y: np.ndarray,
+                      split: Split, classes: list[str], meta: dict) -> None:
+    """Calibrate the zero-shot model on every label (it is not trained: no leak) and record its
+    metrics on the evaluation items with the temperature in force before this run."""
+    if predictor.scorer is None:
+        return
+    meta["zeroshot_temperature"] = fit_temperature(np.stack([x.zeroshot for x in samples]), y)
+    zs = softmax(np.stack([samples[i].zeroshot for i in split.evaluate]), predictor.registry.temperature(project))
+    meta["zeroshot_metrics"] = evaluate(y[split.evaluate], zs, classes)
+
+
+def make_model(predictor: Predictor, data: LabelledSet, config: LabelConfig, studio: Studio,
+               report: Callable[[str], None]) -> tuple[str, Callable[[], Classifier], int]:
+    """(classifier kind, a factory of fresh models, self-training pool size)."""
+    s = predictor.settings
+    kind = choose_kind(s.classifier, predictor.scorer is not None)
+    classes = list(config.classes)
+    base = lambda: KINDS[kind](classes, seed=s.seed)  # noqa: E731
+    pool: list[Sample] = []
+    if s.self_train_pool > 0 and data.unlabelled:
+        report(f"fetching up to {s.self_train_pool} of {len(data.unlabelled)} unlabelled images for self-training")
+        pool = self_training_pool(predictor, data, config, studio, s.self_train_pool)
+    if not pool:
+        return kind, base, 0
+    return kind, (lambda: SelfTrained(base, pool, s.self_train)), len(pool)
+
+
+def register(predictor: Predictor, project: str, clf: Classifier, meta: dict, n_labels: int) -> str:
+    """Write the version (and the fitted zero-shot temperature); promote it if ``meta`` says so."""
+    def write(folder):
+        clf.save(folder)
+        return meta
+
+    version = predictor.registry.add(project, write)
+    if "zeroshot_temperature" in meta:
+        predictor.registry.set_temperature(project, meta["zeroshot_temperature"], n_labels)
+    if meta["promoted"]:
+        predictor.registry.promote(project, version)
+    return version
+
+
+def train_project(predictor: Predictor, project: str, studio: Studio, trigger: str = "manual",
+                  report: Callable[[str], None] = lambda s: None) -> Outcome:
+    """Train, evaluate and register a new version for ``project``; promote it if not worse.
+
+    Steps: load the labelled set, check counts, split, fit and evaluate, measure
+    the baselines, decide promotion, register. Raises :class:`TrainingError`
+    (or a Label Studio error) without touching the serving model.
+    """
+    config = project_config(studio, int(project))
+    classes = list(config.classes)
+    report("fetching annotations and images")
+    data = load_labelled(predictor, studio, int(project), config)
+    counts = check_counts(data.y, classes, predictor.settings.min_per_class, len(data.bad))
+    samples, y = [it.sample for _, it in data.keep], data.y
+    task_ids = [lab.task_id for lab, _ in data.keep]
+    split = choose_split(task_ids, y, len(classes))
+    kind, make, pool = make_model(predictor, data, config, studio, report)
+    clf, eval_proba, info = fit_and_evaluate(make, samples, y, split, predictor.settings.seed,
+                                             lambda step: report(f"{kind}: {step}"))
+    meta: dict = {"kind": kind, "classes": classes, "prompts": {c: list(config.prompts[c]) for c in classes},
+                  "class_counts": counts, "trigger": trigger, "skipped_tasks": data.skipped_tasks,
+                  "self_training": {"pool": pool, "threshold": predictor.settings.self_train} if pool else None,
+                  "unreadable_images": [{"task": t, "error": e} for t, e in data.bad][:100],
+                  "train_info": info, "evaluation": split.method, "n_train": int(len(split.train)),
+                  "n_eval": int(len(split.evaluate)), "metrics": evaluate(y[split.evaluate], eval_proba, classes),
+                  # under cross-validation, what this version trained on (the next run compares on the rest)
+                  "trained_tasks": sorted(int(task_ids[i]) for i in split.train) if split.folds else None}
+    zeroshot_baseline(predictor, project, samples, y, split, classes, meta)
+    baseline = baseline_for(predictor, project, samples, y, task_ids, split, eval_proba, classes, meta)
+    promoted, why = decide_promotion(meta["metrics"]["accuracy"], baseline)
+    meta.update(promoted=promoted, promotion_reason=why)
+    version = register(predictor, project, clf, meta, len(y))
+    log.info("project %s: trained %s (%s): %s", project, version, trigger, why)
+    return Outcome(version, promoted, predictor.registry.meta(project, version))

@@ -1,0 +1,266 @@
+"""Image embeddings on disk, keyed by image content and model.
+
+One ``.npy`` file per (model, image), fp16, shape (L + 1, D): the vision
+tower's last hidden state (L rows, what ITM re-scoring needs) and the pooled
+feature for trained classifiers as the last row. A plain ``.npy`` loads in
+tens of microseconds, an ``.npz`` (a zip) ten times slower. Footprint per
+image: ``(L + 1) * D * 2`` bytes, i.e. 258*1408*2 = 727 KB for
+``blip2-itm-vit-g`` at 224 px (50,000 images = 36 GB) and about 1 KB for the
+tiny test model. The cache is
+bounded by ``max_bytes``: when a write takes it over, the least recently used
+files go first (reads refresh a file's mtime). Entries are read memory-mapped:
+a caller that needs only the pooled row (a trained head) or nothing at all
+(every prompt's logit already memoised) never reads the hidden states.
+
+Entries are read without ``np.load``: the ``.npy`` header is parsed here
+(only 2-D little-endian fp16 is accepted, so nothing can be unpickled) and the
+data memory-mapped with ``np.memmap`` at the known offset, which is safe with
+many concurrent readers (``np.load`` was seen failing under concurrent load on
+CPython 3.11).
+
+Optionally a :class:`~labeler.models.devicetier.DeviceTier` keeps the hidden states
+of recently embedded images on the GPU (:meth:`EmbeddingCache.attach_tier`):
+re-scoring them with new prompts reads no disk. Writes happen on background
+threads; :meth:`EmbeddingCache.put_embeddings` copies a batch off the GPU into
+pinned memory asynchronously, so the model does not wait for the copy either.
+
+Beside the embeddings, :class:`LogitCache` memoises the ITM log-odds of each
+(image, prompt) pair, so re-ranking, a new temperature or a changed prompt of
+one class re-runs the Q-Former only for prompts it has not seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sqlite3
+import struct
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from labeler.models.devicetier import DeviceTier
+    from labeler.models.zeroshot import ImageEmbeddings
+
+_MAGIC = b"\x93NUMPY"
+_HEADER = re.compile(r"^\{'descr': '<f2', 'fortran_order': False, 'shape': \((\d+), (\d+)\), \}\s*$")
+
+
+def content_key(data: bytes) -> str:
+    """SHA-256 of the image bytes: the same picture under any URL hits the same entry."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_entry(path: str | Path) -> np.memmap:
+    """A cache file as a read-only (L + 1, D) fp16 memory map.
+
+    The header is parsed here rather than by ``np.load``: anything but the
+    2-D ``<f2`` C-order arrays this cache writes raises ``ValueError``, and no
+    state is shared between threads. Raises ``OSError`` for unreadable files.
+    """
+    with open(path, "rb") as f:
+        head = f.read(10)
+        if len(head) < 10 or head[:6] != _MAGIC:
+            raise ValueError(f"{path}: not a .npy file")
+        major = head[6]
+        if major == 1:
+            (hlen,), start = struct.unpack("<H", head[8:10]), 10
+        elif major in (2, 3):
+            (hlen,), start = struct.unpack("<I", head[8:10] + f.read(2)), 12
+        else:
+            raise ValueError(f"{path}: unknown .npy version {major}")
+        header = f.read(hlen).decode("latin1")
+    m = _HEADER.match(header)
+    if m is None:
+        raise ValueError(f"{path}: not a 2-D little-endian fp16 array: {header.strip()[:80]}")
+    shape = (int(m.group(1)), int(m.group(2)))
+    if os.path.getsize(path) != start + hlen + 2 * shape[0] * shape[1] or shape[0] < 2:
+        raise ValueError(f"{path}: truncated or malformed entry")
+    return np.memmap(path, dtype="<f2", mode="r", offset=start + hlen, shape=shape)
+
+
+class EmbeddingCache:
+    def __init__(self, root: str | Path, model_key: str, max_bytes: int = 20 * 2**30, writers: int = 4) -> None:
+        self.dir = Path(root) / model_key
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._size: int | None = None
+        # Several writers: one file write per image, 727 KB each for the full model.
+        self._writer = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="cache-writer")
+        self._pending: list[Future] = []
+        self.logits = LogitCache(self.dir / "logits.sqlite")
+        self.tier: DeviceTier | None = None
+
+    def attach_tier(self, tier: DeviceTier | None) -> None:
+        """Keep hidden states on ``tier``'s device too: new embeddings and disk hits go there."""
+        self.tier = tier
+
+    def _path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(hidden, pooled) for ``key`` from disk, or None on a miss or an unreadable entry.
+
+        ``hidden`` is a read-only memory map: its bytes are read when used.
+        """
+        path = self._path(key)
+        try:
+            both = read_entry(path)
+            pooled = np.array(both[-1], dtype=np.float32)
+            os.utime(path)
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+        return both[:-1], pooled
+
+    def get_many(self, keys: list[str], workers: int = 8) -> list[tuple[object, np.ndarray] | None]:
+        """:meth:`get` for many keys; with a tier, its hits first and disk hits promoted into it.
+
+        A hit's hidden states are a device tensor (tier) or a memory map (disk);
+        disk reads run on a thread pool (file reads release the GIL).
+        """
+        out: list[tuple[object, np.ndarray] | None] = [None] * len(keys)
+        rest = list(range(len(keys)))
+        if self.tier is not None:
+            hits = {i: self.tier.get(k) for i, k in enumerate(keys)}
+            found = [i for i, h in hits.items() if h is not None]
+            if found:
+                import torch
+
+                pooled = torch.stack([hits[i][1] for i in found]).float().cpu().numpy()
+                for j, i in enumerate(found):
+                    out[i] = (hits[i][0], pooled[j])
+            rest = [i for i in rest if hits[i] is None]
+        if len(rest) < 16:
+            disk = [self.get(keys[i]) for i in rest]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                disk = list(pool.map(self.get, [keys[i] for i in rest]))
+        for i, hit in zip(rest, disk):
+            out[i] = hit
+        if self.tier is not None:
+            promote = [i for i, hit in zip(rest, disk) if hit is not None]
+            for start in range(0, len(promote), 256):  # bounded pinned buffers
+                part = promote[start:start + 256]
+                self.tier.put([keys[i] for i in part], [out[i][0] for i in part], [out[i][1] for i in part])
+                for i in part:
+                    out[i] = (self.tier.get(keys[i])[0], out[i][1])
+        return out
+
+    def put(self, key: str, hidden: np.ndarray, pooled: np.ndarray) -> None:
+        """Store one entry now (see :meth:`put_rows` for the batched, background path)."""
+        self._write(key, np.concatenate([hidden, pooled[None, :]]).astype(np.float16))
+
+    def put_rows(self, keys: list[str], rows: np.ndarray) -> None:
+        """Queue ``rows[i]`` ((L + 1, D) fp16: hidden states + pooled row) under ``keys[i]``.
+
+        Writes happen on background threads so the model never waits for the
+        disk (727 KB an image for the full model); :meth:`flush` waits for them.
+        """
+        self._submit(lambda: [self._write(k, r) for k, r in zip(keys, rows)])
+
+    def put_embeddings(self, keys: list[str], emb: ImageEmbeddings) -> None:
+        """Store a batch straight from the model: into the tier (on the device, no copy to the host)
+        and, through an asynchronous copy to pinned memory, to disk in the background."""
+        if self.tier is not None:
+            self.tier.put(keys, emb.hidden, emb.pooled)
+        rows, ready = emb.host_rows()
+
+        def write() -> None:
+            if ready is not None:
+                ready.synchronize()
+            arr = rows.numpy()
+            for k, r in zip(keys, arr):
+                self._write(k, r)
+
+        self._submit(write)
+
+    def _submit(self, job) -> None:
+        self._pending.append(self._writer.submit(job))
+        self._pending = [f for f in self._pending if not f.done()]
+
+    def flush(self) -> None:
+        for fut in self._pending:
+            fut.result()
+        self._pending = []
+
+    def _write(self, key: str, row: np.ndarray) -> None:
+        """Atomically (temp file + rename): a crash never leaves a torn entry."""
+        path = self._path(key)
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, row)
+        os.replace(tmp, path)
+        with self._lock:
+            if self._size is None:
+                self._size = self.size_bytes()
+            else:
+                self._size += path.stat().st_size
+            if self._size > self.max_bytes:
+                self._size = self._evict(int(self.max_bytes * 0.9))
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.glob("*/*.npy"))
+
+    def _evict(self, target: int) -> int:
+        files = sorted(((p.stat().st_mtime, p.stat().st_size, p) for p in self.dir.glob("*/*.npy")))
+        total = sum(s for _, s, _ in files)
+        for _, size, p in files:
+            if total <= target:
+                break
+            p.unlink(missing_ok=True)
+            total -= size
+        return total
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.dir.glob("*/*.npy"))
+
+
+class LogitCache:
+    """ITM log-odds per (image content key, prompt), in SQLite (WAL: safe across worker processes).
+
+    About 150 bytes a pair (50,000 images x 4 prompts = 30 MB), so it is not bounded.
+    """
+
+    _CHUNK = 400  # keys per query, under SQLite's bound-variable limit
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS logits (image TEXT, prompt TEXT, logit REAL, "
+                             "PRIMARY KEY (image, prompt)) WITHOUT ROWID")
+
+    def get(self, keys: list[str], prompts: list[str]) -> np.ndarray:
+        """(N, K) memoised logits; NaN where a pair is unknown."""
+        out = np.full((len(keys), len(prompts)), np.nan, dtype=np.float32)
+        rows: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            rows.setdefault(k, []).append(i)
+        col = {p: j for j, p in enumerate(prompts)}
+        marks = ",".join("?" * len(prompts))
+        images = list(rows)
+        with self._lock:
+            for start in range(0, len(images), self._CHUNK):
+                chunk = images[start:start + self._CHUNK]
+                sql = (f"SELECT image, prompt, logit FROM logits WHERE prompt IN ({marks}) "
+                       f"AND image IN ({','.join('?' * len(chunk))})")
+                for image, prompt, logit in self._db.execute(sql, [*prompts, *chunk]):
+                    out[rows[image], col[prompt]] = logit
+        return out
+
+    def put(self, keys: list[str], prompts: list[str], logits: np.ndarray) -> None:
+        """Store ``logits[i, j]`` for (``keys[i]``, ``prompts[j]``)."""
+        rows = [(k, p, float(v)) for k, r in zip(keys, np.asarray(logits)) for p, v in zip(prompts, r)]
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO logits VALUES (?, ?, ?)", rows)
+            self._db.execute("COMMIT")

@@ -1,0 +1,81 @@
+"""The interface every trained classifier implements, and how to load one from disk."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Sample:
+    """One image as the classifiers see it.
+
+    ``features`` is the BLIP-2 pooled image embedding (None without a zero-shot
+    model); ``zeroshot`` the zero-shot class evidence ``s_ic`` (or None).
+    """
+
+    image: Image.Image
+    features: np.ndarray | None = None
+    zeroshot: np.ndarray | None = None
+
+
+class Classifier(ABC):
+    kind: str = ""
+    needs_features: bool = False
+    # Share of the usual training effort (optimiser steps) a fit spends; iterative kinds honour it
+    # (a self-training teacher that only pseudo-labels needs less than the model that is served).
+    step_fraction: float = 1.0
+
+    def __init__(self, classes: Sequence[str], seed: int = 0) -> None:
+        self.classes = list(classes)
+        self.seed = seed
+
+    @abstractmethod
+    def fit(self, samples: Sequence[Sample], y: np.ndarray) -> dict:
+        """Train on ``samples`` with class indices ``y``; returns training info (time, epochs...)."""
+
+    def warm_start(self, previous: "Classifier") -> bool:
+        """Begin the next :meth:`fit` from ``previous``'s parameters where this kind can (same kind
+        and classes), so it needs fewer steps; returns whether it will. By default it cannot."""
+        return False
+
+    @abstractmethod
+    def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
+        """(N, C) class probabilities, columns in ``self.classes`` order."""
+
+    @abstractmethod
+    def _save(self, folder: Path) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def _load(cls, folder: Path, classes: list[str]) -> "Classifier": ...
+
+    def save(self, folder: str | Path) -> dict:
+        """Write the model into ``folder`` (self-contained); returns the meta to store beside it."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._save(folder)
+        meta = {"kind": self.kind, "classes": self.classes}
+        (folder / "classifier.json").write_text(json.dumps(meta))
+        return meta
+
+
+def load_classifier(folder: str | Path) -> Classifier:
+    """Load whatever classifier ``folder`` holds (a registry version or an exported model)."""
+    from labeler.models.classifiers import KINDS
+
+    folder = Path(folder)
+    info = json.loads((folder / "classifier.json").read_text())
+    return KINDS[info["kind"]]._load(folder, info["classes"])
+
+
+def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class weights ``w_c = N / (C * n_c)`` (scikit-learn's "balanced")."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    return len(y) / (n_classes * np.maximum(counts, 1))

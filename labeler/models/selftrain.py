@@ -1,0 +1,94 @@
+"""Self-training: retrain on the labels plus the unlabelled images a model is sure of.
+
+The teacher's confident predictions on the unlabelled pool become extra
+training labels (pseudo-labels). They are capped per class at the rarest
+class's count, most confident first, so that a teacher's bias towards one
+class is not fed back to the student. Held-out evaluation labels are never
+pseudo-labelled (they are labelled, not part of the pool), so the metrics
+stay honest.
+
+Cost stays bounded as the pool grows: at most ``MAX_PSEUDO`` pseudo-labels
+join a fit, and in :class:`SelfTrained` the teacher trains with
+``TEACHER_FRACTION`` of the usual steps and the student starts from the
+teacher's weights (:meth:`Classifier.warm_start`) instead of from scratch,
+so a self-trained fit costs about one plain fit, not two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from labeler.models.classifiers import Classifier, Sample
+
+MAX_PSEUDO = 2000        # pseudo-labels per fit, all classes together
+TEACHER_FRACTION = 0.5   # the teacher only has to be sure of the easy images
+
+
+def pseudo_labels(proba: np.ndarray, threshold: float,
+                  limit: int | None = MAX_PSEUDO) -> tuple[np.ndarray, np.ndarray]:
+    """Rows to pseudo-label and their labels.
+
+    Row ``i`` qualifies when ``max_c p_ic >= threshold``; each class keeps at
+    most ``min(min_c n_c, limit // C)`` of its qualifying rows (``n_c``: rows
+    predicted ``c``, ``C`` classes), the most confident first. Returns
+    (indices, labels), both empty when some class has no confident row.
+    """
+    proba = np.asarray(proba)
+    if not len(proba):
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    pred, conf = proba.argmax(1), proba.max(1)
+    per_class = [np.flatnonzero((pred == c) & (conf >= threshold)) for c in range(proba.shape[1])]
+    cap = min(len(ix) for ix in per_class)
+    if limit is not None:
+        cap = min(cap, limit // proba.shape[1])
+    if cap == 0:
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    take = np.concatenate([ix[np.argsort(-conf[ix], kind="stable")[:cap]] for ix in per_class])
+    return take, pred[take]
+
+
+def self_train(student: Classifier, samples: Sequence[Sample], y: np.ndarray, pool: Sequence[Sample],
+               pool_proba: np.ndarray, threshold: float) -> dict:
+    """Fit ``student`` on ``samples``/``y`` plus the confident part of ``pool`` (teacher: ``pool_proba``)."""
+    take, labels = pseudo_labels(pool_proba, threshold)
+    info = student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int))
+    return {**(info or {}), "pseudo_labels": int(len(take)), "self_train_threshold": threshold}
+
+
+class SelfTrained(Classifier):
+    """Self-training inside ``fit``: a teacher fitted on the labels pseudo-labels ``pool``,
+    then the student (what predicts and is saved) trains on both.
+
+    Used as a model factory's product, so cross-validation and hold-out
+    evaluation measure the whole procedure on labels it never saw.
+    """
+
+    def __init__(self, make: Callable[[], Classifier], pool: Sequence[Sample], threshold: float,
+                 teacher_fraction: float = TEACHER_FRACTION) -> None:
+        self._make, self.pool, self.threshold = make, list(pool), threshold
+        self.teacher_fraction = teacher_fraction
+        self.model = make()
+        super().__init__(self.model.classes, self.model.seed)
+        self.kind, self.needs_features = self.model.kind, self.model.needs_features
+
+    def fit(self, samples: Sequence[Sample], y: np.ndarray) -> dict:
+        teacher = self._make()
+        teacher.step_fraction = self.teacher_fraction
+        teacher.fit(samples, y)
+        self.model = self._make()
+        warm = self.model.warm_start(teacher)
+        info = self_train(self.model, samples, y, self.pool, teacher.predict_proba(self.pool), self.threshold)
+        return {**info, "teacher_warm_start": warm}
+
+    def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
+        return self.model.predict_proba(samples)
+
+    def _save(self, folder: Path) -> None:
+        self.model._save(folder)  # saved as the student's kind: loads without this wrapper
+
+    @classmethod
+    def _load(cls, folder: Path, classes: list[str]) -> "Classifier":
+        raise TypeError("a self-trained model is saved as its student's kind")

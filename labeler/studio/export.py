@@ -1,0 +1,316 @@
+"""Exporting a project's labelled dataset.
+
+Formats: ``imagefolder`` (one sub-folder per class, optional stratified
+train/val/test split), ``csv`` and ``jsonl`` manifests, and Label Studio's
+own ``JSON``, ``JSON_MIN``, ``CSV`` and ``COCO`` passed through.
+
+Multi-label projects (``<Choices choice="multiple">``) export their label sets:
+``labels`` and ``prediction`` are lists in ``jsonl`` and ``a;b`` in ``csv`` (an
+annotated row with an empty ``labels`` is "none of these"). ``imagefolder`` is
+refused for them: one folder per image cannot hold a set, and copies in several
+class folders would lose the "none" images and double-count the rest. Everything is
+written into a hidden temporary folder beside ``out`` and renamed into place
+at the end: an interrupted export leaves no half dataset that looks whole,
+and re-running starts clean.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import mimetypes
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from labeler.studio.client import Studio
+from labeler.media.fetching import Fetcher, FetchPolicy
+from labeler.fsutil import fsync_dir
+from labeler.media.images import ImageError, decode
+from labeler.studio.labelconfig import LabelConfig
+from labeler.errors import LabelConfigError
+from labeler.studio.tasks import (StudioError, annotation_label, annotation_labels, iter_tasks, join_labels,
+                                  project_config, winning_annotation)
+
+STUDIO_FORMATS = {"JSON", "JSON_MIN", "CSV", "COCO"}
+FORMATS = ("imagefolder", "csv", "jsonl", *sorted(STUDIO_FORMATS))
+
+
+@dataclass
+class ExportSummary:
+    out: Path
+    counts: Counter = field(default_factory=Counter)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    splits: dict[str, Counter] = field(default_factory=dict)
+
+    def text(self) -> str:
+        if not self.counts and not self.splits:
+            lines = [f"exported an EMPTY dataset to {self.out}: the project has no usable labels"]
+        else:
+            lines = [f"exported {sum(self.counts.values())} items to {self.out}"]
+            lines += [f"  {c}: {n}" for c, n in sorted(self.counts.items())]
+            for split, counts in self.splits.items():
+                lines.append(f"  {split}: " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+        if self.skipped:
+            reasons = Counter(why.split(":")[0] for _, why in self.skipped)
+            lines.append(f"skipped {len(self.skipped)} tasks: " + "; ".join(f"{r} ({n})" for r, n in reasons.items()))
+            lines += [f"  task {t}: {why}" for t, why in self.skipped[:20]]
+        return "\n".join(lines)
+
+
+@dataclass
+class Row:
+    task_id: int
+    image: str
+    label: str | None
+    annotator: str | None
+    annotated_at: str | None
+    prediction: str | None
+    score: float | None
+    labels: tuple[str, ...] | None = None     # multi-label: the annotated classes (None: no usable annotation)
+    predicted: tuple[str, ...] | None = None  # multi-label: the predicted classes (None: no prediction)
+
+    def record(self, multilabel: bool = False) -> dict:
+        """The manifest record; multi-label rows carry ``labels`` and ``prediction`` as lists."""
+        if multilabel:
+            agree = None if self.labels is None or self.predicted is None else set(self.labels) == set(self.predicted)
+            return {"task_id": self.task_id, "image": self.image,
+                    "labels": None if self.labels is None else list(self.labels), "annotator": self.annotator,
+                    "annotated_at": self.annotated_at,
+                    "prediction": None if self.predicted is None else list(self.predicted),
+                    "score": self.score, "agree": agree}
+        agree = None if self.label is None or self.prediction is None else self.label == self.prediction
+        return {"task_id": self.task_id, "image": self.image, "label": self.label, "annotator": self.annotator,
+                "annotated_at": self.annotated_at, "prediction": self.prediction, "score": self.score,
+                "agree": agree}
+
+    def count_as(self) -> list[str]:
+        """What the export summary counts this row as: its classes, else its predicted ones."""
+        if self.labels is not None or self.predicted is not None:  # multi-label
+            chosen = self.labels if self.labels is not None else tuple(f"(predicted) {c}" for c in self.predicted)
+            return list(chosen) or ["(none of these)" if self.labels is not None else "(predicted) none"]
+        return [self.label or f"(predicted) {self.prediction}"]
+
+
+def _predicted(pred: dict | None, config: LabelConfig) -> tuple[str | None, tuple[str, ...] | None]:
+    """(single choice: the predicted class, multi-label: the predicted classes) of a stored prediction."""
+    if not pred:
+        return None, None
+    choices = list((pred["result"][0].get("value") or {}).get("choices") or [])
+    if config.multiple:
+        return join_labels(choices), tuple(choices)
+    return (choices[0] if choices else None), None
+
+
+def _rows(studio: Studio, project: int, config: LabelConfig, only_annotated: bool,
+          summary: ExportSummary) -> list[Row]:
+    version = studio.projects.get(id=project).model_version
+    rows = []
+    for t in iter_tasks(studio, project):
+        anns = t.get("annotations") or []
+        winner = winning_annotation(anns, config)
+        label = annotation_label(winner, config) if winner is not None else None
+        labels = annotation_labels(winner, config) if winner is not None and config.multiple else None
+        preds = [p for p in t.get("predictions") or [] if p.get("result")]
+        pred = next((p for p in preds if p.get("model_version") == version), preds[-1] if preds else None)
+        pred_label, predicted = _predicted(pred, config)
+        if label is None:
+            if only_annotated or pred_label is None:
+                why = "cancelled or empty annotations" if anns else "no annotation"
+                summary.skipped.append((t["id"], why if only_annotated else why + " and no prediction"))
+                continue
+        annotator = None
+        if winner is not None:
+            who = winner.get("completed_by")
+            annotator = who.get("email") if isinstance(who, dict) else (str(who) if who is not None else None)
+        ref = config.image_ref(t)
+        rows.append(Row(t["id"], ref if isinstance(ref, str) else None, label, annotator,
+                        (winner or {}).get("updated_at"), pred_label,
+                        pred.get("score") if pred else None, labels, predicted))
+    return rows
+
+
+def _split(labels: list[str], fractions: tuple[float, float, float], seed: int) -> list[str]:
+    """Stratified split: within each class, shuffled, cut by ``fractions`` (train, val, test)."""
+    rng = np.random.default_rng(seed)
+    out = [""] * len(labels)
+    for c in sorted(set(labels)):
+        idx = [i for i, lab in enumerate(labels) if lab == c]
+        rng.shuffle(idx)
+        n_val = int(round(fractions[1] * len(idx)))
+        n_test = int(round(fractions[2] * len(idx)))
+        for k, i in enumerate(idx):
+            out[i] = "val" if k < n_val else "test" if k < n_val + n_test else "train"
+    return out
+
+
+def _extension(fmt: str | None) -> str:
+    return mimetypes.guess_extension(Image.MIME.get(fmt or "PNG", "image/png")) or ".png"
+
+
+def _component(text: str, fallback: str) -> str:
+    """``text`` as one safe file-name component (no separators, no leading dots, bounded length)."""
+    safe = re.sub(r"[^\w.\- ]", "_", text).strip().lstrip(".")[:100]
+    return safe or fallback
+
+
+def _safe_name(task_id: int, ref: str, fmt: str | None) -> str:
+    base = "" if ref.startswith("data:") else os.path.basename(ref.split("?")[0].split("d=")[-1])
+    return f"{task_id}_{_component(Path(base).stem[:80], 'image')}{_extension(fmt)}"
+
+
+def class_folders(classes: list[str]) -> dict[str, str]:
+    """A distinct, safe folder name per class (class names come from an untrusted label config)."""
+    out: dict[str, str] = {}
+    for c in sorted(set(classes)):
+        name = _component(c, "class")
+        while name in out.values():
+            name += "_"
+        out[c] = name
+    return out
+
+
+def _recover(out: Path) -> None:
+    """Finish or undo an overwrite that a crash interrupted: the old dataset is never lost."""
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"))
+    if olds and not out.exists():
+        os.rename(olds.pop(), out)  # killed between the two renames: put the old dataset back
+    for p in [*olds, *out.parent.glob(f".{out.name}.partial-*")]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Move ``tmp`` to ``out``; an existing ``out`` is renamed aside first and deleted only after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def export(studio: Studio, project: int, fmt: str, out: Path,
+           only_annotated: bool = True, split: tuple[float, float, float] | None = None,
+           seed: int = 0, workers: int = 8, progress: bool = True, overwrite: bool = False,
+           policy: FetchPolicy | None = None) -> ExportSummary:
+    """Export ``project`` to ``out`` in ``fmt``; returns counts and what was skipped.
+
+    Images are fetched under ``policy`` (default: Label Studio's files and
+    ``data:`` URLs only) and decoded; what is not an image is skipped.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _recover(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    summary = ExportSummary(out)
+    try:
+        if fmt in STUDIO_FORMATS:
+            _studio_export(studio, project, fmt, tmp, only_annotated)
+            summary.counts["tasks"] = _count_exported(tmp, fmt)
+        else:
+            config = project_config(studio, project)
+            if fmt == "imagefolder" and config.multiple:
+                raise LabelConfigError(
+                    f"project {project} is multi-label (<Choices choice=\"multiple\">): an image folder per class "
+                    "cannot hold a label set; export --format csv or jsonl (labels a;b or lists) instead")
+            rows = _rows(studio, project, config, only_annotated, summary)
+            for r in rows:
+                summary.counts.update(r.count_as())
+            if fmt == "imagefolder":
+                fetcher = Fetcher(policy or FetchPolicy(), studio.conn)
+                _imagefolder(rows, tmp, fetcher, split, seed, workers, progress, summary)
+            else:
+                _manifest(rows, tmp, fmt, config.multiple)
+        (tmp / "export.json").write_text(json.dumps(
+            {"project": project, "format": fmt, "only_annotated": only_annotated, "split": split,
+             "counts": dict(summary.counts), "skipped": summary.skipped}, indent=2))
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _imagefolder(rows: list[Row], tmp: Path, fetcher: Fetcher, split, seed, workers, progress,
+                 summary: ExportSummary) -> None:
+    labelled = [r for r in rows if (r.label or r.prediction)]
+    names = [r.label or r.prediction for r in labelled]
+    folders = class_folders(names)
+    splits = _split(names, split, seed) if split else [""] * len(labelled)
+    bar = tqdm(total=len(labelled), desc="downloading images", unit="img", disable=not progress)
+    summary.counts.clear()
+    for start in range(0, len(labelled), 256):
+        chunk = labelled[start:start + 256]
+        datas = fetcher.get_many([r.image for r in chunk], workers=workers)
+        for r, name, sp, data in zip(chunk, names[start:], splits[start:], datas):
+            if isinstance(data, ImageError):
+                summary.skipped.append((r.task_id, f"image not downloaded: {data}"))
+                continue
+            try:
+                fmt = decode(data).format
+            except ImageError as exc:
+                summary.skipped.append((r.task_id, f"not an image: {exc}"))
+                continue
+            folder = tmp / sp / folders[name] if sp else tmp / folders[name]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / _safe_name(r.task_id, r.image or "", fmt)).write_bytes(data)
+            summary.counts[name] += 1
+            if sp:
+                summary.splits.setdefault(sp, Counter())[name] += 1
+        bar.update(len(chunk))
+    bar.close()
+
+
+SINGLE_COLUMNS = ["task_id", "image", "label", "annotator", "annotated_at", "prediction", "score", "agree"]
+MULTI_COLUMNS = ["task_id", "image", "labels", "annotator", "annotated_at", "prediction", "score", "agree"]
+
+
+def _manifest(rows: list[Row], tmp: Path, fmt: str, multilabel: bool = False) -> None:
+    records = [r.record(multilabel) for r in rows]
+    if fmt == "jsonl":
+        with (tmp / "labels.jsonl").open("w") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+        return
+    with (tmp / "labels.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MULTI_COLUMNS if multilabel else SINGLE_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: join_labels(v) if isinstance(v, list) else v for k, v in rec.items()}
+                         for rec in records)
+
+
+def _studio_export(studio: Studio, project: int, fmt: str, tmp: Path, only_annotated: bool) -> None:
+    params = {"exportType": fmt, "download_all_tasks": "false" if only_annotated else "true"}
+    resp = studio.request("GET", f"api/projects/{project}/export", params=params, stream=True, timeout=3600)
+    if resp.status_code >= 400:
+        raise StudioError(f"Label Studio refused the {fmt} export: HTTP {resp.status_code} {resp.text[:300]}")
+    disposition = resp.headers.get("content-disposition", "")
+    name = disposition.split("filename=")[-1].strip('"; ') if "filename=" in disposition else ""
+    name = Path(name).name or f"export.{fmt.lower()}"  # a name from the server, never a path
+    with open(tmp / name, "wb") as f:  # streamed: a large export never sits in memory whole
+        for chunk in resp.iter_content(1 << 20):
+            f.write(chunk)
+
+
+def _count_exported(tmp: Path, fmt: str) -> int:
+    files = [p for p in tmp.iterdir() if p.name != "export.json"]
+    if fmt in {"JSON", "JSON_MIN"} and files:
+        return len(json.loads(files[0].read_text()))
+    if fmt == "CSV" and files:
+        return max(0, len(files[0].read_text().splitlines()) - 1)
+    return len(files)

@@ -1,0 +1,141 @@
+"""Bulk pre-annotation: score every task of a project and write predictions in bulk.
+
+Resumable by construction: each batch is written to Label Studio before the
+next is scored, and tasks that already hold a prediction of the serving
+version are skipped, so a restarted run picks up where the last one stopped.
+Images of the next batch download while the model scores the current one.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
+from labeler.config import Settings
+from labeler.studio.client import Studio
+from labeler.errors import Busy
+from labeler.models.predictor import Predictor, to_prediction
+from labeler.studio.queue import Recorder
+from labeler.studio.queue import refresh as refresh_queue
+from labeler.studio.tasks import (
+    delete_stale_predictions,
+    import_predictions,
+    iter_tasks,
+    prediction_versions,
+    project_config,
+    set_model_version,
+    uncertainty_view,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    version: str
+    total: int = 0
+    skipped_existing: int = 0
+    predicted: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    queue: object | None = None  # labeler.studio.queue.QueueReport of the "Next to label" tab, None if not published
+
+    def summary(self) -> str:
+        lines = [f"model version {self.version}: {self.predicted} tasks predicted, "
+                 f"{self.skipped_existing} already had a prediction of this version, "
+                 f"{len(self.failed)} failed (of {self.total})"]
+        lines += [f"  task {tid}: {why}" for tid, why in self.failed[:50]]
+        if len(self.failed) > 50:
+            lines.append(f"  ... and {len(self.failed) - 50} more")
+        if self.queue is not None:
+            lines.append(self.queue.summary())
+        return "\n".join(lines)
+
+
+class PreannotateBusy(Busy):
+    """Another pre-annotation of the same project is running (it would write duplicate predictions)."""
+
+
+def preannotate(studio: Studio, project: int, predictor: Predictor,
+                only_missing: bool = True, batch_size: int = 64, progress: bool = True,
+                max_tasks: int | None = None, wait_s: float = 600) -> Report:
+    """Predict every task of ``project`` (or only those without a current-version prediction).
+
+    One run per project at a time (a lock file under ``MODEL_DIR``, shared by the
+    CLI and the backend): a second run waits up to ``wait_s`` and then re-reads
+    which tasks still need a prediction, so no task gets two.
+    """
+    lock = FileLock(predictor.registry.project_dir(str(project), create=True) / "preannotate.lock")
+    try:
+        lock.acquire(timeout=wait_s)
+    except Timeout:
+        raise PreannotateBusy(f"another pre-annotation of project {project} is still running") from None
+    try:
+        return _preannotate(studio, project, predictor, only_missing, batch_size, progress, max_tasks)
+    finally:
+        lock.release()
+
+
+def _preannotate(studio: Studio, project: int, predictor: Predictor, only_missing: bool,
+                 batch_size: int, progress: bool, max_tasks: int | None) -> Report:
+    config = project_config(studio, project)
+    pkey = str(project)
+    version = predictor.model_version(pkey, config)
+    report = Report(version)
+    recorder = Recorder(predictor.settings.model_dir, project, len(config.classes), config.multiple)  # the queue's inputs
+    todo = tasks_to_predict(studio, project, version, only_missing, max_tasks, recorder, report)
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    urls = lambda b: [config.image_ref(t) for t in b]  # noqa: E731
+    bar = tqdm(total=len(todo), desc=f"pre-annotating project {project}", unit="task", disable=not progress)
+    with ThreadPoolExecutor(max_workers=1) as prefetch:
+        pending = prefetch.submit(predictor.fetch, urls(batches[0]), studio.conn) if batches else None
+        for i, batch in enumerate(batches):
+            items = pending.result()
+            if i + 1 < len(batches):
+                pending = prefetch.submit(predictor.fetch, urls(batches[i + 1]), studio.conn)
+            predictor.embed(items)
+            version, items = predictor.score_items(pkey, items, config)
+            preds = []
+            for task, it in zip(batch, items):
+                if it.proba is None:
+                    report.failed.append((task["id"], it.error or "unknown error"))
+                    continue
+                preds.append({"task": task["id"], **to_prediction(it.proba, config, version,
+                                                                  predictor.settings.uncertainty, it.thresholds)})
+            import_predictions(studio, project, preds)
+            recorder.add(batch, items, version)
+            report.predicted += len(preds)
+            bar.update(len(batch))
+    bar.close()
+    report.version = version
+    return finish(studio, project, report, recorder, predictor.settings)
+
+
+def tasks_to_predict(studio: Studio, project: int, version: str, only_missing: bool, max_tasks: int | None,
+                     recorder: Recorder, report: Report) -> list[dict]:
+    """The project's tasks (narrow listing) that need a prediction of ``version``; counts them
+    into ``report`` and tells ``recorder`` (the queue's inputs) about every task."""
+    todo = []
+    for task in iter_tasks(studio, project, narrow=True):
+        recorder.saw(task)
+        report.total += 1
+        if only_missing and version in prediction_versions(task):
+            report.skipped_existing += 1
+        else:
+            todo.append(task)
+    return todo if max_tasks is None else todo[:max_tasks]
+
+
+def finish(studio: Studio, project: int, report: Report, recorder: Recorder, settings: Settings) -> Report:
+    """The end steps of every pre-annotation: the project's model version, the score tab, one
+    prediction per task (the serving version's), and the "Next to label" queue."""
+    if report.predicted or report.skipped_existing:
+        set_model_version(studio, project, report.version)
+        uncertainty_view(studio, project)
+        delete_stale_predictions(studio, project, report.version)
+    # The queue (labeler.studio.queue) is published also before any model exists (a k-center cold start).
+    report.queue = refresh_queue(studio, project, recorder, batch=settings.train_every or 25, seed=settings.seed)
+    return report

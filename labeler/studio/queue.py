@@ -1,0 +1,341 @@
+"""The labelling queue: every unlabelled task's priority, by the strategy ``labeler simulate`` measures.
+
+After each prediction refresh (``labeler preannotate``, a promoted retraining)
+:func:`publish` orders the project's unlabelled tasks with
+:func:`labeler.learning.strategies.queue_order` (``margin_diverse`` by default: the
+same shortlist and k-center batch logic as the simulation) and writes the
+rank into each task's data as ``labeler_priority``. The Label Studio tab
+"Next to label" (the first, default tab) sorts on it ascending and shows only
+tasks nobody has annotated; annotators take its first row, and
+``GET /api/projects/<p>/next?view=<tab>`` serves the same order. (Label
+Studio 1.23's "Label All Tasks" button does not: see :func:`ensure_queue_view`.)
+The stored prediction score is untouched: it stays an honest confidence.
+
+What the strategy needs per task (class probabilities, diversity features,
+whether it is annotated) is kept in ``MODEL_DIR/projects/<p>/queue.npz``,
+filled while pre-annotation scores the images (:class:`Recorder`), so
+publishing downloads nothing and lists no tasks.
+
+Writing 50,000 priorities: Label Studio has no bulk task update, and one
+``PATCH /api/tasks/<id>`` per task costs about 20-100 ms each. Its
+data-manager action ``add_data_field`` sets one value on any set of tasks in
+one request (a bulk ``UPDATE``), so tasks sharing a value are written
+together: the first ``exact`` ranks get their own value, and further down
+the ranks are grouped into buckets that grow by ``growth`` (ties there are
+harmless: the queue is recomputed at every retraining long before annotators
+get that far). That is about 260 requests for 50,000 tasks, sent 4 at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from labeler.errors import StudioError
+from labeler.studio.client import Studio
+from labeler.learning.strategies import DEFAULT_STRATEGY, check_strategy, imagenet_features, queue_order
+from labeler.learning.uncertainty import centred
+
+log = logging.getLogger(__name__)
+
+FIELD = "labeler_priority"
+VIEW = "Next to label"
+UNRANKED = 1e9  # tasks the queue has no scores for yet sort after every ranked one
+
+
+# -- what the strategy needs, per task ------------------------------------------------------
+@dataclass
+class QueueState:
+    """Per task: id, annotated?, class probabilities (N, C), diversity features (N, D).
+
+    Multi-label projects (``multilabel``) store threshold-centred probabilities
+    (:func:`queue_scores`), ranked by :func:`~labeler.learning.uncertainty.multilabel_uncertainty`.
+    """
+
+    ids: np.ndarray
+    annotated: np.ndarray
+    proba: np.ndarray
+    features: np.ndarray
+    version: str = ""
+    multilabel: bool = False
+
+    @classmethod
+    def empty(cls) -> "QueueState":
+        return cls(np.zeros(0, np.int64), np.zeros(0, bool), np.zeros((0, 0), np.float32),
+                   np.zeros((0, 0), np.float16))
+
+    @classmethod
+    def load(cls, path: Path) -> "QueueState":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                multilabel = bool(z["multilabel"]) if "multilabel" in z.files else False
+                return cls(z["ids"], z["annotated"], z["proba"], z["features"], str(z["version"]), multilabel)
+        except FileNotFoundError:
+            return cls.empty()
+        except (ValueError, KeyError, OSError) as exc:  # a torn or foreign file: start again, do not crash
+            log.warning("ignoring unreadable queue state %s: %s", path, exc)
+            return cls.empty()
+
+    def save(self, path: Path) -> None:
+        """Atomic: written to a temp file in the same folder, then renamed."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, ids=self.ids, annotated=self.annotated, proba=self.proba,
+                         features=self.features, version=np.array(self.version), multilabel=np.array(self.multilabel))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def update(self, ids: Sequence[int], proba: np.ndarray, features: np.ndarray, version: str) -> None:
+        """Insert or replace rows; a change in the number of classes drops the old rows."""
+        ids = np.asarray(ids, dtype=np.int64)
+        proba = np.asarray(proba, dtype=np.float32)
+        features = np.asarray(features, dtype=np.float16)
+        if len(self.ids) and (self.proba.shape[1] != proba.shape[1] or self.features.shape[1] != features.shape[1]):
+            self.__dict__.update({**QueueState.empty().__dict__, "multilabel": self.multilabel})
+        keep = ~np.isin(self.ids, ids)
+        old_annotated = dict(zip(self.ids.tolist(), self.annotated.tolist()))
+        self.ids = np.concatenate([self.ids[keep], ids])
+        self.annotated = np.concatenate([self.annotated[keep],
+                                         np.array([old_annotated.get(int(i), False) for i in ids], bool)])
+        self.proba = np.concatenate([self.proba[keep].reshape(-1, proba.shape[1]), proba])
+        self.features = np.concatenate([self.features[keep].reshape(-1, features.shape[1]), features])
+        self.version = version
+
+    def mark(self, annotated: dict[int, bool]) -> None:
+        """Record which tasks are annotated (from a task listing)."""
+        self.annotated = np.array([annotated.get(int(i), bool(a)) for i, a in zip(self.ids, self.annotated)],
+                                  dtype=bool)
+
+    def drop_missing(self, present: Iterable[int]) -> None:
+        """Forget tasks deleted from the project."""
+        keep = np.isin(self.ids, np.fromiter(present, dtype=np.int64))
+        self.ids, self.annotated = self.ids[keep], self.annotated[keep]
+        self.proba, self.features = self.proba[keep], self.features[keep]
+
+
+def queue_scores(proba: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
+    """What the queue stores of a task's probabilities: as they are (single choice), or, with a
+    multi-label model's ``thresholds``, centred so each threshold is 0.5 (versions rank together)."""
+    return np.asarray(proba) if thresholds is None else centred(proba, thresholds)
+
+
+def state_path(model_dir: Path, project: int | str) -> Path:
+    from labeler.learning.registry import Registry
+
+    return Registry(model_dir).project_dir(str(project), create=True) / "queue.npz"
+
+
+class Recorder:
+    """Collects what pre-annotation scored, for :func:`publish`: ``add`` per batch, then ``save``."""
+
+    def __init__(self, model_dir: Path, project: int | str, n_classes: int, multilabel: bool = False) -> None:
+        self.path = state_path(model_dir, project)
+        self.n_classes = n_classes
+        self.state = QueueState.load(self.path)
+        if self.state.multilabel != multilabel:  # the config switched: old rows mean something else
+            self.state = QueueState.empty()
+            self.state.multilabel = multilabel
+        self.annotated: dict[int, bool] = {}
+        self.present: set[int] = set()
+        self._saved = time.monotonic()
+
+    def saw(self, task: dict) -> None:
+        """Every task of the listing, scored or skipped: is it annotated, does it exist."""
+        self.present.add(int(task["id"]))
+        self.annotated[int(task["id"])] = bool(task.get("total_annotations"))
+
+    def add(self, tasks: Sequence[dict], items: Sequence, version: str) -> None:
+        """Tasks and their scored items (``Scored`` with ``proba`` and ``sample``), as pre-annotation made them.
+
+        An image with no probabilities (no model yet) is kept with NaN ones: its
+        features still serve the cold start's k-center batch.
+        """
+        ok = [(t, it) for t, it in zip(tasks, items) if it.sample is not None]
+        if not ok:
+            return
+        feats = imagenet_features([it.sample for _, it in ok])
+        proba = np.stack([queue_scores(it.proba, it.thresholds) if it.proba is not None
+                          else np.full(self.n_classes, np.nan) for _, it in ok])
+        self.state.update([t["id"] for t, _ in ok], proba, feats, version)
+        if time.monotonic() - self._saved > 60:  # an interrupted run keeps what it scored
+            self.state.save(self.path)
+            self._saved = time.monotonic()
+
+    def save(self) -> QueueState:
+        if self.present:
+            self.state.drop_missing(self.present)
+        self.state.mark(self.annotated)
+        self.state.save(self.path)
+        return self.state
+
+
+# -- priorities -> Label Studio ---------------------------------------------------------------
+def bucket_values(n: int, exact: int = 200, growth: float = 0.1) -> np.ndarray:
+    """The value written for ranks ``0..n-1``: non-decreasing, exact for ranks below ``exact``.
+
+    Further down, buckets start at ``b_0 = exact``, ``b_{k+1} = max(b_k + 1, ceil(b_k (1 + growth)))``
+    and rank ``r`` is written as the start of its bucket, so the number still reads as
+    "about this far down the queue". Distinct values for 50,000 ranks (exact 200,
+    growth 0.1): about 260.
+    """
+    starts = [exact]
+    while starts[-1] < n:
+        starts.append(max(starts[-1] + 1, math.ceil(starts[-1] * (1 + growth))))
+    r = np.arange(n, dtype=np.int64)
+    b = np.asarray(starts, dtype=np.int64)
+    return np.where(r < exact, r, b[np.clip(np.searchsorted(b, r, side="right") - 1, 0, None)])
+
+
+def _action(studio: Studio, project: int, ids: Sequence[int], value: float, attempts: int = 4) -> None:
+    body = {"selectedItems": {"all": False, "included": [int(i) for i in ids]},
+            "value_name": FIELD, "value_type": "Number", "value": value}
+    for attempt in range(attempts):
+        resp = studio.request("POST", "api/dm/actions/", params={"id": "add_data_field", "project": project},
+                              json=body)
+        if resp.status_code < 400:
+            return
+        if attempt + 1 == attempts or resp.status_code not in {409, 423, 429, 500, 502, 503}:
+            raise StudioError(f"writing {FIELD} for {len(ids)} tasks of project {project} failed: "
+                              f"HTTP {resp.status_code} {resp.text[:200]}")
+        time.sleep(0.5 * (attempt + 1))  # SQLite "database is locked" under concurrent writes: retry
+
+
+def write_priorities(studio: Studio, project: int, ordered_ids: Sequence[int], unranked_ids: Sequence[int] = (),
+                     exact: int = 200, growth: float = 0.1, workers: int = 4) -> int:
+    """Write ``labeler_priority`` = bucketed rank into the data of ``ordered_ids`` (first = 0),
+    :data:`UNRANKED` into ``unranked_ids``; returns the number of requests."""
+    values = bucket_values(len(ordered_ids), exact, growth)
+    ordered_ids = np.asarray(ordered_ids, dtype=np.int64)
+    groups: list[tuple[np.ndarray, float]] = []
+    if len(values):
+        starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+        ends = np.r_[starts[1:], len(values)]
+        groups = [(ordered_ids[s:e], float(values[s])) for s, e in zip(starts, ends)]
+    if len(unranked_ids):
+        groups.append((np.asarray(unranked_ids, dtype=np.int64), UNRANKED))
+    # Chunks of at most 5,000 ids keep each UPDATE (and request body) modest.
+    calls = [(ids[i:i + 5000], v) for ids, v in groups for i in range(0, len(ids), 5000)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda c: _action(studio, project, *c), calls))
+    return len(calls)
+
+
+def ensure_queue_view(studio: Studio, project: int) -> int:
+    """The "Next to label" tab: unannotated tasks by ``labeler_priority``, first among the tabs.
+
+    The project's sampling is left as it is (``uncertainty_view`` sets "Uncertainty sampling"):
+    Label Studio 1.23's "Label All Tasks" sends no tab (``POST /api/dm/actions?id=next_task``
+    with only the project in the body), so it serves by the project's sampling, never by a
+    tab's order; sequential sampling would make it serve task ids in order, least confident
+    first is the better of the two.
+    """
+    from labeler.studio.tasks import QUEUE_HIDDEN_COLUMNS
+
+    column = f"tasks:data.{FIELD}"
+    data = {"title": VIEW, "ordering": [column],
+            "filters": {"conjunction": "and", "items": [
+                {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]},
+            "columnsDisplayType": {column: "Number"},  # numeric, not text, ordering of the field
+            "hiddenColumns": QUEUE_HIDDEN_COLUMNS}
+    views = list(studio.views.list(project=project))
+    ours = [v for v in views if (v.data or {}).get("title") == VIEW]
+    if ours:
+        vid = ours[0].id
+        studio.views.update(id=vid, project=project, data=data)
+    else:
+        vid = studio.views.create(project=project, data=data).id
+    ids = [vid] + [v.id for v in views if v.id != vid]
+    studio.request("POST", "api/dm/views/order/", json={"project": project, "ids": ids})
+    return vid
+
+
+@dataclass
+class QueueReport:
+    ranked: int = 0
+    unranked: int = 0
+    requests: int = 0
+    order_s: float = 0.0
+    write_s: float = 0.0
+    view: int | None = None
+    top: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f'queue "{VIEW}": {self.ranked} unlabelled tasks ranked ({self.order_s:.1f} s), '
+                f"{self.unranked} without scores last; {self.requests} bulk writes in {self.write_s:.1f} s")
+
+
+def publish(studio: Studio, project: int, state: QueueState, strategy: str = DEFAULT_STRATEGY, batch: int = 25,
+            seed: int = 0, unranked_ids: Sequence[int] = (), exact: int = 200) -> QueueReport:
+    """Rank the unannotated tasks of ``state`` with ``strategy`` and write the ranks to Label Studio."""
+    check_strategy(strategy)
+    rep = QueueReport()
+    t = time.perf_counter()
+    scored = np.isfinite(state.proba).all(1) if state.proba.size else np.zeros(len(state.ids), bool)
+    unlabelled = ~state.annotated
+    labelled = np.flatnonzero(state.annotated)
+    feats = state.features.astype(np.float32) if state.features.size else None
+    if (unlabelled & scored).any():  # a model has scored them: unscored ones go last
+        pool, proba = np.flatnonzero(unlabelled & scored), state.proba[unlabelled & scored]
+        unranked_ids = [*unranked_ids, *state.ids[unlabelled & ~scored].tolist()]
+    else:  # cold start, no model yet: k-center batches that cover the pool
+        pool, proba = np.flatnonzero(unlabelled), None
+    order = queue_order(strategy, proba, pool, labelled, batch, feats, seed, diverse_top=max(exact, 4 * batch),
+                        multilabel=state.multilabel)
+    ordered_ids = state.ids[order]
+    rep.order_s = time.perf_counter() - t
+    t = time.perf_counter()
+    rep.requests = write_priorities(studio, project, ordered_ids, unranked_ids, exact=max(exact, batch))
+    rep.view = ensure_queue_view(studio, project)
+    rep.write_s = time.perf_counter() - t
+    rep.ranked, rep.unranked, rep.top = len(ordered_ids), len(unranked_ids), ordered_ids[:10].tolist()
+    return rep
+
+
+def refresh(studio: Studio, project: int, recorder: Recorder, strategy: str = DEFAULT_STRATEGY, batch: int = 25,
+            seed: int = 0) -> QueueReport | None:
+    """After a prediction refresh: save what was scored, then publish. Never raises (logged):
+    the predictions are written already, and a stale queue is better than a failed refresh."""
+    try:
+        state = recorder.save()
+        unranked = sorted(i for i, a in recorder.annotated.items() if not a and i not in set(state.ids.tolist()))
+        rep = publish(studio, project, state, strategy, batch, seed, unranked)
+        log.info("project %s: %s", project, rep.summary())
+        return rep
+    except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
+        log.error("project %s: could not publish the labelling queue: %s", project, exc)
+        return None
+
+
+def republish(studio: Studio, project: int, model_dir: Path, strategy: str = DEFAULT_STRATEGY, batch: int = 25,
+              seed: int = 0) -> QueueReport:
+    """Re-rank from the stored state without scoring anything (e.g. another strategy or batch size);
+    which tasks are annotated is read from Label Studio first."""
+    path = state_path(model_dir, project)
+    state = QueueState.load(path)
+    if not len(state.ids):
+        raise StudioError(f"no queue state for project {project} yet: run labeler preannotate --project {project}")
+    resp = studio.request("GET", "api/tasks/", params={
+        "project": project, "page_size": 1_000_000, "fields": "task_only", "include": "id,total_annotations"})
+    if resp.status_code >= 400:
+        raise StudioError(f"listing tasks of project {project} failed: HTTP {resp.status_code}")
+    annotated = {int(t["id"]): bool(t.get("total_annotations")) for t in resp.json().get("tasks", [])}
+    state.drop_missing(annotated)
+    state.mark(annotated)
+    state.save(path)
+    known = set(state.ids.tolist())
+    unranked = sorted(i for i, a in annotated.items() if not a and i not in known)
+    return publish(studio, project, state, strategy, batch, seed, unranked)

@@ -1,0 +1,167 @@
+"""Background training jobs: one at a time per project, a bounded number at once, with a visible state.
+
+State (``queued``/``running``/``done``/``failed`` with the reason and the
+current step) is kept in memory and in ``MODEL_DIR/projects/<p>/job.json``. A
+trigger that arrives while a job is queued or running queues exactly one
+follow-up run, so a burst of annotation events trains once more, not once per
+event. Jobs run on a pool of ``LABELER_TRAIN_WORKERS`` threads.
+
+After a crash: a job the last process left ``queued`` or ``running`` is
+marked failed ("interrupted") at start-up, and a promotion whose prediction
+refresh did not finish (``refresh_pending``) is refreshed by the next job of
+that project, which start-up or the next verified ``/setup`` submits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from labeler.config import Settings
+from labeler.studio.client import Studio
+from labeler.fsutil import atomic_write_text
+from labeler.models.predictor import Predictor
+from labeler.learning.registry import check_project
+from labeler.studio.tasks import report_to_model_card
+
+log = logging.getLogger(__name__)
+ACTIVE = {"queued", "running"}
+
+
+class TrainingJobs:
+    def __init__(self, settings: Settings, predictor: Predictor,
+                 studio: Callable[[str], Studio | None]) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        self.studio = studio
+        self._states: dict[str, dict] = {}
+        self._rerun: set[str] = set()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=settings.train_workers, thread_name_prefix="train")
+        self._recover()
+
+    def _file(self, project: str) -> Path:
+        return self.predictor.registry.project_dir(project) / "job.json"
+
+    def _recover(self) -> None:
+        """Jobs a previous process left active did not finish: say so instead of 'running' forever."""
+        for project in self.predictor.registry.projects():
+            st = self.state(project)
+            if st.get("status") in ACTIVE:
+                serving = self.predictor.registry.current(project)
+                # killed anywhere between promotion and the end of the refresh: refresh again
+                pending = serving if serving and serving != st.get("refreshed_version") else None
+                self._set(project, status="failed", step=None, finished=time.time(), refresh_pending=pending,
+                          error=f"interrupted: the backend stopped while this job was {st['status']}")
+
+    def pending_refreshes(self) -> list[str]:
+        """Projects whose last promotion was not followed by a finished prediction refresh."""
+        return [p for p in self.predictor.registry.projects() if self.state(p).get("refresh_pending")]
+
+    def state(self, project: str) -> dict:
+        with self._lock:
+            if project in self._states:
+                return dict(self._states[project])
+        try:
+            return json.loads(self._file(project).read_text())
+        except (FileNotFoundError, ValueError):
+            return {"status": "none"}
+
+    def _set(self, project: str, **values) -> dict:
+        with self._lock:
+            st = self._states.setdefault(project, self.state_from_disk(project))
+            st.update(values, updated=time.time())
+            snapshot = dict(st)
+        atomic_write_text(self._file(project), json.dumps(snapshot, indent=2))
+        return snapshot
+
+    def state_from_disk(self, project: str) -> dict:
+        try:
+            return json.loads(self._file(project).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def submit(self, project: str, trigger: str, train: bool = True) -> dict:
+        """Queue a job for ``project`` (or one follow-up after the active one); returns the state.
+
+        ``train=False``: only finish a pending prediction refresh.
+        """
+        project = check_project(project)
+        with self._lock:
+            active = self._states.get(project, {}).get("status") in ACTIVE
+            if active:
+                self._rerun.add(project)
+        if active:
+            return {**self.state(project), "rerun_queued": True}
+        state = self._set(project, status="queued", trigger=trigger, error=None, version=None,
+                          job_id=uuid.uuid4().hex[:12], queued_at=time.time())
+        self._pool.submit(self._run, project, trigger, train)
+        return state
+
+    def wait(self, project: str, timeout: float = 600) -> dict:
+        """Block until the project's job is neither queued nor running (for CLI and tests)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            st = self.state(project)
+            if st.get("status") not in ACTIVE and project not in self._rerun:
+                return st
+            time.sleep(0.2)
+        raise TimeoutError(f"training job of project {project} still running after {timeout} s")
+
+    def _run(self, project: str, trigger: str, train: bool) -> None:
+        while True:
+            self._set(project, status="running", started=time.time(), step="starting")
+            try:
+                self._train_and_refresh(project, trigger, train)
+            except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never fatal
+                log.error("training project %s failed: %s\n%s", project, exc, traceback.format_exc())
+                self._set(project, status="failed", error=f"{type(exc).__name__}: {exc}", step=None,
+                          finished=time.time())
+            report_to_model_card(self.studio(project), project, self.state(project), self.predictor)
+            with self._lock:
+                if project not in self._rerun:
+                    return
+                self._rerun.discard(project)
+            trigger, train = "queued while a job was running", True
+            self._set(project, status="queued", trigger=trigger, job_id=uuid.uuid4().hex[:12])
+
+    def _train_and_refresh(self, project: str, trigger: str, train: bool) -> None:
+        from labeler.learning.training import TrainingError, train_project
+
+        studio = self.studio(project)
+        if studio is None:
+            raise TrainingError(f"project {project} has no Label Studio connection: connect this backend "
+                                "to the project in Label Studio (Settings > Model), or set "
+                                "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+        pending = self.state(project).get("refresh_pending")
+        if pending and pending == self.predictor.registry.current(project):
+            self._refresh(project, studio, pending)  # finish what a crash interrupted, then train
+        self._set(project, refresh_pending=None)
+        if not train:
+            self._set(project, status="done", step=None, finished=time.time())
+            return
+        outcome = train_project(self.predictor, project, studio, trigger,
+                                report=lambda step: self._set(project, step=step))
+        refresh = None
+        if outcome.promoted:
+            refresh = self._refresh(project, studio, outcome.version)
+        self._set(project, status="done", version=outcome.version, promoted=outcome.promoted,
+                  reason=outcome.meta.get("promotion_reason"), refreshed=refresh,
+                  metrics=outcome.meta.get("metrics"),
+                  unreadable_images=len(outcome.meta.get("unreadable_images") or []),
+                  step=None, finished=time.time())
+
+    def _refresh(self, project: str, studio: Studio, version: str) -> dict:
+        from labeler.studio.preannotate import preannotate
+
+        self._set(project, step="refreshing predictions", refresh_pending=version)
+        rep = preannotate(studio, int(project), self.predictor, progress=False)
+        self._set(project, refresh_pending=None, refreshed_version=version)
+        return {"predicted": rep.predicted, "failed": len(rep.failed)}
