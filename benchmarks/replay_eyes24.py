@@ -53,7 +53,7 @@ def main() -> None:
     from labeler.dev.localserver import start_label_studio
     from labeler.models.predictor import Predictor
     from labeler.learning.replay import project_from_folder, replay
-    from labeler.learning.simulate import classifier_factory, imagenet_features, run
+    from labeler.learning.simulate import make_classifier, imagenet_features, run
     from labeler.studio.client import Studio
 
     if args.skip_stale_delete:
@@ -83,7 +83,7 @@ def main() -> None:
             test = np.random.default_rng(1000 + seed).permutation(len(y))[: args.holdout]
             t = time.perf_counter()
             sim, _ = run(samples, y, classes, "margin_diverse", args.budget, args.batch, test, seed,
-                         classifier_factory("cnn", classes), features=features, progress=False,
+                         make_classifier("cnn", classes), features=features, progress=False,
                          self_train=args.self_train or None)
             sims[seed] = (sim, time.perf_counter() - t)
             print(f"simulate seed {seed}: " + "  ".join(f"{r['labels']}:{r['eer']:.4f}" for r in sim.rows)

@@ -36,7 +36,7 @@ def main() -> None:
     y[flipped] = 1 - y[flipped]
     samples = [Sample(im) for im in data.images()]
     t = time.perf_counter()
-    proba = cross_val_proba(lambda: CNNClassifier(classes, seed=args.seed, progress=False), samples, y, 5, args.seed)
+    proba = cross_val_proba(CNNClassifier(classes, seed=args.seed, progress=False), samples, y, 5, args.seed)
     issues = find_label_issues(proba, y)
     hit = np.isin(issues, flipped)
     print(f"eyes24: {len(y)} labels, {len(flipped)} flipped ({args.flip:.0%}), seed {args.seed}; "

@@ -44,16 +44,18 @@ def measure(data_dir: str, seeds: int, holdout: int, sizes: list[int]) -> dict:
     classes = ["open", "closed"]
     y = data.targets(classes)
     samples = [Sample(im) for im in data.images()]
-    cnn = lambda seed: (lambda: CNNClassifier(classes, seed=seed, progress=False))  # noqa: E731
+    def cnn(seed: int) -> CNNClassifier:
+        return CNNClassifier(classes, seed=seed, progress=False)
+
     print(f"eyes24: {len(y)} images; torch threads {torch.get_num_threads()}", flush=True)
     out: dict = {"quality": []}
     t = time.perf_counter()
-    info = SelfTrained(cnn(0), samples[:POOL], THRESHOLD).fit(samples, y)
+    info = SelfTrained(cnn(0), samples[:POOL], THRESHOLD).fit(samples, y).fit_info_
     out["all_selftrain_s"] = time.perf_counter() - t
     print(f"all {len(y)} labels, self-training on a {POOL}-image pool: {out['all_selftrain_s']:.1f} s "
           f"({info.get('pseudo_labels')} pseudo-labels)", flush=True)
     t = time.perf_counter()
-    cnn(0)().fit(samples, y)
+    cnn(0).fit(samples, y)
     out["all_plain_s"] = time.perf_counter() - t
     print(f"all {len(y)} labels, no self-training: {out['all_plain_s']:.1f} s", flush=True)
     print(f"{'labels':>7} {'seed':>4} {'train s':>8} {'pseudo':>6} {'EER':>7} {'acc':>7}", flush=True)
@@ -64,7 +66,7 @@ def measure(data_dir: str, seeds: int, holdout: int, sizes: list[int]) -> dict:
             idx, unlabelled = pool[:n], pool[n:][:POOL]
             clf = SelfTrained(cnn(seed), [samples[i] for i in unlabelled], THRESHOLD)
             t = time.perf_counter()
-            info = clf.fit([samples[i] for i in idx], y[idx])
+            info = clf.fit([samples[i] for i in idx], y[idx]).fit_info_
             train_s = time.perf_counter() - t
             m = evaluate(y[test], clf.predict_proba([samples[i] for i in test]), classes)
             out["quality"].append({"labels": n, "seed": seed, "train_s": train_s, "eer": m["eer"],

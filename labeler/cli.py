@@ -272,7 +272,7 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
 
     from labeler.models.classifiers import Sample
     from labeler.learning.datasets import read_labels
-    from labeler.learning.simulate import STRATEGIES, classifier_factory, imagenet_features, run, write_outputs
+    from labeler.learning.simulate import STRATEGIES, make_classifier, imagenet_features, run, write_outputs
 
     self_train, data = self_train or None, read_labels(labels_csv, images)
     classes = data.classes
@@ -289,7 +289,7 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
         _fail("--classifier head needs --zeroshot-model")
     features = imagenet_features(samples)
     cnn_options = {"max_steps": cnn_steps, "min_steps": min(cnn_steps, 150)} if cnn_steps else {}
-    make = classifier_factory(classifier, classes, **cnn_options)
+    make = make_classifier(classifier, classes, **cnn_options)
     rows, saved = [], False
     t0 = time.perf_counter()
     for seed in range(seeds):

@@ -66,16 +66,16 @@ def _clusters(n_per: list[int], dim: int = 8, seed: int = 0):
 def test_head_self_training_review_and_calibration_with_four_classes_one_rare():
     samples, y = _clusters([40, 40, 40, 8])
     classes = ["a", "b", "c", "rare"]
-    proba = cross_val_proba(lambda: EmbeddingHead(classes), samples, y, folds=4)
+    proba = cross_val_proba(EmbeddingHead(classes), samples, y, folds=4)
     m = evaluate(y, proba, classes)
     assert m["accuracy"] > 0.8 and m["per_class"]["rare"]["recall"] > 0.5, m["per_class"]["rare"]
     pool, _ = _clusters([30, 30, 30, 6], seed=1)
-    st = SelfTrained(lambda: EmbeddingHead(classes), pool, 0.5)
-    info = st.fit(samples, y)
+    st = SelfTrained(EmbeddingHead(classes), pool, 0.5)
+    info = st.fit(samples, y).fit_info_
     assert info["pseudo_labels"] > 0 and st.predict_proba(samples[:3]).shape == (3, 4)
     flipped = y.copy()
     flipped[:3] = 1  # three "a" labelled "b"
-    proba = cross_val_proba(lambda: EmbeddingHead(classes), samples, flipped, folds=4)
+    proba = cross_val_proba(EmbeddingHead(classes), samples, flipped, folds=4)
     issues = find_label_issues(proba, flipped)
     assert len(issues) and issues[0] in {0, 1, 2}, issues  # the most suspicious is a flipped one
     t = fit_temperature(np.stack([s.zeroshot for s in samples]), y)
@@ -115,3 +115,21 @@ def test_multilabel_metrics_uncertainty_and_thresholds():
     t = fit_thresholds(P, Y)
     assert t[1] == pytest.approx(0.3), "b's positives are 0.8 and 0.3: a threshold of 0.3 catches both"
     assert evaluate_multilabel(Y, P, ["a", "b", "c"], t)["subset_accuracy"] == 1.0
+
+
+def test_classifiers_follow_the_scikit_learn_estimator_protocol():
+    from sklearn.base import clone, is_classifier
+
+    samples, y = _clusters([20, 20, 20, 6])
+    classes = ["a", "b", "c", "rare"]
+    pool, _ = _clusters([10, 10, 10, 3], seed=2)
+    for est in (EmbeddingHead(classes, C=0.3), SelfTrained(EmbeddingHead(classes), pool, 0.5)):
+        twin = clone(est)
+        assert is_classifier(est) and twin is not est and twin.get_params().keys() == est.get_params().keys()
+        assert twin.fit(samples, y) is twin  # fit returns self
+        assert list(twin.classes_) == [0, 1, 2, 3] and twin.predict_proba(samples).shape == (len(y), 4)
+        assert (twin.predict(samples) == twin.predict_proba(samples).argmax(1)).all()
+        assert twin.score(samples, y) > 0.8  # ClassifierMixin.score: accuracy
+    st = SelfTrained(EmbeddingHead(classes), pool, 0.5)
+    assert clone(st).pool is st.pool  # the read-only pool is shared by clones, not deep-copied
+    assert clone(EmbeddingHead(classes)).set_params(C=2.0).C == 2.0

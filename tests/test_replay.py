@@ -15,7 +15,7 @@ def test_replay_through_label_studio_matches_the_simulation(label_studio, tmp_pa
     from labeler.config import Settings
     from labeler.models.predictor import Predictor
     from labeler.learning.replay import project_from_folder, replay
-    from labeler.learning.simulate import classifier_factory, imagenet_features, run
+    from labeler.learning.simulate import make_classifier, imagenet_features, run
     from labeler.studio.client import Studio
 
     url, token = label_studio
@@ -31,7 +31,7 @@ def test_replay_through_label_studio_matches_the_simulation(label_studio, tmp_pa
     pool = np.setdiff1d(np.arange(len(y)), test)
     budget, batch = 20, 10
     sim, annotator = run(samples, y, classes, "margin_diverse", budget, batch, test, 0,
-                         classifier_factory("cnn", classes), features=imagenet_features(samples), progress=False)
+                         make_classifier("cnn", classes), features=imagenet_features(samples), progress=False)
     project, truth = project_from_folder(ls, url, token, [files[i] for i in pool], [labels[i] for i in pool],
                                          classes)
     settings = Settings(model_dir=tmp_path / "md", zeroshot_model=None, classifier="cnn", min_per_class=2,

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from labeler.models.classifiers import Sample
 from labeler.cli import main
 from labeler.dev.demo import synthetic_eyes
-from labeler.learning.simulate import Annotator, classifier_factory, k_center_greedy, run, select
+from labeler.learning.simulate import Annotator, make_classifier, k_center_greedy, run, select
 
 
 def make_dataset(tmp_path, n=60):
@@ -31,7 +31,7 @@ def generated(tmp_path):
 
     data = read_labels(make_dataset(tmp_path))
     classes = data.classes
-    make = classifier_factory("cnn", classes, max_steps=10, min_steps=10, input_size=32)
+    make = make_classifier("cnn", classes, max_steps=10, min_steps=10, input_size=32)
     return [Sample(im) for im in data.images()], data.targets(classes), classes, np.arange(0, 60, 3), make
 
 
@@ -55,26 +55,25 @@ def test_uncertainty_selection_takes_the_least_certain():
 
 
 def test_run_never_queries_the_holdout(generated):
-    samples, y, classes, test, make = generated
+    samples, y, classes, test, estimator = generated
     res, annotator = run(samples, y, classes, "margin_diverse", budget=20, batch=10, test_idx=test, seed=0,
-                         make=make, features=np.random.default_rng(0).normal(size=(60, 8)), progress=False)
+                         estimator=estimator, features=np.random.default_rng(0).normal(size=(60, 8)), progress=False)
     assert len(annotator.queried) == 20 and not annotator.queried & set(test.tolist())
     assert [r["labels"] for r in res.rows] == [10, 20]
     assert all(0 <= r["eer"] <= 1 for r in res.rows)
 
 
 def test_self_training_pseudo_labels_only_the_pool(generated):
-    samples, y, classes, test, make0 = generated
+    samples, y, classes, test, estimator = generated
     fits = []
 
-    def make(seed):
-        model = make0(seed)
-        fit = model.fit
-        model.fit = lambda xs, ys: fits.append([id(x) for x in xs]) or fit(xs, ys)
-        return model
+    class Recording(type(estimator)):
+        def fit(self, X, y):
+            fits.append([id(x) for x in X])
+            return super().fit(X, y)
 
-    res, annotator = run(samples, y, classes, "margin", budget=30, batch=10, test_idx=test, seed=0, make=make,
-                         progress=False, self_train=0.0)
+    res, annotator = run(samples, y, classes, "margin", budget=30, batch=10, test_idx=test, seed=0,
+                         estimator=Recording(**estimator.get_params()), progress=False, self_train=0.0)
     held_out = {id(samples[i]) for i in test}
     assert [r["pseudo_labels"] for r in res.rows][0] == 0, "no teacher before the first model"
     assert sum(r["pseudo_labels"] for r in res.rows) > 0

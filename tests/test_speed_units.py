@@ -49,25 +49,25 @@ def test_pseudo_labels_are_bounded_per_class_most_confident_first():
 def test_warm_start_begins_from_the_previous_weights_with_fewer_steps(blobs):
     samples, y = blobs
     first = quick_cnn(max_steps=20, min_steps=20)
-    assert first.fit(samples, y)["warm_start"] is False
+    assert first.fit(samples, y).fit_info_["warm_start"] is False
     second = quick_cnn(max_steps=20, min_steps=20, lr=0.0, warm_fraction=0.25)
-    assert second.warm_start(first)
-    info = second.fit(samples, y)
+    assert second.init_from(first)
+    info = second.fit(samples, y).fit_info_
     assert info["warm_start"] and info["steps"] == 5  # ceil(0.25 * 20)
     # lr 0: the weights are the previous model's, not ImageNet's or a fresh head
-    a, b = first.net.state_dict(), second.net.state_dict()
+    a, b = first.net_.state_dict(), second.net_.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
     # one warm start per call: the next fit is cold again
-    assert second.fit(samples, y)["warm_start"] is False
+    assert second.fit(samples, y).fit_info_["warm_start"] is False
 
 
 def test_warm_start_refuses_another_model(blobs):
     samples, y = blobs
     fitted = quick_cnn()
     fitted.fit(samples, y)
-    assert not quick_cnn().warm_start(quick_cnn())                   # not fitted
-    assert not quick_cnn(input_size=40).warm_start(fitted)           # other input size
-    assert not CNNClassifier(["a", "b"], progress=False).warm_start(fitted)  # other classes
+    assert not quick_cnn().init_from(quick_cnn())                   # not fitted
+    assert not quick_cnn(input_size=40).init_from(fitted)           # other input size
+    assert not CNNClassifier(["a", "b"], progress=False).init_from(fitted)  # other classes
 
 
 def test_self_training_teacher_is_cheaper_and_the_student_starts_from_it(blobs):
@@ -75,15 +75,15 @@ def test_self_training_teacher_is_cheaper_and_the_student_starts_from_it(blobs):
     fits = []
 
     class Counting(CNNClassifier):
-        def fit(self, s, t):
-            info = super().fit(s, t)
-            fits.append(info)
-            return info
+        def fit(self, X, y):
+            super().fit(X, y)
+            fits.append(self.fit_info_)
+            return self
 
-    model = SelfTrained(lambda: Counting(CLASSES, input_size=32, max_steps=20, min_steps=20,
-                                         warm_fraction=0.5, warm_min_steps=2, progress=False),
+    model = SelfTrained(Counting(CLASSES, input_size=32, max_steps=20, min_steps=20,
+                                 warm_fraction=0.5, warm_min_steps=2, progress=False),
                         samples[20:], threshold=0.5, teacher_fraction=0.5)
-    info = model.fit(samples[:20], y[:20])
+    info = model.fit(samples[:20], y[:20]).fit_info_
     teacher, student = fits
     assert teacher["steps"] == 10 and not teacher["warm_start"]
     assert student["warm_start"] and student["steps"] == 10 and info["teacher_warm_start"]

@@ -255,7 +255,7 @@ def cnn_features(model, samples: Sequence) -> np.ndarray:
     with torch.inference_mode():
         for start in range(0, len(samples), 256):
             x = (_to_tensor(samples[start:start + 256], model.input_size) - _MEAN) / _STD
-            out.append(torch.nn.functional.adaptive_avg_pool2d(model.net.features(x), 1).flatten(1))
+            out.append(torch.nn.functional.adaptive_avg_pool2d(model.net_.features(x), 1).flatten(1))
     return torch.cat(out).numpy() if out else np.zeros((0, 1280))
 
 

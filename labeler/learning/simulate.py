@@ -22,11 +22,12 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from labeler.models import selftrain
@@ -61,22 +62,22 @@ class RunResult:
 
 
 def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: str, budget: int,
-        batch: int, test_idx: np.ndarray, seed: int, make: Callable[[int], Classifier],
+        batch: int, test_idx: np.ndarray, seed: int, estimator: Classifier,
         zeroshot: np.ndarray | None = None, features: np.ndarray | None = None,
         start: int | None = None, progress: bool = True,
         self_train: float | None = None, warm_start: bool = True) -> tuple[RunResult, Annotator]:
     """One simulated annotation run; returns metrics after each round and the annotator.
 
-    With ``warm_start`` each round's model starts from the last round's
-    (:meth:`Classifier.warm_start`), which needs fewer steps than a cold fit.
+    Each round trains a clone of ``estimator`` (its ``seed`` set to ``seed``). With
+    ``warm_start`` each round's model starts from the last round's
+    (:meth:`Classifier.init_from`), which needs fewer steps than a cold fit.
     """
     check_strategy(strategy)
     rng = np.random.default_rng(seed)
     annotator = Annotator(y)
     test = np.asarray(test_idx)
     pool = np.setdiff1d(np.arange(len(y)), test)
-    labelled = np.zeros(0, dtype=int)
-    got = np.zeros(0, dtype=int)
+    labelled, got = np.zeros(0, dtype=int), np.zeros(0, dtype=int)
     result = RunResult(strategy, seed)
     proba = zeroshot[pool] if zeroshot is not None else None
     first = start or batch
@@ -92,17 +93,11 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         if len(set(got.tolist())) < len(classes):
             proba = None if zeroshot is None else zeroshot[pool]
             continue  # cannot train before every class has a label
-        model = make(seed)
+        model = clone(estimator).set_params(seed=seed)
         if warm_start and result.model is not None:
-            model.warm_start(result.model)
-        t = time.perf_counter()
-        if self_train is not None and proba is not None and len(pool):
-            # The last round's model (or the zero-shot one) is the teacher: no extra fit per round.
-            info = selftrain.self_train(model, [samples[i] for i in labelled], got, [samples[i] for i in pool],
-                                        proba[left], self_train)
-        else:
-            info = model.fit([samples[i] for i in labelled], got) or {}
-        train_s = time.perf_counter() - t
+            model.init_from(result.model)
+        teacher = proba[left] if self_train is not None and proba is not None and len(pool) else None
+        info, train_s = _train_round(model, samples, labelled, got, pool, teacher, self_train)
         m = evaluate(y[test], model.predict_proba([samples[i] for i in test]), classes)
         result.rows.append(_row(strategy, seed, len(labelled), m, info, train_s))
         result.model = model
@@ -110,6 +105,19 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         proba = model.predict_proba([samples[i] for i in pool]) if len(pool) else None
     bar.close()
     return result, annotator
+
+
+def _train_round(model: Classifier, samples: Sequence[Sample], labelled: np.ndarray, got: np.ndarray,
+                 pool: np.ndarray, teacher_proba: np.ndarray | None, threshold: float | None) -> tuple[dict, float]:
+    """Fit ``model`` on the labels so far; with ``teacher_proba`` (the last round's model, or the
+    zero-shot one, on ``pool``) also on the confident pool images: no extra fit per round."""
+    t = time.perf_counter()
+    if teacher_proba is not None:
+        info = selftrain.self_train(model, [samples[i] for i in labelled], got, [samples[i] for i in pool],
+                                    teacher_proba, threshold)
+    else:
+        info = model.fit([samples[i] for i in labelled], got).fit_info_
+    return info, time.perf_counter() - t
 
 
 def _row(strategy: str, seed: int, labels: int, m: dict, info: dict, train_s: float) -> dict:
@@ -170,7 +178,8 @@ def write_outputs(rows: list[dict], out: Path, title: str, metric: str = "eer") 
     return csv_path, png_path
 
 
-def classifier_factory(kind: str, classes: list[str], **cnn_options) -> Callable[[int], Classifier]:
+def make_classifier(kind: str, classes: list[str], **cnn_options) -> Classifier:
+    """The unfitted estimator a simulation trains (clones of it, one per round)."""
     if kind == "cnn":
-        return lambda seed: KINDS["cnn"](classes, seed=seed, progress=False, **cnn_options)
-    return lambda seed: KINDS[kind](classes, seed=seed)
+        return KINDS["cnn"](classes, progress=False, **cnn_options)
+    return KINDS[kind](classes)

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from labeler.models.calibration import fit_temperature
 from labeler.models.classifiers import KINDS, Classifier, Sample
@@ -48,15 +49,12 @@ class Outcome:
     meta: dict
 
 
-def cross_val_proba(make: Callable[[], Classifier], samples: Sequence[Sample], y: np.ndarray,
+def cross_val_proba(estimator: Classifier, samples: Sequence[Sample], y: np.ndarray,
                     folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Out-of-fold class probabilities: each item scored by a model that never saw it."""
-    proba = np.zeros((len(y), len(make().classes)))
-    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
-        model = make()
-        model.fit([samples[i] for i in tr], y[tr])
-        proba[te] = model.predict_proba([samples[i] for i in te])
-    return proba
+    """Out-of-fold class probabilities: each item scored by a clone of ``estimator`` that never saw it
+    (stratified folds; every class must occur in ``y``, as training and review require)."""
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return cross_val_predict(estimator, list(samples), y, cv=cv, method="predict_proba")
 
 
 def choose_kind(setting: str, has_zeroshot: bool) -> str:
@@ -100,24 +98,21 @@ def choose_split(task_ids: Sequence[int], y: np.ndarray, n_classes: int) -> Spli
     return Split(every, every, f"{folds}-fold cross-validation", folds)
 
 
-def fit_and_evaluate(make: Callable[[], Classifier], samples: Sequence[Sample], y: np.ndarray, split: Split,
-                     seed: int, report: Callable[[str], None]) -> tuple[Classifier, np.ndarray, dict]:
-    """(the model to serve, its probabilities on the evaluation items, training info).
+def fit_and_evaluate(estimator: Classifier, samples: Sequence[Sample], y: np.ndarray, split: Split,
+                     seed: int, report: Callable[[str], None]) -> tuple[Classifier, np.ndarray]:
+    """(the fitted model to serve, its probabilities on the evaluation items).
 
     Hold-out: one fit on the training part. Cross-validation: out-of-fold
     probabilities, then one fit on every label.
     """
-    take = lambda idx: [samples[i] for i in idx]  # noqa: E731
     if split.method == "holdout":
         report(f"training on {len(split.train)} labels, {len(split.evaluate)} held out")
-        clf = make()
-        info = clf.fit(take(split.train), y[split.train])
-        return clf, clf.predict_proba(take(split.evaluate)), info
+        clf = clone(estimator).fit([samples[i] for i in split.train], y[split.train])
+        return clf, clf.predict_proba([samples[i] for i in split.evaluate])
     report(f"{split.method} on {len(y)} labels")
-    proba = cross_val_proba(make, samples, y, split.folds, seed)
+    proba = cross_val_proba(estimator, samples, y, split.folds, seed)
     report(f"training on all {len(y)} labels")
-    clf = make()
-    return clf, proba, clf.fit(list(samples), y)
+    return clone(estimator).fit(list(samples), y), proba
 
 
 def unseen_by(serving_meta: dict | None, task_ids: Sequence[int], split: Split) -> np.ndarray:
@@ -184,19 +179,18 @@ def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Samp
 
 
 def make_model(predictor: Predictor, data: LabelledSet, config: LabelConfig, studio: Studio,
-               report: Callable[[str], None]) -> tuple[str, Callable[[], Classifier], int]:
-    """(classifier kind, a factory of fresh models, self-training pool size)."""
+               report: Callable[[str], None]) -> tuple[str, Classifier, int]:
+    """(classifier kind, the unfitted estimator, self-training pool size)."""
     s = predictor.settings
     kind = choose_kind(s.classifier, predictor.scorer is not None)
-    classes = list(config.classes)
-    base = lambda: KINDS[kind](classes, seed=s.seed)  # noqa: E731
+    base = KINDS[kind](list(config.classes), seed=s.seed)
     pool: list[Sample] = []
     if s.self_train_pool > 0 and data.unlabelled:
         report(f"fetching up to {s.self_train_pool} of {len(data.unlabelled)} unlabelled images for self-training")
         pool = self_training_pool(predictor, data, config, studio, s.self_train_pool)
     if not pool:
         return kind, base, 0
-    return kind, (lambda: SelfTrained(base, pool, s.self_train)), len(pool)
+    return kind, SelfTrained(base, pool, s.self_train), len(pool)
 
 
 def register(predictor: Predictor, project: str, clf: Classifier, meta: dict, n_labels: int) -> str:
@@ -229,14 +223,14 @@ def train_project(predictor: Predictor, project: str, studio: Studio, trigger: s
     samples, y = [it.sample for _, it in data.keep], data.y
     task_ids = [lab.task_id for lab, _ in data.keep]
     split = choose_split(task_ids, y, len(classes))
-    kind, make, pool = make_model(predictor, data, config, studio, report)
-    clf, eval_proba, info = fit_and_evaluate(make, samples, y, split, predictor.settings.seed,
-                                             lambda step: report(f"{kind}: {step}"))
+    kind, estimator, pool = make_model(predictor, data, config, studio, report)
+    clf, eval_proba = fit_and_evaluate(estimator, samples, y, split, predictor.settings.seed,
+                                       lambda step: report(f"{kind}: {step}"))
     meta: dict = {"kind": kind, "classes": classes, "prompts": {c: list(config.prompts[c]) for c in classes},
                   "class_counts": counts, "trigger": trigger, "skipped_tasks": data.skipped_tasks,
                   "self_training": {"pool": pool, "threshold": predictor.settings.self_train} if pool else None,
                   "unreadable_images": [{"task": t, "error": e} for t, e in data.bad][:100],
-                  "train_info": info, "evaluation": split.method, "n_train": int(len(split.train)),
+                  "train_info": clf.fit_info_, "evaluation": split.method, "n_train": int(len(split.train)),
                   "n_eval": int(len(split.evaluate)), "metrics": evaluate(y[split.evaluate], eval_proba, classes),
                   # under cross-validation, what this version trained on (the next run compares on the rest)
                   "trained_tasks": sorted(int(task_ids[i]) for i in split.train) if split.folds else None}

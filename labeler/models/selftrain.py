@@ -10,16 +10,17 @@ stay honest.
 Cost stays bounded as the pool grows: at most ``MAX_PSEUDO`` pseudo-labels
 join a fit, and in :class:`SelfTrained` the teacher trains with
 ``TEACHER_FRACTION`` of the usual steps and the student starts from the
-teacher's weights (:meth:`Classifier.warm_start`) instead of from scratch,
+teacher's weights (:meth:`Classifier.init_from`) instead of from scratch,
 so a self-trained fit costs about one plain fit, not two.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import clone
 
 from labeler.models.classifiers import Classifier, Sample
 
@@ -54,40 +55,59 @@ def self_train(student: Classifier, samples: Sequence[Sample], y: np.ndarray, po
                pool_proba: np.ndarray, threshold: float) -> dict:
     """Fit ``student`` on ``samples``/``y`` plus the confident part of ``pool`` (teacher: ``pool_proba``)."""
     take, labels = pseudo_labels(pool_proba, threshold)
-    info = student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int))
-    return {**(info or {}), "pseudo_labels": int(len(take)), "self_train_threshold": threshold}
+    student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int))
+    return {**student.fit_info_, "pseudo_labels": int(len(take)), "self_train_threshold": threshold}
+
+
+class Pool(tuple):
+    """The unlabelled images of a self-training run: read-only, so clones of a :class:`SelfTrained`
+    share it (scikit-learn's ``clone`` deep-copies parameters: thousands of images per fold)."""
+
+    def __deepcopy__(self, memo: dict) -> "Pool":
+        return self
 
 
 class SelfTrained(Classifier):
-    """Self-training inside ``fit``: a teacher fitted on the labels pseudo-labels ``pool``,
-    then the student (what predicts and is saved) trains on both.
+    """Self-training inside ``fit``: a clone of ``estimator`` fitted on the labels (the teacher)
+    pseudo-labels ``pool``, then another clone (the student, what predicts and is saved) trains on both.
 
-    Used as a model factory's product, so cross-validation and hold-out
-    evaluation measure the whole procedure on labels it never saw.
+    An estimator like any other, so cross-validation and hold-out evaluation
+    measure the whole procedure on labels it never saw.
     """
 
-    def __init__(self, make: Callable[[], Classifier], pool: Sequence[Sample], threshold: float,
+    def __init__(self, estimator: Classifier, pool: Sequence[Sample], threshold: float,
                  teacher_fraction: float = TEACHER_FRACTION) -> None:
-        self._make, self.pool, self.threshold = make, list(pool), threshold
+        self.estimator = estimator
+        self.pool = pool if isinstance(pool, Pool) else Pool(pool)
+        self.threshold = threshold
         self.teacher_fraction = teacher_fraction
-        self.model = make()
-        super().__init__(self.model.classes, self.model.seed)
-        self.kind, self.needs_features = self.model.kind, self.model.needs_features
 
-    def fit(self, samples: Sequence[Sample], y: np.ndarray) -> dict:
-        teacher = self._make()
+    @property
+    def classes(self) -> Sequence[str]:
+        return self.estimator.classes
+
+    @property
+    def kind(self) -> str:
+        return self.estimator.kind
+
+    @property
+    def needs_features(self) -> bool:
+        return self.estimator.needs_features
+
+    def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
+        teacher = clone(self.estimator)
         teacher.step_fraction = self.teacher_fraction
         teacher.fit(samples, y)
-        self.model = self._make()
-        warm = self.model.warm_start(teacher)
-        info = self_train(self.model, samples, y, self.pool, teacher.predict_proba(self.pool), self.threshold)
+        self.student_ = clone(self.estimator)
+        warm = self.student_.init_from(teacher)
+        info = self_train(self.student_, samples, y, self.pool, teacher.predict_proba(self.pool), self.threshold)
         return {**info, "teacher_warm_start": warm}
 
-    def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
-        return self.model.predict_proba(samples)
+    def predict_proba(self, X: Sequence[Sample]) -> np.ndarray:
+        return self.student_.predict_proba(X)
 
     def _save(self, folder: Path) -> None:
-        self.model._save(folder)  # saved as the student's kind: loads without this wrapper
+        self.student_._save(folder)  # saved as the student's kind: loads without this wrapper
 
     @classmethod
     def _load(cls, folder: Path, classes: list[str]) -> "Classifier":

@@ -1,4 +1,4 @@
-"""The interface every trained classifier implements, and how to load one from disk."""
+"""The interface every trained classifier implements (a scikit-learn estimator), and how to load one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 
 @dataclass
@@ -25,7 +26,18 @@ class Sample:
     zeroshot: np.ndarray | None = None
 
 
-class Classifier(ABC):
+class Classifier(ClassifierMixin, BaseEstimator, ABC):
+    """A scikit-learn classifier over :class:`Sample` sequences.
+
+    ``classes`` names the classes in column order; ``y`` holds class indices
+    into it, so ``classes_`` is ``arange(len(classes))`` and every class has a
+    column of :meth:`predict_proba` even when a training fold lacks it.
+    ``fit`` returns ``self`` and keeps what it measured (time, steps, ...) in
+    ``fit_info_``; ``clone``, ``cross_val_predict`` and ``get_params`` work as
+    for any scikit-learn estimator. Subclasses implement ``_fit`` and
+    ``predict_proba`` and store their ``__init__`` arguments unchanged.
+    """
+
     kind: str = ""
     needs_features: bool = False
     # Share of the usual training effort (optimiser steps) a fit spends; iterative kinds honour it
@@ -33,21 +45,31 @@ class Classifier(ABC):
     step_fraction: float = 1.0
 
     def __init__(self, classes: Sequence[str], seed: int = 0) -> None:
-        self.classes = list(classes)
+        self.classes = classes
         self.seed = seed
 
-    @abstractmethod
-    def fit(self, samples: Sequence[Sample], y: np.ndarray) -> dict:
-        """Train on ``samples`` with class indices ``y``; returns training info (time, epochs...)."""
+    def fit(self, X: Sequence[Sample], y: np.ndarray) -> "Classifier":
+        """Train on samples ``X`` with class indices ``y``; returns ``self``."""
+        self.classes_ = np.arange(len(self.classes))
+        self.fit_info_ = self._fit(list(X), np.asarray(y, dtype=int)) or {}
+        return self
 
-    def warm_start(self, previous: "Classifier") -> bool:
+    @abstractmethod
+    def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
+        """Train; returns what the fit measured (time, epochs, ...)."""
+
+    def init_from(self, previous: "Classifier") -> bool:
         """Begin the next :meth:`fit` from ``previous``'s parameters where this kind can (same kind
         and classes), so it needs fewer steps; returns whether it will. By default it cannot."""
         return False
 
     @abstractmethod
-    def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
-        """(N, C) class probabilities, columns in ``self.classes`` order."""
+    def predict_proba(self, X: Sequence[Sample]) -> np.ndarray:
+        """(N, C) class probabilities, columns in ``classes`` order."""
+
+    def predict(self, X: Sequence[Sample]) -> np.ndarray:
+        """Class indices of the most probable class."""
+        return self.predict_proba(X).argmax(1)
 
     @abstractmethod
     def _save(self, folder: Path) -> None: ...
@@ -61,7 +83,7 @@ class Classifier(ABC):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self._save(folder)
-        meta = {"kind": self.kind, "classes": self.classes}
+        meta = {"kind": self.kind, "classes": list(self.classes)}
         (folder / "classifier.json").write_text(json.dumps(meta))
         return meta
 
@@ -72,7 +94,9 @@ def load_classifier(folder: str | Path) -> Classifier:
 
     folder = Path(folder)
     info = json.loads((folder / "classifier.json").read_text())
-    return KINDS[info["kind"]]._load(folder, info["classes"])
+    model = KINDS[info["kind"]]._load(folder, info["classes"])
+    model.classes_ = np.arange(len(info["classes"]))
+    return model
 
 
 def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:

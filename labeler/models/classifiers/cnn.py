@@ -9,7 +9,7 @@ contrast jitter, all in one batched ``grid_sample``; prediction averages the
 image and its mirror. The number of optimiser steps is bounded
 (``max_steps``), so training time stays bounded for any number of labels.
 
-Warm start (:meth:`CNNClassifier.warm_start`): a fit that begins from a
+Warm start (:meth:`CNNClassifier.init_from`): a fit that begins from a
 previous model of the same classes (last round's model in the simulation, the
 teacher in self-training) already knows most of the data, so it runs
 ``warm_fraction`` of the steps a cold fit would (at least ``warm_min_steps``).
@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from labeler.models.classifiers.base import Classifier, Sample, balanced_weights
-from labeler.models.classifiers.mobilenet import MobileNetV2, mobilenet_v2
+from labeler.models.classifiers.mobilenet import mobilenet_v2
 
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -122,15 +122,14 @@ class CNNClassifier(Classifier):
         self.warm_fraction, self.warm_min_steps = warm_fraction, warm_min_steps
         self.pretrained = pretrained
         self.progress = progress
-        self.net: MobileNetV2 | None = None
-        self._init: dict[str, torch.Tensor] | None = None
 
-    def warm_start(self, previous: Classifier) -> bool:
+    def init_from(self, previous: Classifier) -> bool:
         """Begin the next :meth:`fit` from ``previous``'s weights (a fitted CNN, same classes and size)."""
-        if not (isinstance(previous, CNNClassifier) and previous.net is not None
-                and previous.classes == self.classes and previous.input_size == self.input_size):
+        net = getattr(previous, "net_", None)
+        if not (isinstance(previous, CNNClassifier) and net is not None
+                and list(previous.classes) == list(self.classes) and previous.input_size == self.input_size):
             return False
-        self._init = {k: v.detach().clone() for k, v in previous.net.state_dict().items()}
+        self._init = {k: v.detach().clone() for k, v in net.state_dict().items()}
         return True
 
     def steps_for(self, n: int) -> int:
@@ -140,26 +139,26 @@ class CNNClassifier(Classifier):
         ``step_fraction``; warm-started: ``max(warm_min_steps, warm_fraction * cold)``.
         """
         cold = min(self.max_steps, max(self.min_steps, self.epochs * math.ceil(n / self.batch_size)))
-        if self._init is not None:
+        if getattr(self, "_init", None) is not None:
             return int(max(self.warm_min_steps, math.ceil(self.warm_fraction * cold)))
         return int(max(1, math.ceil(self.step_fraction * cold)))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(((x - _MEAN) / _STD).contiguous(memory_format=torch.channels_last))
+        return self.net_(((x - _MEAN) / _STD).contiguous(memory_format=torch.channels_last))
 
-    def fit(self, samples: Sequence[Sample], y: np.ndarray) -> dict:
+    def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
         with _threads():
-            return self._fit(samples, y)
+            return self._train(samples, y)
 
-    def _fit(self, samples: Sequence[Sample], y: np.ndarray) -> dict:
+    def _train(self, samples: list[Sample], y: np.ndarray) -> dict:
         t0 = time.perf_counter()
         torch.manual_seed(self.seed)
         g = torch.Generator().manual_seed(self.seed)
-        warm = self._init is not None
-        self.net, loaded = mobilenet_v2(len(self.classes), pretrained=self.pretrained and not warm)
+        warm = getattr(self, "_init", None) is not None
+        self.net_, loaded = mobilenet_v2(len(self.classes), pretrained=self.pretrained and not warm)
         if warm:
-            self.net.load_state_dict(self._init)
-        self.net = self.net.to(memory_format=torch.channels_last)
+            self.net_.load_state_dict(self._init)
+        self.net_ = self.net_.to(memory_format=torch.channels_last)
         x = _to_tensor(samples, self.input_size)
         yt = torch.as_tensor(y, dtype=torch.long)
         n = len(yt)
@@ -167,9 +166,9 @@ class CNNClassifier(Classifier):
         steps = self.steps_for(n)
         self._init = None  # one warm start per call
         weight = torch.as_tensor(balanced_weights(np.asarray(y), len(self.classes)), dtype=torch.float32)
-        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=1e-4)
+        opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps, pct_start=0.15)
-        self.net.train()
+        self.net_.train()
         step = 0
         bar = tqdm(total=steps, desc="training CNN", unit="step", disable=not self.progress, leave=False)
         while step < steps:
@@ -186,7 +185,7 @@ class CNNClassifier(Classifier):
                 if step >= steps:
                     break
         bar.close()
-        self.net.eval()
+        self.net_.eval()
         return {"train_seconds": time.perf_counter() - t0, "steps": steps,
                 "epochs": round(steps / per_epoch, 2), "imagenet_init": loaded, "warm_start": warm}
 
@@ -206,7 +205,7 @@ class CNNClassifier(Classifier):
         return torch.cat(out).numpy().astype(np.float64)
 
     def _save(self, folder: Path) -> None:
-        torch.save(self.net.state_dict(), folder / "cnn.pt")
+        torch.save(self.net_.state_dict(), folder / "cnn.pt")
         (folder / "cnn.json").write_text(json.dumps({"input_size": self.input_size}))
 
     @classmethod
@@ -222,7 +221,7 @@ class CNNClassifier(Classifier):
         else:
             state, input_size = state["state_dict"], int(state["input_size"])
         model = cls(classes, input_size=input_size, pretrained=False)
-        model.net, _ = mobilenet_v2(len(classes), pretrained=False)
-        model.net.load_state_dict(state)
-        model.net = model.net.to(memory_format=torch.channels_last).eval()
+        model.net_, _ = mobilenet_v2(len(classes), pretrained=False)
+        model.net_.load_state_dict(state)
+        model.net_ = model.net_.to(memory_format=torch.channels_last).eval()
         return model

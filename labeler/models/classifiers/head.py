@@ -28,8 +28,11 @@ class EmbeddingHead(Classifier):
 
     def __init__(self, classes: Sequence[str], seed: int = 0, C: float = 0.5) -> None:
         super().__init__(classes, seed)
-        self.model = make_pipeline(StandardScaler(), LogisticRegression(
-            C=C, class_weight="balanced", max_iter=2000, random_state=seed))
+        self.C = C
+
+    def _pipeline(self):
+        return make_pipeline(StandardScaler(), LogisticRegression(
+            C=self.C, class_weight="balanced", max_iter=2000, random_state=self.seed))
 
     @staticmethod
     def _matrix(samples: Sequence[Sample]) -> np.ndarray:
@@ -39,23 +42,23 @@ class EmbeddingHead(Classifier):
                 for s in samples]
         return np.asarray(rows, dtype=np.float64)
 
-    def fit(self, samples: Sequence[Sample], y: np.ndarray) -> dict:
+    def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
         t = time.perf_counter()
-        self.model.fit(self._matrix(samples), y)
+        self.model_ = self._pipeline().fit(self._matrix(samples), y)
         return {"train_seconds": time.perf_counter() - t}
 
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
         if not samples:
             return np.zeros((0, len(self.classes)))
         proba = np.zeros((len(samples), len(self.classes)))
-        proba[:, self.model.classes_] = self.model.predict_proba(self._matrix(samples))
+        proba[:, self.model_.classes_] = self.model_.predict_proba(self._matrix(samples))
         return proba
 
     # Saved as plain arrays + JSON, never pickled: loading a model file must not run code.
     _ARRAYS = {"scaler": ("mean_", "scale_", "var_"), "lr": ("coef_", "intercept_", "classes_", "n_iter_")}
 
     def _save(self, folder: Path) -> None:
-        scaler, lr = self.model[0], self.model[-1]
+        scaler, lr = self.model_[0], self.model_[-1]
         arrays = {f"{part}.{a}": np.asarray(getattr(est, a))
                   for part, est in (("scaler", scaler), ("lr", lr)) for a in self._ARRAYS[part]}
         np.savez(folder / "head.npz", **arrays)
@@ -66,7 +69,8 @@ class EmbeddingHead(Classifier):
     def _load(cls, folder: Path, classes: list[str]) -> "EmbeddingHead":
         info = json.loads((folder / "head.json").read_text())
         head = cls(classes, C=info["C"])
-        scaler, lr = head.model[0], head.model[-1]
+        head.model_ = head._pipeline()
+        scaler, lr = head.model_[0], head.model_[-1]
         with np.load(folder / "head.npz", allow_pickle=False) as arrays:
             for part, est in (("scaler", scaler), ("lr", lr)):
                 for a in cls._ARRAYS[part]:
