@@ -23,7 +23,7 @@ import requests
 from labeler.studio.client import Studio
 
 from labeler.dev.demo import template
-from labeler.dev.localserver import free_port, start_backend
+from labeler.dev.localserver import start_backend
 
 from .conftest import png_bytes
 
@@ -299,7 +299,7 @@ def test_restart_after_a_crash_leaves_no_running_job_and_no_temp_files(tmp_path,
     (pdir / ".CURRENT.tmp-x").write_text("v9-cnn")
     (pdir / "job.json").write_text(json.dumps({"status": "running", "step": "training"}))
     env = {"MODEL_DIR": str(tmp_path), "LABELER_ZEROSHOT_MODEL": "none", "LABELER_ADMIN_TOKEN": "a"}
-    server = start_backend(env, port=free_port(), log_dir=tmp_path)
+    server = start_backend(env, log_dir=tmp_path)
     try:
         job = requests.get(f"{server.url}/admin/projects/3/job", headers={"Authorization": "Bearer a"}).json()
     finally:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +30,36 @@ FAST_IMPORT_FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_0801
 
 
 def free_port() -> int:
+    """A port free now; it may be taken before a child binds it, hence :func:`_on_free_port`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class PortTaken(RuntimeError):
+    """The server could not bind its port (another process took it first)."""
+
+
+def _on_free_port(start: Callable[[int], Server], port: int | None, attempts: int = 3) -> Server:
+    """``start(port)``; without a port, on a free one, and again on another if that one was taken
+    between :func:`free_port` and the child's bind (parallel test runs do this)."""
+    if port is not None:
+        return start(port)
+    for attempt in range(attempts):
+        try:
+            return start(free_port())
+        except PortTaken:
+            if attempt + 1 == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _gave_up(server: Server, what: str) -> RuntimeError:
+    """Stop ``server`` and describe why it did not start (:class:`PortTaken` when its port was taken)."""
+    server.stop()
+    text = server.log.read_text(errors="replace")[-3000:] if server.log.exists() else ""
+    kind = PortTaken if ("Address already in use" in text or "Errno 98" in text) else RuntimeError
+    return kind(f"{what} did not start; see {server.log}:\n{text}")
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -79,7 +107,12 @@ def start_label_studio(data_dir: Path, username: str, password: str, token: str,
     exe = shutil.which("label-studio") or str(Path(sys.executable).with_name("label-studio"))
     if not Path(exe).exists():
         raise RuntimeError("the label-studio server is not installed: pip install 'labeler[studio]'")
-    port = port or free_port()
+    return _on_free_port(lambda p: _start_label_studio(exe, data_dir, username, password, token, p, files_root,
+                                                       timeout), port)
+
+
+def _start_label_studio(exe: str, data_dir: Path, username: str, password: str, token: str, port: int,
+                        files_root: Path | None, timeout: float) -> Server:
     url = f"http://127.0.0.1:{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in _LEAKY}
@@ -106,8 +139,7 @@ def start_label_studio(data_dir: Path, username: str, password: str, token: str,
     try:
         wait_http(f"{url}/health", timeout, proc)
     except Exception:  # noqa: BLE001 - whatever went wrong, stop the child and show its log
-        server.stop()
-        raise RuntimeError(f"Label Studio did not start; see {log}:\n{log.read_text()[-3000:]}") from None
+        raise _gave_up(server, "Label Studio") from None
     return server
 
 
@@ -122,7 +154,10 @@ def _model_ready(url: str) -> bool:
 def start_backend(env_extra: dict[str, str], port: int | None = None, log_dir: Path | None = None,
                   timeout: float = 120) -> Server:
     """The ML backend under gunicorn (one worker, threads), waiting until its model is ready."""
-    port = port or free_port()
+    return _on_free_port(lambda p: _start_backend(env_extra, p, log_dir, timeout), port)
+
+
+def _start_backend(env_extra: dict[str, str], port: int, log_dir: Path | None, timeout: float) -> Server:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
     log = (log_dir or Path.cwd()) / "backend.log"
@@ -142,6 +177,5 @@ def start_backend(env_extra: dict[str, str], port: int | None = None, log_dir: P
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, stop the child and show its log
         with log.open("a") as f:
             f.write(f"\n[start_backend] gave up: {type(exc).__name__}: {exc}\n")
-        server.stop()
-        raise RuntimeError(f"the ML backend did not start; see {log}:\n{log.read_text()[-3000:]}") from None
+        raise _gave_up(server, "the ML backend") from None
     return server
