@@ -14,11 +14,11 @@ import time
 import jwt
 import pytest
 import requests
-from labeler.studio.client import Studio
 
-from labeler.studio.client import Connection
 from labeler.dev.demo import template, upload_images
 from labeler.media.fetching import Fetcher, FetchPolicy
+from labeler.studio.client import Connection, Studio
+from labeler.studio.tasks import iter_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,8 @@ def test_downloads_survive_an_expired_access_token(label_studio, image_dir, tmp_
     proj = ls.projects.create(title="token-expiry", label_config=template("binary"))
     upload_images(url, legacy, proj.id, sorted(image_dir.iterdir())[:1])
     ref = ls.tasks.list(project=proj.id).items[0].data["image"]
-    conn = Connection(url, pat)
+    studio = Studio(url, pat)
+    conn = studio.conn
     fetch = Fetcher(FetchPolicy(), conn)
     first = fetch.get(ref)
     assert first[:4] == b"\x89PNG"
@@ -59,6 +60,11 @@ def test_downloads_survive_an_expired_access_token(label_studio, image_dir, tmp_
     conn._header, conn._expires = {"Authorization": f"Bearer {expired}"}, time.time() + 3600  # cached, now stale
 
     assert fetch.get(ref) == first  # 401 -> refreshed once -> downloaded
+    assert conn.auth_headers()["Authorization"] != f"Bearer {expired}"
+
+    # Label Studio calls through the client (Studio.request) recover the same way.
+    conn._header, conn._expires = {"Authorization": f"Bearer {expired}"}, time.time() + 3600
+    assert [t["id"] for t in iter_tasks(studio, proj.id)] == [t.id for t in ls.tasks.list(project=proj.id)]
     assert conn.auth_headers()["Authorization"] != f"Bearer {expired}"
 
 
