@@ -35,8 +35,15 @@ from labeler.learning.datasets import read_labels
 from labeler.learning.metrics import evaluate
 from labeler.models.selftrain import SelfTrained
 
+try:  # older checkouts (--baseline-src) have no given teacher
+    from labeler.models.selftrain import Frozen
+    HAS_TEACHER = True
+except ImportError:
+    HAS_TEACHER = False
+
 THRESHOLD = 0.9
 POOL = 2000
+RETRAIN_EVERY = 25  # the backend's default LABELER_TRAIN_EVERY
 
 
 def measure(data_dir: str, seeds: int, holdout: int, sizes: list[int]) -> dict:
@@ -50,39 +57,61 @@ def measure(data_dir: str, seeds: int, holdout: int, sizes: list[int]) -> dict:
     print(f"eyes24: {len(y)} images; torch threads {torch.get_num_threads()}", flush=True)
     out: dict = {"quality": []}
     t = time.perf_counter()
-    info = SelfTrained(cnn(0), samples[:POOL], THRESHOLD).fit(samples, y).fit_info_
+    first = SelfTrained(cnn(0), samples[:POOL], THRESHOLD).fit(samples, y)
     out["all_selftrain_s"] = time.perf_counter() - t
     print(f"all {len(y)} labels, self-training on a {POOL}-image pool: {out['all_selftrain_s']:.1f} s "
-          f"({info.get('pseudo_labels')} pseudo-labels)", flush=True)
+          f"({first.fit_info_.get('pseudo_labels')} pseudo-labels)", flush=True)
+    if HAS_TEACHER:  # the backend's retraining: the serving version is the teacher (no teacher fit)
+        t = time.perf_counter()
+        SelfTrained(cnn(0), samples[:POOL], THRESHOLD, teacher=Frozen(first.student_)).fit(samples, y)
+        out["all_selftrain_serving_teacher_s"] = time.perf_counter() - t
+        print(f"all {len(y)} labels, self-training, the serving version as teacher: "
+              f"{out['all_selftrain_serving_teacher_s']:.1f} s", flush=True)
     t = time.perf_counter()
     cnn(0).fit(samples, y)
     out["all_plain_s"] = time.perf_counter() - t
     print(f"all {len(y)} labels, no self-training: {out['all_plain_s']:.1f} s", flush=True)
-    print(f"{'labels':>7} {'seed':>4} {'train s':>8} {'pseudo':>6} {'EER':>7} {'acc':>7}", flush=True)
+    print(f"{'labels':>7} {'seed':>4} {'teacher':>8} {'train s':>8} {'pseudo':>6} {'EER':>7} {'acc':>7}", flush=True)
     for seed in range(seeds):
         perm = np.random.default_rng(seed).permutation(len(y))
         test, pool = perm[:holdout], perm[holdout:]
         for n in sizes:
-            idx, unlabelled = pool[:n], pool[n:][:POOL]
-            clf = SelfTrained(cnn(seed), [samples[i] for i in unlabelled], THRESHOLD)
-            t = time.perf_counter()
-            info = clf.fit([samples[i] for i in idx], y[idx]).fit_info_
-            train_s = time.perf_counter() - t
-            m = evaluate(y[test], clf.predict_proba([samples[i] for i in test]), classes)
-            out["quality"].append({"labels": n, "seed": seed, "train_s": train_s, "eer": m["eer"],
-                                   "accuracy": m["accuracy"]})
-            print(f"{n:>7} {seed:>4} {train_s:>8.1f} {info.get('pseudo_labels', 0):>6} {m['eer']:>7.4f} "
-                  f"{m['accuracy']:>7.4f}", flush=True)
+            out["quality"] += _quality(samples, y, classes, cnn, seed, test, pool, n)
     return out
 
 
+def _quality(samples, y, classes, cnn, seed, test, pool, n) -> list[dict]:
+    """EER on the hold-out after training on ``n`` labels with self-training, the teacher fitted
+    in the run ("fitted") and, as the backend retrains, the previous version (trained on
+    ``n - RETRAIN_EVERY`` labels) as the teacher ("serving")."""
+    def run(name, idx, teacher=None):
+        unlabelled = [samples[i] for i in pool[len(idx):][:POOL]]
+        clf = SelfTrained(cnn(seed), unlabelled, THRESHOLD, teacher=teacher)
+        t = time.perf_counter()
+        info = clf.fit([samples[i] for i in idx], y[idx]).fit_info_
+        train_s = time.perf_counter() - t
+        m = evaluate(y[test], clf.predict_proba([samples[i] for i in test]), classes)
+        print(f"{len(idx):>7} {seed:>4} {name:>8} {train_s:>8.1f} {info.get('pseudo_labels', 0):>6} "
+              f"{m['eer']:>7.4f} {m['accuracy']:>7.4f}", flush=True)
+        return clf, {"labels": len(idx), "seed": seed, "teacher": name, "train_s": train_s, "eer": m["eer"],
+                     "accuracy": m["accuracy"]}
+
+    rows = [run("fitted", pool[:n])[1]]
+    if HAS_TEACHER:
+        previous, _ = run("previous", pool[:n - RETRAIN_EVERY])
+        rows.append(run("serving", pool[:n], Frozen(previous.student_))[1])
+    return rows
+
+
 def summary(name: str, res: dict) -> None:
-    print(f"\n[{name}] all labels + self-training {res['all_selftrain_s']:.1f} s, "
-          f"plain {res['all_plain_s']:.1f} s")
-    for n in sorted({r["labels"] for r in res["quality"]}):
-        sel = [r for r in res["quality"] if r["labels"] == n]
+    teacher = res.get("all_selftrain_serving_teacher_s")
+    print(f"\n[{name}] all labels + self-training {res['all_selftrain_s']:.1f} s"
+          + (f", with the serving version as teacher {teacher:.1f} s" if teacher else "")
+          + f", plain {res['all_plain_s']:.1f} s")
+    for n, how in sorted({(r["labels"], r.get("teacher", "fitted")) for r in res["quality"]}):
+        sel = [r for r in res["quality"] if r["labels"] == n and r.get("teacher", "fitted") == how]
         e, s = np.array([r["eer"] for r in sel]), np.array([r["train_s"] for r in sel])
-        print(f"[{name}] {n:>5} labels + self-training: EER {e.mean():.4f} +- {e.std():.4f}  "
+        print(f"[{name}] {n:>5} labels + self-training, teacher {how:>8}: EER {e.mean():.4f} +- {e.std():.4f}  "
               f"train {s.mean():.1f} s  (seeds {len(sel)})")
 
 

@@ -41,3 +41,30 @@ def test_without_any_model_the_baseline_is_a_constant_guess(tmp_path):
     split = Split(np.arange(6), np.arange(6), "3-fold cross-validation", 3)
     base = baseline_for(predictor, "1", [None] * 6, y, list(range(6)), split, np.zeros((6, 2)), ["a", "b"], {})
     assert base["name"] == "always guessing 'a'" and base["accuracy"] == 4 / 6
+
+
+def test_the_serving_version_teaches_only_where_it_cannot_leak_held_out_labels(tmp_path):
+    from PIL import Image
+
+    from labeler.learning.training import serving_teacher
+    from labeler.models.classifiers import EmbeddingHead, Sample
+
+    predictor = Predictor(Settings(model_dir=tmp_path, zeroshot_model=None))
+    rng = np.random.default_rng(0)
+    samples = [Sample(Image.new("RGB", (2, 2)), features=rng.normal(size=4) + 2 * (i % 2)) for i in range(40)]
+    y = np.arange(40) % 2
+    served = EmbeddingHead(["a", "b"]).fit(samples, y)
+    holdout = Split(np.arange(30), np.arange(30, 40), "holdout")
+    cv = Split(np.arange(40), np.arange(40), "5-fold cross-validation", 5)
+
+    def serve(evaluation: str) -> None:
+        v = predictor.registry.add("1", lambda folder: served.save(folder) and {"evaluation": evaluation})
+        predictor.registry.promote("1", v)
+
+    assert serving_teacher(predictor, "1", EmbeddingHead(["a", "b"]), holdout) is None  # nothing serves
+    serve("holdout")
+    assert serving_teacher(predictor, "1", EmbeddingHead(["a", "b"]), holdout) is not None
+    assert serving_teacher(predictor, "1", EmbeddingHead(["a", "b"]), cv) is None         # out-of-fold items seen
+    assert serving_teacher(predictor, "1", EmbeddingHead(["a", "c"]), holdout) is None    # other classes
+    serve("5-fold cross-validation")  # trained on every label, held-out ones included
+    assert serving_teacher(predictor, "1", EmbeddingHead(["a", "b"]), holdout) is None

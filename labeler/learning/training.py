@@ -28,7 +28,7 @@ from labeler.errors import TrainingError
 from labeler.studio.labelconfig import LabelConfig
 from labeler.learning.metrics import evaluate
 from labeler.models.predictor import Predictor
-from labeler.models.selftrain import SelfTrained
+from labeler.models.selftrain import Frozen, SelfTrained
 from labeler.learning.labelled import LabelledSet, load_labelled, self_training_pool
 from labeler.studio.tasks import project_config
 from labeler.models.zeroshot import softmax
@@ -178,8 +178,8 @@ def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Samp
     meta["zeroshot_metrics"] = evaluate(y[split.evaluate], zs, classes)
 
 
-def make_model(predictor: Predictor, data: LabelledSet, config: LabelConfig, studio: Studio,
-               report: Callable[[str], None]) -> tuple[str, Classifier, int]:
+def make_model(predictor: Predictor, project: str, data: LabelledSet, config: LabelConfig, studio: Studio,
+               split: Split, report: Callable[[str], None]) -> tuple[str, Classifier, int]:
     """(classifier kind, the unfitted estimator, self-training pool size)."""
     s = predictor.settings
     kind = choose_kind(s.classifier, predictor.scorer is not None)
@@ -190,7 +190,25 @@ def make_model(predictor: Predictor, data: LabelledSet, config: LabelConfig, stu
         pool = self_training_pool(predictor, data, config, studio, s.self_train_pool)
     if not pool:
         return kind, base, 0
-    return kind, SelfTrained(base, pool, s.self_train), len(pool)
+    teacher = serving_teacher(predictor, project, base, split)
+    return kind, SelfTrained(base, pool, s.self_train, teacher=teacher), len(pool)
+
+
+def serving_teacher(predictor: Predictor, project: str, base: Classifier, split: Split) -> Frozen | None:
+    """The serving version as the self-training teacher (no teacher is fitted, and the new version
+    starts from its weights), as ``labeler simulate`` uses the last round's model.
+
+    Only when it cannot leak evaluation labels: under the hash hold-out, with a serving version
+    that was itself trained under it (so it never saw a held-out item), of the same kind and classes.
+    """
+    if split.method != "holdout":
+        return None
+    serving, model = predictor.classifier(project)
+    if model is None or model.kind != base.kind or list(model.classes) != list(base.classes):
+        return None
+    if predictor.registry.meta(project, serving).get("evaluation") != "holdout":
+        return None
+    return Frozen(model)
 
 
 def register(predictor: Predictor, project: str, clf: Classifier, meta: dict, n_labels: int) -> str:
@@ -223,7 +241,7 @@ def train_project(predictor: Predictor, project: str, studio: Studio, trigger: s
     samples, y = [it.sample for _, it in data.keep], data.y
     task_ids = [lab.task_id for lab, _ in data.keep]
     split = choose_split(task_ids, y, len(classes))
-    kind, estimator, pool = make_model(predictor, data, config, studio, report)
+    kind, estimator, pool = make_model(predictor, project, data, config, studio, split, report)
     clf, eval_proba = fit_and_evaluate(estimator, samples, y, split, predictor.settings.seed,
                                        lambda step: report(f"{kind}: {step}"))
     meta: dict = {"kind": kind, "classes": classes, "prompts": {c: list(config.prompts[c]) for c in classes},

@@ -67,20 +67,34 @@ class Pool(tuple):
         return self
 
 
-class SelfTrained(Classifier):
-    """Self-training inside ``fit``: a clone of ``estimator`` fitted on the labels (the teacher)
-    pseudo-labels ``pool``, then another clone (the student, what predicts and is saved) trains on both.
+class Frozen:
+    """A fitted model passed as a parameter: ``clone`` shares it instead of deep-copying its weights."""
 
-    An estimator like any other, so cross-validation and hold-out evaluation
-    measure the whole procedure on labels it never saw.
+    def __init__(self, model: Classifier) -> None:
+        self.model = model
+
+    def __deepcopy__(self, memo: dict) -> "Frozen":
+        return self
+
+
+class SelfTrained(Classifier):
+    """Self-training inside ``fit``: a teacher pseudo-labels ``pool``, then a clone of ``estimator``
+    (the student, what predicts and is saved) trains on the labels and the pseudo-labels.
+
+    The teacher is a clone of ``estimator`` fitted on the labels with ``teacher_fraction`` of the
+    usual steps, or ``teacher`` (a :class:`Frozen` fitted model, e.g. the serving version, which
+    must not have trained on the evaluation items): then no teacher is fitted at all. The student
+    starts from the teacher's weights where its kind can. An estimator like any other, so
+    cross-validation and hold-out evaluation measure the whole procedure on labels it never saw.
     """
 
     def __init__(self, estimator: Classifier, pool: Sequence[Sample], threshold: float,
-                 teacher_fraction: float = TEACHER_FRACTION) -> None:
+                 teacher_fraction: float = TEACHER_FRACTION, teacher: Frozen | None = None) -> None:
         self.estimator = estimator
         self.pool = pool if isinstance(pool, Pool) else Pool(pool)
         self.threshold = threshold
         self.teacher_fraction = teacher_fraction
+        self.teacher = teacher
 
     @property
     def classes(self) -> Sequence[str]:
@@ -95,13 +109,16 @@ class SelfTrained(Classifier):
         return self.estimator.needs_features
 
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
-        teacher = clone(self.estimator)
-        teacher.step_fraction = self.teacher_fraction
-        teacher.fit(samples, y)
+        if self.teacher is not None:
+            teacher = self.teacher.model
+        else:
+            teacher = clone(self.estimator)
+            teacher.step_fraction = self.teacher_fraction
+            teacher.fit(samples, y)
         self.student_ = clone(self.estimator)
         warm = self.student_.init_from(teacher)
         info = self_train(self.student_, samples, y, self.pool, teacher.predict_proba(self.pool), self.threshold)
-        return {**info, "teacher_warm_start": warm}
+        return {**info, "teacher_warm_start": warm, "teacher": "given" if self.teacher is not None else "fitted"}
 
     def predict_proba(self, X: Sequence[Sample]) -> np.ndarray:
         return self.student_.predict_proba(X)
