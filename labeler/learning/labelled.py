@@ -22,7 +22,7 @@ class LabelledSet:
 
     keep: list[tuple[Labelled, Scored]]  # readable images, embedded, zero-shot evidence attached
     bad: list[tuple[int, str]]           # (task id, why its image could not be used)
-    y: np.ndarray                        # class indices of ``keep``
+    y: np.ndarray                        # class indices of ``keep``; multi-label: (N, C) 0/1 label sets
     skipped_tasks: int                   # annotated tasks without a usable label
     unlabelled: list[tuple[int, str]]    # (task id, image URL) of tasks nobody annotated
 
@@ -34,7 +34,10 @@ def load_labelled(predictor: Predictor, studio: Studio, project: int, config: La
     bad = [(lab.task_id, it.error or "unreadable") for lab, it in zip(labelled, items) if it.sample is None]
     keep = [(lab, it) for lab, it in zip(labelled, items) if it.sample is not None]
     predictor.zeroshot_scores([it for _, it in keep], config)
-    y = np.array([config.classes.index(lab.label) for lab, _ in keep], dtype=int)
+    if config.multiple:
+        y = np.array([[c in lab.labels for c in config.classes] for lab, _ in keep], dtype=int).reshape(-1, len(config.classes))
+    else:
+        y = np.array([config.classes.index(lab.label) for lab, _ in keep], dtype=int)
     return LabelledSet(keep, bad, y, skipped, unlabelled)
 
 

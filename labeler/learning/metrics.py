@@ -98,7 +98,8 @@ def evaluate_multilabel(Y: np.ndarray, P: np.ndarray, classes: Sequence[str],
                         thresholds: np.ndarray | float = 0.5) -> dict:
     """Multi-label metrics: ``Y`` (N, C) 0/1 truth, ``P`` (N, C) independent probabilities.
 
-    Prediction ``Ŷ_ic = [P_ic >= t_c]``. Subset accuracy is the share of items
+    Prediction ``Ŷ_ic = [P_ic >= t_c]`` (``thresholds``: one number, one per class,
+    or (N, C), one per item and class, as cross-fitted thresholds are). Subset accuracy is the share of items
     whose whole label set is right, ``mean_i [Ŷ_i = Y_i]``; Hamming loss the
     share of wrong (item, class) cells; per class precision, recall, F1 and
     one-vs-rest ROC AUC/EER of ``P_c``. Macro-F1 is the mean F1 over the classes
@@ -108,7 +109,7 @@ def evaluate_multilabel(Y: np.ndarray, P: np.ndarray, classes: Sequence[str],
     """
     Y = np.asarray(Y, dtype=int).reshape(-1, len(classes))
     P = np.asarray(P, dtype=np.float64).reshape(-1, len(classes))
-    t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), P.shape[1:])
+    t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), P.shape)
     pred = (P >= t).astype(int)
     tp, fp, fn = ((pred == 1) & (Y == 1)).sum(0), ((pred == 1) & (Y == 0)).sum(0), ((pred == 0) & (Y == 1)).sum(0)
     per_class = {}
@@ -118,7 +119,7 @@ def evaluate_multilabel(Y: np.ndarray, P: np.ndarray, classes: Sequence[str],
         both = 0 < Y[:, c].sum() < len(Y)
         per_class[name] = {"precision": float(prec), "recall": float(rec),
                            "f1": float(2 * prec * rec / (prec + rec)) if prec + rec else 0.0,
-                           "support": int(Y[:, c].sum()), "threshold": float(t[c]),
+                           "support": int(Y[:, c].sum()), "threshold": float(t[:, c].mean()) if len(t) else None,
                            "roc_auc": float(roc_auc_score(Y[:, c], P[:, c])) if both else None,
                            "eer": eer(Y[:, c], P[:, c]) if both else None}
     seen = [name for c, name in enumerate(classes) if Y[:, c].any() or pred[:, c].any()]

@@ -261,9 +261,14 @@ def model_card_text(serving: str, serving_meta: dict | None, job: dict, admin_ur
     training ended. The description (the card's Edit dialog) has the details and the admin page.
     """
     m = (serving_meta or {}).get("metrics") or {}
-    title = f"labeler · serving {serving}" + (f" (accuracy {_fmt(m.get('accuracy'))})" if m else "")
-    lines = [f"Serving {serving}" + (f": held-out accuracy {_fmt(m.get('accuracy'))}, EER {_fmt(m.get('eer'))}, "
-                                     f"ROC AUC {_fmt(m.get('roc_auc'))}." if m else " (the zero-shot model).")]
+    if "subset_accuracy" in m:  # multi-label
+        title = f"labeler · serving {serving} (macro-F1 {_fmt(m.get('macro_f1'))})"
+        lines = [f"Serving {serving}: held-out macro-F1 {_fmt(m.get('macro_f1'))}, micro-F1 {_fmt(m.get('micro_f1'))}, "
+                 f"subset accuracy {_fmt(m.get('subset_accuracy'))}, Hamming loss {_fmt(m.get('hamming_loss'))}."]
+    else:
+        title = f"labeler · serving {serving}" + (f" (accuracy {_fmt(m.get('accuracy'))})" if m else "")
+        lines = [f"Serving {serving}" + (f": held-out accuracy {_fmt(m.get('accuracy'))}, EER {_fmt(m.get('eer'))}, "
+                                         f"ROC AUC {_fmt(m.get('roc_auc'))}." if m else " (the zero-shot model).")]
     status = job.get("status")
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(job["finished"])) if job.get("finished") else ""
     if status == "failed":
