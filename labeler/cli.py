@@ -551,17 +551,22 @@ def versions_export(version, out, model_dir) -> None:
 @main.command()
 @click.argument("version")
 @click.option("--project", required=True, type=str, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
-@click.option("--model-dir", envvar="MODEL_DIR", type=click.Path(path_type=Path))
-def rollback(version, project, model_dir) -> None:
-    """Serve VERSION again (``zeroshot`` for the zero-shot model). The backend picks it up at once."""
-    from labeler.learning.registry import Registry, RegistryError
+@click.option("--no-refresh", is_flag=True, help="Only switch the serving version; leave Label Studio's "
+                                                 "predictions and queue as they are.")
+@with_studio
+def rollback(version, project, no_refresh, url, api_key, model_dir) -> None:
+    """Serve VERSION again (``zeroshot`` for the zero-shot model). The backend picks it up at once;
+    with a Label Studio configured, every task is re-predicted with it and the queue re-ranked."""
+    from labeler.learning.registry import Registry
 
-    reg = Registry(_settings(model_dir=model_dir).model_dir)
-    try:
-        reg.promote(project, None if version in {"zeroshot", "zero-shot"} else version)
-    except RegistryError as exc:
-        _fail(str(exc))
+    s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
+    Registry(s.model_dir).promote(project, None if version in {"zeroshot", "zero-shot"} else version)
     click.echo(f"project {project} now serves {version}")
+    if no_refresh or not (s.label_studio_url and s.label_studio_api_key):
+        return
+    from labeler.studio.preannotate import preannotate
+
+    click.echo(preannotate(_studio(s), int(project), _predictor(s)).summary())
 
 
 if __name__ == "__main__":

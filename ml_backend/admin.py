@@ -41,8 +41,8 @@ def promote(project: str):
         version = None
     else:
         check_version(version)
-    state().predictor.registry.promote(check_project(project), version)
-    return jsonify({"status": "ok", "serving": version or "zero-shot"})
+    job = state().serve(check_project(project), version)
+    return jsonify({"status": "ok", "serving": version or "zero-shot", "job": job})
 
 
 @bp.get("/projects/<project>/map")

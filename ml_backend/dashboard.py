@@ -136,7 +136,7 @@ def promote(project: str):
     version = data.get("version")
     version = None if version in (None, "", "zeroshot", "zero-shot") else check_version(version)
     project = check_project(project)
-    state().predictor.registry.promote(project, version)
+    state().serve(project, version)
     return _done(f"project {project} now serves {version or 'the zero-shot model'}", {"serving": version or "zero-shot"})
 
 

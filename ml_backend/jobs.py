@@ -32,6 +32,7 @@ from labeler.learning.registry import check_project
 from labeler.studio.tasks import report_to_model_card
 
 log = logging.getLogger(__name__)
+ZEROSHOT = "zero-shot"  # what refresh_pending names when no trained version serves
 ACTIVE = {"queued", "running"}
 
 
@@ -88,6 +89,13 @@ class TrainingJobs:
         except (FileNotFoundError, ValueError):
             return {}
 
+    def refresh_serving(self, project: str, trigger: str) -> dict:
+        """Re-predict every task with whatever serves now (after a promotion or rollback by an admin),
+        which also re-ranks the "Next to label" queue; survives a restart like any refresh."""
+        project = check_project(project)
+        self._set(project, refresh_pending=self.predictor.registry.current(project) or ZEROSHOT)
+        return self.submit(project, trigger, train=False)
+
     def submit(self, project: str, trigger: str, train: bool = True) -> dict:
         """Queue a job for ``project`` (or one follow-up after the active one); returns the state.
 
@@ -141,7 +149,7 @@ class TrainingJobs:
                                 "to the project in Label Studio (Settings > Model), or set "
                                 "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
         pending = self.state(project).get("refresh_pending")
-        if pending and pending == self.predictor.registry.current(project):
+        if pending and pending == (self.predictor.registry.current(project) or ZEROSHOT):
             self._refresh(project, studio, pending)  # finish what a crash interrupted, then train
         self._set(project, refresh_pending=None)
         if not train:

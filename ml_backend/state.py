@@ -157,6 +157,15 @@ class BackendState:
                 log.warning("project %s: could not add credentials to Label Studio's webhook: %s", project, exc)
         threading.Thread(target=run, name=f"secure-webhooks-{project}", daemon=True).start()
 
+    def serve(self, project: str, version: str | None) -> dict | None:
+        """Serve ``version`` (None: the zero-shot model) from the next request on; with a Label Studio
+        known for the project, re-predict its tasks and re-rank the queue in the background
+        (returns that job's state)."""
+        self.predictor.registry.promote(project, version)
+        if self.studio(project) is None:
+            return None
+        return self.jobs.refresh_serving(project, f"promoted {version or 'zero-shot'} by admin")
+
     def known(self, project: str) -> bool:
         """A project some verified /setup (or an earlier training) has made known to this backend."""
         return self.predictor.registry.project_dir(project).is_dir()

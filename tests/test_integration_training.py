@@ -102,7 +102,11 @@ def test_admin_api_needs_the_token_and_rollback_serves_again(studio_project, bac
     url = backend[0]
     assert requests.post(f"{url}/admin/projects/{pid}/train").status_code == 401
     r = requests.post(f"{url}/admin/projects/{pid}/promote", json={"version": None}, headers=ADMIN)
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.json()["job"]["trigger"] == "promoted zero-shot by admin"
+    assert wait_job(url, pid)["status"] == "done"
+    # Label Studio's predictions follow: every task holds one prediction, the zero-shot model's
+    held = {p["model_version"] for t in tasks_of(ls, pid) for p in t["predictions"]}
+    assert len(held) == 1 and next(iter(held)).startswith("zeroshot-"), held
     task = tasks_of(ls, pid)[0]
     out = requests.post(f"{url}/predict", json={"tasks": [task], "label_config": template("binary"),
                                                 "project": f"{pid}.0"}).json()
