@@ -21,6 +21,12 @@ def test_parse_config_prompts_from_hints():
     assert c.prompts == {"open": ("open eye", "eye with pupil"), "closed": ("a photo of a closed",)}
 
 
+def test_a_choice_alias_is_the_class_name_annotations_carry():
+    c = parse_label_config("<View><Image name='i' value='$image'/><Choices name='c' toName='i'>"
+                           "<Choice value='Open eye' alias='open' hint='open eye'/><Choice value='closed'/></Choices></View>")
+    assert c.classes == ("open", "closed") and c.prompts["open"] == ("open eye",)
+
+
 @pytest.mark.parametrize("xml, message", [
     ("", "empty"),
     ("<View><Text name='t' value='$text'/></View>", "no <Image>"),

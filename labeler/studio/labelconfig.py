@@ -9,8 +9,9 @@ tooltip to annotators, which doubles as documentation of what the class means.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+
+from label_studio_sdk.label_interface import LabelInterface
 
 from labeler.errors import LabelConfigError  # noqa: F401 - raised here
 
@@ -37,37 +38,37 @@ class LabelConfig:
 
 
 def parse_label_config(xml: str) -> LabelConfig:
-    """Find the ``<Choices>`` + ``<Image>`` pair in ``xml``; raise :class:`LabelConfigError` if none."""
+    """The ``<Choices>`` that classifies an ``<Image>`` in ``xml``; :class:`LabelConfigError` if none.
+
+    Read with the SDK's ``LabelInterface``, Label Studio's own parser, so a
+    ``<Choice alias=...>`` is the class name annotations carry, as in the UI.
+    """
     if not xml or not xml.strip():
         raise LabelConfigError("empty label config")
     try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise LabelConfigError(f"label config is not valid XML: {exc}") from exc
-    images = {el.get("name"): el for el in root.iter("Image") if el.get("name")}
-    if not images:
+        interface = LabelInterface(xml)
+    except Exception as exc:  # noqa: BLE001 - the SDK raises its own XML and config errors
+        raise LabelConfigError(f"label config is not valid XML for Label Studio: {str(exc)[:300]}") from exc
+    if not any(o.tag == "Image" for o in interface.objects):
         raise LabelConfigError("label config has no <Image> tag: labeler classifies images")
-    for choices in root.iter("Choices"):
-        to_name = choices.get("toName")
-        if to_name not in images:
+    for control in interface.controls:
+        image = next((o for o in control.objects if o.tag == "Image"), None) if control.tag == "Choices" else None
+        if image is None:
             continue
-        value = images[to_name].get("value", "")
-        if not value.startswith("$"):
-            raise LabelConfigError(f'<Image name="{to_name}"> must take its value from task data ("$key")')
-        classes, prompts = [], {}
-        for choice in choices.iter("Choice"):
-            name = choice.get("value") or choice.get("alias")
-            if not name:
-                continue
-            hint = (choice.get("hint") or "").strip()
-            ps = tuple(p.strip() for p in hint.split(";") if p.strip()) if hint else ()
-            classes.append(name)
-            prompts[name] = ps or (DEFAULT_TEMPLATE.format(name),)
+        if not str(image.value or "").startswith("$"):
+            raise LabelConfigError(f'<Image name="{image.name}"> must take its value from task data ("$key")')
+        classes = tuple(control.labels)
         if len(classes) < 2:
-            raise LabelConfigError(f'<Choices name="{choices.get("name")}"> needs at least two <Choice> values')
+            raise LabelConfigError(f'<Choices name="{control.name}"> needs at least two <Choice> values')
         return LabelConfig(
-            from_name=choices.get("name", "choice"), to_name=to_name, value_key=value[1:],
-            classes=tuple(classes), prompts=prompts,
-            multiple=choices.get("choice", "single") == "multiple",
+            from_name=control.name, to_name=image.name, value_key=image.value[1:], classes=classes,
+            prompts={c: _prompts(c, control.labels_attrs[c].attr.get("hint")) for c in classes},
+            multiple=control.attr.get("choice", "single") == "multiple",
         )
     raise LabelConfigError("label config has no <Choices> tag whose toName is an <Image>")
+
+
+def _prompts(name: str, hint: str | None) -> tuple[str, ...]:
+    """The hint's ``;``-separated prompts, or the default template on the class name."""
+    prompts = tuple(p.strip() for p in (hint or "").split(";") if p.strip())
+    return prompts or (DEFAULT_TEMPLATE.format(name),)
