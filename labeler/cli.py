@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -31,7 +31,18 @@ def _num(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
-def _fail(message: str) -> None:
+def _fractions(split: str) -> tuple[float, float, float]:
+    """``--split`` as three fractions that sum to 1 (train, validation, test)."""
+    try:
+        a, b, c = (float(x) for x in split.split(","))
+    except ValueError:
+        _fail(f"--split must be three comma-separated fractions, got {split!r}")
+    if abs(a + b + c - 1) > 1e-6 or min(a, b, c) < 0:
+        _fail(f"--split fractions must be non-negative and sum to 1, got {split!r}")
+    return a, b, c
+
+
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
@@ -202,13 +213,8 @@ def preannotate(project, redo, batch_size, engine, url, api_key, model_dir) -> N
 def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, url, api_key, model_dir) -> None:
     """Export the labelled dataset (written to a temp folder, renamed into place when complete)."""
     from labeler.studio.export import export
-    fractions = None
-    if split:
-        try:
-            fractions = tuple(float(x) for x in split.split(","))
-            assert len(fractions) == 3 and abs(sum(fractions) - 1) < 1e-6
-        except (ValueError, AssertionError):
-            _fail(f"--split must be three fractions that sum to 1, got {split!r}")
+
+    fractions = _fractions(split) if split else None
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
     studio = _studio(s)
     try:
@@ -227,14 +233,9 @@ def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, url, api_ke
 def review(project, no_publish, url, api_key, model_dir) -> None:
     """Flag annotations the model contradicts with confidence; tab "Suspected label errors"."""
     from labeler.learning.review import review as run
-    from labeler.learning.training import TrainingError
 
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
-    studio = _studio(s)
-    try:
-        suspects = run(studio, project, _predictor(s), publish=not no_publish)
-    except TrainingError as exc:
-        _fail(str(exc))
+    suspects = run(_studio(s), project, _predictor(s), publish=not no_publish)
     click.echo(f"{len(suspects)} suspected label errors" + ("" if no_publish else
                ' (Label Studio tab "Suspected label errors")'))
     for sp in suspects[:50]:
@@ -436,15 +437,9 @@ def evaluate_cmd(model_ref, images, labels_csv, model_dir, as_json) -> None:
 def queue_cmd(project, strategy, batch, url, api_key, model_dir) -> None:
     """Re-rank the "Next to label" tab from the last pre-annotation's scores (no re-scoring)."""
     from labeler.studio.queue import republish
-    from labeler.errors import StudioError
 
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
-    studio = _studio(s)
-    try:
-        rep = republish(studio, project, s.model_dir, strategy,
-                        batch or s.train_every or 25, s.seed)
-    except StudioError as exc:
-        _fail(str(exc))
+    rep = republish(_studio(s), project, s.model_dir, strategy, batch or s.train_every or 25, s.seed)
     click.echo(rep.summary())
 
 
@@ -538,12 +533,9 @@ def versions(ctx, project, model_dir, as_json) -> None:
 @click.option("--model-dir", envvar="MODEL_DIR", type=click.Path(path_type=Path))
 def versions_export(version, out, model_dir) -> None:
     """Copy VERSION into a self-contained folder (for `labeler evaluate --model`)."""
-    from labeler.learning.registry import Registry, RegistryError
+    from labeler.learning.registry import Registry
 
-    try:
-        _, path = Registry(_settings(model_dir=model_dir).model_dir).find(version)
-    except RegistryError as exc:
-        _fail(str(exc))
+    _, path = Registry(_settings(model_dir=model_dir).model_dir).find(version)
     shutil.copytree(path, out)
     click.echo(f"exported {version} to {out}")
 
