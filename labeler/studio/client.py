@@ -19,6 +19,7 @@ import base64
 import json
 import threading
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -66,7 +67,7 @@ class Connection:
         return f"Connection({self.base_url!r}, token={'***' if self.token else None})"
 
     def is_jwt(self) -> bool:
-        return bool(self.token) and self.token.count(".") == 2
+        return self.token is not None and self.token.count(".") == 2
 
     def auth_headers(self) -> dict[str, str]:
         """``Authorization`` for Label Studio: legacy ``Token``, or a fresh ``Bearer`` access token."""
@@ -150,7 +151,7 @@ class Studio(LabelStudio):
         except requests.RequestException as exc:
             raise StudioError(f"Label Studio at {self.url} is unreachable: {exc}") from exc
 
-    def request(self, method: str, path: str, *, params: dict | None = None, json: object = None,
+    def request(self, method: str, path: str, *, params: dict | None = None, json: Any = None,
                 timeout: float | None = None, stream: bool = False) -> requests.Response:
         """``method`` on ``path`` (relative to the base URL) with this token; a 401 refreshes the
         access token and tries once more. Connection failures raise :class:`StudioError`."""

@@ -99,9 +99,9 @@ class QueueState:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def update(self, ids: Sequence[int], proba: np.ndarray, features: np.ndarray, version: str) -> None:
+    def update(self, task_ids: Sequence[int], proba: np.ndarray, features: np.ndarray, version: str) -> None:
         """Insert or replace rows; a change in the number of classes drops the old rows."""
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = np.asarray(task_ids, dtype=np.int64)
         proba = np.asarray(proba, dtype=np.float32)
         features = np.asarray(features, dtype=np.float16)
         if len(self.ids) and (self.proba.shape[1] != proba.shape[1] or self.features.shape[1] != features.shape[1]):
@@ -219,12 +219,12 @@ def write_priorities(studio: Studio, project: int, ordered_ids: Sequence[int], u
     """Write ``labeler_priority`` = bucketed rank into the data of ``ordered_ids`` (first = 0),
     :data:`UNRANKED` into ``unranked_ids``; returns the number of requests."""
     values = bucket_values(len(ordered_ids), exact, growth)
-    ordered_ids = np.asarray(ordered_ids, dtype=np.int64)
+    ordered = np.asarray(ordered_ids, dtype=np.int64)
     groups: list[tuple[np.ndarray, float]] = []
     if len(values):
         starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
         ends = np.r_[starts[1:], len(values)]
-        groups = [(ordered_ids[s:e], float(values[s])) for s, e in zip(starts, ends)]
+        groups = [(ordered[s:e], float(values[s])) for s, e in zip(starts, ends)]
     if len(unranked_ids):
         groups.append((np.asarray(unranked_ids, dtype=np.int64), UNRANKED))
     # Chunks of at most 5,000 ids keep each UPDATE (and request body) modest.
