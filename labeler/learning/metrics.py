@@ -105,7 +105,9 @@ def evaluate_multilabel(Y: np.ndarray, P: np.ndarray, classes: Sequence[str],
     one-vs-rest ROC AUC/EER of ``P_c``. Macro-F1 is the mean F1 over the classes
     present in ``Y`` or predicted (as :func:`evaluate`: a class nobody has and
     nothing predicts would count as 0); micro-F1 pools every (item, class) cell,
-    ``2 TP / (2 TP + FP + FN)``.
+    ``2 TP / (2 TP + FP + FN)``. ``accuracy`` repeats the subset accuracy (what
+    scikit-learn's ``accuracy_score`` gives for label sets), so the views written
+    for single-label versions (admin page, learning curve) show it.
     """
     Y = np.asarray(Y, dtype=int).reshape(-1, len(classes))
     P = np.asarray(P, dtype=np.float64).reshape(-1, len(classes))
@@ -124,8 +126,8 @@ def evaluate_multilabel(Y: np.ndarray, P: np.ndarray, classes: Sequence[str],
                            "eer": eer(Y[:, c], P[:, c]) if both else None}
     seen = [name for c, name in enumerate(classes) if Y[:, c].any() or pred[:, c].any()]
     pooled = 2 * tp.sum() + fp.sum() + fn.sum()
-    return {"n": int(len(Y)),
-            "subset_accuracy": float((pred == Y).all(1).mean()) if len(Y) else float("nan"),
+    subset = float((pred == Y).all(1).mean()) if len(Y) else float("nan")
+    return {"n": int(len(Y)), "subset_accuracy": subset, "accuracy": subset,
             "hamming_loss": float((pred != Y).mean()) if len(Y) else float("nan"),
             "macro_f1": float(np.mean([per_class[n]["f1"] for n in seen])) if seen else float("nan"),
             "micro_f1": float(2 * tp.sum() / pooled) if pooled else float("nan"),

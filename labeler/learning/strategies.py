@@ -100,10 +100,12 @@ def k_center_greedy(features: np.ndarray, candidates: np.ndarray, chosen: np.nda
         first = int(rng.integers(len(candidates)))
         picks = [first]
         d = _sq_dist(fc, fc[first:first + 1])[:, 0]
+    d[picks] = -1.0  # never picked twice, even where duplicate images make every distance 0
     while len(picks) < k:
         nxt = int(np.argmax(d))
         picks.append(nxt)
         d = np.minimum(d, _sq_dist(fc, fc[nxt:nxt + 1])[:, 0])
+        d[nxt] = -1.0
     return candidates[np.array(picks)]
 
 

@@ -74,7 +74,7 @@ def multilabel_uncertainty(P: np.ndarray, thresholds: np.ndarray | float = 0.5) 
 
 
 def centred(P: np.ndarray, thresholds: np.ndarray | float = 0.5) -> np.ndarray:
-    """Per-class probabilities rescaled so that each class's threshold sits at 0.5.
+    """Per-class probabilities (one row (C,) or rows (N, C)) rescaled so that each class's threshold sits at 0.5.
 
     ``q_c = 0.5 + 0.5 (P_c - t_c) / (1 - t_c)`` above the threshold and
     ``q_c = 0.5 P_c / t_c`` below: monotone per class, ``q_c >= 0.5`` exactly
@@ -83,5 +83,5 @@ def centred(P: np.ndarray, thresholds: np.ndarray | float = 0.5) -> np.ndarray:
     (model versions) can then be ranked together, as the labelling queue does.
     """
     P = np.asarray(P, dtype=np.float64)
-    t = np.clip(np.broadcast_to(np.asarray(thresholds, dtype=np.float64), P.shape[1:]), 1e-12, 1 - 1e-12)
+    t = np.clip(np.broadcast_to(np.asarray(thresholds, dtype=np.float64), P.shape), 1e-12, 1 - 1e-12)
     return np.where(P >= t, 0.5 + 0.5 * (P - t) / (1.0 - t), 0.5 * P / t)
