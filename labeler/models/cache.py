@@ -38,6 +38,7 @@ import sqlite3
 import struct
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,15 +129,14 @@ class EmbeddingCache:
         out: list[tuple[object, np.ndarray] | None] = [None] * len(keys)
         rest = list(range(len(keys)))
         if self.tier is not None:
-            hits = {i: self.tier.get(k) for i, k in enumerate(keys)}
-            found = [i for i, h in hits.items() if h is not None]
-            if found:
+            hits = {i: row for i, k in enumerate(keys) if (row := self.tier.get(k)) is not None}
+            if hits:
                 import torch
 
-                pooled = torch.stack([hits[i][1] for i in found]).float().cpu().numpy()
-                for j, i in enumerate(found):
-                    out[i] = (hits[i][0], pooled[j])
-            rest = [i for i in rest if hits[i] is None]
+                pooled = torch.stack([h[1] for h in hits.values()]).float().cpu().numpy()
+                for j, (i, h) in enumerate(hits.items()):
+                    out[i] = (h[0], pooled[j])
+            rest = [i for i in rest if i not in hits]
         if len(rest) < 16:
             disk = [self.get(keys[i]) for i in rest]
         else:
@@ -145,13 +145,25 @@ class EmbeddingCache:
         for i, hit in zip(rest, disk):
             out[i] = hit
         if self.tier is not None:
-            promote = [i for i, hit in zip(rest, disk) if hit is not None]
-            for start in range(0, len(promote), 256):  # bounded pinned buffers
-                part = promote[start:start + 256]
-                self.tier.put([keys[i] for i in part], [out[i][0] for i in part], [out[i][1] for i in part])
-                for i in part:
-                    out[i] = (self.tier.get(keys[i])[0], out[i][1])
+            self._promote(self.tier, keys, {i: hit for i, hit in zip(rest, disk) if hit is not None}, out)
         return out
+
+    @staticmethod
+    def _promote(tier: DeviceTier, keys: list[str], disk: dict[int, tuple[np.ndarray, np.ndarray]],
+                 out: list[tuple[object, np.ndarray] | None]) -> None:
+        """Put the disk hits ``disk`` (index -> entry) into the tier; ``out[i]`` takes the tier's copy.
+
+        A row the tier does not keep (a zero budget, or evicted by the rest of
+        its batch) stays the disk's memory map.
+        """
+        promote = list(disk)
+        for start in range(0, len(promote), 256):  # bounded pinned buffers
+            part = promote[start:start + 256]
+            tier.put([keys[i] for i in part], [disk[i][0] for i in part], [disk[i][1] for i in part])
+            for i in part:
+                kept = tier.get(keys[i])
+                if kept is not None:
+                    out[i] = (kept[0], disk[i][1])
 
     def put(self, key: str, hidden: np.ndarray, pooled: np.ndarray) -> None:
         """Store one entry now (see :meth:`put_rows` for the batched, background path)."""
@@ -163,7 +175,11 @@ class EmbeddingCache:
         Writes happen on background threads so the model never waits for the
         disk (727 KB an image for the full model); :meth:`flush` waits for them.
         """
-        self._submit(lambda: [self._write(k, r) for k, r in zip(keys, rows)])
+        def write() -> None:
+            for k, r in zip(keys, rows):
+                self._write(k, r)
+
+        self._submit(write)
 
     def put_embeddings(self, keys: list[str], emb: ImageEmbeddings) -> None:
         """Store a batch straight from the model: into the tier (on the device, no copy to the host)
@@ -181,7 +197,7 @@ class EmbeddingCache:
 
         self._submit(write)
 
-    def _submit(self, job) -> None:
+    def _submit(self, job: Callable[[], None]) -> None:
         self._pending.append(self._writer.submit(job))
         self._pending = [f for f in self._pending if not f.done()]
 
