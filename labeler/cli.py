@@ -7,6 +7,7 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -475,7 +476,8 @@ def map_cmd(project, labels_csv, images, model_ref, max_points, seed, out, url, 
 
         data = read_labels(labels_csv, images)
         samples = [Sample(im) for im in data.images()]
-        model, classes, proba = None, data.classes, None
+        model, proba = None, None
+        classes: Sequence[str] = data.classes
         if model_ref:
             folder = Path(model_ref)
             if not (folder / "classifier.json").exists():

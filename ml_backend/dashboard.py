@@ -131,7 +131,7 @@ def promote(project: str):
     if not _authorised_post():
         return jsonify({"status": "error", "error": "admin token or a logged-in session with its form required"}), 401
     data = request.form if request.form else request.get_json(silent=True)
-    if not request.form and not isinstance(data, dict):
+    if not isinstance(data, dict):  # a filled form is a dict (a MultiDict)
         return jsonify({"status": "error", "error": 'expected {"version": "v3-head"} or {"version": "zero-shot"}'}), 400
     version = data.get("version")
     version = None if version in (None, "", "zeroshot", "zero-shot") else check_version(version)
@@ -176,7 +176,9 @@ def learning_curve_svg(versions: list[dict]) -> str | None:
     if any(isinstance(v["metrics"].get("eer"), float) for v in rows):
         ax.plot(x, [v["metrics"].get("eer") for v in rows], "s-", label="EER")
     if any(v.get("zeroshot_metrics") for v in rows):
-        ax.plot(x, [(v.get("zeroshot_metrics") or {}).get("accuracy") for v in rows], "x--",
+        # nan where a version has none: what matplotlib makes of None, but typed
+        ax.plot(x, [v["zeroshot_metrics"].get("accuracy", math.nan) if v.get("zeroshot_metrics") else math.nan
+                    for v in rows], "x--",
                 label="zero-shot accuracy (same items)")
     for xi, v in zip(x, rows):
         ax.annotate(v["version"].split("-")[0], (xi, v["metrics"].get("accuracy") or 0), fontsize=7,

@@ -9,15 +9,20 @@ import signal
 import time
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import requests
 from PIL import Image, ImageDraw
 
+from labeler.errors import StudioError
 from labeler.studio.client import Studio
 from labeler.dev import localserver
 from labeler.envfile import write_env_file
 from labeler.studio.tasks import model_card_text, uncertainty_view, update_model_card
+
+if TYPE_CHECKING:
+    from label_studio_sdk.types import AllRolesProjectList
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +109,25 @@ def _stop_on_sigterm() -> None:
 def _project(studio: Studio, title: str, label_config: str, files: list[Path], ls_url: str,
              token: str) -> tuple[int, bool]:
     """(project id, created?): the demo's project from an earlier run of the same data dir, or a new one."""
+    p: AllRolesProjectList  # the SDK's pager is typed as iterating nothing
     for p in studio.projects.list():
-        if p.title == title:
+        if p.title == title and p.id is not None:
             return p.id, False
-    project = studio.projects.create(title=title, label_config=label_config)
-    upload_images(ls_url, token, project.id, files)
-    return project.id, True
+    project = created_id(studio.projects.create(title=title, label_config=label_config))
+    upload_images(ls_url, token, project, files)
+    return project, True
+
+
+class ProjectLike(Protocol):
+    @property
+    def id(self) -> int | None: ...
+
+
+def created_id(project: ProjectLike) -> int:
+    """The id of a project Label Studio just created (the SDK types every id as optional)."""
+    if project.id is None:
+        raise StudioError("Label Studio created a project but returned no id")
+    return project.id
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}

@@ -71,12 +71,18 @@ def fetch_batch(batch: dict[str, np.ndarray], settings: Settings, url: str, toke
         _FETCHERS[key] = (Predictor(settings), Connection(url, token))
     predictor, conn = _FETCHERS[key]
     refs = [json.loads(r) for r in batch["ref"]]
-    images, keys, errors = [], [], []
+    images: list[np.ndarray] = []
+    keys: list[str | None] = []
+    errors: list[str] = []
     for it in predictor.fetch(refs, conn):
         if it.sample is None:
-            images.append(_EMPTY), keys.append(""), errors.append(it.error or "unknown error")
+            images.append(_EMPTY)
+            keys.append("")
+            errors.append(it.error or "unknown error")
         else:
-            images.append(np.asarray(it.sample.image.convert("RGB"))), keys.append(it.key), errors.append("")
+            images.append(np.asarray(it.sample.image.convert("RGB")))
+            keys.append(it.key)
+            errors.append("")
     return {"id": batch["id"], "image": _objects(images), "key": np.array(keys, dtype=object),
             "error": np.array(errors, dtype=object)}
 
@@ -105,7 +111,8 @@ class ScoreActor:
             if version != self.version:  # promoted mid-run: never write a prediction of another version
                 it.proba, it.error = None, f"the serving model changed to {version} during the run: run again"
             if it.proba is None:
-                preds.append(""), errors.append(it.error or "unknown error")
+                preds.append("")
+                errors.append(it.error or "unknown error")
                 continue
             proba[i] = queue_scores(it.proba, it.thresholds)
             preds.append(json.dumps({"task": int(tid), **to_prediction(

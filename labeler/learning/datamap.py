@@ -108,8 +108,9 @@ def build(features: np.ndarray, images: Sequence, labels: Sequence[str], classes
     classes = list(classes)
     n = len(images)
     labels = [lab or "" for lab in labels]
-    proba = None if proba is None else np.asarray(proba, dtype=np.float64)
-    scored = np.isfinite(proba).all(1) if proba is not None else np.zeros(n, bool)  # NaN rows: no prediction
+    # NaN rows: no prediction (without proba, none is scored)
+    proba = np.full((n, 1), np.nan) if proba is None else np.asarray(proba, dtype=np.float64)
+    scored = np.isfinite(proba).all(1)
     if suspect is None:
         suspect = np.zeros(n, bool)
         lab_ix = np.array([i for i, lab in enumerate(labels) if lab in classes and scored[i]], dtype=int)

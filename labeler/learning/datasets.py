@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,9 @@ class LabelledFolder:
         """Class names in order of first appearance (stable for a given CSV)."""
         return list(dict.fromkeys(self.labels))
 
-    def targets(self, classes: list[str]) -> np.ndarray:
-        return np.array([classes.index(lab) for lab in self.labels], dtype=int)
+    def targets(self, classes: Sequence[str]) -> np.ndarray:
+        order = list(classes)
+        return np.array([order.index(lab) for lab in self.labels], dtype=int)
 
     def images(self) -> list[Image.Image]:
         out = []

@@ -110,16 +110,16 @@ def project_from_folder(studio: Studio, url: str, token: str, paths: Sequence, l
     """
     from xml.sax.saxutils import quoteattr
 
-    from labeler.dev.demo import upload_images
+    from labeler.dev.demo import created_id, upload_images
     from labeler.studio.tasks import iter_tasks
 
     choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in classes)
     xml = (f'<View><Image name="image" value="$image"/>'
            f'<Choices name="choice" toName="image" choice="single">{choices}</Choices></View>')
-    project = studio.projects.create(title=title, label_config=xml).id
+    project = created_id(studio.projects.create(title=title, label_config=xml))
     upload_images(url, token, project, list(paths))
     by_name = {str(getattr(p, "name", p)): lab for p, lab in zip(paths, labels)}
-    truth = {}
+    truth: dict[int, str] = {}
     for t in iter_tasks(studio, project):
         name = t["data"]["image"].rsplit("/", 1)[-1].split("-", 1)[-1]  # /data/upload/<p>/<hash>-<name>
         truth[t["id"]] = by_name[name]

@@ -45,8 +45,8 @@ def review(studio: Studio, project: int, predictor: Predictor, publish: bool = T
     if len(y) == 0 or counts.min() < 2:
         raise TrainingError(f"too few labels to review: {dict(zip(classes, counts.tolist()))}")
     kind = choose_kind(s.classifier, predictor.scorer is not None)
-    proba = cross_val_proba(KINDS[kind](classes, seed=s.seed), [it.sample for _, it in keep], y,
-                            folds=int(min(5, counts.min())), seed=s.seed)
+    samples = [it.sample for _, it in keep if it.sample is not None]  # all: load_labelled keeps read images only
+    proba = cross_val_proba(KINDS[kind](classes, seed=s.seed), samples, y, folds=int(min(5, counts.min())), seed=s.seed)
     suspects = [Suspect(keep[i][0].task_id, classes[y[i]], classes[int(proba[i].argmax())],
                         round(float(1 - proba[i, y[i]]), 4)) for i in find_label_issues(proba, y)]
     if publish:

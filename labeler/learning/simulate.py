@@ -31,7 +31,7 @@ from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from labeler.models import selftrain
-from labeler.models.classifiers import KINDS, Classifier, Sample
+from labeler.models.classifiers import KINDS, Classifier, CNNClassifier, Sample
 from labeler.learning.metrics import HIGHER_IS_BETTER, evaluate
 from labeler.learning.strategies import (DEFAULT_STRATEGY, STRATEGIES, check_strategy, imagenet_features,  # noqa: F401
                          k_center_greedy, select)
@@ -47,7 +47,7 @@ class Annotator:
         self.queried: set[int] = set()
         self.order: list[int] = []  # in the order asked
 
-    def label(self, indices: Sequence[int]) -> np.ndarray:
+    def label(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         self.queried.update(int(i) for i in indices)
         self.order += [int(i) for i in indices]
         return self._labels[np.asarray(indices, dtype=int)]
@@ -77,7 +77,8 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
     annotator = Annotator(y)
     test = np.asarray(test_idx)
     pool = np.setdiff1d(np.arange(len(y)), test)
-    labelled, got = np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    labelled: np.ndarray = np.zeros(0, dtype=int)
+    got: np.ndarray = np.zeros(0, dtype=int)
     result = RunResult(strategy, seed)
     proba = zeroshot[pool] if zeroshot is not None else None
     first = start or batch
@@ -112,7 +113,7 @@ def _train_round(model: Classifier, samples: Sequence[Sample], labelled: np.ndar
     """Fit ``model`` on the labels so far; with ``teacher_proba`` (the last round's model, or the
     zero-shot one, on ``pool``) also on the confident pool images: no extra fit per round."""
     t = time.perf_counter()
-    if teacher_proba is not None:
+    if teacher_proba is not None and threshold is not None:  # a teacher only where self-training is on
         info = selftrain.self_train(model, [samples[i] for i in labelled], got, [samples[i] for i in pool],
                                     teacher_proba, threshold)
     else:
@@ -181,5 +182,5 @@ def write_outputs(rows: list[dict], out: Path, title: str, metric: str = "eer") 
 def make_classifier(kind: str, classes: list[str], **cnn_options) -> Classifier:
     """The unfitted estimator a simulation trains (clones of it, one per round)."""
     if kind == "cnn":
-        return KINDS["cnn"](classes, progress=False, **cnn_options)
+        return CNNClassifier(classes, progress=False, **cnn_options)
     return KINDS[kind](classes)

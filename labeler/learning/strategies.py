@@ -91,7 +91,7 @@ def k_center_greedy(features: np.ndarray, candidates: np.ndarray, chosen: np.nda
     fc = features[candidates]
     chosen = np.asarray(chosen, dtype=int)
     if len(chosen):
-        d = np.full(len(candidates), np.inf)
+        d: np.ndarray = np.full(len(candidates), np.inf)
         step = max(1, int(2e7 // len(fc)))  # bounds the distance block at 160 MB
         for start in range(0, len(chosen), step):
             d = np.minimum(d, _sq_dist(fc, features[chosen[start:start + step]]).min(1))

@@ -16,11 +16,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
 import torch
 
-Row = "torch.Tensor | np.ndarray"
+Row: TypeAlias = "torch.Tensor | np.ndarray"
 
 
 class DeviceTier:
@@ -92,20 +93,25 @@ def stage(rows: torch.Tensor | Sequence[Row], device: torch.device, dtype: torch
         return rows.to(device, dtype or rows.dtype, non_blocking=True)
     if not len(rows):
         raise ValueError("no rows to stage")
-    on_device = [torch.is_tensor(r) and r.device == device for r in rows]
-    out: list[torch.Tensor | None] = [r if d else None for r, d in zip(rows, on_device)]
-    host = [i for i, d in enumerate(on_device) if not d]
+    out: list[torch.Tensor | None] = [r if isinstance(r, torch.Tensor) and r.device == device else None for r in rows]
+    host = [i for i, o in enumerate(out) if o is None]
     if host:
-        first = rows[host[0]]
-        first = first.detach().cpu().numpy() if torch.is_tensor(first) else np.asarray(first)
+        first = _host_array(rows[host[0]])
         buf = torch.empty((len(host), *first.shape), dtype=torch.from_numpy(np.empty(0, first.dtype)).dtype,
                           pin_memory=device.type == "cuda")
         view = buf.numpy()
         for j, i in enumerate(host):  # reading a memory map here is the disk read
-            r = rows[i]
-            view[j] = r.detach().cpu().numpy() if torch.is_tensor(r) else r
+            view[j] = _host_array(rows[i])
         sent = buf.to(device, non_blocking=True)
         for j, i in enumerate(host):
             out[i] = sent[j]
-    dtype = dtype or out[0].dtype
-    return torch.stack([o.to(dtype) for o in out])
+    staged = [o for o in out if o is not None]  # every row is on the device now
+    dtype = dtype or staged[0].dtype
+    return torch.stack([o.to(dtype) for o in staged])
+
+
+def _host_array(row: Row) -> np.ndarray:
+    """``row`` as a host array (a tensor copied to the host; an array or memory map as it is)."""
+    if isinstance(row, torch.Tensor):
+        return row.detach().cpu().numpy()
+    return np.asarray(row)

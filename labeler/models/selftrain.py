@@ -59,6 +59,10 @@ def self_train(student: Classifier, samples: Sequence[Sample], y: np.ndarray, po
     return {**student.fit_info_, "pseudo_labels": int(len(take)), "self_train_threshold": threshold}
 
 
+def _read_only(name: str) -> None:
+    raise AttributeError(f"a SelfTrained model's {name} is its estimator's (set it there)")
+
+
 class Pool(tuple):
     """The unlabelled images of a self-training run: read-only, so clones of a :class:`SelfTrained`
     share it (scikit-learn's ``clone`` deep-copies parameters: thousands of images per fold)."""
@@ -96,17 +100,30 @@ class SelfTrained(Classifier):
         self.teacher_fraction = teacher_fraction
         self.teacher = teacher
 
+    # The estimator's; the setters exist because Classifier declares these as plain attributes.
     @property
     def classes(self) -> Sequence[str]:
         return self.estimator.classes
+
+    @classes.setter
+    def classes(self, value: Sequence[str]) -> None:
+        _read_only("classes")
 
     @property
     def kind(self) -> str:
         return self.estimator.kind
 
+    @kind.setter
+    def kind(self, value: str) -> None:
+        _read_only("kind")
+
     @property
     def needs_features(self) -> bool:
         return self.estimator.needs_features
+
+    @needs_features.setter
+    def needs_features(self, value: bool) -> None:
+        _read_only("needs_features")
 
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
         if self.teacher is not None:

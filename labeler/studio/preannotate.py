@@ -19,7 +19,7 @@ from labeler.config import Settings
 from labeler.studio.client import Studio
 from labeler.errors import Busy
 from labeler.models.predictor import Predictor, to_prediction
-from labeler.studio.queue import Recorder
+from labeler.studio.queue import QueueReport, Recorder
 from labeler.studio.queue import refresh as refresh_queue
 from labeler.studio.tasks import (
     delete_stale_predictions,
@@ -41,7 +41,7 @@ class Report:
     skipped_existing: int = 0
     predicted: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)
-    queue: object | None = None  # labeler.studio.queue.QueueReport of the "Next to label" tab, None if not published
+    queue: QueueReport | None = None  # the "Next to label" tab's, None if not published
 
     def summary(self) -> str:
         lines = [f"model version {self.version}: {self.predicted} tasks predicted, "
@@ -91,11 +91,11 @@ def _preannotate(studio: Studio, project: int, predictor: Predictor, only_missin
     urls = lambda b: [config.image_ref(t) for t in b]  # noqa: E731
     bar = tqdm(total=len(todo), desc=f"pre-annotating project {project}", unit="task", disable=not progress)
     with ThreadPoolExecutor(max_workers=1) as prefetch:
-        pending = prefetch.submit(predictor.fetch, urls(batches[0]), studio.conn) if batches else None
+        ahead = [prefetch.submit(predictor.fetch, urls(b), studio.conn) for b in batches[:1]]  # one batch ahead
         for i, batch in enumerate(batches):
-            items = pending.result()
+            items = ahead.pop().result()
             if i + 1 < len(batches):
-                pending = prefetch.submit(predictor.fetch, urls(batches[i + 1]), studio.conn)
+                ahead.append(prefetch.submit(predictor.fetch, urls(batches[i + 1]), studio.conn))
             predictor.embed(items)
             version, items = predictor.score_items(pkey, items, config)
             preds = []

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -36,10 +37,11 @@ class EmbeddingHead(Classifier):
 
     @staticmethod
     def _matrix(samples: Sequence[Sample]) -> np.ndarray:
-        if any(s.features is None for s in samples):
-            raise ValueError("the embedding head needs BLIP-2 image embeddings (no zero-shot model configured?)")
-        rows = [np.concatenate([s.features.ravel(), s.zeroshot.ravel() if s.zeroshot is not None else []])
-                for s in samples]
+        rows = []
+        for s in samples:
+            if s.features is None:
+                raise ValueError("the embedding head needs BLIP-2 image embeddings (no zero-shot model configured?)")
+            rows.append(np.concatenate([s.features.ravel(), s.zeroshot.ravel() if s.zeroshot is not None else []]))
         return np.asarray(rows, dtype=np.float64)
 
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
@@ -59,8 +61,9 @@ class EmbeddingHead(Classifier):
 
     def _save(self, folder: Path) -> None:
         scaler, lr = self.model_[0], self.model_[-1]
-        arrays = {f"{part}.{a}": np.asarray(getattr(est, a))
-                  for part, est in (("scaler", scaler), ("lr", lr)) for a in self._ARRAYS[part]}
+        # Any: mypy matches **arrays against savez's allow_pickle: bool too
+        arrays: dict[str, Any] = {f"{part}.{a}": np.asarray(getattr(est, a))
+                                  for part, est in (("scaler", scaler), ("lr", lr)) for a in self._ARRAYS[part]}
         np.savez(folder / "head.npz", **arrays)
         (folder / "head.json").write_text(json.dumps({
             "C": lr.C, "n_features_in": int(scaler.n_features_in_), "n_samples_seen": int(scaler.n_samples_seen_)}))
