@@ -76,6 +76,28 @@ def test_changed_prompt_reruns_only_that_prompt(predictor, image_dir):
     np.testing.assert_allclose(np.stack([i.proba for i in memo]), fresh, atol=1e-5)
 
 
+def test_known_images_rescore_without_opening_an_embedding_file(predictor, image_dir):
+    """Pooled features come from the memo and logits from theirs: no .npy is read; a new prompt reads
+    the hidden states, and where the cache lost them the image is embedded again."""
+    config = parse_label_config(template("binary"))
+    urls = [str(p) for p in sorted(image_dir.iterdir())]
+    _, first = predictor.score("1", urls, config, Connection())
+    predictor.cache.flush()
+    for f in predictor.cache.dir.glob("*/*.npy"):
+        f.unlink()  # had re-scoring needed an embedding file, it would have to embed again
+    calls = []
+    embed = predictor.scorer.embed
+    predictor.scorer.embed = lambda images: calls.append(len(images)) or embed(images)
+    _, again = predictor.score("1", urls, config, Connection())
+    assert calls == [] and all(it.hidden is None for it in again)
+    np.testing.assert_array_equal(np.stack([i.proba for i in first]), np.stack([i.proba for i in again]))
+    np.testing.assert_array_equal(np.stack([i.sample.features for i in first]),
+                                  np.stack([i.sample.features for i in again]))
+    changed = parse_label_config(template("binary").replace("an eyelid covering the eye", "shut eyelids"))
+    _, new = predictor.score("1", urls, changed, Connection())
+    assert calls == [len(urls)] and all(it.proba is not None for it in new)  # embedded again, once
+
+
 def test_temperature_changes_probabilities_not_choices(predictor, image_dir):
     config = parse_label_config(template("binary"))
     urls = [str(p) for p in sorted(image_dir.iterdir())]

@@ -181,13 +181,15 @@ class Predictor:
         items = [it for it in items if it.sample is not None]
         if scorer is None or not items:
             return
-        missing = []
-        for it, hit in zip(items, self.cache.get_many([it.key for it in items])):
-            if hit is None:
-                missing.append(it)
+        # Known images: the pooled feature from the memo; hidden states are read only if a prompt
+        # needs them (see _load_hidden), so re-scoring with a new head opens no embedding file.
+        rest = []
+        for it, feature in zip(items, self.cache.pooled.get([it.key for it in items])):
+            if feature is None:
+                rest.append(it)
             else:
-                it.sample.features = hit[1]
-                it.hidden = hit[0]
+                it.sample.features = feature
+        missing = self._from_cache(rest)
         bs = self.settings.batch_size
         for start in range(0, len(missing), bs):
             if deadline is not None and time.monotonic() > deadline:
@@ -197,11 +199,41 @@ class Predictor:
                 break
             self._embed_chunk(scorer, missing[start:start + bs])
 
+    def _from_cache(self, items: Sequence[Scored]) -> list[Scored]:
+        """Attach hidden states and features from the embedding cache; returns the items it lacks."""
+        missing = []
+        hits = self.cache.get_many([it.key for it in items]) if items else []
+        for it, hit in zip(items, hits):
+            if hit is None:
+                missing.append(it)
+            else:
+                it.hidden, it.sample.features = hit
+        found = [it for it in items if it.hidden is not None]
+        if found:
+            self.cache.pooled.put([it.key for it in found], np.stack([it.sample.features for it in found]))
+        return missing
+
+    def _load_hidden(self, items: Sequence[Scored], prompts: Sequence[str]) -> None:
+        """Hidden states for the items whose logits for ``prompts`` are not all memoised (the cache,
+        or the model again where the cache has lost them); the rest never touch the disk."""
+        scorer = self.scorer
+        logits = self.cache.logits.get([it.key for it in items], list(prompts))
+        need = [it for it, gap in zip(items, np.isnan(logits).any(axis=1)) if gap and it.hidden is None]
+        lost = self._from_cache(need)
+        for start in range(0, len(lost), self.settings.batch_size):
+            self._embed_chunk(scorer, lost[start:start + self.settings.batch_size])
+
     def _embed_chunk(self, scorer: ZeroShotScorer, chunk: Sequence[Scored]) -> None:
         """Embed a batch; if the batch fails, embed one by one so only the bad image fails."""
         try:
             with self._model_lock:
-                rows = scorer.embed([it.sample.image for it in chunk]).cache_rows()
+                emb = scorer.embed([it.sample.image for it in chunk])
+            # To the device tier and, by an asynchronous copy to pinned memory, to disk in the background;
+            # scoring goes on with the hidden states where they are (on a GPU: no wait for the host copy).
+            self.cache.put_embeddings([it.key for it in chunk], emb)
+            # fp16 as the cache stores them: an image scores the same fresh or from the cache
+            hidden, pooled = emb.hidden.half(), emb.pooled.half().float().cpu().numpy()
+            self.cache.pooled.put([it.key for it in chunk], pooled)
         except Exception as exc:  # noqa: BLE001 - any image the model cannot take is that image's error
             if len(chunk) == 1:
                 log.warning("embedding failed: %s", exc)
@@ -210,9 +242,8 @@ class Predictor:
             for it in chunk:
                 self._embed_chunk(scorer, [it])
             return
-        self.cache.put_rows([it.key for it in chunk], rows)
-        for it, row in zip(chunk, rows):
-            it.hidden, it.sample.features = row[:-1], row[-1].astype(np.float32)
+        for i, it in enumerate(chunk):
+            it.hidden, it.sample.features = hidden[i], pooled[i]
 
     def zeroshot_scores(self, items: Sequence[Scored], config: LabelConfig) -> None:
         """Attach ``s_ic`` (zero-shot class evidence) to every embedded item."""
@@ -220,6 +251,8 @@ class Predictor:
         ready = [it for it in items if it.sample is not None and it.key is not None]
         if scorer is None or not ready:
             return
+        self._load_hidden(ready, [p for ps in config.prompts.values() for p in ps])
+        ready = [it for it in ready if it.sample is not None]  # an image the model failed on now
         with self._model_lock:
             s = scorer.class_scores([it.hidden for it in ready], config.prompts,
                                     keys=[it.key for it in ready], memo=self.cache.logits)
