@@ -47,7 +47,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ from torch import nn
 
 from labeler.models.devicetier import stage
 
-HiddenRow = "torch.Tensor | np.ndarray"  # one image's (L, D) hidden states, on the device or on the host
+HiddenRow: TypeAlias = "torch.Tensor | np.ndarray"  # one image's (L, D) hidden states, on the device or the host
 
 if TYPE_CHECKING:
     from labeler.models.cache import LogitCache
@@ -96,7 +96,7 @@ class _OncePerImage(nn.Module):
 
 
 @contextmanager
-def _cross_attention_once_per_image(qformer: nn.Module, k: int) -> Iterator[None]:
+def _cross_attention_once_per_image(qformer: Any, k: int) -> Iterator[None]:
     """Project each image's keys and values once, not once per prompt.
 
     In ITM the Q-Former cross-attends to the image for every prompt; the
@@ -185,8 +185,9 @@ class ZeroShotScorer:
 
         dev = pick_device(device)
         processor = AutoProcessor.from_pretrained(model, local_files_only=local_files_only)
-        net = Blip2ForImageTextRetrieval.from_pretrained(
-            model, dtype=pick_dtype(dev, dtype), local_files_only=local_files_only).to(dev)
+        net: Any = Blip2ForImageTextRetrieval.from_pretrained(
+            model, dtype=pick_dtype(dev, dtype), local_files_only=local_files_only)
+        net = net.to(dev)
         scorer = cls(net, processor, model, batch_size)
         log.info("zero-shot model %s on %s/%s (key %s)", model, scorer.device, scorer.dtype, scorer.key)
         return scorer
