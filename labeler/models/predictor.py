@@ -12,6 +12,7 @@ import hashlib
 import logging
 import threading
 import time
+from typing import Any
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,8 +42,30 @@ class Scored:
     error: str | None = None
     sample: Sample | None = None
     key: str | None = None
-    hidden: np.ndarray | None = None  # vision hidden states, for ITM scoring
+    hidden: Any = None  # vision hidden states for ITM scoring: a device tensor, a host array or a memory map
     thresholds: np.ndarray | None = None  # multi-label: per-class decision thresholds of ``proba``
+
+    # For items known to be decoded (callers filter on ``sample is not None`` first).
+    @property
+    def decoded(self) -> Sample:
+        if self.sample is None:
+            raise ValueError(self.error or "no decoded image")
+        return self.sample
+
+    @property
+    def digest(self) -> str:
+        """The image's content key (set with the sample)."""
+        if self.key is None:
+            raise ValueError(self.error or "no decoded image")
+        return self.key
+
+
+def _stack(rows: Sequence[np.ndarray | None]) -> np.ndarray:
+    """Stack per-item arrays that every item has by now (a missing one is a bug, said plainly)."""
+    arrays = [r for r in rows if r is not None]
+    if len(arrays) != len(rows):
+        raise ValueError("an embedded item lacks its features or zero-shot evidence")
+    return np.stack(arrays)
 
 
 def project_key(project: object) -> str:
@@ -153,17 +176,17 @@ class Predictor:
                 fetched[i] = data
             self.images.put_many(conn, [(refs[i], d) for i, d in zip(todo, new) if isinstance(d, bytes)])
         out: list[Scored] = []
-        for data in fetched:
-            if isinstance(data, ImageError):
-                out.append(Scored(error=str(data)))
+        for got in fetched:
+            if isinstance(got, ImageError) or got is None:
+                out.append(Scored(error=str(got)))
                 continue
             try:
-                out.append(Scored(sample=Sample(decode(data, self.settings.max_image_pixels)), key=content_key(data)))
+                out.append(Scored(sample=Sample(decode(got, self.settings.max_image_pixels)), key=content_key(got)))
             except ImageError as exc:
                 out.append(Scored(error=str(exc)))
         return out
 
-    def samples(self, urls: Sequence[str], conn: Connection, deadline: float | None = None,
+    def samples(self, urls: Sequence[object], conn: Connection, deadline: float | None = None,
                 ) -> list[Scored]:
         """:meth:`fetch` then :meth:`embed`."""
         items = self.fetch(urls, conn, deadline)
@@ -184,11 +207,11 @@ class Predictor:
         # Known images: the pooled feature from the memo; hidden states are read only if a prompt
         # needs them (see _load_hidden), so re-scoring with a new head opens no embedding file.
         rest = []
-        for it, feature in zip(items, self.cache.pooled.get([it.key for it in items])):
+        for it, feature in zip(items, self.cache.pooled.get([it.digest for it in items])):
             if feature is None:
                 rest.append(it)
             else:
-                it.sample.features = feature
+                it.decoded.features = feature
         missing = self._from_cache(rest)
         bs = self.settings.batch_size
         for start in range(0, len(missing), bs):
@@ -202,22 +225,24 @@ class Predictor:
     def _from_cache(self, items: Sequence[Scored]) -> list[Scored]:
         """Attach hidden states and features from the embedding cache; returns the items it lacks."""
         missing = []
-        hits = self.cache.get_many([it.key for it in items]) if items else []
+        hits = self.cache.get_many([it.digest for it in items]) if items else []
         for it, hit in zip(items, hits):
             if hit is None:
                 missing.append(it)
             else:
-                it.hidden, it.sample.features = hit
+                it.hidden, it.decoded.features = hit
         found = [it for it in items if it.hidden is not None]
         if found:
-            self.cache.pooled.put([it.key for it in found], np.stack([it.sample.features for it in found]))
+            self.cache.pooled.put([it.digest for it in found], _stack([it.decoded.features for it in found]))
         return missing
 
     def _load_hidden(self, items: Sequence[Scored], prompts: Sequence[str]) -> None:
         """Hidden states for the items whose logits for ``prompts`` are not all memoised (the cache,
         or the model again where the cache has lost them); the rest never touch the disk."""
         scorer = self.scorer
-        logits = self.cache.logits.get([it.key for it in items], list(prompts))
+        if scorer is None:
+            return
+        logits = self.cache.logits.get([it.digest for it in items], list(prompts))
         need = [it for it, gap in zip(items, np.isnan(logits).any(axis=1)) if gap and it.hidden is None]
         lost = self._from_cache(need)
         for start in range(0, len(lost), self.settings.batch_size):
@@ -227,13 +252,13 @@ class Predictor:
         """Embed a batch; if the batch fails, embed one by one so only the bad image fails."""
         try:
             with self._model_lock:
-                emb = scorer.embed([it.sample.image for it in chunk])
+                emb = scorer.embed([it.decoded.image for it in chunk])
             # To the device tier and, by an asynchronous copy to pinned memory, to disk in the background;
             # scoring goes on with the hidden states where they are (on a GPU: no wait for the host copy).
-            self.cache.put_embeddings([it.key for it in chunk], emb)
+            self.cache.put_embeddings([it.digest for it in chunk], emb)
             # fp16 as the cache stores them: an image scores the same fresh or from the cache
             hidden, pooled = emb.hidden.half(), emb.pooled.half().float().cpu().numpy()
-            self.cache.pooled.put([it.key for it in chunk], pooled)
+            self.cache.pooled.put([it.digest for it in chunk], pooled)
         except Exception as exc:  # noqa: BLE001 - any image the model cannot take is that image's error
             if len(chunk) == 1:
                 log.warning("embedding failed: %s", exc)
@@ -243,7 +268,7 @@ class Predictor:
                 self._embed_chunk(scorer, [it])
             return
         for i, it in enumerate(chunk):
-            it.hidden, it.sample.features = hidden[i], pooled[i]
+            it.hidden, it.decoded.features = hidden[i], pooled[i]
 
     def zeroshot_scores(self, items: Sequence[Scored], config: LabelConfig) -> None:
         """Attach ``s_ic`` (zero-shot class evidence) to every embedded item."""
@@ -255,11 +280,11 @@ class Predictor:
         ready = [it for it in ready if it.sample is not None]  # an image the model failed on now
         with self._model_lock:
             s = scorer.class_scores([it.hidden for it in ready], config.prompts,
-                                    keys=[it.key for it in ready], memo=self.cache.logits)
+                                    keys=[it.digest for it in ready], memo=self.cache.logits)
         for it, row in zip(ready, s):
-            it.sample.zeroshot = row
+            it.decoded.zeroshot = row
 
-    def score(self, project: str, urls: Sequence[str], config: LabelConfig, conn: Connection,
+    def score(self, project: str, urls: Sequence[object], config: LabelConfig, conn: Connection,
               deadline: float | None = None) -> tuple[str, list[Scored]]:
         """Class probabilities for every URL with the project's serving model."""
         return self.score_items(project, self.samples(urls, conn, deadline), config)
@@ -278,7 +303,7 @@ class Predictor:
                     it.error = "the serving model needs the zero-shot model, which is not loaded"
                 ok = []
             with self._model_lock:
-                proba = model.predict_proba([it.sample for it in ok]) if ok else np.zeros((0, 0))
+                proba = model.predict_proba([it.decoded for it in ok]) if ok else np.zeros((0, 0))
             if config.multiple:
                 thresholds = np.asarray(model.thresholds_, dtype=np.float64)
         elif self.scorer is not None:
@@ -297,7 +322,7 @@ class Predictor:
         a softmax across classes (with the fitted temperature), or per class ``sigmoid(s_ic)``."""
         if not ok:
             return np.zeros((0, 0)), None
-        s = np.stack([it.sample.zeroshot for it in ok])
+        s = _stack([it.decoded.zeroshot for it in ok])
         if config.multiple:
             return sigmoid(s), np.asarray(self.registry.thresholds(project, list(config.classes)))
         return softmax(s, self.registry.temperature(project)), None
