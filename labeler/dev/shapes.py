@@ -38,8 +38,8 @@ def synthetic_shapes(out: Path, n: int, seed: int = 0, rates: tuple[float, ...] 
         d = ImageDraw.Draw(im)
         for k in np.flatnonzero(present):
             dx, dy = (int(v) for v in rng.integers(-3, 4, 2))
-            colour = tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in base[k])
-            _draw(d, int(k), dx, dy, colour)
+            r, g, b = (int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in base[k])
+            _draw(d, int(k), dx, dy, (r, g, b))
         name = f"ml{i:03d}_{''.join(str(b) for b in present)}.png"
         im.save(out / name)
         truth[name] = present

@@ -136,9 +136,8 @@ def promotion_baseline(predictor: Predictor, project: str, samples: Sequence[Sam
     from labeler.learning.training import unseen_by
 
     serving, current = predictor.classifier(project)
-    usable = current is not None and getattr(current, "multilabel", False) and list(current.classes) == classes \
-        and (not current.needs_features or predictor.scorer is not None)
-    if usable:
+    if serving is not None and current is not None and getattr(current, "multilabel", False) \
+            and list(current.classes) == classes and (not current.needs_features or predictor.scorer is not None):
         items = unseen_by(predictor.registry.meta(project, serving), task_ids, split)
         where = {int(i): k for k, i in enumerate(split.evaluate)}
         rows = [where[int(i)] for i in items]
@@ -164,8 +163,9 @@ def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Samp
     evaluation items with the thresholds in force before this run."""
     if predictor.scorer is None:
         return
-    meta["zeroshot_thresholds"] = fit_thresholds(sigmoid(np.stack([x.zeroshot for x in samples])), Y).tolist()
-    zs = sigmoid(np.stack([samples[i].zeroshot for i in split.evaluate]))
+    evidence = np.stack([np.asarray(x.zeroshot) for x in samples])
+    meta["zeroshot_thresholds"] = fit_thresholds(sigmoid(evidence), Y).tolist()
+    zs = sigmoid(evidence[split.evaluate])
     meta["zeroshot_metrics"] = evaluate_multilabel(Y[split.evaluate], zs, classes,
                                                    np.asarray(predictor.registry.thresholds(project, classes)))
 
@@ -188,7 +188,8 @@ def train(predictor: Predictor, project: str, data: LabelledSet, classes: list[s
 
     s = predictor.settings
     counts = check_counts(data.y, classes, s.min_per_class, len(data.bad))
-    samples, Y = [it.sample for _, it in data.keep], np.asarray(data.y, dtype=int)
+    samples = [it.sample for _, it in data.keep if it.sample is not None]  # every kept item has one
+    Y = np.asarray(data.y, dtype=int)
     task_ids = [lab.task_id for lab, _ in data.keep]
     split = choose_split(task_ids, Y, is_holdout)
     clf, proba, groups = fit_and_evaluate(estimator_for(kind, classes, s.seed), samples, Y, split, task_ids,

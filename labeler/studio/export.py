@@ -94,9 +94,10 @@ class Row:
 
     def count_as(self) -> list[str]:
         """What the export summary counts this row as: its classes, else its predicted ones."""
-        if self.labels is not None or self.predicted is not None:  # multi-label
-            chosen = self.labels if self.labels is not None else tuple(f"(predicted) {c}" for c in self.predicted)
-            return list(chosen) or ["(none of these)" if self.labels is not None else "(predicted) none"]
+        if self.labels is not None:  # multi-label, annotated
+            return list(self.labels) or ["(none of these)"]
+        if self.predicted is not None:  # multi-label, predicted only
+            return [f"(predicted) {c}" for c in self.predicted] or ["(predicted) none"]
         return [self.label or f"(predicted) {self.prediction}"]
 
 

@@ -109,8 +109,7 @@ def winning_annotation(annotations: Sequence[dict], config: LabelConfig) -> dict
     the most recent annotation with the winning label. Multi-label: a label is
     the whole set of ticked classes (two annotators agree when their sets do).
     """
-    valid = [(a, annotation_labels(a, config)) for a in annotations]
-    valid = [(a, lab) for a, lab in valid if lab is not None]
+    valid = [(a, lab) for a in annotations if (lab := annotation_labels(a, config)) is not None]
     if any(a.get("ground_truth") for a, _ in valid):
         valid = [(a, lab) for a, lab in valid if a.get("ground_truth")]
     if not valid:

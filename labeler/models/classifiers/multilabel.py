@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,9 @@ class MultiLabel:
     """What multi-label classifiers share: the flag, thresholds and set predictions."""
 
     multilabel = True
+    classes: Sequence[str]
+    thresholds_: np.ndarray
+    predict_proba: Callable[..., np.ndarray]  # the classifier's own
 
     def _start_thresholds(self) -> None:
         self.thresholds_ = np.full(len(self.classes), 0.5)
