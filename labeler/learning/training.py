@@ -23,6 +23,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from labeler.models.calibration import fit_temperature
 from labeler.models.classifiers import KINDS, Classifier, Sample
+from labeler.models.classifiers.base import stack_rows
 from labeler.studio.client import Studio
 from labeler.errors import TrainingError
 from labeler.studio.labelconfig import LabelConfig
@@ -149,9 +150,8 @@ def baseline_for(predictor: Predictor, project: str, samples: Sequence[Sample], 
     """What the new version must not be worse than: the serving version if one serves, else the
     zero-shot model, else a constant guess of the most frequent training class; all on the same items."""
     serving, current = predictor.classifier(project)
-    usable = current is not None and list(current.classes) == classes and (
-        not current.needs_features or predictor.scorer is not None)
-    if usable:
+    if current is not None and serving is not None and list(current.classes) == classes and (
+            not current.needs_features or predictor.scorer is not None):
         items = unseen_by(predictor.registry.meta(project, serving), task_ids, split)
         where = {int(i): k for k, i in enumerate(split.evaluate)}
         ours = eval_proba[[where[int(i)] for i in items]].argmax(1)
@@ -173,8 +173,8 @@ def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Samp
     metrics on the evaluation items with the temperature in force before this run."""
     if predictor.scorer is None:
         return
-    meta["zeroshot_temperature"] = fit_temperature(np.stack([x.zeroshot for x in samples]), y)
-    zs = softmax(np.stack([samples[i].zeroshot for i in split.evaluate]), predictor.registry.temperature(project))
+    meta["zeroshot_temperature"] = fit_temperature(stack_rows([x.zeroshot for x in samples]), y)
+    zs = softmax(stack_rows([samples[i].zeroshot for i in split.evaluate]), predictor.registry.temperature(project))
     meta["zeroshot_metrics"] = evaluate(y[split.evaluate], zs, classes)
 
 
@@ -238,7 +238,7 @@ def train_project(predictor: Predictor, project: str, studio: Studio, trigger: s
     report("fetching annotations and images")
     data = load_labelled(predictor, studio, int(project), config)
     counts = check_counts(data.y, classes, predictor.settings.min_per_class, len(data.bad))
-    samples, y = [it.sample for _, it in data.keep], data.y
+    samples, y = [it.decoded for _, it in data.keep], data.y
     task_ids = [lab.task_id for lab, _ in data.keep]
     split = choose_split(task_ids, y, len(classes))
     kind, estimator, pool = make_model(predictor, project, data, config, studio, split, report)

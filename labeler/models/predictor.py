@@ -20,6 +20,7 @@ import numpy as np
 
 from labeler.models.cache import EmbeddingCache, content_key
 from labeler.models.classifiers import Classifier, Sample, load_classifier
+from labeler.models.classifiers.base import stack_rows
 from labeler.config import Settings
 from labeler.studio.client import Connection
 from labeler.media.fetching import Fetcher
@@ -58,14 +59,6 @@ class Scored:
         if self.key is None:
             raise ValueError(self.error or "no decoded image")
         return self.key
-
-
-def _stack(rows: Sequence[np.ndarray | None]) -> np.ndarray:
-    """Stack per-item arrays that every item has by now (a missing one is a bug, said plainly)."""
-    arrays = [r for r in rows if r is not None]
-    if len(arrays) != len(rows):
-        raise ValueError("an embedded item lacks its features or zero-shot evidence")
-    return np.stack(arrays)
 
 
 def project_key(project: object) -> str:
@@ -233,7 +226,7 @@ class Predictor:
                 it.hidden, it.decoded.features = hit
         found = [it for it in items if it.hidden is not None]
         if found:
-            self.cache.pooled.put([it.digest for it in found], _stack([it.decoded.features for it in found]))
+            self.cache.pooled.put([it.digest for it in found], stack_rows([it.decoded.features for it in found]))
         return missing
 
     def _load_hidden(self, items: Sequence[Scored], prompts: Sequence[str]) -> None:
@@ -322,7 +315,7 @@ class Predictor:
         a softmax across classes (with the fitted temperature), or per class ``sigmoid(s_ic)``."""
         if not ok:
             return np.zeros((0, 0)), None
-        s = _stack([it.decoded.zeroshot for it in ok])
+        s = stack_rows([it.decoded.zeroshot for it in ok])
         if config.multiple:
             return sigmoid(s), np.asarray(self.registry.thresholds(project, list(config.classes)))
         return softmax(s, self.registry.temperature(project)), None

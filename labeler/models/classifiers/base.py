@@ -103,3 +103,12 @@ def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     """Per-class weights ``w_c = N / (C * n_c)`` (scikit-learn's "balanced")."""
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     return len(y) / (n_classes * np.maximum(counts, 1))
+
+
+def stack_rows(rows: Sequence[np.ndarray | None]) -> np.ndarray:
+    """Stack per-sample arrays (features, zero-shot evidence) that every sample has by now;
+    a missing one is a bug upstream, said plainly."""
+    arrays = [r for r in rows if r is not None]
+    if len(arrays) != len(rows):
+        raise ValueError("a sample lacks its features or zero-shot evidence")
+    return np.stack(arrays)
