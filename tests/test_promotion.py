@@ -68,3 +68,6 @@ def test_the_serving_version_teaches_only_where_it_cannot_leak_held_out_labels(t
     assert serving_teacher(predictor, "1", EmbeddingHead(["a", "c"]), holdout) is None    # other classes
     serve("5-fold cross-validation")  # trained on every label, held-out ones included
     assert serving_teacher(predictor, "1", EmbeddingHead(["a", "b"]), holdout) is None
+    # a model that is served but not evaluated (the final fit under cross-validation) may start from it
+    assert serving_teacher(predictor, "1", EmbeddingHead(["a", "b"]), None) is not None
+    assert serving_teacher(predictor, "1", EmbeddingHead(["a", "c"]), None) is None

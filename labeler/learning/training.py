@@ -99,21 +99,22 @@ def choose_split(task_ids: Sequence[int], y: np.ndarray, n_classes: int) -> Spli
     return Split(every, every, f"{folds}-fold cross-validation", folds)
 
 
-def fit_and_evaluate(estimator: Classifier, samples: Sequence[Sample], y: np.ndarray, split: Split,
-                     seed: int, report: Callable[[str], None]) -> tuple[Classifier, np.ndarray]:
-    """(the fitted model to serve, its probabilities on the evaluation items).
+def fit_and_evaluate(evaluated: Classifier, served: Classifier, samples: Sequence[Sample], y: np.ndarray,
+                     split: Split, seed: int, report: Callable[[str], None]) -> tuple[Classifier, np.ndarray]:
+    """(the fitted model to serve, the probabilities that evaluate it).
 
-    Hold-out: one fit on the training part. Cross-validation: out-of-fold
-    probabilities, then one fit on every label.
+    Hold-out: one fit of ``served`` (the same procedure as ``evaluated``) on the
+    training part, scored on the held-out part. Cross-validation: out-of-fold
+    probabilities of ``evaluated``, then one fit of ``served`` on every label.
     """
     if split.method == "holdout":
         report(f"training on {len(split.train)} labels, {len(split.evaluate)} held out")
-        clf = clone(estimator).fit([samples[i] for i in split.train], y[split.train])
+        clf = clone(served).fit([samples[i] for i in split.train], y[split.train])
         return clf, clf.predict_proba([samples[i] for i in split.evaluate])
     report(f"{split.method} on {len(y)} labels")
-    proba = cross_val_proba(estimator, samples, y, split.folds, seed)
+    proba = cross_val_proba(evaluated, samples, y, split.folds, seed)
     report(f"training on all {len(y)} labels")
-    return clone(estimator).fit(list(samples), y), proba
+    return clone(served).fit(list(samples), y), proba
 
 
 def unseen_by(serving_meta: dict | None, task_ids: Sequence[int], split: Split) -> np.ndarray:
@@ -179,8 +180,16 @@ def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Samp
 
 
 def make_model(predictor: Predictor, project: str, data: LabelledSet, config: LabelConfig, studio: Studio,
-               split: Split, report: Callable[[str], None]) -> tuple[str, Classifier, int]:
-    """(classifier kind, the unfitted estimator, self-training pool size)."""
+               split: Split, report: Callable[[str], None]) -> tuple[str, Classifier, Classifier, int]:
+    """(classifier kind, the estimator cross-validation evaluates, the estimator that is served,
+    self-training pool size).
+
+    Both self-train on the pool. The served one starts from the serving version (its teacher,
+    whose weights it continues from, as ``labeler simulate`` continues from the last round's
+    model) whenever that one is of the same kind and classes; the evaluated one only where that
+    cannot leak evaluation labels (:func:`serving_teacher`). Under cross-validation the metrics
+    are then those of the procedure without it: if anything, an underestimate.
+    """
     s = predictor.settings
     kind = choose_kind(s.classifier, predictor.scorer is not None)
     base = KINDS[kind](list(config.classes), seed=s.seed)
@@ -188,25 +197,30 @@ def make_model(predictor: Predictor, project: str, data: LabelledSet, config: La
     if s.self_train_pool > 0 and data.unlabelled:
         report(f"fetching up to {s.self_train_pool} of {len(data.unlabelled)} unlabelled images for self-training")
         pool = self_training_pool(predictor, data, config, studio, s.self_train_pool)
-    if not pool:
-        return kind, base, 0
-    teacher = serving_teacher(predictor, project, base, split)
-    return kind, SelfTrained(base, pool, s.self_train, teacher=teacher), len(pool)
+    safe = serving_teacher(predictor, project, base, split)
+    warm = safe or serving_teacher(predictor, project, base, None)
+
+    def procedure(teacher: Frozen | None) -> Classifier:
+        # An empty pool with a teacher is a plain warm start from it.
+        return base if teacher is None and not pool else SelfTrained(base, pool, s.self_train, teacher=teacher)
+
+    evaluated = procedure(safe)
+    return kind, evaluated, (evaluated if split.method == "holdout" else procedure(warm)), len(pool)
 
 
-def serving_teacher(predictor: Predictor, project: str, base: Classifier, split: Split) -> Frozen | None:
-    """The serving version as the self-training teacher (no teacher is fitted, and the new version
-    starts from its weights), as ``labeler simulate`` uses the last round's model.
+def serving_teacher(predictor: Predictor, project: str, base: Classifier, split: Split | None) -> Frozen | None:
+    """The serving version as the teacher (no teacher is fitted, and the new version starts from
+    its weights), if it is of ``base``'s kind and classes.
 
-    Only when it cannot leak evaluation labels: under the hash hold-out, with a serving version
-    that was itself trained under it (so it never saw a held-out item), of the same kind and classes.
+    With a ``split`` (the model is evaluated), only where it cannot leak evaluation labels: under
+    the hash hold-out, with a serving version that was itself trained under it (so it never saw
+    a held-out item). ``split=None``: for a model that is served but not evaluated.
     """
-    if split.method != "holdout":
-        return None
     serving, model = predictor.classifier(project)
-    if model is None or model.kind != base.kind or list(model.classes) != list(base.classes):
+    if model is None or serving is None or model.kind != base.kind or list(model.classes) != list(base.classes):
         return None
-    if predictor.registry.meta(project, serving).get("evaluation") != "holdout":
+    if split is not None and (split.method != "holdout"
+                              or predictor.registry.meta(project, serving).get("evaluation") != "holdout"):
         return None
     return Frozen(model)
 
@@ -241,8 +255,8 @@ def train_project(predictor: Predictor, project: str, studio: Studio, trigger: s
     samples, y = [it.decoded for _, it in data.keep], data.y
     task_ids = [lab.task_id for lab, _ in data.keep]
     split = choose_split(task_ids, y, len(classes))
-    kind, estimator, pool = make_model(predictor, project, data, config, studio, split, report)
-    clf, eval_proba = fit_and_evaluate(estimator, samples, y, split, predictor.settings.seed,
+    kind, evaluated, served, pool = make_model(predictor, project, data, config, studio, split, report)
+    clf, eval_proba = fit_and_evaluate(evaluated, served, samples, y, split, predictor.settings.seed,
                                        lambda step: report(f"{kind}: {step}"))
     meta: dict = {"kind": kind, "classes": classes, "prompts": {c: list(config.prompts[c]) for c in classes},
                   "class_counts": counts, "trigger": trigger, "skipped_tasks": data.skipped_tasks,
