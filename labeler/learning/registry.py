@@ -151,6 +151,22 @@ class Registry:
         atomic_write_text(self._project(project) / "temperature.json",
                           json.dumps({"temperature": temperature, "n_labels": n_labels, "fitted": time.time()}))
 
+    def thresholds(self, project: str, classes: list[str]) -> list[float]:
+        """Multi-label zero-shot: per-class thresholds fitted for ``project`` (0.5 each until labels
+        exist, or when they were fitted for other classes)."""
+        try:
+            saved = json.loads((self._project(project) / "thresholds.json").read_text())
+            if saved["classes"] == list(classes):
+                return [float(t) for t in saved["thresholds"]]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            pass
+        return [0.5] * len(classes)
+
+    def set_thresholds(self, project: str, classes: list[str], thresholds: list[float], n_labels: int) -> None:
+        atomic_write_text(self._project(project) / "thresholds.json", json.dumps(
+            {"classes": list(classes), "thresholds": [float(t) for t in thresholds], "n_labels": n_labels,
+             "fitted": time.time()}))
+
     def projects(self) -> list[str]:
         if not self.root.exists():
             return []
