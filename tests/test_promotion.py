@@ -10,9 +10,11 @@ from labeler.learning.training import HOLDOUT_MIN, Split, baseline_for, choose_s
 
 
 def test_not_worse_is_promoted_and_the_reason_names_the_baseline():
-    assert decide_promotion(0.8, {"name": "v1-head", "accuracy": 0.8, "n": 10})[0]
-    ok, why = decide_promotion(0.9, {"name": "v1-head", "accuracy": 0.85, "n": 7, "new_accuracy": 0.7})
-    assert not ok and "0.7000 < 0.8500 of v1-head" in why and "7 labels" in why
+    assert decide_promotion(0.8, {"name": "v1-head", "metric": "accuracy", "value": 0.8, "n": 10})[0]
+    ok, why = decide_promotion(0.9, {"name": "v1-head", "metric": "accuracy", "value": 0.85, "n": 7, "new_value": 0.7})
+    assert not ok and "accuracy on 7 labels" in why and "0.7000 < 0.8500 of v1-head" in why
+    ok, why = decide_promotion(0.6, {"name": "the zero-shot model", "metric": "macro_f1", "value": 0.55, "n": 9})
+    assert ok and why.startswith("macro-F1 on 9 labels") and "0.6000 >= 0.5500" in why
 
 
 def test_split_is_holdout_with_enough_items_else_cross_validation():
@@ -40,7 +42,7 @@ def test_without_any_model_the_baseline_is_a_constant_guess(tmp_path):
     y = np.array([0, 0, 0, 1, 0, 1])
     split = Split(np.arange(6), np.arange(6), "3-fold cross-validation", 3)
     base = baseline_for(predictor, "1", [None] * 6, y, list(range(6)), split, np.zeros((6, 2)), ["a", "b"], {})
-    assert base["name"] == "always guessing 'a'" and base["accuracy"] == 4 / 6
+    assert base["name"] == "always guessing 'a'" and base["metric"] == "accuracy" and base["value"] == 4 / 6
 
 
 def test_the_serving_version_teaches_only_where_it_cannot_leak_held_out_labels(tmp_path):

@@ -34,9 +34,11 @@ def load_labelled(predictor: Predictor, studio: Studio, project: int, config: La
     bad = [(lab.task_id, it.error or "unreadable") for lab, it in zip(labelled, items) if it.sample is None]
     keep = [(lab, it) for lab, it in zip(labelled, items) if it.sample is not None]
     predictor.zeroshot_scores([it for _, it in keep], config)
-    y: np.ndarray = np.array([config.classes.index(lab.label) for lab, _ in keep], dtype=int)
+    y: np.ndarray
     if config.multiple:
         y = np.array([[c in lab.labels for c in config.classes] for lab, _ in keep], dtype=int).reshape(-1, len(config.classes))
+    else:
+        y = np.array([config.classes.index(lab.label) for lab, _ in keep], dtype=int)
     return LabelledSet(keep, bad, y, skipped, unlabelled)
 
 

@@ -38,6 +38,7 @@ from labeler.learning.labelled import LabelledSet
 from labeler.learning.metrics import evaluate_multilabel
 from labeler.models.calibration import fit_thresholds
 from labeler.models.classifiers import Classifier, Sample
+from labeler.models.classifiers.base import stack_rows
 from labeler.models.predictor import Predictor
 from labeler.models.zeroshot import sigmoid
 
@@ -163,7 +164,7 @@ def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Samp
     evaluation items with the thresholds in force before this run."""
     if predictor.scorer is None:
         return
-    evidence = np.stack([np.asarray(x.zeroshot) for x in samples])
+    evidence = stack_rows([x.zeroshot for x in samples])
     meta["zeroshot_thresholds"] = fit_thresholds(sigmoid(evidence), Y).tolist()
     zs = sigmoid(evidence[split.evaluate])
     meta["zeroshot_metrics"] = evaluate_multilabel(Y[split.evaluate], zs, classes,
@@ -172,9 +173,9 @@ def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Samp
 
 def estimator_for(kind: str, classes: list[str], seed: int) -> Classifier:
     """The multi-label estimator of a classifier kind (``head`` or ``cnn``)."""
-    from labeler.models.classifiers.multilabel import MultiLabelCNN, MultiLabelHead
+    from labeler.models.classifiers import MULTILABEL_KINDS
 
-    return {"head": MultiLabelHead, "cnn": MultiLabelCNN}[kind](classes, seed=seed)
+    return MULTILABEL_KINDS[kind](classes, seed=seed)
 
 
 def train(predictor: Predictor, project: str, data: LabelledSet, classes: list[str], kind: str,
@@ -188,7 +189,7 @@ def train(predictor: Predictor, project: str, data: LabelledSet, classes: list[s
 
     s = predictor.settings
     counts = check_counts(data.y, classes, s.min_per_class, len(data.bad))
-    samples = [it.sample for _, it in data.keep if it.sample is not None]  # every kept item has one
+    samples = [it.decoded for _, it in data.keep]
     Y = np.asarray(data.y, dtype=int)
     task_ids = [lab.task_id for lab, _ in data.keep]
     split = choose_split(task_ids, Y, is_holdout)

@@ -132,17 +132,23 @@ def unseen_by(serving_meta: dict | None, task_ids: Sequence[int], split: Split) 
     return fresh if len(fresh) else split.evaluate
 
 
-def decide_promotion(new_acc: float, baseline: dict) -> tuple[bool, str]:
-    """Promote when the new version is not worse than ``baseline`` on the same items.
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
 
-    ``baseline``: ``{"name", "accuracy", "new_accuracy"?, "n"}`` where ``new_accuracy``
-    (if given) is the new version's accuracy on exactly the baseline's items.
+
+def decide_promotion(new_value: float, baseline: dict) -> tuple[bool, str]:
+    """Promote when the new version is not worse than ``baseline`` on the same items, by the
+    baseline's ``metric`` (higher is better): accuracy for single-choice projects, macro-F1 for
+    multi-label ones (:mod:`labeler.learning.multilabel`).
+
+    ``baseline``: ``{"name", "metric", "value", "new_value"?, "n"}`` where ``new_value``
+    (if given) is the new version's value on exactly the baseline's items.
     """
-    ours = baseline.get("new_accuracy", new_acc)
-    promoted = ours >= baseline["accuracy"]
+    ours = baseline.get("new_value", new_value)
+    promoted = ours >= baseline["value"]
     sign = ">=" if promoted else "<"
-    return promoted, (f"accuracy on {baseline['n']} labels unseen by both {ours:.4f} {sign} "
-                      f"{baseline['accuracy']:.4f} of {baseline['name']} on the same items")
+    metric = METRIC_NAMES.get(baseline["metric"], baseline["metric"])
+    return promoted, (f"{metric} on {baseline['n']} labels unseen by both {ours:.4f} {sign} "
+                      f"{baseline['value']:.4f} of {baseline['name']} on the same items")
 
 
 def baseline_for(predictor: Predictor, project: str, samples: Sequence[Sample], y: np.ndarray,
@@ -151,21 +157,22 @@ def baseline_for(predictor: Predictor, project: str, samples: Sequence[Sample], 
     """What the new version must not be worse than: the serving version if one serves, else the
     zero-shot model, else a constant guess of the most frequent training class; all on the same items."""
     serving, current = predictor.classifier(project)
-    if current is not None and serving is not None and list(current.classes) == classes and (
+    if current is not None and serving is not None and list(current.classes) == classes and \
+            not getattr(current, "multilabel", False) and (
             not current.needs_features or predictor.scorer is not None):
         items = unseen_by(predictor.registry.meta(project, serving), task_ids, split)
         where = {int(i): k for k, i in enumerate(split.evaluate)}
         ours = eval_proba[[where[int(i)] for i in items]].argmax(1)
         theirs = current.predict_proba([samples[i] for i in items])
         meta["serving_metrics"] = {"version": serving, **evaluate(y[items], theirs, classes)}
-        return {"name": serving, "accuracy": meta["serving_metrics"]["accuracy"], "n": len(items),
-                "new_accuracy": float((ours == y[items]).mean())}
+        return {"name": serving, "metric": "accuracy", "value": meta["serving_metrics"]["accuracy"],
+                "n": len(items), "new_value": float((ours == y[items]).mean())}
     if "zeroshot_metrics" in meta:
-        return {"name": "the zero-shot model", "accuracy": meta["zeroshot_metrics"]["accuracy"],
+        return {"name": "the zero-shot model", "metric": "accuracy", "value": meta["zeroshot_metrics"]["accuracy"],
                 "n": len(split.evaluate)}
     guess = int(np.bincount(y[split.train], minlength=len(classes)).argmax())
-    return {"name": f"always guessing {classes[guess]!r}", "accuracy": float((y[split.evaluate] == guess).mean()),
-            "n": len(split.evaluate)}
+    return {"name": f"always guessing {classes[guess]!r}", "metric": "accuracy",
+            "value": float((y[split.evaluate] == guess).mean()), "n": len(split.evaluate)}
 
 
 def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Sample], y: np.ndarray,
@@ -226,7 +233,8 @@ def serving_teacher(predictor: Predictor, project: str, base: Classifier, split:
 
 
 def register(predictor: Predictor, project: str, clf: Classifier, meta: dict, n_labels: int) -> str:
-    """Write the version (and the fitted zero-shot temperature); promote it if ``meta`` says so."""
+    """Write the version (and the fitted zero-shot temperature or, multi-label, thresholds); promote it
+    if ``meta`` says so."""
     def write(folder):
         clf.save(folder)
         return meta
@@ -234,6 +242,8 @@ def register(predictor: Predictor, project: str, clf: Classifier, meta: dict, n_
     version = predictor.registry.add(project, write)
     if "zeroshot_temperature" in meta:
         predictor.registry.set_temperature(project, meta["zeroshot_temperature"], n_labels)
+    if "zeroshot_thresholds" in meta:
+        predictor.registry.set_thresholds(project, meta["classes"], meta["zeroshot_thresholds"], n_labels)
     if meta["promoted"]:
         predictor.registry.promote(project, version)
     return version
@@ -245,12 +255,30 @@ def train_project(predictor: Predictor, project: str, studio: Studio, trigger: s
 
     Steps: load the labelled set, check counts, split, fit and evaluate, measure
     the baselines, decide promotion, register. Raises :class:`TrainingError`
-    (or a Label Studio error) without touching the serving model.
+    (or a Label Studio error) without touching the serving model. Multi-label
+    projects take the same steps with label sets (:mod:`labeler.learning.multilabel`).
     """
     config = project_config(studio, int(project))
-    classes = list(config.classes)
     report("fetching annotations and images")
     data = load_labelled(predictor, studio, int(project), config)
+    if config.multiple:
+        from labeler.learning import multilabel
+
+        kind = choose_kind(predictor.settings.classifier, predictor.scorer is not None)
+        clf, meta = multilabel.train(predictor, project, data, list(config.classes), kind, report)
+        meta.update(prompts={c: list(config.prompts[c]) for c in config.classes}, trigger=trigger,
+                    unreadable_images=[{"task": t, "error": e} for t, e in data.bad][:100])
+    else:
+        clf, meta = train_single(predictor, project, studio, config, data, trigger, report)
+    version = register(predictor, project, clf, meta, len(data.y))
+    log.info("project %s: trained %s (%s): %s", project, version, trigger, meta["promotion_reason"])
+    return Outcome(version, meta["promoted"], predictor.registry.meta(project, version))
+
+
+def train_single(predictor: Predictor, project: str, studio: Studio, config: LabelConfig, data: LabelledSet,
+                 trigger: str, report: Callable[[str], None]) -> tuple[Classifier, dict]:
+    """The single-choice steps of :func:`train_project` after loading: (the model, its meta)."""
+    classes = list(config.classes)
     counts = check_counts(data.y, classes, predictor.settings.min_per_class, len(data.bad))
     samples, y = [it.decoded for _, it in data.keep], data.y
     task_ids = [lab.task_id for lab, _ in data.keep]
@@ -270,6 +298,4 @@ def train_project(predictor: Predictor, project: str, studio: Studio, trigger: s
     baseline = baseline_for(predictor, project, samples, y, task_ids, split, eval_proba, classes, meta)
     promoted, why = decide_promotion(meta["metrics"]["accuracy"], baseline)
     meta.update(promoted=promoted, promotion_reason=why)
-    version = register(predictor, project, clf, meta, len(y))
-    log.info("project %s: trained %s (%s): %s", project, version, trigger, why)
-    return Outcome(version, promoted, predictor.registry.meta(project, version))
+    return clf, meta

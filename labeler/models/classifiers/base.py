@@ -90,11 +90,11 @@ class Classifier(ClassifierMixin, BaseEstimator, ABC):
 
 def load_classifier(folder: str | Path) -> Classifier:
     """Load whatever classifier ``folder`` holds (a registry version or an exported model)."""
-    from labeler.models.classifiers import KINDS
+    from labeler.models.classifiers import ALL_KINDS
 
     folder = Path(folder)
     info = json.loads((folder / "classifier.json").read_text())
-    model = KINDS[info["kind"]]._load(folder, info["classes"])
+    model = ALL_KINDS[info["kind"]]._load(folder, info["classes"])
     model.classes_ = np.arange(len(info["classes"]))
     return model
 

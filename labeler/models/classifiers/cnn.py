@@ -149,6 +149,19 @@ class CNNClassifier(Classifier):
             return int(max(self.warm_min_steps, math.ceil(self.warm_fraction * cold)))
         return int(max(1, math.ceil(self.step_fraction * cold)))
 
+    # What a multi-label subclass changes (labeler.models.classifiers.multilabel.MultiLabelCNN):
+    # the targets, the loss and the output activation.
+    def _targets(self, y: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(y, dtype=torch.long)
+
+    def _loss_fn(self, y: np.ndarray):
+        """Cross-entropy with class weights ``N / (C n_c)`` (balanced)."""
+        weight = torch.as_tensor(balanced_weights(np.asarray(y), len(self.classes)), dtype=torch.float32)
+        return lambda logits, target: nn.functional.cross_entropy(logits, target, weight=weight)
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(-1)
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net_(((x - _MEAN) / _STD).contiguous(memory_format=torch.channels_last))
 
@@ -166,12 +179,12 @@ class CNNClassifier(Classifier):
             self.net_.load_state_dict(self._init)
         self.net_ = _channels_last(self.net_)
         x = _to_tensor(samples, self.input_size)
-        yt = torch.as_tensor(y, dtype=torch.long)
+        yt = self._targets(y)
         n = len(yt)
         per_epoch = math.ceil(n / self.batch_size)
         steps = self.steps_for(n)
         self._init = None  # one warm start per call
-        weight = torch.as_tensor(balanced_weights(np.asarray(y), len(self.classes)), dtype=torch.float32)
+        loss_fn = self._loss_fn(y)
         opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps, pct_start=0.15)
         self.net_.train()
@@ -181,7 +194,7 @@ class CNNClassifier(Classifier):
             for idx in torch.randperm(n, generator=g).split(self.batch_size):
                 if len(idx) < 2:  # BatchNorm needs two samples
                     continue
-                loss = nn.functional.cross_entropy(self._logits(_augment(x[idx], g)), yt[idx], weight=weight)
+                loss = loss_fn(self._logits(_augment(x[idx], g)), yt[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -206,7 +219,7 @@ class CNNClassifier(Classifier):
         out = []
         for start in range(0, len(samples), 256):
             x = _to_tensor(samples[start:start + 256], self.input_size)
-            p = self._logits(x).softmax(-1) + self._logits(x.flip(-1)).softmax(-1)
+            p = self._activate(self._logits(x)) + self._activate(self._logits(x.flip(-1)))
             out.append(p / 2)
         return torch.cat(out).numpy().astype(np.float64)
 
