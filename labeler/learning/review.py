@@ -38,6 +38,8 @@ class Suspect:
 def review(studio: Studio, project: int, predictor: Predictor, publish: bool = True) -> list[Suspect]:
     s = predictor.settings
     config = project_config(studio, project)
+    if config.multiple:  # confident learning is defined for one class per image
+        raise TrainingError(f"project {project} is multi-label: label-error review supports single-choice projects only")
     data = load_labelled(predictor, studio, project, config)
     keep, y = data.keep, data.y
     classes = list(config.classes)
