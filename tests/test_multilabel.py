@@ -133,6 +133,15 @@ def test_multilabel_metrics_by_hand():
     assert m["per_class"]["c"]["roc_auc"] is None and m["per_class"]["a"]["roc_auc"] == 1.0
 
 
+def test_thresholds_sit_in_the_middle_of_the_gap_not_on_an_item():
+    P = np.array([[0.999], [0.995], [0.01], [0.002]])
+    assert fit_thresholds(P, np.array([[1], [1], [0], [0]]))[0] == 0.5, "0.5 separates them: kept"
+    P = np.array([[0.9], [0.7], [0.6], [0.1]])
+    t = fit_thresholds(P, np.array([[1], [1], [0], [0]]))[0]
+    assert t == pytest.approx(0.65), "between the last negative (0.6) and the first positive (0.7)"
+    assert fit_thresholds(P, np.ones((4, 1)))[0] == 0.5, "no negatives: the default"
+
+
 def test_thresholds_rescue_a_rare_class_with_low_probabilities():
     rng = np.random.default_rng(1)
     n = 400

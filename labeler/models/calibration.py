@@ -36,20 +36,30 @@ def fit_temperature(scores: np.ndarray, y: np.ndarray, bounds: tuple[float, floa
 def fit_thresholds(P: np.ndarray, Y: np.ndarray, default: float = 0.5) -> np.ndarray:
     """Per-class decision thresholds for multi-label probabilities, each maximising that class's F1.
 
-    ``t_c = argmax_t F1(Y_c, [P_c >= t])`` over the observed values of ``P_c``
-    (ties: the threshold nearest 0.5); a class without both positives and
+    With the observed values of ``P_c`` sorted, ``v_1 < ... < v_m``, every
+    threshold in ``(v_{k-1}, v_k]`` makes the same decisions, so F1 is computed
+    per interval. Among the intervals of maximal F1, the one nearest 0.5 wins;
+    the threshold is 0.5 when the interval holds it, else the interval's middle
+    (the largest margin to both neighbouring items, not the edge that one
+    training item happens to sit on). A class without both positives and
     negatives among the labels keeps ``default``.
     """
     P, Y = np.asarray(P, dtype=np.float64), np.asarray(Y, dtype=int)
     out = np.full(P.shape[1], default)
     for c in range(P.shape[1]):
         y, p = Y[:, c], P[:, c]
-        if y.min() == y.max():
+        if len(y) == 0 or y.min() == y.max():
             continue
-        cands = np.unique(p)
-        pred = p[None, :] >= cands[:, None]
+        upper = np.unique(p)
+        lower = np.r_[0.0, upper[:-1]]
+        pred = p[None, :] >= upper[:, None]
         tp = (pred & (y == 1)).sum(1)
         f1 = 2 * tp / (pred.sum(1) + y.sum())
         best = np.flatnonzero(f1 == f1.max())
-        out[c] = float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
+        inside = (lower[best] < 0.5) & (0.5 <= upper[best])
+        if inside.any():
+            out[c] = 0.5
+            continue
+        k = best[np.argmin(np.minimum(np.abs(lower[best] - 0.5), np.abs(upper[best] - 0.5)))]
+        out[c] = float((lower[k] + upper[k]) / 2)
     return out
