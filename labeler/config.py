@@ -25,6 +25,9 @@ class Settings:
     label_studio_url: str | None = None        # LABEL_STUDIO_URL
     label_studio_api_key: str | None = None    # LABEL_STUDIO_API_KEY
     model_dir: Path = Path("model_dir")        # MODEL_DIR: registry, embedding cache, job state
+    # LABELER_REGISTRY_URL: model versions on object storage (s3://bucket/prefix), shared by replicas;
+    # unset: under MODEL_DIR. Credentials and endpoint: the store's own (AWS_* for s3://).
+    registry_url: str = ""
     zeroshot_model: str | None = DEFAULT_MODEL  # LABELER_ZEROSHOT_MODEL: hub id or folder; "none" disables
     device: str | None = None                  # LABELER_DEVICE: cpu, cuda, cuda:1 (default: CUDA if present)
     dtype: str | None = None                   # LABELER_DTYPE: float32, bfloat16, float16
@@ -61,7 +64,7 @@ class Settings:
 
     _ENV = {
         "label_studio_url": "LABEL_STUDIO_URL", "label_studio_api_key": "LABEL_STUDIO_API_KEY",
-        "model_dir": "MODEL_DIR", "zeroshot_model": "LABELER_ZEROSHOT_MODEL",
+        "model_dir": "MODEL_DIR", "registry_url": "LABELER_REGISTRY_URL", "zeroshot_model": "LABELER_ZEROSHOT_MODEL",
         "device": "LABELER_DEVICE", "dtype": "LABELER_DTYPE", "batch_size": "LABELER_BATCH_SIZE",
         "local_files_only": "LABELER_LOCAL_FILES_ONLY", "uncertainty": "LABELER_UNCERTAINTY",
         "classifier": "LABELER_CLASSIFIER", "train_every": "LABELER_TRAIN_EVERY",

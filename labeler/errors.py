@@ -43,6 +43,11 @@ class InvalidName(RegistryError):
     status = 400
 
 
+class RegistryStoreError(RegistryError):
+    """The registry's object store (LABELER_REGISTRY_URL) cannot be opened or reached."""
+    status = 503
+
+
 class TrainingError(LabelerError):
     """Training cannot go ahead; the message says why (shown on the job and the admin page)."""
     status = 409

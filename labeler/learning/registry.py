@@ -12,10 +12,16 @@ crash at any point leaves either the old or the new serving version, never a
 half one, and two trainings finishing together get different names.
 Project ids are digits and version names match :data:`VERSION_RE`, so no
 name from the network can point outside ``MODEL_DIR``.
+
+With ``LABELER_REGISTRY_URL`` set (``s3://bucket/prefix``), :func:`open_registry`
+returns an :class:`~labeler.learning.objectregistry.ObjectRegistry`: the same
+layout on object storage, shared by several backend replicas, with downloaded
+versions cached under ``MODEL_DIR``.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -27,8 +33,13 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from typing import TYPE_CHECKING
+
 from labeler.errors import InvalidName, RegistryError
 from labeler.fsutil import atomic_write_text, fsync_dir, fsync_tree, remove_temp_files
+
+if TYPE_CHECKING:
+    from labeler.config import Settings
 
 VERSION_RE = re.compile(r"v\d{1,9}-[a-z0-9_]{1,32}")
 PROJECT_RE = re.compile(r"\d{1,12}")
@@ -48,7 +59,29 @@ def check_version(version: object) -> str:
     return version
 
 
+def version_kind(meta: dict) -> str:
+    """The kind part of a version name (``head``, ``cnn``) from the model's meta."""
+    return re.sub(r"[^a-z0-9_]", "_", str(meta.get("kind", "model")).lower())[:32] or "model"
+
+
+def open_registry(model_dir: str | Path, url: str | None = None, keep: int = 20,
+                  storage_options: dict | None = None) -> "Registry":
+    """The registry under ``model_dir``, or on the fsspec store at ``url`` (local state stays in ``model_dir``)."""
+    if not url:
+        return Registry(model_dir, keep=keep)
+    from labeler.learning.objectregistry import ObjectRegistry
+
+    return ObjectRegistry(model_dir, url, keep=keep, storage_options=storage_options)
+
+
+def registry_for(settings: "Settings") -> "Registry":
+    """The registry ``settings`` name: LABELER_REGISTRY_URL if set, else MODEL_DIR."""
+    return open_registry(settings.model_dir, settings.registry_url, keep=settings.keep_versions)
+
+
 class Registry:
+    """Model versions in a local folder (``MODEL_DIR``); one host, any number of processes."""
+
     def __init__(self, model_dir: str | Path, keep: int = 20) -> None:
         self.root = Path(model_dir) / "projects"
         self.keep = keep
@@ -77,7 +110,7 @@ class Registry:
         tmp = Path(tempfile.mkdtemp(dir=vdir, prefix=".tmp-"))
         try:
             meta = dict(write(tmp) or {})
-            kind = re.sub(r"[^a-z0-9_]", "_", str(meta.get("kind", "model")).lower())[:32] or "model"
+            kind = version_kind(meta)
             with FileLock(vdir / ".lock"):  # claim the next number; other processes wait here
                 number = 1 + max((int(m.group(1)) for p in vdir.iterdir()
                                   if (m := re.fullmatch(r"v(\d+)-.*", p.name))), default=0)
@@ -99,10 +132,13 @@ class Registry:
         old = [m["version"] for m in self.list(project) if m["version"] != serving]
         gone = old[:max(0, len(old) - self.keep)]
         for name in gone:
-            shutil.rmtree(self.versions_dir(project) / name, ignore_errors=True)
+            self._delete(project, name)
         return gone
 
-    def list(self, project: str) -> list[dict]:
+    def _delete(self, project: str, name: str) -> None:
+        shutil.rmtree(self.versions_dir(project) / name, ignore_errors=True)
+
+    def list(self, project: str) -> builtins.list[dict]:
         """Meta of every complete version, oldest first."""
         vdir = self.versions_dir(project)
         if not vdir.exists():
@@ -143,31 +179,41 @@ class Registry:
     def temperature(self, project: str) -> float:
         """The zero-shot temperature fitted for ``project`` (1.0 until labels exist)."""
         try:
-            return float(json.loads((self._project(project) / "temperature.json").read_text())["temperature"])
+            return float(json.loads(self._read_text(project, "temperature.json"))["temperature"])
         except (FileNotFoundError, ValueError, KeyError):
             return 1.0
 
     def set_temperature(self, project: str, temperature: float, n_labels: int) -> None:
-        atomic_write_text(self._project(project) / "temperature.json",
-                          json.dumps({"temperature": temperature, "n_labels": n_labels, "fitted": time.time()}))
+        self._write_text(project, "temperature.json",
+                         json.dumps({"temperature": temperature, "n_labels": n_labels, "fitted": time.time()}))
 
-    def thresholds(self, project: str, classes: list[str]) -> list[float]:
+    def thresholds(self, project: str, classes: builtins.list[str]) -> builtins.list[float]:
         """Multi-label zero-shot: per-class thresholds fitted for ``project`` (0.5 each until labels
         exist, or when they were fitted for other classes)."""
         try:
-            saved = json.loads((self._project(project) / "thresholds.json").read_text())
+            saved = json.loads(self._read_text(project, "thresholds.json"))
             if saved["classes"] == list(classes):
                 return [float(t) for t in saved["thresholds"]]
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             pass
         return [0.5] * len(classes)
 
-    def set_thresholds(self, project: str, classes: list[str], thresholds: list[float], n_labels: int) -> None:
-        atomic_write_text(self._project(project) / "thresholds.json", json.dumps(
+    def set_thresholds(self, project: str, classes: builtins.list[str], thresholds: builtins.list[float], n_labels: int) -> None:
+        self._write_text(project, "thresholds.json", json.dumps(
             {"classes": list(classes), "thresholds": [float(t) for t in thresholds], "n_labels": n_labels,
              "fitted": time.time()}))
 
-    def projects(self) -> list[str]:
+    # Small per-project files shared by every process (an object store overrides these two).
+    def _read_text(self, project: str, name: str) -> str:
+        return (self._project(project) / name).read_text()
+
+    def _write_text(self, project: str, name: str, text: str) -> None:
+        atomic_write_text(self._project(project) / name, text)
+
+    def projects(self) -> builtins.list[str]:
+        return self._local_projects()
+
+    def _local_projects(self) -> builtins.list[str]:
         if not self.root.exists():
             return []
         return sorted((p.name for p in self.root.iterdir() if PROJECT_RE.fullmatch(p.name)), key=int)
@@ -184,7 +230,7 @@ class Registry:
     def cleanup(self) -> int:
         """Remove what interrupted writes left behind (temp version folders, temp files); returns the count."""
         n = 0
-        for project in self.projects():
+        for project in self._local_projects():
             pdir = self._project(project)
             n += remove_temp_files(pdir)
             vdir = pdir / "versions"

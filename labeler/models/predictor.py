@@ -28,7 +28,7 @@ from labeler.media.images import ImageError, decode
 from labeler.models.devicetier import DeviceTier
 from labeler.media.imagestore import ImageStore
 from labeler.studio.labelconfig import LabelConfig
-from labeler.learning.registry import Registry
+from labeler.learning.registry import registry_for
 from labeler.learning.uncertainty import confidence, multilabel_uncertainty
 from labeler.models.zeroshot import ZeroShotScorer, sigmoid, softmax
 
@@ -80,7 +80,7 @@ class Predictor:
         self.policy = settings.fetch_policy(local_files=local_files)
         self.images = ImageStore(settings.model_dir / "cache" / "images.sqlite",
                                  int(settings.image_cache_mb * 2**20), settings.image_ttl_s)
-        self.registry = Registry(settings.model_dir, keep=settings.keep_versions)
+        self.registry = registry_for(settings)
         self._scorer: ZeroShotScorer | None = None
         self._scorer_error: str | None = None
         self._scorer_ready = threading.Event()
