@@ -386,12 +386,12 @@ def evaluate_cmd(model_ref, images, labels_csv, model_dir, as_json) -> None:
     from labeler.models.classifiers import Sample, load_classifier
     from labeler.learning.datasets import read_labels
     from labeler.learning.metrics import evaluate
-    from labeler.learning.registry import Registry, RegistryError
+    from labeler.learning.registry import registry_for, RegistryError
 
     folder = Path(model_ref)
     if not (folder / "classifier.json").exists():
         try:
-            _, folder = Registry(_settings(model_dir=model_dir).model_dir).find(model_ref)
+            _, folder = registry_for(_settings(model_dir=model_dir)).find(model_ref)
         except RegistryError as exc:
             _fail(f"{model_ref} is neither a model folder nor a registry version: {exc}")
     model = load_classifier(folder)
@@ -472,7 +472,7 @@ def map_cmd(project, labels_csv, images, model_ref, max_points, seed, out, url, 
     else:
         from labeler.models.classifiers import Sample, load_classifier
         from labeler.learning.datasets import read_labels
-        from labeler.learning.registry import Registry, RegistryError
+        from labeler.learning.registry import registry_for, RegistryError
 
         data = read_labels(labels_csv, images)
         samples = [Sample(im) for im in data.images()]
@@ -482,7 +482,7 @@ def map_cmd(project, labels_csv, images, model_ref, max_points, seed, out, url, 
             folder = Path(model_ref)
             if not (folder / "classifier.json").exists():
                 try:
-                    _, folder = Registry(s.model_dir).find(model_ref)
+                    _, folder = registry_for(s).find(model_ref)
                 except RegistryError as exc:
                     _fail(f"{model_ref} is neither a model folder nor a registry version: {exc}")
             model = load_classifier(folder)
@@ -506,9 +506,9 @@ def versions(ctx, project, model_dir, as_json) -> None:
     """List model versions with their metrics (serving one marked *)."""
     if ctx.invoked_subcommand:
         return
-    from labeler.learning.registry import Registry
+    from labeler.learning.registry import registry_for
 
-    reg = Registry(_settings(model_dir=model_dir).model_dir)
+    reg = registry_for(_settings(model_dir=model_dir))
     projects = [project] if project else reg.projects()
     rows = []
     for p in projects:
@@ -535,9 +535,9 @@ def versions(ctx, project, model_dir, as_json) -> None:
 @click.option("--model-dir", envvar="MODEL_DIR", type=click.Path(path_type=Path))
 def versions_export(version, out, model_dir) -> None:
     """Copy VERSION into a self-contained folder (for `labeler evaluate --model`)."""
-    from labeler.learning.registry import Registry
+    from labeler.learning.registry import registry_for
 
-    _, path = Registry(_settings(model_dir=model_dir).model_dir).find(version)
+    _, path = registry_for(_settings(model_dir=model_dir)).find(version)
     shutil.copytree(path, out)
     click.echo(f"exported {version} to {out}")
 
@@ -551,10 +551,10 @@ def versions_export(version, out, model_dir) -> None:
 def rollback(version, project, no_refresh, url, api_key, model_dir) -> None:
     """Serve VERSION again (``zeroshot`` for the zero-shot model). The backend picks it up at once;
     with a Label Studio configured, every task is re-predicted with it and the queue re-ranked."""
-    from labeler.learning.registry import Registry
+    from labeler.learning.registry import registry_for
 
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
-    Registry(s.model_dir).promote(project, None if version in {"zeroshot", "zero-shot"} else version)
+    registry_for(s).promote(project, None if version in {"zeroshot", "zero-shot"} else version)
     click.echo(f"project {project} now serves {version}")
     if no_refresh or not (s.label_studio_url and s.label_studio_api_key):
         return
