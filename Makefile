@@ -19,10 +19,11 @@ PIP         := $(PY) -m pip --disable-pip-version-check -q
 demo: $(VENV)/.installed-studio
 	$(VENV)/bin/labeler demo $(DEMO_ARGS)
 
-# ruff first, then unit tests (a failure shows in seconds), then the integration tests (real servers).
+# ruff and mypy first, then unit tests (a failure shows in seconds), then the integration tests (real servers).
 # pytest's exit 5 (nothing selected in one lane, e.g. with PYTEST_ARGS=tests/test_units.py) is not a failure.
 test: $(VENV)/.installed-test chromium
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider -m "not integration" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(PY) -m pytest -q -p no:cacheprovider -m integration $(PYTEST_ARGS) || [ $$? -eq 5 ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 from pathlib import Path
 
 from labeler.errors import SettingsError
@@ -92,7 +93,7 @@ class Settings:
             if name is None or name not in env or env[name] == "":
                 continue
             raw = env[name]
-            kind = type(f.default)
+            kind: Any = type(f.default)  # the field's type, from its default
             if f.name in {"model_dir", "local_root"}:
                 values[f.name] = Path(raw)
             elif kind is bool:

@@ -83,6 +83,9 @@ class TrainingJobs:
         atomic_write_text(self._file(project), json.dumps(snapshot, indent=2))
         return snapshot
 
+    def _step(self, project: str, step: str) -> None:
+        self._set(project, step=step)
+
     def state_from_disk(self, project: str) -> dict:
         try:
             return json.loads(self._file(project).read_text())
@@ -156,7 +159,7 @@ class TrainingJobs:
             self._set(project, status="done", step=None, finished=time.time())
             return
         outcome = train_project(self.predictor, project, studio, trigger,
-                                report=lambda step: self._set(project, step=step))
+                                report=lambda step: self._step(project, step))
         refresh = None
         if outcome.promoted:
             refresh = self._refresh(project, studio, outcome.version)

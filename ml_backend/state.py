@@ -44,7 +44,7 @@ def _resolvable_studio_host(url: str) -> bool:
     except (OSError, UnicodeError):
         return False
     for info in infos:
-        addr = ipaddress.ip_address(info[4][0].split("%")[0])
+        addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if addr.is_link_local or addr.is_multicast or addr.is_unspecified:
             return False
     return True
@@ -109,7 +109,7 @@ class BackendState:
         if bound and candidate.origin != bound:
             raise SetupRefused(f"this backend serves the Label Studio at {bound}, not {candidate.origin} "
                                f"(set LABEL_STUDIO_URL, or remove {self._binding} to rebind)")
-        if not _resolvable_studio_host(candidate.base_url):
+        if not candidate.base_url or not _resolvable_studio_host(candidate.base_url):
             raise SetupRefused(f"refused Label Studio host {candidate.base_url!r}")
         if not self._verify(project, candidate):
             log.warning("project %s: the token from /setup cannot read the project at %s; not remembered",

@@ -35,7 +35,7 @@ def one_vs_rest(y_true: np.ndarray, proba: np.ndarray) -> list[dict]:
     A class absent from ``y_true`` (or present everywhere) has neither: both are None.
     """
     y_true, proba = np.asarray(y_true, dtype=int), np.asarray(proba, dtype=np.float64)
-    out = []
+    out: list[dict[str, float | None]] = []
     for c in range(proba.shape[1]):
         positive = (y_true == c).astype(int)
         if 0 < positive.sum() < len(positive):

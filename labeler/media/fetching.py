@@ -170,11 +170,11 @@ class Fetcher:
             return self._local(unquote(urlsplit(ref).path))
         if scheme:
             raise ImageError(f"unsupported image URL scheme {scheme!r}")
-        studio_file = ref.startswith("/data/") and self.conn.base_url
-        if self.policy.local_root is not None and not (studio_file and not self._under_root(ref)):
+        base = self.conn.base_url if ref.startswith("/data/") else None
+        if self.policy.local_root is not None and not (base and not self._under_root(ref)):
             return self._local(ref)
-        if studio_file:
-            return self._http(self.conn.base_url + ref)
+        if base:
+            return self._http(base + ref)
         raise ImageError("local paths are not read by the backend, and relative URLs need a Label Studio "
                          "connection (only /data/... files of Label Studio are fetched)")
 
@@ -189,6 +189,8 @@ class Fetcher:
             raise ImageError(f"bad data: URL: {exc}") from exc
 
     def _under_root(self, path: str) -> bool:
+        if self.policy.local_root is None:
+            return False
         root = os.path.realpath(self.policy.local_root)
         return Path(os.path.realpath(Path(root) / path)).is_relative_to(root) and os.path.exists(Path(root) / path)
 

@@ -69,7 +69,7 @@ class ExportSummary:
 @dataclass
 class Row:
     task_id: int
-    image: str
+    image: str | None  # the task's image reference (None when its data has none)
     label: str | None
     annotator: str | None
     annotated_at: str | None
@@ -249,8 +249,12 @@ def export(studio: Studio, project: int, fmt: str, out: Path,
 
 def _imagefolder(rows: list[Row], tmp: Path, fetcher: Fetcher, split, seed, workers, progress,
                  summary: ExportSummary) -> None:
-    labelled = [r for r in rows if (r.label or r.prediction)]
-    names = [r.label or r.prediction for r in labelled]
+    names, labelled = [], []
+    for r in rows:
+        name = r.label or r.prediction
+        if name:
+            names.append(name)
+            labelled.append(r)
     folders = class_folders(names)
     splits = _split(names, split, seed) if split else [""] * len(labelled)
     bar = tqdm(total=len(labelled), desc="downloading images", unit="img", disable=not progress)
