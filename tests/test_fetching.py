@@ -117,3 +117,55 @@ def test_class_names_cannot_escape_the_export_folder():
     folders = class_folders(["../../x", "/etc", "ok", "..", "a/b", "a_b"])
     assert all("/" not in f and not f.startswith(".") for f in folders.values())
     assert len(set(folders.values())) == len(folders)
+
+
+def test_cloud_storage_images_go_through_label_studios_resolve_endpoint():
+    """An ``s3://`` task image becomes Label Studio's resolve endpoint (with the token); its redirect
+    to the presigned URL is followed without the token, to a public address or a host named in the
+    allow-list only. Real HTTP servers on loopback stand in for Label Studio and the bucket."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from labeler.studio.labelconfig import parse_label_config
+    from labeler.dev.demo import template
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append((self.path, self.headers.get("Authorization")))
+            if self.path.startswith("/tasks/7/resolve/"):
+                uri = base64.urlsafe_b64decode(self.path.split("fileuri=")[1]).decode()
+                assert uri == "s3://bucket/eye.png"
+                self.send_response(302)
+                self.send_header("Location", f"http://localhost:{self.server.server_port}/eye.png?sig=1")
+                self.end_headers()
+                return
+            body = png_bytes(3)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = parse_label_config(template("binary"))
+        ref = config.image_ref({"id": 7, "data": {"image": "s3://bucket/eye.png"}})
+        assert ref.startswith("/tasks/7/resolve/?fileuri=")
+        assert config.image_ref({"id": 7, "data": {"image": "/data/upload/1/a.png"}}) == "/data/upload/1/a.png"
+        conn = Connection(f"http://127.0.0.1:{server.server_port}", "tok")
+        with pytest.raises(ImageError, match="non-public"):  # the bucket stand-in is on loopback
+            Fetcher(FetchPolicy(), conn).get(ref)
+        named = FetchPolicy(allowed_hosts=("localhost",))  # a private bucket host the operator named
+        assert Fetcher(named, conn).get(ref) == png_bytes(3)
+        resolve, bucket = seen[-2], seen[-1]
+        assert resolve[1] == "Token tok" and bucket == ("/eye.png?sig=1", None)  # no token to the bucket
+        with pytest.raises(ImageError):  # the resolve rule is Label Studio's: no token, no exception elsewhere
+            Fetcher(named, Connection()).get(ref)
+    finally:
+        server.shutdown()

@@ -7,6 +7,10 @@ The rules (README, "Security model"):
 - Label Studio's own files, ``/data/...`` relative to its URL or absolute on its
   origin, are fetched with the API token; the token goes to no other origin
   (scheme, host and port) and to no other path;
+- task images in cloud storage go through Label Studio's resolve endpoint
+  (``/tasks/<id>/resolve/?fileuri=...``, with the token): it answers with the
+  file, or redirects to a presigned URL, which is followed without the token
+  and only to a public address (or a host named in the allow-list);
 - other ``http(s)`` URLs only to hosts the operator allows
   (``LABELER_ALLOWED_HOSTS``); a host that is not named exactly (``*`` or a
   ``*.suffix`` pattern) must resolve to a public address. The address is
@@ -24,6 +28,7 @@ import binascii
 import fnmatch
 import ipaddress
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -42,6 +47,7 @@ from labeler.media.images import ImageError
 
 MAX_REF_CHARS = 4096       # a longer non-data reference is not a URL anyone meant
 MAX_REDIRECTS = 3
+_RESOLVE = re.compile(r"/tasks/\d{1,12}/resolve/\?fileuri=[A-Za-z0-9_=-]{1,4000}")
 
 
 @dataclass(frozen=True)
@@ -128,13 +134,15 @@ class Fetcher:
         o = urlsplit(origin)
         return (host or "").lower() == (o.hostname or "") and port == _port(o)
 
-    def _check_url(self, url: str) -> None:
+    def _check_url(self, url: str, presigned: bool = False) -> None:
+        """``presigned``: the target of Label Studio's resolve redirect, which may be any host (the
+        socket check still requires a public address unless the host is named in the allow-list)."""
         parts = urlsplit(url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ImageError(f"refused {_short(url)}: only http(s) URLs are fetched")
         if parts.username or parts.password:
             raise ImageError(f"refused {_short(url)}: credentials in URLs are not sent")
-        if self._studio_host(parts.hostname, _port(parts)):
+        if presigned or self._studio_host(parts.hostname, _port(parts)):
             return
         allowed, _ = self.policy.host_allowed(parts.hostname, _port(parts))
         if not allowed:
@@ -149,10 +157,16 @@ class Fetcher:
             raise ImageError(f"refused {host}: it resolves to the non-public address {ip}")
 
     def _send_token(self, url: str) -> bool:
-        """The token goes only to Label Studio's exact origin, and only for its ``/data/`` files."""
+        """The token goes only to Label Studio's exact origin, and only for its ``/data/`` files
+        and its cloud-storage resolve endpoint."""
         p = urlsplit(url)
         return (self.conn.origin is not None and f"{p.scheme}://{p.netloc}".lower() == self.conn.origin
-                and p.path.startswith(self.conn.path_prefix + "/data/"))
+                and (p.path.startswith(self.conn.path_prefix + "/data/") or self._is_resolve(url)))
+
+    def _is_resolve(self, url: str) -> bool:
+        p = urlsplit(url)
+        path = p.path[len(self.conn.path_prefix):] if p.path.startswith(self.conn.path_prefix) else ""
+        return bool(_RESOLVE.fullmatch(f"{path}?{p.query}"))
 
     # -- fetching ----------------------------------------------------------------------
     def get(self, ref: object) -> bytes:
@@ -170,7 +184,7 @@ class Fetcher:
             return self._local(unquote(urlsplit(ref).path))
         if scheme:
             raise ImageError(f"unsupported image URL scheme {scheme!r}")
-        base = self.conn.base_url if ref.startswith("/data/") else None
+        base = self.conn.base_url if ref.startswith("/data/") or _RESOLVE.fullmatch(ref) else None
         if self.policy.local_root is not None and not (base and not self._under_root(ref)):
             return self._local(ref)
         if base:
@@ -221,9 +235,9 @@ class Fetcher:
         end = time.monotonic() + self.policy.timeout_s
         if self.deadline is not None:
             end = min(end, self.deadline)
-        retried_auth = False
+        retried_auth, presigned = False, False
         for _ in range(MAX_REDIRECTS + 1):
-            self._check_url(url)
+            self._check_url(url, presigned)
             remaining = end - time.monotonic()
             if remaining <= 0:
                 raise ImageError(f"download of {_short(url)} ran out of time")
@@ -237,6 +251,7 @@ class Fetcher:
                 raise ImageError(f"cannot download {_short(url)}: {_reason(exc)}") from None
             with resp:
                 if resp.is_redirect:
+                    presigned = bool(headers) and self._is_resolve(url)
                     url = urljoin(url, resp.headers.get("location", ""))
                     continue
                 if resp.status_code == 401 and headers and not retried_auth:

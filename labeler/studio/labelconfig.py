@@ -9,6 +9,7 @@ tooltip to annotators, which doubles as documentation of what the class means.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 from label_studio_sdk.label_interface import LabelInterface
@@ -16,6 +17,13 @@ from label_studio_sdk.label_interface import LabelInterface
 from labeler.errors import LabelConfigError  # noqa: F401 - raised here
 
 DEFAULT_TEMPLATE = "a photo of a {}"
+# URI schemes of Label Studio's cloud storages (S3, GCS, Azure Blob; "azure-spi": service principal).
+CLOUD_SCHEMES = frozenset({"s3", "gs", "gcs", "azure-blob", "azure-spi"})
+
+
+def studio_resolve_path(task_id: int, uri: str) -> str:
+    """Label Studio's ``/tasks/<id>/resolve/?fileuri=<urlsafe base64>`` for a cloud URI of that task."""
+    return f"/tasks/{task_id}/resolve/?fileuri={base64.urlsafe_b64encode(uri.encode()).decode()}"
 
 
 @dataclass(frozen=True)
@@ -28,9 +36,18 @@ class LabelConfig:
     multiple: bool = False    # choice="multiple"
 
     def image_ref(self, task: object) -> object:
-        """The image reference in a task's data (None when the task or its data is not an object)."""
+        """The image reference in a task's data (None when the task or its data is not an object).
+
+        A cloud-storage URI (``s3://``, ``gs://``, ``azure-blob://``...) becomes Label Studio's
+        resolve endpoint for the task, which answers with the file or a presigned URL: the
+        backend needs no cloud credentials.
+        """
         data = task.get("data") if isinstance(task, dict) else None
-        return data.get(self.value_key) if isinstance(data, dict) else None
+        ref = data.get(self.value_key) if isinstance(data, dict) else None
+        task_id = task.get("id") if isinstance(task, dict) else None
+        if isinstance(ref, str) and isinstance(task_id, int) and ref.split("://", 1)[0].lower() in CLOUD_SCHEMES:
+            return studio_resolve_path(task_id, ref)
+        return ref
 
     def signature(self) -> str:
         """Text that changes whenever classes or prompts change (for model versions)."""
