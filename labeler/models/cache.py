@@ -41,7 +41,7 @@ import sqlite3
 import struct
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -243,21 +243,42 @@ class EmbeddingCache:
         return sum(1 for _ in self.dir.glob("*/*.npy"))
 
 
-class LogitCache:
-    """ITM log-odds per (image content key, prompt), in SQLite (WAL: safe across worker processes).
-
-    About 150 bytes a pair (50,000 images x 4 prompts = 30 MB), so it is not bounded.
-    """
+class _SqliteMemo:
+    """A key-value memo in SQLite (WAL: safe across worker processes), shared by both memos below."""
 
     _CHUNK = 400  # keys per query, under SQLite's bound-variable limit
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, schema: str) -> None:
         self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS logits (image TEXT, prompt TEXT, logit REAL, "
-                             "PRIMARY KEY (image, prompt)) WITHOUT ROWID")
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS {schema} WITHOUT ROWID")
+
+    def _select(self, sql: str, images: list[str], params: Sequence[object] = ()) -> list[tuple]:
+        """Rows of ``sql`` (ending in ``image IN ({})``) for ``images``, queried in chunks."""
+        out: list[tuple] = []
+        with self._lock:
+            for start in range(0, len(images), self._CHUNK):
+                chunk = images[start:start + self._CHUNK]
+                out += self._db.execute(sql.format(",".join("?" * len(chunk))), [*params, *chunk]).fetchall()
+        return out
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(sql, rows)
+            self._db.execute("COMMIT")
+
+
+class LogitCache(_SqliteMemo):
+    """ITM log-odds per (image content key, prompt).
+
+    About 150 bytes a pair (50,000 images x 4 prompts = 30 MB), so it is not bounded.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path, "logits (image TEXT, prompt TEXT, logit REAL, PRIMARY KEY (image, prompt))")
 
     def get(self, keys: list[str], prompts: list[str]) -> np.ndarray:
         """(N, K) memoised logits; NaN where a pair is unknown."""
@@ -266,57 +287,33 @@ class LogitCache:
         for i, k in enumerate(keys):
             rows.setdefault(k, []).append(i)
         col = {p: j for j, p in enumerate(prompts)}
-        marks = ",".join("?" * len(prompts))
-        images = list(rows)
-        with self._lock:
-            for start in range(0, len(images), self._CHUNK):
-                chunk = images[start:start + self._CHUNK]
-                sql = (f"SELECT image, prompt, logit FROM logits WHERE prompt IN ({marks}) "
-                       f"AND image IN ({','.join('?' * len(chunk))})")
-                for image, prompt, logit in self._db.execute(sql, [*prompts, *chunk]):
-                    out[rows[image], col[prompt]] = logit
+        sql = f"SELECT image, prompt, logit FROM logits WHERE prompt IN ({','.join('?' * len(prompts))}) AND image IN ({{}})"
+        for image, prompt, logit in self._select(sql, list(rows), prompts):
+            out[rows[image], col[prompt]] = logit
         return out
 
     def put(self, keys: list[str], prompts: list[str], logits: np.ndarray) -> None:
         """Store ``logits[i, j]`` for (``keys[i]``, ``prompts[j]``)."""
         rows = [(k, p, float(v)) for k, r in zip(keys, np.asarray(logits)) for p, v in zip(prompts, r)]
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO logits VALUES (?, ?, ?)", rows)
-            self._db.execute("COMMIT")
+        self._write("INSERT OR REPLACE INTO logits VALUES (?, ?, ?)", rows)
 
 
-class PooledMemo:
-    """The pooled image feature per image content key, fp16, in SQLite (WAL: safe across processes).
+class PooledMemo(_SqliteMemo):
+    """The pooled image feature per image content key, fp16.
 
     ``D * 2`` bytes an image (2.8 KB for ``blip2-itm-vit-g``: 140 MB for 50,000 images), so it is not bounded.
     """
 
-    _CHUNK = 400  # keys per query, under SQLite's bound-variable limit
-
     def __init__(self, path: str | Path) -> None:
-        self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS pooled (image TEXT PRIMARY KEY, vec BLOB) WITHOUT ROWID")
+        super().__init__(path, "pooled (image TEXT PRIMARY KEY, vec BLOB)")
 
     def get(self, keys: list[str]) -> list[np.ndarray | None]:
         """float32 features in ``keys`` order; None where unknown."""
-        found: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(keys))
-        with self._lock:
-            for start in range(0, len(unique), self._CHUNK):
-                chunk = unique[start:start + self._CHUNK]
-                sql = f"SELECT image, vec FROM pooled WHERE image IN ({','.join('?' * len(chunk))})"
-                for image, vec in self._db.execute(sql, chunk):
-                    found[image] = np.frombuffer(vec, dtype="<f2").astype(np.float32)
+        found = {image: np.frombuffer(vec, dtype="<f2").astype(np.float32) for image, vec
+                 in self._select("SELECT image, vec FROM pooled WHERE image IN ({})", list(dict.fromkeys(keys)))}
         return [found.get(k) for k in keys]
 
     def put(self, keys: list[str], features: np.ndarray) -> None:
         """Store ``features[i]`` (any float dtype, stored as fp16) under ``keys[i]``."""
-        rows = [(k, np.asarray(f, dtype="<f2").tobytes()) for k, f in zip(keys, features)]
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO pooled VALUES (?, ?)", rows)
-            self._db.execute("COMMIT")
+        self._write("INSERT OR REPLACE INTO pooled VALUES (?, ?)",
+                    [(k, np.asarray(f, dtype="<f2").tobytes()) for k, f in zip(keys, features)])
