@@ -95,7 +95,14 @@ def project(label_studio, backend, tmp_path_factory):
     upload_images(url, token, proj.id, sorted(synthetic_eyes(tmp_path_factory.mktemp("eyes"), n=16).iterdir()))
     ml = ls.ml.create(project=proj.id, url=backend[0], title="labeler")
     ls.actions.create(id="retrieve_tasks_predictions", project=proj.id, selected_items={"all": True, "excluded": []})
-    return ls, proj.id, ml.id, uncertainty_view(ls, proj.id)
+    view = uncertainty_view(ls, proj.id)
+    # The backend sets the project's model_version in the background after /predict, and Label Studio
+    # sorts by the score of that version's predictions only: wait for it, as an annotator would.
+    version = tasks_of(ls, proj.id, view)[0]["predictions"][0]["model_version"]
+    end = time.monotonic() + 60
+    while ls.projects.get(id=proj.id).model_version != version and time.monotonic() < end:
+        time.sleep(0.5)
+    return ls, proj.id, ml.id, view
 
 
 def test_annotate_retrain_and_admin_page_in_a_real_browser(browser, label_studio, backend, project):
