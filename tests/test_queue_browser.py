@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def queue_page(browser, label_studio, tiny_model, image_dir, tmp_path_factory):  # noqa: F811
-    """A pre-annotated project (tiny BLIP-2), its queue tab open in a logged-in page; yields (page, pid, expected)."""
+def queue_project(browser, label_studio, tiny_model, image_dir, tmp_path_factory):  # noqa: F811
+    """A pre-annotated project (tiny BLIP-2) and a logged-in browser context; yields (ctx, pid, view, expected)."""
     from labeler.config import Settings
     from labeler.dev.demo import template, upload_images
     from labeler.models.predictor import Predictor
@@ -39,11 +39,20 @@ def queue_page(browser, label_studio, tiny_model, image_dir, tmp_path_factory): 
     assert expected != sorted(expected), "the queue differs from id order, so following it is no accident"
     ctx = browser.new_context(viewport={"width": 1400, "height": 900})
     ctx.add_cookies(login_cookies(url, "admin@example.com", "test-pass-123"))
-    page = ctx.new_page()
-    page.goto(f"{url}/projects/{pid}/data")
-    page.wait_for_selector("[class*=table__row]", timeout=60_000)
-    yield page, view.id, expected
+    yield ctx, pid, view.id, expected
     ctx.close()
+
+
+@pytest.fixture
+def queue_page(queue_project, label_studio):
+    """A fresh page on the project's Data Manager for each test, so no test sees where another left off;
+    yields (page, view, expected)."""
+    ctx, pid, view, expected = queue_project
+    page = ctx.new_page()
+    page.goto(f"{label_studio[0]}/projects/{pid}/data")
+    page.wait_for_selector("[class*=table__row]", timeout=60_000)
+    yield page, view, expected
+    page.close()
 
 
 def test_next_to_label_is_the_first_tab_and_lists_the_queue(queue_page):
