@@ -164,12 +164,25 @@ def train(project, classifier, url, api_key, model_dir) -> None:
     click.echo(f"{out.version}: held-out accuracy {m.get('accuracy')}, EER {m.get('eer')}; "
                f"{'promoted' if out.promoted else 'NOT promoted'} ({out.meta['promotion_reason']})")
     if out.promoted:
-        from labeler.studio.preannotate import preannotate
-        rep = preannotate(studio, project, predictor)
-        click.echo(rep.summary())
+        click.echo(_preannotate(studio, project, s, predictor=predictor).summary())
     report_to_model_card(studio, str(project), {"status": "done", "version": out.version, "promoted": out.promoted,
                                               "reason": out.meta.get("promotion_reason"), "finished": time.time()},
                          predictor)
+
+
+def _preannotate(studio, project: int, s: Settings, engine: str = "auto", predictor=None, **kwargs):
+    """Pre-annotate on the Ray cluster (``--engine ray``, or ``auto`` with ``RAY_ADDRESS`` set, as inside a
+    Ray job) or in this process; returns the report."""
+    from labeler.distributed import require_ray
+
+    if engine == "ray" or (engine == "auto" and s.ray_driver_address):
+        require_ray()
+        from labeler.distributed.bulk import preannotate_ray
+
+        return preannotate_ray(studio, project, s, **kwargs)
+    from labeler.studio.preannotate import preannotate as run
+
+    return run(studio, project, predictor or _predictor(s), **kwargs)
 
 
 @main.command()
@@ -178,26 +191,12 @@ def train(project, classifier, url, api_key, model_dir) -> None:
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--engine", type=click.Choice(["auto", "local", "ray"]), default="auto", show_default=True,
               help="ray: on the Ray cluster at RAY_ADDRESS (pip install 'labeler[ray]'); "
-                   "auto: ray when RAY_ADDRESS is set and Ray installed, else in this process.")
+                   "auto: ray when RAY_ADDRESS is set, else in this process.")
 @with_studio
 def preannotate(project, redo, batch_size, engine, url, api_key, model_dir) -> None:
     """Score every task (resumable) and write predictions in bulk."""
-    from labeler.distributed import ray_address, ray_installed
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
-    studio = _studio(s)
-    if engine == "ray" and not ray_installed():
-        _fail("--engine ray needs Ray: pip install 'labeler[ray]'")
-    if engine == "ray" or (engine == "auto" and ray_address() and ray_installed()):
-        from labeler.distributed.bulk import preannotate_ray
-
-        rep = preannotate_ray(studio, project, s,
-                              only_missing=not redo, batch_size=batch_size)
-        click.echo(rep.summary())
-        return
-    from labeler.studio.preannotate import preannotate as run
-
-    rep = run(studio, project, _predictor(s),
-              only_missing=not redo, batch_size=batch_size)
+    rep = _preannotate(_studio(s), project, s, engine, only_missing=not redo, batch_size=batch_size)
     click.echo(rep.summary())
 
 

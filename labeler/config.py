@@ -62,6 +62,9 @@ class Settings:
     image_cache_mb: float = 2048.0             # LABELER_IMAGE_CACHE_MB: task image bytes kept to avoid re-downloads
     gpu_tier_gb: float = 8.0                   # LABELER_GPU_TIER_GB: hidden states kept on the GPU (CUDA only)
     image_ttl_s: float = 600.0                 # LABELER_IMAGE_TTL_S: reuse of non-upload image URLs (uploads: always)
+    # -- Ray (optional, README "Scaling out"); Ray's own names, as `ray job submit` reads them --
+    ray_address: str = ""                      # RAY_ADDRESS: the cluster a driver joins (head:6379, ray://..., auto)
+    ray_api_server_address: str = ""           # RAY_API_SERVER_ADDRESS: its job server (http://head:8265)
 
     _ENV = {
         "label_studio_url": "LABEL_STUDIO_URL", "label_studio_api_key": "LABEL_STUDIO_API_KEY",
@@ -81,6 +84,7 @@ class Settings:
         "max_concurrent_predicts": "LABELER_MAX_CONCURRENT_PREDICTS", "train_workers": "LABELER_TRAIN_WORKERS",
         "keep_versions": "LABELER_KEEP_VERSIONS", "image_cache_mb": "LABELER_IMAGE_CACHE_MB",
         "image_ttl_s": "LABELER_IMAGE_TTL_S", "gpu_tier_gb": "LABELER_GPU_TIER_GB",
+        "ray_address": "RAY_ADDRESS", "ray_api_server_address": "RAY_API_SERVER_ADDRESS",
     }
 
     @classmethod
@@ -132,6 +136,28 @@ class Settings:
             if not ok:
                 raise SettingsError(f"{self._ENV[name]}={getattr(self, name)!r}: must be {want}")
         return self
+
+    @property
+    def ray_jobs_address(self) -> str | None:
+        """Where training and refresh jobs go (the backend runs them in-process without one):
+        ``RAY_API_SERVER_ADDRESS``, else ``RAY_ADDRESS`` when it is a job server's http(s) URL, as Ray's
+        own ``ray job submit`` decides."""
+        if self.ray_api_server_address:
+            return self.ray_api_server_address
+        return self.ray_address if self.ray_address.startswith(("http://", "https://")) else None
+
+    @property
+    def ray_driver_address(self) -> str | None:
+        """The cluster the bulk path joins with ``ray.init`` (None: no cluster configured).
+
+        A job server URL cannot be joined: that is a :class:`SettingsError` naming the fix."""
+        if not self.ray_address:
+            return None
+        if self.ray_address.startswith(("http://", "https://")):
+            raise SettingsError(f"RAY_ADDRESS={self.ray_address} is a Ray job server, which a driver cannot join: "
+                                "set RAY_ADDRESS to the head's cluster address (head:6379) and "
+                                "RAY_API_SERVER_ADDRESS to the job server")
+        return self.ray_address
 
     def fetch_policy(self, local_files: bool = True):
         """What may be fetched (:class:`labeler.media.fetching.FetchPolicy`); the backend passes ``local_files=False``."""

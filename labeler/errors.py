@@ -33,6 +33,11 @@ class StudioError(LabelerError):
     status = 502
 
 
+class ClusterError(LabelerError):
+    """The Ray cluster's job server could not be reached or refused a job."""
+    status = 503
+
+
 class RegistryError(LabelerError):
     """A model version does not exist."""
     status = 404

@@ -128,12 +128,8 @@ def webhook():
     action = data["action"]
     if action == "START_TRAINING":
         return jsonify({"status": "ok", "job": _short_job(st.jobs.submit(pid, trigger="START_TRAINING"))}), 201
-    if action in {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"} and st.settings.train_every > 0:
-        n = st.annotation_events.get(pid, 0) + 1
-        st.annotation_events[pid] = n
-        if n % st.settings.train_every == 0:
-            job = st.jobs.submit(pid, trigger=f"{n} annotation events")
-            return jsonify({"status": "ok", "job": _short_job(job)}), 201
+    if action in {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}:
+        st.train_every.annotation_event(pid)
     return jsonify({"status": "ok"}), 200
 
 

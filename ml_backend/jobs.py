@@ -1,5 +1,9 @@
 """Background training jobs: one at a time per project, a bounded number at once, with a visible state.
 
+In this process (:class:`TrainingJobs`), or as Ray jobs when a Ray job server
+is configured (:class:`RayTrainingJobs`, README "Scaling out"); :func:`make_jobs`
+picks. Both answer the same calls with the same state vocabulary.
+
 State (``queued``/``running``/``done``/``failed`` with the reason and the
 current step) is kept in memory and in ``MODEL_DIR/projects/<p>/job.json``. A
 trigger that arrives while a job is queued or running queues exactly one
@@ -23,6 +27,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from labeler.config import Settings
 from labeler.studio.client import Studio
@@ -34,6 +39,21 @@ from labeler.studio.tasks import report_to_model_card
 log = logging.getLogger(__name__)
 ZEROSHOT = "zero-shot"  # what refresh_pending names when no trained version serves
 ACTIVE = {"queued", "running"}
+
+
+class Jobs(Protocol):
+    def submit(self, project: str, trigger: str, train: bool = True) -> dict: ...
+    def state(self, project: str) -> dict: ...
+    def wait(self, project: str, timeout: float = 600) -> dict: ...
+    def refresh_serving(self, project: str, trigger: str) -> dict: ...
+    def pending_refreshes(self) -> list[str]: ...
+
+
+def make_jobs(settings: Settings, predictor: Predictor, studio: Callable[[str], Studio | None]) -> Jobs:
+    """Ray jobs when a Ray job server is configured, else a thread pool in this process."""
+    if settings.ray_jobs_address:
+        return RayTrainingJobs(settings.ray_jobs_address, predictor, studio)
+    return TrainingJobs(settings, predictor, studio)
 
 
 class TrainingJobs:
@@ -176,3 +196,45 @@ class TrainingJobs:
         rep = preannotate(studio, int(project), self.predictor, progress=False)
         self._set(project, refresh_pending=None, refreshed_version=version)
         return {"predicted": rep.predicted, "failed": len(rep.failed)}
+
+
+class RayTrainingJobs:
+    """Training (``labeler train``: train, evaluate, promote, refresh) and prediction refreshes
+    (``labeler preannotate``) as Ray jobs: one per project across every replica, since the job id is the
+    lock (:mod:`labeler.distributed.rayjobs`). A job killed mid-way leaves nothing to recover here:
+    pre-annotation resumes, and the next job starts afresh."""
+
+    def __init__(self, address: str, predictor: Predictor, studio: Callable[[str], Studio | None]) -> None:
+        from labeler.distributed.rayjobs import RayJobs
+
+        self.ray = RayJobs(address)
+        self.predictor = predictor
+        self.studio = studio
+
+    def _connection_env(self, project: str) -> dict[str, str]:
+        """The project's Label Studio for the job, which may come from a /setup only this replica saw."""
+        from labeler.learning.training import TrainingError
+
+        studio = self.studio(project)
+        if studio is None or not studio.conn:
+            raise TrainingError(f"project {project} has no Label Studio connection: connect this backend "
+                                "to the project in Label Studio (Settings > Model), or set "
+                                "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+        return {"LABEL_STUDIO_URL": str(studio.conn.base_url), "LABEL_STUDIO_API_KEY": str(studio.conn.token)}
+
+    def submit(self, project: str, trigger: str, train: bool = True) -> dict:
+        project = check_project(project)
+        return self.ray.submit(project, trigger, kind="train" if train else "refresh",
+                               env=self._connection_env(project))
+
+    def state(self, project: str) -> dict:
+        return self.ray.state(check_project(project))
+
+    def wait(self, project: str, timeout: float = 600) -> dict:
+        return self.ray.wait(check_project(project), timeout)
+
+    def refresh_serving(self, project: str, trigger: str) -> dict:
+        return self.submit(project, trigger, train=False)
+
+    def pending_refreshes(self) -> list[str]:
+        return []  # a refresh job that died is re-run by the next promotion or `labeler preannotate`

@@ -24,7 +24,8 @@ from labeler.config import Settings
 from labeler.studio.client import Connection, Studio
 from labeler.errors import SetupRefused
 from labeler.fsutil import atomic_write_text
-from ml_backend.jobs import TrainingJobs
+from ml_backend.jobs import make_jobs
+from ml_backend.trainevery import TrainEvery
 from labeler.models.predictor import Predictor
 from labeler.studio.tasks import secure_backend_webhooks, set_model_version
 
@@ -58,7 +59,6 @@ class BackendState:
         self._configured: Studio | None = None
         self._verified: dict[tuple[str, str | None, str], float] = {}
         self.synced_versions: dict[str, str] = {}
-        self.annotation_events: dict[str, int] = {}
         self.latencies: deque[float] = deque(maxlen=1000)
         self.counters = {"predict_requests": 0, "tasks_predicted": 0, "tasks_failed": 0, "predict_busy": 0}
         self.started = time.time()
@@ -66,7 +66,9 @@ class BackendState:
         self._lock = threading.Lock()
         self._binding = settings.model_dir / "studio.json"
         self.predictor.registry.cleanup()
-        self.jobs = TrainingJobs(settings, self.predictor, self.studio)
+        self.jobs = make_jobs(settings, self.predictor, self.studio)
+        self.train_every = TrainEvery(settings.train_every, self.predictor.registry, self.studio,
+                                      lambda project, trigger: self.jobs.submit(project, trigger))
         if self.configured():
             for project in self.jobs.pending_refreshes():
                 self.jobs.submit(project, trigger="restart: finishing an interrupted prediction refresh", train=False)
@@ -149,12 +151,20 @@ class BackendState:
             return
 
         def run() -> None:
-            try:
-                n = secure_backend_webhooks(Studio.of(conn), int(project), headers)
-                if n:
-                    log.info("project %s: added this backend's credentials to %d Label Studio webhook(s)", project, n)
-            except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
-                log.warning("project %s: could not add credentials to Label Studio's webhook: %s", project, exc)
+            # Label Studio calls /setup before it saves a new ML backend and creates its webhook: look again
+            # for a while until the webhook exists.
+            for wait in (0.5, 1, 2, 4, 8, 15, 30):
+                time.sleep(wait)
+                try:
+                    found, updated = secure_backend_webhooks(Studio.of(conn), int(project), headers)
+                except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
+                    log.warning("project %s: could not add credentials to Label Studio's webhook: %s", project, exc)
+                    continue
+                if updated:
+                    log.info("project %s: added this backend's credentials to %d Label Studio webhook(s)",
+                             project, updated)
+                if found:
+                    return
         threading.Thread(target=run, name=f"secure-webhooks-{project}", daemon=True).start()
 
     def serve(self, project: str, version: str | None) -> dict | None:

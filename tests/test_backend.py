@@ -63,15 +63,14 @@ def test_no_model_gives_empty_results_with_a_reason(client):
     assert r.status_code == 200 and r.json["results"] == [{"model_version": "untrained", "result": []}]
 
 
-def test_every_nth_annotation_event_starts_a_job(client):
+def test_annotation_events_answer_at_once_and_failed_jobs_keep_serving(client):
     event = {"action": "ANNOTATION_CREATED", "project": {"id": 9}, "annotation": {"id": 1}}
     assert client.post("/webhook", json=event, headers=AUTH).json["status"] == "ignored"  # not set up
     client.application.extensions["labeler"].predictor.registry.project_dir("9", create=True)
+    # LABELER_TRAIN_EVERY counts in Label Studio (tests/test_train_every.py); none is known here
     assert client.post("/webhook", json=event, headers=AUTH).status_code == 200
-    assert client.post("/webhook", json=event, headers=AUTH).status_code == 200
-    r = client.post("/webhook", json=event, headers=AUTH)
+    r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 9}}, headers=AUTH)
     assert r.status_code == 201 and isinstance(r.json["job"], str) and len(r.json["job"]) <= 64
-    assert client.application.extensions["labeler"].jobs.state("9")["trigger"] == "3 annotation events"
     state = client.application.extensions["labeler"].jobs.wait("9", timeout=30)
     # No Label Studio is configured here: the job fails, says why, and the backend keeps serving.
     assert state["status"] == "failed" and "LABEL_STUDIO_URL" in state["error"]

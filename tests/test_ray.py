@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 from labeler.studio.client import Studio
 
 from labeler.config import Settings
@@ -178,21 +179,22 @@ def ray_jobs_cluster(tmp_path_factory):
     exe = os.path.join(os.path.dirname(sys.executable), "ray")
     port, dash = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="rayj-")  # its own: /tmp/ray/ray_current_cluster would outlive the cluster
-    # Ray's token authentication (on by default since 2.60), with a token of the test's own for cluster and client.
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    saved = {k: os.environ.get(k) for k in auth}
-    os.environ.update(auth)
+    # Ray's token authentication (on by default since 2.60), with a token of the test's own; only the head's
+    # environment gets it: Ray reads RAY_AUTH_MODE once per process, so setting it here would turn token auth
+    # on for the in-process clusters of the other tests too.
+    token = secrets.token_hex(32)
     log = (tmp_path_factory.mktemp("ray-head") / "ray.log").open("wb")
+    # Jobs run `labeler ...`: the cluster has labeler installed, as a cluster built from labeler's image does.
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     proc = subprocess.Popen([exe, "start", "--head", "--block", "--num-cpus=1", "--num-gpus=0", f"--port={port}",
                              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                              "--disable-usage-stats", f"--temp-dir={temp}"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         wait_http(f"http://127.0.0.1:{dash}/api/gcs_healthz", 120, proc)  # answers without Ray's auth token
-        yield f"http://127.0.0.1:{dash}"
+        yield f"http://127.0.0.1:{dash}", token
     finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(30)
@@ -209,32 +211,85 @@ def _sleeper(project: str, kind: str) -> str:
 @pytest.mark.integration
 def test_second_training_submission_for_a_project_is_refused(ray_jobs_cluster):
     from labeler.distributed.rayjobs import RayJobs
+    from labeler.errors import ClusterError
 
-    replica_a = RayJobs(ray_jobs_cluster, env={}, entrypoint=_sleeper)
-    replica_b = RayJobs(ray_jobs_cluster, env={}, entrypoint=_sleeper)
+    address, token = ray_jobs_cluster
+    replica_a = RayJobs(address, env={}, entrypoint=_sleeper, token=token)
+    replica_b = RayJobs(address, env={}, entrypoint=_sleeper, token=token)
     try:
-        first = replica_a.submit("7", trigger="START_TRAINING")
-    except RuntimeError as exc:
+        first = replica_a.submit("9007", trigger="START_TRAINING")
+    except ClusterError as exc:
         if "No available agent" not in str(exc):
             raise
         # Seen in fresh CI clones on this 2-core machine: the head's job agent never came up (60 s waited).
         pytest.skip(f"Ray's job agent did not start on this machine: {exc}")
-    assert (first["refused"], first["job_id"]) == (False, "labeler-p7-1")
-    again = replica_b.submit("7", trigger="START_TRAINING")  # another replica, same project
-    assert (again["refused"], again["job_id"]) == (True, "labeler-p7-1")
-    assert replica_b.submit("8", trigger="START_TRAINING")["refused"] is False  # other projects are not held up
+    assert (first["refused"], first["job_id"]) == (False, "labeler-p9007-1")
+    again = replica_b.submit("9007", trigger="START_TRAINING")  # another replica, same project
+    assert (again["refused"], again["job_id"]) == (True, "labeler-p9007-1")
+    assert replica_b.submit("9008", trigger="START_TRAINING")["refused"] is False  # other projects are not held up
 
-    replica_a.client.stop_job("labeler-p7-1")
-    assert replica_a.wait("7", timeout=60)["status"] == "failed"
-    retry = replica_b.submit("7", trigger="after a failure")
-    assert (retry["refused"], retry["job_id"]) == (False, "labeler-p7-2"), "a failed job does not block the next"
+    replica_a.client.stop_job("labeler-p9007-1")
+    assert replica_a.wait("9007", timeout=60)["status"] == "failed"
+    retry = replica_b.submit("9007", trigger="after a failure")
+    assert (retry["refused"], retry["job_id"]) == (False, "labeler-p9007-2"), "a failed job does not block the next"
 
     # Two replicas racing for the same project: the job id decides, exactly one job starts.
-    replica_a.client.stop_job("labeler-p7-2")
-    replica_a.wait("7", timeout=60)
+    replica_a.client.stop_job("labeler-p9007-2")
+    replica_a.wait("9007", timeout=60)
     with ThreadPoolExecutor(2) as pool:
-        outcomes = list(pool.map(lambda r: r.submit("7", trigger="race"), (replica_a, replica_b)))
+        outcomes = list(pool.map(lambda r: r.submit("9007", trigger="race"), (replica_a, replica_b)))
     assert sorted(o["refused"] for o in outcomes) == [False, True]
-    assert {o["job_id"] for o in outcomes} == {"labeler-p7-3"}
-    for sid in ("labeler-p7-3", "labeler-p8-1"):
+    assert {o["job_id"] for o in outcomes} == {"labeler-p9007-3"}
+    for sid in ("labeler-p9007-3", "labeler-p9008-1"):
         replica_a.client.stop_job(sid)
+
+
+@pytest.mark.integration
+def test_backend_trains_as_one_ray_job_per_project(ray_jobs_cluster, label_studio, tiny_model, tmp_path):
+    """A backend with RAY_API_SERVER_ADDRESS: Label Studio's "Start training" becomes the Ray job
+    ``labeler-p<project>-1`` (the real ``labeler train``: train, promote, refresh the predictions); a second
+    start while it runs is answered with the same job, and the tasks end up predicted by the new version."""
+    from labeler.dev.demo import synthetic_eyes
+    from labeler.dev.localserver import start_backend
+    from labeler.distributed.rayjobs import RayJobs
+    from labeler.errors import ClusterError
+
+    address, token = ray_jobs_cluster
+    url, ls_token = label_studio
+    ls = Studio(url, ls_token)
+    pid = ls.projects.create(title="trained on Ray", label_config=template("binary")).id
+    upload_images(url, ls_token, pid, sorted(synthetic_eyes(tmp_path / "eyes", n=16).iterdir()))
+    server = start_backend({"MODEL_DIR": str(tmp_path / "md"), "LABELER_ZEROSHOT_MODEL": str(tiny_model),
+                            "HF_HUB_OFFLINE": "1", "LABELER_ADMIN_TOKEN": "admin-secret",
+                            "LABELER_MIN_PER_CLASS": "3", "LABELER_SELF_TRAIN_POOL": "0",
+                            "RAY_API_SERVER_ADDRESS": address, "RAY_AUTH_TOKEN": token}, log_dir=tmp_path)
+    try:
+        ml = ls.ml.create(project=pid, url=server.url, title="labeler")
+        for t in ls.tasks.list(project=pid):
+            label = "open" if "open_" in t.data["image"] else "closed"
+            ls.annotations.create(id=t.id, result=[{"from_name": "choice", "to_name": "image", "type": "choices",
+                                                    "value": {"choices": [label]}}])
+        try:
+            RayJobs(address, entrypoint=lambda p, k: "true", token=token).submit("0", trigger="probe",
+                                                                                 agent_wait_s=120)
+        except ClusterError as exc:
+            if "No available agent" not in str(exc):
+                raise
+            pytest.skip(f"Ray's job agent did not start on this machine: {exc}")
+        ls.ml.train(id=ml.id)  # Label Studio's "Start training": POST /webhook START_TRAINING
+        again = requests.post(f"{server.url}/webhook", json={"action": "START_TRAINING", "project": {"id": pid}},
+                              timeout=30)
+        assert again.json()["job"] == f"labeler-p{pid}-1", "a second start while the job runs is that job"
+        admin = {"Authorization": "Bearer admin-secret"}
+        end = time.monotonic() + 300
+        while (job := requests.get(f"{server.url}/admin/projects/{pid}/job", headers=admin, timeout=10).json()
+               )["status"] in ("queued", "running"):
+            assert time.monotonic() < end, job
+            time.sleep(1)
+        assert (job["status"], job["job_id"], job["kind"]) == ("done", f"labeler-p{pid}-1", "train"), job
+        serving = requests.get(f"{server.url}/metrics", timeout=10).json()["projects"][str(pid)]["serving"]
+        assert serving.startswith("v1-")
+        per_task = _predictions(ls, pid, key="image")
+        assert len(per_task) == 16 and all([p[0] for p in preds] == [serving] for preds in per_task.values())
+    finally:
+        server.stop()

@@ -284,7 +284,8 @@ def test_setup_cannot_hijack_a_project(label_studio, secured, canaries, image_di
     # Label Studio's auto-created webhook now carries the backend's secret, so annotation events get through
     hooks = [h for h in ls.webhooks.list(project=str(proj.id)) if h.url == url + "/webhook"]
     wait_until(lambda: all((h.headers or {}).get("X-Labeler-Webhook-Secret") == "hook-secret"
-                           for h in ls.webhooks.list(project=str(proj.id)) if h.url == url + "/webhook"))
+                           for h in ls.webhooks.list(project=str(proj.id)) if h.url == url + "/webhook"),
+               timeout=60)
     assert hooks
     r = requests.post(f"{url}/webhook", json={"action": "START_TRAINING", "project": {"id": 999}},
                       headers={"X-Labeler-Webhook-Secret": "hook-secret"})

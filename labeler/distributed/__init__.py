@@ -1,18 +1,13 @@
 """Running labeler on an existing Ray cluster (optional extra ``labeler[ray]``).
 
-Nothing here is imported unless Ray is asked for: without Ray installed or
-``RAY_ADDRESS`` set, every command keeps its in-process path.
+Nothing here is imported unless Ray is asked for: without ``RAY_ADDRESS`` (the
+bulk path) or ``RAY_API_SERVER_ADDRESS`` (training jobs) set, every command
+keeps its in-process path (:class:`labeler.config.Settings` reads both).
 """
 
 from __future__ import annotations
 
-import os
-
-
-def ray_address(env: dict | None = None) -> str | None:
-    """The Ray cluster to use (``RAY_ADDRESS``), or None for the in-process path."""
-    value = ((env if env is not None else os.environ).get("RAY_ADDRESS") or "").strip()
-    return value or None
+from labeler.errors import SettingsError
 
 
 def ray_installed() -> bool:
@@ -26,4 +21,4 @@ def ray_installed() -> bool:
 def require_ray() -> None:
     """Fail with a clear message when the Ray path is asked for without Ray."""
     if not ray_installed():
-        raise RuntimeError("the Ray engine needs Ray: pip install 'labeler[ray]'")
+        raise SettingsError("the Ray engine needs Ray: pip install 'labeler[ray]'")

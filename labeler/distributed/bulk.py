@@ -41,7 +41,7 @@ from labeler.studio.tasks import (
     import_predictions,
     project_config,
 )
-from labeler.distributed import ray_address, require_ray
+from labeler.distributed import require_ray
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ def preannotate_ray(studio: Studio, project: int, settings: Settings,
                     only_missing: bool = True, batch_size: int = 64, import_batch: int = 500,
                     scorers: int | None = None, importers: int = 2, progress: bool = True,
                     max_tasks: int | None = None, wait_s: float = 600) -> Report:
-    """Pre-annotate ``project`` on the Ray cluster at ``RAY_ADDRESS`` (or the one already initialised).
+    """Pre-annotate ``project`` on the Ray cluster at ``RAY_ADDRESS`` (or the one already initialised;
+    neither: a local one).
 
     ``scorers``: scoring actors (default: one per GPU of the cluster, else one).
     Same report, same lock and same end steps (project version, views,
@@ -161,7 +162,7 @@ def preannotate_ray(studio: Studio, project: int, settings: Settings,
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=ray_address(), log_to_driver=False)
+        ray.init(address=settings.ray_driver_address, log_to_driver=False)
     pkey = project_key(project)
     lock = FileLock(Registry(settings.model_dir).project_dir(pkey, create=True) / "preannotate.lock")
     try:

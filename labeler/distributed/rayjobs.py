@@ -8,8 +8,10 @@ accepted; the other re-reads and finds the job running. A failed or finished
 job leaves the next number free, so a new attempt is always possible.
 
 The job runs the CLI (``labeler train`` / ``labeler preannotate``) on the
-cluster with the settings passed in its runtime environment; inside a Ray job
-``RAY_ADDRESS`` is set, so the refresh itself runs on Ray Data too.
+cluster, which must have labeler installed and see ``MODEL_DIR`` (or use the
+registry on object storage), with the settings passed in its runtime
+environment; inside a Ray job ``RAY_ADDRESS`` is set, so the refresh itself runs
+on Ray Data too.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import shlex
 import time
 from collections.abc import Callable, Mapping
 
-from labeler.learning.registry import check_project
 from labeler.distributed import require_ray
+from labeler.errors import ClusterError
+from labeler.learning.registry import check_project
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +49,38 @@ class RayJobs:
     """Submits and reads a project's jobs on the Ray cluster at ``address`` (its dashboard URL)."""
 
     def __init__(self, address: str, env: Mapping[str, str] | None = None,
-                 entrypoint: Callable[[str, str], str] = command) -> None:
+                 entrypoint: Callable[[str, str], str] = command, token: str | None = None) -> None:
         require_ray()
-        from ray.job_submission import JobSubmissionClient
-
-        # Ray's token auth (default since 2.60): the token is sent ourselves, as Ray reads its own
-        # RAY_AUTH_MODE only once per process.
-        token = os.environ.get("RAY_AUTH_TOKEN")
-        self.client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"} if token else None)
+        self.address = address
+        self.token = token or os.environ.get("RAY_AUTH_TOKEN")
         env = os.environ if env is None else env
         self.env = {k: v for k, v in env.items() if PASSED_ENV.match(k)}
         self.entrypoint = entrypoint
+        self._client = None
+
+    @property
+    def client(self):
+        """Ray's job client, made on first use (it asks the cluster for its version): a backend starts
+        while its cluster is down, and says so when a job is asked for."""
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            # Ray's token auth (default since 2.60): the token is sent ourselves, as Ray reads its own
+            # RAY_AUTH_MODE only once per process.
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+            try:
+                self._client = JobSubmissionClient(self.address, headers=headers)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ClusterError(f"the Ray job server at {self.address} cannot be reached: {exc}") from exc
+        return self._client
 
     def _jobs(self, project: str) -> list:
         prefix = f"labeler-p{project}-"
-        jobs = [j for j in self.client.list_jobs() if (j.submission_id or "").startswith(prefix)]
+        try:
+            listed = self.client.list_jobs()
+        except (ConnectionError, RuntimeError) as exc:
+            raise ClusterError(f"the Ray job server at {self.address} cannot be reached: {exc}") from exc
+        jobs = [j for j in listed if (j.submission_id or "").startswith(prefix)]
         return sorted(jobs, key=lambda j: int(j.submission_id[len(prefix):]))
 
     def state(self, project: str) -> dict:
@@ -74,9 +94,11 @@ class RayJobs:
                 "error": j.message if str(j.status) in ("FAILED", "STOPPED") else None,
                 "queued_at": (j.start_time or 0) / 1000 or None, "finished": (j.end_time or 0) / 1000 or None}
 
-    def submit(self, project: str, trigger: str, kind: str = "train", attempts: int = 5,
-               agent_wait_s: float = 60) -> dict:
-        """Start a job for ``project`` unless one is queued or running (then its state, ``refused: True``)."""
+    def submit(self, project: str, trigger: str, kind: str = "train", env: Mapping[str, str] | None = None,
+               attempts: int = 5, agent_wait_s: float = 60) -> dict:
+        """Start a job for ``project`` unless one is queued or running (then its state, ``refused: True``).
+
+        ``env``: settings for this job on top of the passed environment (the project's Label Studio)."""
         project = check_project(project)
         tries, agent_deadline = 0, time.monotonic() + agent_wait_s
         while tries < attempts:
@@ -86,19 +108,19 @@ class RayJobs:
             sid = f"labeler-p{project}-{len(jobs) + 1}"
             try:
                 self.client.submit_job(entrypoint=self.entrypoint(project, kind), submission_id=sid,
-                                       runtime_env={"env_vars": self.env},
+                                       runtime_env={"env_vars": {**self.env, **(env or {})}},
                                        metadata={"project": project, "kind": kind, "trigger": trigger[:200]})
             except RuntimeError as exc:
                 if "No available agent" in str(exc) and time.monotonic() < agent_deadline:
                     time.sleep(1.0)  # a cluster just started: its job agent comes up a little after the head
                     continue
                 if "already exists" not in str(exc):
-                    raise
+                    raise ClusterError(f"the Ray job server at {self.address} refused job {sid}: {exc}") from exc
                 log.info("job %s was submitted by another replica", sid)  # it won this attempt: look again
                 tries += 1
                 continue
             return {**self.state(project), "refused": False}
-        raise RuntimeError(f"could not submit a job for project {project}: the job ids kept changing")
+        raise ClusterError(f"could not submit a job for project {project}: the job ids kept changing")
 
     def wait(self, project: str, timeout: float = 600) -> dict:
         """Block until the project's latest job is neither queued nor running."""

@@ -203,6 +203,16 @@ class Registry:
             {"classes": list(classes), "thresholds": [float(t) for t in thresholds], "n_labels": n_labels,
              "fitted": time.time()}))
 
+    def trained_at(self, project: str) -> int:
+        """Label Studio's annotation count when ``LABELER_TRAIN_EVERY`` last started a training (0: never)."""
+        try:
+            return int(json.loads(self._read_text(project, "train_every.json"))["annotations"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return 0
+
+    def set_trained_at(self, project: str, annotations: int) -> None:
+        self._write_text(project, "train_every.json", json.dumps({"annotations": annotations, "at": time.time()}))
+
     # Small per-project files shared by every process (an object store overrides these two).
     def _read_text(self, project: str, name: str) -> str:
         return (self._project(project) / name).read_text()

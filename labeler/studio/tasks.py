@@ -325,14 +325,17 @@ def report_to_model_card(studio: Studio | None, project: str, job: dict, predict
         log.warning("could not update the model card of project %s: %s", project, exc)
 
 
-def secure_backend_webhooks(studio: Studio, project: int, headers: dict[str, str]) -> int:
+def secure_backend_webhooks(studio: Studio, project: int, headers: dict[str, str]) -> tuple[int, int]:
     """Add ``headers`` (the backend's webhook credentials) to the webhooks Label Studio created for the
-    project's ML backends (it creates them without credentials); returns how many were updated."""
+    project's ML backends (it creates them without credentials); returns (such webhooks, updated)."""
     targets = {f"{(ml.url or '').rstrip('/')}/webhook" for ml in studio.ml.list(project=project)}
-    updated = 0
+    found = updated = 0
     for hook in studio.webhooks.list(project=str(project)):
+        if hook.url not in targets:
+            continue
+        found += 1
         have = dict(hook.headers or {}) if isinstance(hook.headers, dict) else {}
-        if hook.url in targets and any(have.get(k) != v for k, v in headers.items()):
+        if any(have.get(k) != v for k, v in headers.items()):
             studio.webhooks.update(id=hook.id, headers={**have, **headers})
             updated += 1
-    return updated
+    return found, updated
