@@ -177,7 +177,9 @@ def ray_jobs_cluster(tmp_path_factory):
     from labeler.dev.localserver import free_port, wait_http
 
     exe = os.path.join(os.path.dirname(sys.executable), "ray")
-    port, dash = free_port(), free_port()
+    # The dashboard agent's HTTP port is fixed (52365) by default: the in-process cluster of the tests above
+    # already holds it, and a head whose agent cannot bind it answers "No available agent" to every job.
+    port, dash, agent = free_port(), free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="rayj-")  # its own: /tmp/ray/ray_current_cluster would outlive the cluster
     # Ray's token authentication (on by default since 2.60), with a token of the test's own; only the head's
     # environment gets it: Ray reads RAY_AUTH_MODE once per process, so setting it here would turn token auth
@@ -189,7 +191,7 @@ def ray_jobs_cluster(tmp_path_factory):
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     proc = subprocess.Popen([exe, "start", "--head", "--block", "--num-cpus=1", "--num-gpus=0", f"--port={port}",
                              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             "--disable-usage-stats", f"--temp-dir={temp}"],
+                             f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats", f"--temp-dir={temp}"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         wait_http(f"http://127.0.0.1:{dash}/api/gcs_healthz", 120, proc)  # answers without Ray's auth token
@@ -284,9 +286,12 @@ def test_backend_trains_as_one_ray_job_per_project(ray_jobs_cluster, label_studi
         end = time.monotonic() + 300
         while (job := requests.get(f"{server.url}/admin/projects/{pid}/job", headers=admin, timeout=10).json()
                )["status"] in ("queued", "running"):
-            assert time.monotonic() < end, job
+            if time.monotonic() > end:
+                logs = RayJobs(address, token=token).client.get_job_logs(job["job_id"])
+                pytest.fail(f"the Ray job did not finish in 300 s: {job}\n{logs[-3000:]}")
             time.sleep(1)
-        assert (job["status"], job["job_id"], job["kind"]) == ("done", f"labeler-p{pid}-1", "train"), job
+        logs = RayJobs(address, token=token).client.get_job_logs(job["job_id"])
+        assert (job["status"], job["job_id"], job["kind"]) == ("done", f"labeler-p{pid}-1", "train"), logs[-3000:]
         serving = requests.get(f"{server.url}/metrics", timeout=10).json()["projects"][str(pid)]["serving"]
         assert serving.startswith("v1-")
         per_task = _predictions(ls, pid, key="image")

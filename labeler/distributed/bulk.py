@@ -45,10 +45,12 @@ from labeler.distributed import require_ray
 
 log = logging.getLogger(__name__)
 
-# Resources per actor: a scoring actor's work is on its GPU, an importer waits on HTTP; what is left
-# of each node's CPUs goes to the download/decode tasks.
-SCORER_CPUS = 0.5
-IMPORTER_CPUS = 0.25
+# CPU reservations: a scoring actor's work is on its GPU, an importer waits on HTTP, a download/decode
+# task mostly waits on the network. Together (one scorer, two importers, one fetch task) they fit a
+# one-CPU node: reserving more deadlocks there, the actors holding every CPU while fetches queue.
+SCORER_CPUS = 0.25
+IMPORTER_CPUS = 0.1
+FETCH_CPUS = 0.5
 _EMPTY = np.zeros((0, 0, 3), dtype=np.uint8)
 _FETCHERS: dict[tuple, tuple[Predictor, Connection]] = {}  # one per worker process, reused across batches
 
@@ -196,7 +198,7 @@ def _run(ray, studio, project, pkey, settings, only_missing, batch_size, import_
     if todo:
         url, token = studio.conn.base_url, studio.conn.token
         ds = ray.data.from_items([{"id": int(t["id"]), "ref": json.dumps(config.image_ref(t))} for t in todo])
-        ds = ds.map_batches(fetch_batch, batch_size=batch_size, num_cpus=1,
+        ds = ds.map_batches(fetch_batch, batch_size=batch_size, num_cpus=FETCH_CPUS,
                             fn_kwargs={"settings": settings, "url": url, "token": token})
         ds = ds.map_batches(ScoreActor, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=scorers),
                             num_gpus=gpu_each,
