@@ -171,11 +171,11 @@ def train(project, classifier, url, api_key, model_dir) -> None:
 
 
 def _preannotate(studio, project: int, s: Settings, engine: str = "auto", predictor=None, **kwargs):
-    """Pre-annotate on the Ray cluster (``--engine ray``, or ``auto`` with ``RAY_ADDRESS`` set, as inside a
-    Ray job) or in this process; returns the report."""
-    from labeler.distributed import require_ray
+    """Pre-annotate on the Ray cluster (``--engine ray``, or ``auto`` with Ray installed and ``RAY_ADDRESS``
+    naming a cluster, as inside a Ray job) or in this process; returns the report."""
+    from labeler.distributed import ray_installed, require_ray
 
-    if engine == "ray" or (engine == "auto" and s.ray_driver_address):
+    if engine == "ray" or (engine == "auto" and s.ray_driver_address and ray_installed()):
         require_ray()
         from labeler.distributed.bulk import preannotate_ray
 

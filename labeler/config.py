@@ -65,6 +65,7 @@ class Settings:
     # -- Ray (optional, README "Scaling out"); Ray's own names, as `ray job submit` reads them --
     ray_address: str = ""                      # RAY_ADDRESS: the cluster a driver joins (head:6379, ray://..., auto)
     ray_api_server_address: str = ""           # RAY_API_SERVER_ADDRESS: its job server (http://head:8265)
+    ray_train_gpus: float = 0.0                # LABELER_RAY_TRAIN_GPUS: GPUs a training job asks for (1: on a GPU worker)
 
     _ENV = {
         "label_studio_url": "LABEL_STUDIO_URL", "label_studio_api_key": "LABEL_STUDIO_API_KEY",
@@ -85,6 +86,7 @@ class Settings:
         "keep_versions": "LABELER_KEEP_VERSIONS", "image_cache_mb": "LABELER_IMAGE_CACHE_MB",
         "image_ttl_s": "LABELER_IMAGE_TTL_S", "gpu_tier_gb": "LABELER_GPU_TIER_GB",
         "ray_address": "RAY_ADDRESS", "ray_api_server_address": "RAY_API_SERVER_ADDRESS",
+        "ray_train_gpus": "LABELER_RAY_TRAIN_GPUS",
     }
 
     @classmethod
@@ -131,6 +133,7 @@ class Settings:
             ("max_image_bytes", self.max_image_bytes > 0, "positive"),
             ("max_image_pixels", self.max_image_pixels > 0, "positive"),
             ("max_request_mb", self.max_request_mb > 0, "positive"),
+            ("ray_train_gpus", self.ray_train_gpus >= 0, "0 or more"),
         ]
         for name, ok, want in checks:
             if not ok:
@@ -148,15 +151,10 @@ class Settings:
 
     @property
     def ray_driver_address(self) -> str | None:
-        """The cluster the bulk path joins with ``ray.init`` (None: no cluster configured).
-
-        A job server URL cannot be joined: that is a :class:`SettingsError` naming the fix."""
-        if not self.ray_address:
+        """The cluster the bulk path joins with ``ray.init``: ``RAY_ADDRESS`` unless it is a job server's
+        URL, which a driver cannot join (None then, or when unset)."""
+        if not self.ray_address or self.ray_address.startswith(("http://", "https://")):
             return None
-        if self.ray_address.startswith(("http://", "https://")):
-            raise SettingsError(f"RAY_ADDRESS={self.ray_address} is a Ray job server, which a driver cannot join: "
-                                "set RAY_ADDRESS to the head's cluster address (head:6379) and "
-                                "RAY_API_SERVER_ADDRESS to the job server")
         return self.ray_address
 
     def fetch_policy(self, local_files: bool = True):

@@ -7,6 +7,7 @@ import time
 
 from flask import Blueprint, current_app, jsonify, render_template_string, request
 
+from labeler.errors import LabelerError
 from labeler.studio.labelconfig import LabelConfigError, parse_label_config
 from labeler.models.predictor import project_key
 
@@ -161,7 +162,10 @@ def metrics_report(details: bool) -> dict:
     lat = sorted(st.latencies)
     projects = {}
     for p in reg.projects():
-        job = st.jobs.state(p)
+        try:
+            job = st.jobs.state(p)
+        except LabelerError as exc:  # e.g. the Ray job server is down: the page that shows it stays up
+            job = {"status": "unknown", "error": str(exc)}
         versions = reg.list(p)
         versions = [{k: v for k, v in m.items() if k != "trained_tasks"} for m in versions]
         if not details:

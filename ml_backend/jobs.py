@@ -52,7 +52,7 @@ class Jobs(Protocol):
 def make_jobs(settings: Settings, predictor: Predictor, studio: Callable[[str], Studio | None]) -> Jobs:
     """Ray jobs when a Ray job server is configured, else a thread pool in this process."""
     if settings.ray_jobs_address:
-        return RayTrainingJobs(settings.ray_jobs_address, predictor, studio)
+        return RayTrainingJobs(settings, predictor, studio)
     return TrainingJobs(settings, predictor, studio)
 
 
@@ -200,14 +200,16 @@ class TrainingJobs:
 
 class RayTrainingJobs:
     """Training (``labeler train``: train, evaluate, promote, refresh) and prediction refreshes
-    (``labeler preannotate``) as Ray jobs: one per project across every replica, since the job id is the
-    lock (:mod:`labeler.distributed.rayjobs`). A job killed mid-way leaves nothing to recover here:
-    pre-annotation resumes, and the next job starts afresh."""
+    (``labeler preannotate``) as Ray jobs: one of each kind per project across every replica, since the
+    job id is the lock (:mod:`labeler.distributed.rayjobs`). A job killed mid-way leaves nothing to
+    recover here: pre-annotation resumes, and the next job starts afresh; its failure shows on the job."""
 
-    def __init__(self, address: str, predictor: Predictor, studio: Callable[[str], Studio | None]) -> None:
+    AGENT_WAIT_S = 5.0  # submissions come from requests: a cluster whose job agent is not up is an error
+
+    def __init__(self, settings: Settings, predictor: Predictor, studio: Callable[[str], Studio | None]) -> None:
         from labeler.distributed.rayjobs import RayJobs
 
-        self.ray = RayJobs(address)
+        self.ray = RayJobs(str(settings.ray_jobs_address), gpus=settings.ray_train_gpus)
         self.predictor = predictor
         self.studio = studio
 
@@ -225,16 +227,26 @@ class RayTrainingJobs:
     def submit(self, project: str, trigger: str, train: bool = True) -> dict:
         project = check_project(project)
         return self.ray.submit(project, trigger, kind="train" if train else "refresh",
-                               env=self._connection_env(project))
+                               env=self._connection_env(project), agent_wait_s=self.AGENT_WAIT_S)
 
     def state(self, project: str) -> dict:
-        return self.ray.state(check_project(project))
+        """The latest job of either kind; a finished training also says what it registered."""
+        st = self.ray.state(check_project(project))
+        if st.get("kind") == "train" and st["status"] == "done":
+            made = [m for m in self.predictor.registry.list(project)
+                    if m.get("created", 0) >= (st.get("started") or 0)]
+            if made:
+                m = made[-1]
+                st.update(version=m.get("version"), promoted=m.get("promoted"), reason=m.get("promotion_reason"),
+                          metrics=m.get("metrics"))
+        return st
 
     def wait(self, project: str, timeout: float = 600) -> dict:
-        return self.ray.wait(check_project(project), timeout)
+        self.ray.wait(check_project(project), timeout)
+        return self.state(project)
 
     def refresh_serving(self, project: str, trigger: str) -> dict:
         return self.submit(project, trigger, train=False)
 
     def pending_refreshes(self) -> list[str]:
-        return []  # a refresh job that died is re-run by the next promotion or `labeler preannotate`
+        return []  # a refresh job that failed says so on the job; the next promotion or rollback runs another

@@ -62,8 +62,15 @@ class TrainEvery:
         if studio is None:
             return None
         count = studio.projects.get(id=int(project)).total_annotations_number or 0
-        new = count - self.registry.trained_at(project)
-        if new < self.every:
+        mark = self.registry.trained_at(project)
+        if count - mark < self.every:
             return None
         self.registry.set_trained_at(project, count)  # first, so a replica checking next sees the mark
-        return self.submit(project, f"{new} new annotations (LABELER_TRAIN_EVERY={self.every})")
+        try:
+            job = self.submit(project, f"{count - mark} new annotations (LABELER_TRAIN_EVERY={self.every})")
+        except Exception:
+            self.registry.set_trained_at(project, mark)  # not started: the next event tries again
+            raise
+        if job.get("refused"):  # a training (Ray job) already runs, perhaps without these: count them again
+            self.registry.set_trained_at(project, mark)
+        return job

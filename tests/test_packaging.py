@@ -174,3 +174,15 @@ def test_docker_compose_config_validates(tmp_path):
     out = subprocess.run([docker, "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
                          capture_output=True, text=True, env=missing, cwd=tmp_path, check=False)
     assert out.returncode != 0 and "set " in out.stderr, "compose must refuse to start without the secrets"
+
+
+def test_cluster_compose_sends_jobs_to_ray_and_joins_its_cluster():
+    from labeler.config import Settings
+
+    yaml = pytest.importorskip("yaml")
+    cluster = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
+    env = {k: str(v) for k, v in cluster["services"]["backend"]["environment"].items()}
+    s = Settings.from_env({k: v for k, v in env.items() if "RAY" in k})
+    assert (s.ray_jobs_address, s.ray_driver_address, s.ray_train_gpus) == ("http://ray-head:8265", "ray-head:6379", 1)
+    assert env["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" in env
+    assert {"ray-head", "ray-gpu-worker", "postgres", "label-studio"} <= set(cluster["services"])

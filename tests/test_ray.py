@@ -242,8 +242,37 @@ def test_second_training_submission_for_a_project_is_refused(ray_jobs_cluster):
         outcomes = list(pool.map(lambda r: r.submit("9007", trigger="race"), (replica_a, replica_b)))
     assert sorted(o["refused"] for o in outcomes) == [False, True]
     assert {o["job_id"] for o in outcomes} == {"labeler-p9007-3"}
+
+    # A refresh is its own series: it runs beside a training (pre-annotation has its own lock).
+    refresh = replica_b.submit("9007", trigger="rollback", kind="refresh")
+    assert (refresh["refused"], refresh["job_id"]) == (False, "labeler-p9007-refresh-1")
+    replica_a.client.stop_job("labeler-p9007-refresh-1")
+
+    # A deleted job frees no number twice: the next id is one more than the highest left.
     for sid in ("labeler-p9007-3", "labeler-p9008-1"):
         replica_a.client.stop_job(sid)
+    replica_a.wait("9007", timeout=60)
+    replica_a.client.delete_job("labeler-p9007-1")
+    nxt = replica_a.submit("9007", trigger="after a delete")
+    assert (nxt["refused"], nxt["job_id"]) == (False, "labeler-p9007-4")
+    replica_a.client.stop_job("labeler-p9007-4")
+
+
+def test_jobs_get_no_backend_credentials_and_a_dead_cluster_is_a_clear_error():
+    from labeler.dev.localserver import free_port
+    from labeler.distributed.rayjobs import RayJobs
+    from labeler.errors import ClusterError
+
+    pytest.importorskip("ray.job_submission", reason="Ray is not installed (pip install 'labeler[ray]')")
+    env = {"LABELER_ADMIN_TOKEN": "a", "LABELER_WEBHOOK_SECRET": "w", "BASIC_AUTH_PASS": "p", "PATH": "/bin",
+           "LABELER_ZEROSHOT_MODEL": "m", "MODEL_DIR": "/d", "LABEL_STUDIO_API_KEY": "k", "HF_HUB_OFFLINE": "1"}
+    jobs = RayJobs(f"http://127.0.0.1:{free_port()}", env=env)  # nothing listens there
+    assert jobs.env == {"LABELER_ZEROSHOT_MODEL": "m", "MODEL_DIR": "/d", "LABEL_STUDIO_API_KEY": "k",
+                        "HF_HUB_OFFLINE": "1"}
+    with pytest.raises(ClusterError, match="cannot be reached"):
+        jobs.state("1")
+    with pytest.raises(ClusterError):
+        jobs.submit("1", trigger="t", agent_wait_s=0)
 
 
 @pytest.mark.integration

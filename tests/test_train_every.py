@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from labeler.dev.demo import synthetic_eyes, template, upload_images
+from labeler.errors import ClusterError
 from labeler.learning.registry import Registry
 from labeler.studio.client import Studio
 from ml_backend.trainevery import TrainEvery
@@ -61,6 +62,20 @@ def test_replicas_and_restarts_share_the_count(eyes_project, tmp_path):
         annotate(ls, t)
     a.check(str(pid))
     assert len(started) == 2 and registry.trained_at(str(pid)) == 6
+
+    # A training that could not start, or was refused because one runs, leaves the annotations counted.
+    for t in tasks[6:9]:
+        annotate(ls, t)
+
+    def down(project: str, trigger: str) -> dict:
+        raise ClusterError("the Ray job server at http://ray:8265 cannot be reached")
+    with pytest.raises(ClusterError):
+        TrainEvery(3, registry, lambda p: ls, down).check(str(pid))
+    assert registry.trained_at(str(pid)) == 6
+    assert TrainEvery(3, registry, lambda p: ls, lambda p, t: {"refused": True}).check(str(pid))["refused"]
+    assert registry.trained_at(str(pid)) == 6
+    a.check(str(pid))
+    assert started[-1] == (str(pid), "3 new annotations (LABELER_TRAIN_EVERY=3)") and len(started) == 3
 
 
 def test_annotations_in_label_studio_start_a_training_through_the_webhook(label_studio, tiny_model, tmp_path):

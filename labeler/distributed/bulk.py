@@ -42,6 +42,7 @@ from labeler.studio.tasks import (
     project_config,
 )
 from labeler.distributed import require_ray
+from labeler.errors import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,10 @@ def preannotate_ray(studio: Studio, project: int, settings: Settings,
     import ray
 
     if not ray.is_initialized():
+        if settings.ray_address and not settings.ray_driver_address:
+            raise SettingsError(f"RAY_ADDRESS={settings.ray_address} is a Ray job server, which a driver cannot "
+                                "join: set RAY_ADDRESS to the head's cluster address (head:6379) and "
+                                "RAY_API_SERVER_ADDRESS to the job server")
         ray.init(address=settings.ray_driver_address, log_to_driver=False)
     pkey = project_key(project)
     lock = FileLock(Registry(settings.model_dir).project_dir(pkey, create=True) / "preannotate.lock")
