@@ -49,13 +49,16 @@ def project(label_studio, backend, image_dir):
         {"image": "data:image/png;base64," + base64.b64encode(b).decode()} for b in inline
     ] + [{"image": CORRUPT}])
     ls.ml.create(project=proj.id, url=backend[0], title="labeler")
+    # Label Studio's "Retrieve predictions" (one /predict for the tasks), and the backend's background sync of
+    # the project's model_version, which score sorting needs: done here, so no test relies on another's run.
+    ls.actions.create(id="retrieve_tasks_predictions", project=proj.id, selected_items={"all": True, "excluded": []})
+    wait_for(lambda: (ls.projects.get(id=proj.id).model_version or "").startswith("zeroshot-"))
     expected_bytes = [f.read_bytes() for f in files] + inline
     return ls, proj.id, expected_bytes
 
 
 def test_predictions_stored_with_choices_scores_and_version(project, backend, tiny_model):
     ls, pid, expected_bytes = project
-    ls.actions.create(id="retrieve_tasks_predictions", project=pid, selected_items={"all": True, "excluded": []})
     tasks = task_predictions(ls, pid)
     assert len(tasks) == 9
     good = [t for t in tasks.values() if t["predictions"] and t["predictions"][0]["result"]]

@@ -251,7 +251,7 @@ def test_second_training_submission_for_a_project_is_refused(ray_jobs_cluster):
     # A deleted job frees no number twice: the next id is one more than the highest left.
     for sid in ("labeler-p9007-3", "labeler-p9008-1"):
         replica_a.client.stop_job(sid)
-    replica_a.wait("9007", timeout=60)
+    replica_a.wait("9007", timeout=60, kind="train")  # the latest job of any kind is the refresh
     replica_a.client.delete_job("labeler-p9007-1")
     nxt = replica_a.submit("9007", trigger="after a delete")
     assert (nxt["refused"], nxt["job_id"]) == (False, "labeler-p9007-4")
