@@ -147,15 +147,17 @@ class Settings:
         own ``ray job submit`` decides."""
         if self.ray_api_server_address:
             return self.ray_api_server_address
-        return self.ray_address if self.ray_address.startswith(("http://", "https://")) else None
+        return self.ray_address if self._ray_address_is_job_server else None
 
     @property
     def ray_driver_address(self) -> str | None:
         """The cluster the bulk path joins with ``ray.init``: ``RAY_ADDRESS`` unless it is a job server's
         URL, which a driver cannot join (None then, or when unset)."""
-        if not self.ray_address or self.ray_address.startswith(("http://", "https://")):
-            return None
-        return self.ray_address
+        return self.ray_address if self.ray_address and not self._ray_address_is_job_server else None
+
+    @property
+    def _ray_address_is_job_server(self) -> bool:
+        return self.ray_address.startswith(("http://", "https://"))
 
     def fetch_policy(self, local_files: bool = True):
         """What may be fetched (:class:`labeler.media.fetching.FetchPolicy`); the backend passes ``local_files=False``."""

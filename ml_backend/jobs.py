@@ -49,6 +49,18 @@ class Jobs(Protocol):
     def pending_refreshes(self) -> list[str]: ...
 
 
+def project_studio(studio: Callable[[str], Studio | None], project: str) -> Studio:
+    """The Label Studio a job of ``project`` works with, or a TrainingError saying how to connect one."""
+    from labeler.learning.training import TrainingError
+
+    found = studio(project)
+    if found is None or not found.conn:
+        raise TrainingError(f"project {project} has no Label Studio connection: connect this backend "
+                            "to the project in Label Studio (Settings > Model), or set "
+                            "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+    return found
+
+
 def make_jobs(settings: Settings, predictor: Predictor, studio: Callable[[str], Studio | None]) -> Jobs:
     """Ray jobs when a Ray job server is configured, else a thread pool in this process."""
     if settings.ray_jobs_address:
@@ -164,13 +176,9 @@ class TrainingJobs:
             self._set(project, status="queued", trigger=trigger, job_id=uuid.uuid4().hex[:12])
 
     def _train_and_refresh(self, project: str, trigger: str, train: bool) -> None:
-        from labeler.learning.training import TrainingError, train_project
+        from labeler.learning.training import train_project
 
-        studio = self.studio(project)
-        if studio is None:
-            raise TrainingError(f"project {project} has no Label Studio connection: connect this backend "
-                                "to the project in Label Studio (Settings > Model), or set "
-                                "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+        studio = project_studio(self.studio, project)
         pending = self.state(project).get("refresh_pending")
         if pending and pending == (self.predictor.registry.current(project) or ZEROSHOT):
             self._refresh(project, studio, pending)  # finish what a crash interrupted, then train
@@ -215,13 +223,7 @@ class RayTrainingJobs:
 
     def _connection_env(self, project: str) -> dict[str, str]:
         """The project's Label Studio for the job, which may come from a /setup only this replica saw."""
-        from labeler.learning.training import TrainingError
-
-        studio = self.studio(project)
-        if studio is None or not studio.conn:
-            raise TrainingError(f"project {project} has no Label Studio connection: connect this backend "
-                                "to the project in Label Studio (Settings > Model), or set "
-                                "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+        studio = project_studio(self.studio, project)
         return {"LABEL_STUDIO_URL": str(studio.conn.base_url), "LABEL_STUDIO_API_KEY": str(studio.conn.token)}
 
     def submit(self, project: str, trigger: str, train: bool = True) -> dict:

@@ -62,15 +62,33 @@ def label_studio(tmp_path_factory):
     server.stop()
 
 
+def start_tiny_backend(model_dir: Path, tiny_model: Path, **settings: str):
+    """The real ML backend (gunicorn) serving the tiny model, admin token ``admin-secret``, plus ``settings``
+    (environment variables); the caller stops it."""
+    from labeler.dev.localserver import start_backend
+
+    env = {"MODEL_DIR": str(model_dir), "LABELER_ZEROSHOT_MODEL": str(tiny_model), "HF_HUB_OFFLINE": "1",
+           "LABELER_ADMIN_TOKEN": "admin-secret", **settings}
+    return start_backend(env, log_dir=model_dir)
+
+
+def eyes_project(label_studio: tuple[str, str], folder: Path, n: int, title: str):
+    """A binary open/closed project in the real Label Studio with ``n`` synthetic eye images uploaded
+    (written to ``folder``); returns (Studio, project id)."""
+    from labeler.dev.demo import synthetic_eyes, template, upload_images
+    from labeler.studio.client import Studio
+
+    url, token = label_studio
+    ls = Studio(url, token)
+    pid = ls.projects.create(title=title, label_config=template("binary")).id
+    upload_images(url, token, pid, sorted(synthetic_eyes(folder, n=n).iterdir()))
+    return ls, pid
+
+
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory, tiny_model):
     """The real ML backend (gunicorn) serving the tiny model; yields (url, model_dir)."""
-    from labeler.dev.localserver import start_backend
-
     model_dir = tmp_path_factory.mktemp("model_dir")
-    env = {"MODEL_DIR": str(model_dir), "LABELER_ZEROSHOT_MODEL": str(tiny_model), "HF_HUB_OFFLINE": "1",
-           "LABELER_ADMIN_TOKEN": "admin-secret", "LABELER_MIN_PER_CLASS": "3",
-           "LABELER_LOG_REQUESTS": "1"}
-    server = start_backend(env, log_dir=model_dir)
+    server = start_tiny_backend(model_dir, tiny_model, LABELER_MIN_PER_CLASS="3", LABELER_LOG_REQUESTS="1")
     yield server.url, model_dir
     server.stop()

@@ -280,20 +280,15 @@ def test_backend_trains_as_one_ray_job_per_project(ray_jobs_cluster, label_studi
     """A backend with RAY_API_SERVER_ADDRESS: Label Studio's "Start training" becomes the Ray job
     ``labeler-p<project>-1`` (the real ``labeler train``: train, promote, refresh the predictions); a second
     start while it runs is answered with the same job, and the tasks end up predicted by the new version."""
-    from labeler.dev.demo import synthetic_eyes
-    from labeler.dev.localserver import start_backend
     from labeler.distributed.rayjobs import RayJobs
     from labeler.errors import ClusterError
 
+    from .conftest import eyes_project, start_tiny_backend
+
     address, token = ray_jobs_cluster
-    url, ls_token = label_studio
-    ls = Studio(url, ls_token)
-    pid = ls.projects.create(title="trained on Ray", label_config=template("binary")).id
-    upload_images(url, ls_token, pid, sorted(synthetic_eyes(tmp_path / "eyes", n=16).iterdir()))
-    server = start_backend({"MODEL_DIR": str(tmp_path / "md"), "LABELER_ZEROSHOT_MODEL": str(tiny_model),
-                            "HF_HUB_OFFLINE": "1", "LABELER_ADMIN_TOKEN": "admin-secret",
-                            "LABELER_MIN_PER_CLASS": "3", "LABELER_SELF_TRAIN_POOL": "0",
-                            "RAY_API_SERVER_ADDRESS": address, "RAY_AUTH_TOKEN": token}, log_dir=tmp_path)
+    ls, pid = eyes_project(label_studio, tmp_path / "eyes", 16, "trained on Ray")
+    server = start_tiny_backend(tmp_path / "md", tiny_model, LABELER_MIN_PER_CLASS="3", LABELER_SELF_TRAIN_POOL="0",
+                                RAY_API_SERVER_ADDRESS=address, RAY_AUTH_TOKEN=token)
     try:
         ml = ls.ml.create(project=pid, url=server.url, title="labeler")
         for t in ls.tasks.list(project=pid):

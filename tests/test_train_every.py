@@ -8,11 +8,12 @@ import time
 import pytest
 import requests
 
-from labeler.dev.demo import synthetic_eyes, template, upload_images
 from labeler.errors import ClusterError
 from labeler.learning.registry import Registry
 from labeler.studio.client import Studio
 from ml_backend.trainevery import TrainEvery
+
+from .conftest import eyes_project, start_tiny_backend
 
 pytestmark = pytest.mark.integration
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -24,17 +25,14 @@ def annotate(ls: Studio, task_id: int, label: str = "open") -> None:
 
 
 @pytest.fixture(scope="module")
-def eyes_project(label_studio, tmp_path_factory):
-    url, token = label_studio
-    ls = Studio(url, token)
-    pid = ls.projects.create(title="train every", label_config=template("binary")).id
-    upload_images(url, token, pid, sorted(synthetic_eyes(tmp_path_factory.mktemp("eyes"), n=12).iterdir()))
+def twelve_eyes(label_studio, tmp_path_factory):
+    ls, pid = eyes_project(label_studio, tmp_path_factory.mktemp("eyes"), 12, "train every")
     tasks = [t.id for t in ls.tasks.list(project=pid)]
     return ls, pid, sorted(tasks)
 
 
-def test_replicas_and_restarts_share_the_count(eyes_project, tmp_path):
-    ls, pid, tasks = eyes_project
+def test_replicas_and_restarts_share_the_count(twelve_eyes, tmp_path):
+    ls, pid, tasks = twelve_eyes
     registry = Registry(tmp_path)  # one MODEL_DIR volume (or object store) shared by the replicas
     started: list[tuple[str, str]] = []
 
@@ -80,15 +78,8 @@ def test_replicas_and_restarts_share_the_count(eyes_project, tmp_path):
 
 def test_annotations_in_label_studio_start_a_training_through_the_webhook(label_studio, tiny_model, tmp_path):
     """The whole path: Label Studio's annotation webhooks reach a backend with LABELER_TRAIN_EVERY=2."""
-    from labeler.dev.localserver import start_backend
-
-    url, token = label_studio
-    ls = Studio(url, token)
-    pid = ls.projects.create(title="train every, webhook", label_config=template("binary")).id
-    upload_images(url, token, pid, sorted(synthetic_eyes(tmp_path / "eyes", n=6).iterdir()))
-    server = start_backend({"MODEL_DIR": str(tmp_path / "md"), "LABELER_ZEROSHOT_MODEL": str(tiny_model),
-                            "HF_HUB_OFFLINE": "1", "LABELER_ADMIN_TOKEN": "admin-secret",
-                            "LABELER_TRAIN_EVERY": "2"}, log_dir=tmp_path)
+    ls, pid = eyes_project(label_studio, tmp_path / "eyes", 6, "train every, webhook")
+    server = start_tiny_backend(tmp_path / "md", tiny_model, LABELER_TRAIN_EVERY="2")
     try:
         ls.ml.create(project=pid, url=server.url, title="labeler")
         job = lambda: requests.get(f"{server.url}/admin/projects/{pid}/job", headers=ADMIN, timeout=10).json()  # noqa: E731
