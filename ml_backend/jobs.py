@@ -232,8 +232,11 @@ class RayTrainingJobs:
                                env=self._connection_env(project), agent_wait_s=self.AGENT_WAIT_S)
 
     def state(self, project: str) -> dict:
-        """The latest job of either kind; a finished training also says what it registered."""
-        st = self.ray.state(check_project(project))
+        """The latest job of either kind; a finished training also says what it registered. Read from a
+        listing of the cluster's jobs up to a few seconds old, so /metrics lists them once for all projects."""
+        from labeler.distributed.rayjobs import LISTING_MAX_AGE_S
+
+        st = self.ray.state(check_project(project), max_age=LISTING_MAX_AGE_S)
         if st.get("kind") == "train" and st["status"] == "done":
             made = [m for m in self.predictor.registry.list(project)
                     if m.get("created", 0) >= (st.get("started") or 0)]

@@ -72,16 +72,16 @@ def start_tiny_backend(model_dir: Path, tiny_model: Path, **settings: str):
     return start_backend(env, log_dir=model_dir)
 
 
-def eyes_project(label_studio: tuple[str, str], folder: Path, n: int, title: str):
+def eyes_project(label_studio: tuple[str, str], folder: Path, n: int, title: str, seed: int = 0):
     """A binary open/closed project in the real Label Studio with ``n`` synthetic eye images uploaded
-    (written to ``folder``); returns (Studio, project id)."""
+    (drawn with ``seed``, written to ``folder``); returns (Studio, project id)."""
     from labeler.dev.demo import synthetic_eyes, template, upload_images
     from labeler.studio.client import Studio
 
     url, token = label_studio
     ls = Studio(url, token)
     pid = ls.projects.create(title=title, label_config=template("binary")).id
-    upload_images(url, token, pid, sorted(synthetic_eyes(folder, n=n).iterdir()))
+    upload_images(url, token, pid, sorted(synthetic_eyes(folder, n=n, seed=seed).iterdir()))
     return ls, pid
 
 

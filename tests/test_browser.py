@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from labeler.studio.client import Studio
 
-from labeler.dev.demo import synthetic_eyes, template, upload_images
+from .conftest import eyes_project
 from labeler.studio.queue import VIEW as QUEUE_VIEW
 from labeler.studio.tasks import uncertainty_view
 
@@ -89,20 +88,17 @@ def shot(page, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def project(label_studio, backend, tmp_path_factory):
-    url, token = label_studio
-    ls = Studio(url, token)
-    proj = ls.projects.create(title="eyes in a browser", label_config=template("binary"))
-    upload_images(url, token, proj.id, sorted(synthetic_eyes(tmp_path_factory.mktemp("eyes"), n=16).iterdir()))
-    ml = ls.ml.create(project=proj.id, url=backend[0], title="labeler")
-    ls.actions.create(id="retrieve_tasks_predictions", project=proj.id, selected_items={"all": True, "excluded": []})
-    view = uncertainty_view(ls, proj.id)
+    ls, pid = eyes_project(label_studio, tmp_path_factory.mktemp("eyes"), 16, "eyes in a browser")
+    ml = ls.ml.create(project=pid, url=backend[0], title="labeler")
+    ls.actions.create(id="retrieve_tasks_predictions", project=pid, selected_items={"all": True, "excluded": []})
+    view = uncertainty_view(ls, pid)
     # The backend sets the project's model_version in the background after /predict, and Label Studio
     # sorts by the score of that version's predictions only: wait for it, as an annotator would.
-    version = tasks_of(ls, proj.id, view)[0]["predictions"][0]["model_version"]
+    version = tasks_of(ls, pid, view)[0]["predictions"][0]["model_version"]
     end = time.monotonic() + 60
-    while ls.projects.get(id=proj.id).model_version != version and time.monotonic() < end:
+    while ls.projects.get(id=pid).model_version != version and time.monotonic() < end:
         time.sleep(0.5)
-    return ls, proj.id, ml.id, view
+    return ls, pid, ml.id, view
 
 
 def test_annotate_retrain_and_admin_page_in_a_real_browser(browser, label_studio, backend, project):

@@ -10,7 +10,8 @@ import pytest
 from labeler.studio.client import Studio
 
 from labeler.config import Settings
-from labeler.dev.demo import synthetic_eyes, template, upload_images
+from labeler.dev.demo import template
+from .conftest import eyes_project
 from labeler.studio.export import export
 from labeler.learning.label_errors import find_label_issues
 from labeler.models.predictor import Predictor
@@ -32,14 +33,10 @@ def choice(label):
 
 @pytest.fixture(scope="module")
 def labelled_project(label_studio, tmp_path_factory):
-    url, token = label_studio
-    ls = Studio(url, token)
-    proj = ls.projects.create(title="export", label_config=template("binary"))
-    files = sorted(synthetic_eyes(tmp_path_factory.mktemp("eyes"), n=30, seed=3).iterdir())
-    upload_images(url, token, proj.id, files)
-    ls.projects.import_tasks(id=proj.id, request=[{"image": "/data/upload/missing.png"}])
+    ls, pid = eyes_project(label_studio, tmp_path_factory.mktemp("eyes"), 30, "export", seed=3)
+    ls.projects.import_tasks(id=pid, request=[{"image": "/data/upload/missing.png"}])
     tasks = ls.request(
-        "GET", "api/tasks/", params={"project": proj.id, "page_size": 100, "fields": "all"}).json()["tasks"]
+        "GET", "api/tasks/", params={"project": pid, "page_size": 100, "fields": "all"}).json()["tasks"]
     truth = {}
     planted = []
     for t in tasks:
@@ -58,7 +55,7 @@ def labelled_project(label_studio, tmp_path_factory):
         ls.annotations.create(id=t["id"], result=choice(label))
         if n == 6:  # a cancelled one on top does not count
             ls.annotations.create(id=t["id"], result=[], was_cancelled=True)
-    return ls, proj.id, truth, planted, len(files)
+    return ls, pid, truth, planted, 30
 
 
 @pytest.mark.integration

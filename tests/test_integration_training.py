@@ -6,9 +6,9 @@ import time
 
 import pytest
 import requests
-from labeler.studio.client import Studio
 
-from labeler.dev.demo import synthetic_eyes, template, upload_images
+from labeler.dev.demo import template
+from .conftest import eyes_project
 
 pytestmark = pytest.mark.integration
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -36,14 +36,10 @@ def annotate(ls, task, label):
 
 @pytest.fixture(scope="module")
 def studio_project(label_studio, backend, tmp_path_factory):
-    url, token = label_studio
-    ls = Studio(url, token)
-    proj = ls.projects.create(title="retrain", label_config=template("binary"))
-    files = sorted(synthetic_eyes(tmp_path_factory.mktemp("eyes"), n=40).iterdir())
-    upload_images(url, token, proj.id, files)
-    ml = ls.ml.create(project=proj.id, url=backend[0], title="labeler")
-    ls.actions.create(id="retrieve_tasks_predictions", project=proj.id, selected_items={"all": True, "excluded": []})
-    return ls, proj.id, ml.id
+    ls, pid = eyes_project(label_studio, tmp_path_factory.mktemp("eyes"), 40, "retrain")
+    ml = ls.ml.create(project=pid, url=backend[0], title="labeler")
+    ls.actions.create(id="retrieve_tasks_predictions", project=pid, selected_items={"all": True, "excluded": []})
+    return ls, pid, ml.id
 
 
 def test_too_few_labels_fails_cleanly_and_keeps_serving(studio_project, backend):
@@ -116,26 +112,23 @@ def test_admin_api_needs_the_token_and_rollback_serves_again(studio_project, bac
 
 
 def test_training_self_trains_on_unlabelled_tasks(label_studio, backend, tmp_path):
-    url, token = label_studio
-    ls = Studio(url, token)
-    proj = ls.projects.create(title="self-training", label_config=template("binary"))
-    upload_images(url, token, proj.id, sorted(synthetic_eyes(tmp_path / "eyes", n=36, seed=3).iterdir()))
-    tasks = tasks_of(ls, proj.id)
+    ls, pid = eyes_project(label_studio, tmp_path / "eyes", 36, "self-training", seed=3)
+    tasks = tasks_of(ls, pid)
     by_class = {c: [t for t in tasks if f"{c}_" in t["data"]["image"]] for c in ("open", "closed")}
     for c, ts in by_class.items():
         for t in ts[:10]:
             annotate(ls, t, c)
-    r = requests.post(f"{backend[0]}/admin/projects/{proj.id}/train", headers=ADMIN)
+    r = requests.post(f"{backend[0]}/admin/projects/{pid}/train", headers=ADMIN)
     assert r.status_code in (200, 201, 202), r.text
-    st = wait_job(backend[0], proj.id)
+    st = wait_job(backend[0], pid)
     assert st["status"] == "failed" and "no Label Studio connection" in st["error"], st
 
-    ls.ml.create(project=proj.id, url=backend[0], title="labeler")  # /setup hands the backend the connection
-    r = requests.post(f"{backend[0]}/admin/projects/{proj.id}/train", headers=ADMIN)
+    ls.ml.create(project=pid, url=backend[0], title="labeler")  # /setup hands the backend the connection
+    r = requests.post(f"{backend[0]}/admin/projects/{pid}/train", headers=ADMIN)
     assert r.status_code in (200, 201, 202), r.text
-    st = wait_job(backend[0], proj.id)
+    st = wait_job(backend[0], pid)
     assert st["status"] == "done", st
-    meta = requests.get(f"{backend[0]}/metrics").json()["projects"][str(proj.id)]["versions"][-1]
+    meta = requests.get(f"{backend[0]}/metrics").json()["projects"][str(pid)]["versions"][-1]
     assert meta["self_training"] == {"pool": 16, "threshold": 0.9}
     assert meta["n_train"] == 20 and meta["n_eval"] == 20, "pseudo-labels never count as evaluation labels"
     assert 0 <= meta["train_info"]["pseudo_labels"] <= 16

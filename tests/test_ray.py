@@ -9,6 +9,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -257,6 +258,16 @@ def test_second_training_submission_for_a_project_is_refused(ray_jobs_cluster):
     assert (nxt["refused"], nxt["job_id"]) == (False, "labeler-p9007-4")
     replica_a.client.stop_job("labeler-p9007-4")
 
+    # Display reads (/metrics: every project's state) share one listing of the cluster's jobs for a moment.
+    listings = []
+    real_list = replica_b.client.list_jobs
+    replica_b.client.list_jobs = lambda: listings.append(1) or real_list()
+    states = [replica_b.state("9007")] + [replica_b.state(p, max_age=60) for p in ("9008", "9009")]
+    assert len(listings) == 1, "one listing for three projects"
+    assert [s.get("job_id") for s in states] == ["labeler-p9007-4", "labeler-p9008-1", None]
+    replica_b.state("9007")
+    assert len(listings) == 2  # max_age 0 (what submit reads): listed again
+
 
 def test_jobs_get_no_backend_credentials_and_a_dead_cluster_is_a_clear_error():
     from labeler.dev.localserver import free_port
@@ -273,6 +284,21 @@ def test_jobs_get_no_backend_credentials_and_a_dead_cluster_is_a_clear_error():
         jobs.state("1")
     with pytest.raises(ClusterError):
         jobs.submit("1", trigger="t", agent_wait_s=0)
+
+
+def test_a_job_server_that_never_answers_is_a_clear_error_in_bounded_time():
+    from labeler.distributed.rayjobs import RayJobs
+    from labeler.errors import ClusterError
+
+    pytest.importorskip("ray.job_submission", reason="Ray is not installed (pip install 'labeler[ray]')")
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        jobs = RayJobs(f"http://127.0.0.1:{silent.getsockname()[1]}", env={}, timeout=0.5)
+        t = time.monotonic()
+        with pytest.raises(ClusterError, match="cannot be reached.*timed out"):
+            jobs.state("1")
+        assert time.monotonic() - t < 5
 
 
 @pytest.mark.integration

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shlex
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,6 +41,8 @@ NOT_PASSED = re.compile(r"^(LABELER_ADMIN_TOKEN|LABELER_WEBHOOK_SECRET|BASIC_AUT
 ACTIVE = {"PENDING", "RUNNING"}
 _STATUS = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "done", "FAILED": "failed", "STOPPED": "failed"}
 KINDS = {"train": "", "refresh": "refresh-"}  # kind -> its part of the job id
+REQUEST_TIMEOUT_S = 10.0  # Ray's job client waits forever on a job server that accepts and never answers
+LISTING_MAX_AGE_S = 2.0  # /metrics reads every project's state: one listing of the cluster's jobs serves them all
 
 
 def command(project: str, kind: str) -> str:
@@ -59,6 +62,18 @@ def _cluster_errors() -> tuple[type[BaseException], ...]:
     return requests.RequestException, AuthenticationError, OSError, RuntimeError, ValueError
 
 
+def _job_client(address: str, headers: dict | None, timeout: float):
+    """Ray's ``JobSubmissionClient`` whose every request (the version check in its constructor too) has a timeout."""
+    from ray.job_submission import JobSubmissionClient
+
+    class TimedJobSubmissionClient(JobSubmissionClient):
+        def _do_request(self, *args, **kwargs):
+            kwargs.setdefault("timeout", timeout)
+            return super()._do_request(*args, **kwargs)
+
+    return TimedJobSubmissionClient(address, headers=headers)
+
+
 class RayJobs:
     """Submits and reads a project's jobs on the Ray cluster at ``address`` (its job server's URL).
 
@@ -67,7 +82,7 @@ class RayJobs:
 
     def __init__(self, address: str, env: Mapping[str, str] | None = None,
                  entrypoint: Callable[[str, str], str] = command, token: str | None = None,
-                 gpus: float = 0) -> None:
+                 gpus: float = 0, timeout: float = REQUEST_TIMEOUT_S) -> None:
         require_ray()
         self.address = address
         self.token = token or os.environ.get("RAY_AUTH_TOKEN")
@@ -75,17 +90,18 @@ class RayJobs:
         self.env = {k: v for k, v in env.items() if PASSED_ENV.match(k) and not NOT_PASSED.match(k)}
         self.entrypoint = entrypoint
         self.gpus = gpus
+        self.timeout = timeout
         self._client: Any = None  # ray.job_submission.JobSubmissionClient, made on first use
+        self._listing: tuple[float, list] = (float("-inf"), [])  # (when, the cluster's jobs)
+        self._listing_lock = threading.Lock()
 
     def _call(self, what: str, fn: Callable, *args, **kwargs):
         """``fn`` of Ray's job client; any failure to reach or use the job server is a ClusterError."""
         try:
             if self._client is None:  # made on first use: a backend starts while its cluster is down
-                from ray.job_submission import JobSubmissionClient
-
                 # Ray's token auth: the token is sent ourselves, as Ray reads RAY_AUTH_MODE once per process.
                 headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-                self._client = JobSubmissionClient(self.address, headers=headers)
+                self._client = _job_client(self.address, headers, self.timeout)
             return fn(self._client, *args, **kwargs)
         except _cluster_errors() as exc:
             raise ClusterError(f"the Ray job server at {self.address} {what}: {exc}") from exc
@@ -95,17 +111,27 @@ class RayJobs:
         """Ray's own job client (for what labeler does not wrap: logs, stopping a job)."""
         return self._call("cannot be reached", lambda c: c)
 
-    def _jobs(self, project: str, kind: str | None = None) -> list:
+    def _list_jobs(self, max_age: float) -> list:
+        """Every job of the cluster, as listed at most ``max_age`` seconds ago."""
+        with self._listing_lock:
+            when, listed = self._listing
+            if time.monotonic() - when > max_age:
+                listed = self._call("cannot be reached", lambda c: c.list_jobs())
+                self._listing = (time.monotonic(), listed)
+            return listed
+
+    def _jobs(self, project: str, kind: str | None = None, max_age: float = 0) -> list:
         """The project's jobs of ``kind`` (None: every kind), oldest first."""
         kinds = [kind] if kind else list(KINDS)
         pattern = re.compile(rf"labeler-p{re.escape(project)}-({'|'.join(KINDS[k] for k in kinds)})(\d+)")
-        listed = self._call("cannot be reached", lambda c: c.list_jobs())
+        listed = self._list_jobs(max_age)
         numbered = [(j, m) for j in listed if (m := pattern.fullmatch(j.submission_id or ""))]
         return [j for j, m in sorted(numbered, key=lambda jm: (jm[0].start_time or 0, int(jm[1][2])))]
 
-    def state(self, project: str, kind: str | None = None) -> dict:
-        """The latest job of ``project`` in labeler's job vocabulary (``{"status": "none"}`` if none)."""
-        jobs = self._jobs(check_project(project), kind)
+    def state(self, project: str, kind: str | None = None, max_age: float = 0) -> dict:
+        """The latest job of ``project`` in labeler's job vocabulary (``{"status": "none"}`` if none),
+        from a listing at most ``max_age`` seconds old."""
+        jobs = self._jobs(check_project(project), kind, max_age)
         if not jobs:
             return {"status": "none"}
         j = jobs[-1]
