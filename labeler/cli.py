@@ -269,20 +269,14 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
 def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
              cnn_steps, self_train, metric, targets, out, save_model) -> None:
     """Replay the annotation loop offline and write learning curves (CSV + PNG)."""
-    import numpy as np
 
     from labeler.models.classifiers import Sample
     from labeler.learning.datasets import read_labels
     from labeler.learning.simulate import STRATEGIES, make_classifier, imagenet_features, run, write_outputs
 
     self_train, data = self_train or None, read_labels(labels_csv, images)
-    classes = data.classes
-    if len(classes) < 2:
-        _fail(f"{labels_csv} has one class ({classes}); a classifier needs two or more")
+    classes, y = data.classes, _check_simulation(data, labels_csv, budget, holdout)
     metric, goals = _simulation_metric(metric, targets, len(classes))
-    y = data.targets(classes)
-    if holdout >= len(y) - budget:
-        _fail(f"--holdout {holdout} + --budget {budget} exceed the {len(y)} images")
     strategies = list(STRATEGIES) if "all" in strategies else list(strategies)
     samples = [Sample(im) for im in data.images()]
     zeroshot = _zeroshot_evidence(samples, zeroshot_model, classes) if zeroshot_model else None
@@ -294,7 +288,7 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
     rows, saved = [], False
     t0 = time.perf_counter()
     for seed in range(seeds):
-        test = np.random.default_rng(1000 + seed).permutation(len(y))[:holdout]
+        test = _holdout(y, holdout, seed)
         for strategy in strategies:
             t = time.perf_counter()
             res, annotator = run(samples, y, classes, strategy, budget, batch, test, seed, make,
@@ -306,8 +300,10 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
                        f"{metric} {_num(last.get(metric))}, accuracy {_num(last.get('accuracy'))}, "
                        f"{time.perf_counter() - t:.0f} s")
             if save_model and not saved and res.model is not None:
+                # evaluate needs the prompts the head's zero-shot evidence was scored with
+                used = {"prompts": _simulation_prompts(classes), "zeroshot_model": zeroshot_model} if zeroshot is not None else {}
                 saved = _save_simulated_model(res.model, Path(save_model), strategy=strategy, seed=seed,
-                                              n_train=len(annotator.queried), metrics=last)
+                                              n_train=len(annotator.queried), metrics=last, **used)
     if not rows:
         _fail("no round could train (too few labels of some class)")
     title = f"{labels_csv.parent.name}: {seeds} seed(s), hold-out {holdout}"
@@ -316,6 +312,35 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
     csv_path, png_path = write_outputs(rows, out, title, metric)
     _print_curves(rows, strategies, goals, budget, metric, seeds)
     click.echo(f"\nwrote {csv_path} and {png_path} in {time.perf_counter() - t0:.0f} s")
+
+
+def _check_simulation(data, labels_csv: Path, budget: int, holdout: int):
+    """The class indices of ``data``, or a one-line error when a simulation cannot run on it."""
+    import numpy as np
+
+    classes = data.classes
+    if len(classes) < 2:
+        _fail(f"{labels_csv} has one class ({classes}); a classifier needs two or more")
+    y = data.targets(classes)
+    if holdout >= len(y) - budget:
+        _fail(f"--holdout {holdout} + --budget {budget} exceed the {len(y)} images")
+    counts = np.bincount(y, minlength=len(classes))
+    if counts.min() < 2:
+        short = ", ".join(f"{c!r} ({n})" for c, n in zip(classes, counts) if n < 2)
+        _fail(f"every class needs 2 images or more (one for the hold-out, one to learn from); {short} in {labels_csv}")
+    return y
+
+
+def _holdout(y, size: int, seed: int):
+    """``size`` indices stratified by class (each class as often as in ``y``, at least once), so a
+    rare class is evaluated too."""
+    from sklearn.model_selection import train_test_split
+
+    import numpy as np
+
+    size = max(size, len(np.unique(y)))
+    _, test = train_test_split(np.arange(len(y)), test_size=size, stratify=y, random_state=1000 + seed)
+    return np.sort(test)
 
 
 def _save_simulated_model(model, folder: Path, **meta) -> bool:
@@ -342,13 +367,20 @@ def _simulation_metric(metric: str, targets: str | None, n_classes: int) -> tupl
     return metric, goals
 
 
+def _simulation_prompts(classes: list[str]) -> dict[str, list[str]]:
+    """The prompts a simulation scores: each class's default hint, as an unhinted label config gets."""
+    from labeler.studio.labelconfig import DEFAULT_TEMPLATE
+
+    return {c: [DEFAULT_TEMPLATE.format(c)] for c in classes}
+
+
 def _zeroshot_evidence(samples, zeroshot_model: str, classes: list[str]):
     """Attach BLIP-2 features and class evidence to ``samples``; returns zero-shot probabilities."""
     from labeler.models.zeroshot import ZeroShotScorer, softmax
 
     scorer = ZeroShotScorer.load(zeroshot_model)
     emb = scorer.embed([s.image for s in samples])
-    evidence = scorer.class_scores(emb.hidden, {c: [f"a photo of a {c}"] for c in classes})
+    evidence = scorer.class_scores(emb.hidden, _simulation_prompts(classes))
     for s, f, z in zip(samples, emb.pooled.float().cpu().numpy(), evidence):
         s.features, s.zeroshot = f, z
     return softmax(evidence)
@@ -358,7 +390,7 @@ def _print_curves(rows: list[dict], strategies: list[str], goals: list[float], b
                   seeds: int) -> None:
     import numpy as np
 
-    from labeler.learning.simulate import labels_to_reach
+    from labeler.learning.simulate import by_labels, labels_to_reach
 
     click.echo(f"\nlabels needed to reach a mean {metric} (over {seeds} seed(s)) of:")
     click.echo(f"{'strategy':>16} " + " ".join(f"{g:>8}" for g in goals))
@@ -368,10 +400,8 @@ def _print_curves(rows: list[dict], strategies: list[str], goals: list[float], b
         click.echo(f"{strategy:>16} " + " ".join(f"{(c if c is not None else '>' + str(budget)):>8}" for c in cells))
     click.echo(f"\n{metric} at each checkpoint (mean +- std):")
     for strategy in strategies:
-        by_n: dict = {}
-        for r in (r for r in rows if r["strategy"] == strategy):
-            by_n.setdefault(r["labels"], []).append(r[metric])
-        click.echo(f"{strategy:>16} " + "  ".join(f"{n}:{np.mean(v):.4f}+-{np.std(v):.4f}" for n, v in sorted(by_n.items())))
+        by_n = by_labels([r for r in rows if r["strategy"] == strategy], metric)
+        click.echo(f"{strategy:>16} " + "  ".join(f"{n}:{np.mean(v):.4f}+-{np.std(v):.4f}" for n, v in by_n.items()))
 
 
 @main.command("evaluate")

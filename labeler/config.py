@@ -126,6 +126,8 @@ class Settings:
             ("uncertainty", self.uncertainty in MEASURES, f"one of {', '.join(MEASURES)}"),
             ("classifier", self.classifier in {"auto", "head", "cnn"}, "auto, head or cnn"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("min_per_class", self.min_per_class >= 2, "at least 2 (evaluation needs a label to hold out)"),
+            ("train_every", self.train_every >= 0, "0 (off) or more"),
             ("train_workers", self.train_workers >= 1, "at least 1"),
             ("keep_versions", self.keep_versions >= 1, "at least 1"),
             ("max_concurrent_predicts", self.max_concurrent_predicts >= 1, "at least 1"),

@@ -28,6 +28,11 @@ class ImageError(LabelerError):
     status = 422
 
 
+class DatasetError(LabelerError, ValueError):
+    """A labelled folder (``image,label`` CSV) that cannot be read as asked; the message names the row."""
+    status = 400
+
+
 class StudioError(LabelerError):
     """Label Studio could not be reached or refused a request."""
     status = 502

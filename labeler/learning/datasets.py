@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
+
+from labeler.errors import DatasetError, ImageError
+from labeler.media.images import decode
+
+log = logging.getLogger(__name__)
+
+
+MAX_SIDE = 1024  # images are kept in memory this size at most: the models see 224 px (BLIP-2) or 48 px (CNN)
 
 
 @dataclass
 class LabelledFolder:
+    """The readable rows of a labelled folder; ``skipped`` lists the others (path, reason)."""
+
     paths: list[Path]
     labels: list[str]
+    loaded: list[Image.Image] = field(default_factory=list, repr=False)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -26,35 +40,60 @@ class LabelledFolder:
         return np.array([order.index(lab) for lab in self.labels], dtype=int)
 
     def images(self) -> list[Image.Image]:
-        out = []
-        for p in self.paths:
-            with Image.open(p) as im:
-                im.load()
-                out.append(im.copy())
-        return out
+        """The pictures, as the backend decodes them (:func:`labeler.media.images.decode`), at most
+        ``MAX_SIDE`` pixels a side."""
+        return self.loaded
 
 
-def read_labels(csv_path: str | Path, images_dir: str | Path | None = None) -> LabelledFolder:
-    """Read ``image,label`` rows; image paths resolve against ``images_dir`` or the CSV's folder."""
+def read_labels(csv_path: str | Path, images_dir: str | Path | None = None, progress: bool = True) -> LabelledFolder:
+    """Read ``image,label`` rows and their images; paths resolve against ``images_dir`` or the CSV's folder.
+
+    A row without a label is an error naming its line (it would otherwise become a class of its own);
+    labels are stripped (``"open "`` is ``open``). A missing or undecodable image is skipped with a
+    warning naming it, as the backend skips one bad task: the rest of the folder is still used.
+    """
     csv_path = Path(csv_path)
-    base = Path(images_dir) if images_dir else csv_path.parent
-    paths, labels = [], []
-    with csv_path.open(newline="") as f:
+    rows = _rows(csv_path, Path(images_dir) if images_dir else None)
+    data = LabelledFolder([], [])
+    for p, label in tqdm(rows, desc="reading images", unit="img", disable=not progress or len(rows) < 500):
+        try:
+            im = decode(p.read_bytes())
+        except (OSError, ImageError) as exc:
+            data.skipped.append((p, str(exc)))
+            continue
+        im.thumbnail((MAX_SIDE, MAX_SIDE))
+        data.paths.append(p)
+        data.labels.append(label)
+        data.loaded.append(im)
+    if data.skipped:
+        p, why = data.skipped[0]
+        log.warning("%d of the %d images listed in %s cannot be read and are left out, e.g. %s: %s",
+                    len(data.skipped), len(rows), csv_path, p, why)
+    if not data.paths:
+        raise DatasetError(f"no image listed in {csv_path} can be read"
+                           + (f", e.g. {data.skipped[0][0]}: {data.skipped[0][1]}" if data.skipped else ""))
+    return data
+
+
+def _rows(csv_path: Path, images_dir: Path | None) -> list[tuple[Path, str]]:
+    base = images_dir or csv_path.parent
+    rows = []
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"image", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{csv_path} must have 'image' and 'label' columns, has {reader.fieldnames}")
+            raise DatasetError(f"{csv_path} must have 'image' and 'label' columns, has {reader.fieldnames}")
         for row in reader:
-            p = Path(row["image"])
+            label, image = (row.get("label") or "").strip(), (row.get("image") or "").strip()
+            if not label or not image:
+                raise DatasetError(f"{csv_path} line {reader.line_num}: no {'label' if image else 'image'} "
+                                   f"(every row needs both; remove unlabelled rows)")
+            p = Path(image)
             if not p.is_absolute():
                 p = base / p
-                if not p.exists() and images_dir and (csv_path.parent / row["image"]).exists():
-                    p = csv_path.parent / row["image"]
-            paths.append(p)
-            labels.append(row["label"])
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} images listed in {csv_path} do not exist, e.g. {missing[0]}")
-    return LabelledFolder(paths, labels)
+                if not p.exists() and images_dir and (csv_path.parent / image).exists():
+                    p = csv_path.parent / image
+            rows.append((p, label))
+    return rows
 
 
 def synthetic_digits(out: str | Path, counts: list[int], size: int = 32, seed: int = 0) -> Path:

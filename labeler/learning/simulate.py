@@ -136,15 +136,21 @@ def labels_to_reach(rows: list[dict], target: float, metric: str = "eer") -> flo
     accuracy and macro-F1 (:data:`labeler.learning.metrics.HIGHER_IS_BETTER`).
     """
     higher = HIGHER_IS_BETTER[metric]
-    by_n: dict[int, list[float]] = {}
-    for r in rows:
-        if r.get(metric) is not None:
-            by_n.setdefault(r["labels"], []).append(float(r[metric]))
-    for n in sorted(by_n):
-        m = np.mean(by_n[n])
+    for n, values in by_labels(rows, metric).items():
+        m = np.mean(values)
         if (m >= target) if higher else (m <= target):
             return n
     return None
+
+
+def by_labels(rows: list[dict], metric: str) -> dict[int, list[float]]:
+    """``metric`` of the rows grouped by label count, ascending; rounds where it is undefined (None:
+    e.g. EER on a hold-out without one of the classes) are left out."""
+    out: dict[int, list[float]] = {}
+    for r in sorted(rows, key=lambda r: r["labels"]):
+        if r.get(metric) is not None:
+            out.setdefault(r["labels"], []).append(float(r[metric]))
+    return out
 
 
 def write_outputs(rows: list[dict], out: Path, title: str, metric: str = "eer") -> tuple[Path, Path]:
@@ -162,9 +168,9 @@ def write_outputs(rows: list[dict], out: Path, title: str, metric: str = "eer") 
         w.writerows(rows)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
-        ns = sorted({r["labels"] for r in rows if r["strategy"] == strategy})
-        e = [[r[metric] for r in rows if r["strategy"] == strategy and r["labels"] == n] for n in ns]
-        mean, std = np.array([np.mean(v) for v in e]), np.array([np.std(v) for v in e])
+        curve = by_labels([r for r in rows if r["strategy"] == strategy], metric)
+        ns = list(curve)
+        mean, std = np.array([np.mean(v) for v in curve.values()]), np.array([np.std(v) for v in curve.values()])
         ax.plot(ns, mean, marker="o", label=strategy)
         ax.fill_between(ns, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("human labels")

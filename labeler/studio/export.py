@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from labeler.studio.client import Studio
 from labeler.media.fetching import Fetcher, FetchPolicy
 from labeler.fsutil import fsync_dir
-from labeler.media.images import ImageError, decode
+from labeler.media.images import ImageError, open_checked
 from labeler.studio.labelconfig import LabelConfig
 from labeler.errors import LabelConfigError
 from labeler.studio.tasks import (StudioError, annotation_label, annotation_labels, iter_tasks, join_labels,
@@ -267,7 +267,7 @@ def _imagefolder(rows: list[Row], tmp: Path, fetcher: Fetcher, split, seed, work
                 summary.skipped.append((r.task_id, f"image not downloaded: {data}"))
                 continue
             try:
-                fmt = decode(data).format
+                fmt = open_checked(data).format
             except ImageError as exc:
                 summary.skipped.append((r.task_id, f"not an image: {exc}"))
                 continue
