@@ -50,6 +50,8 @@ class Settings:
     log_requests: bool = False                 # LABELER_LOG_REQUESTS: log each request Label Studio sends
     # -- security and resource bounds (README, "Security model") --
     webhook_secret: str | None = None          # LABELER_WEBHOOK_SECRET: X-Labeler-Webhook-Secret header
+    public_url: str | None = None              # LABELER_PUBLIC_URL: this backend's URL as Label Studio calls it
+    max_tasks_per_predict: int = 10_000        # LABELER_MAX_TASKS_PER_PREDICT: more in one /predict: 413
     allowed_hosts: str = ""                    # LABELER_ALLOWED_HOSTS: other image hosts ("a.com,*.cdn.net")
     local_root: Path | None = None             # LABELER_LOCAL_ROOT: CLI/offline: local images under this root
     max_image_bytes: int = 20 * 2**20          # LABELER_MAX_IMAGE_BYTES: per downloaded image
@@ -79,6 +81,7 @@ class Settings:
         "basic_auth_pass": "BASIC_AUTH_PASS", "cache_max_gb": "LABELER_CACHE_MAX_GB",
         "predict_budget_s": "LABELER_PREDICT_BUDGET_S", "download_workers": "LABELER_DOWNLOAD_WORKERS",
         "log_requests": "LABELER_LOG_REQUESTS", "webhook_secret": "LABELER_WEBHOOK_SECRET",
+        "public_url": "LABELER_PUBLIC_URL", "max_tasks_per_predict": "LABELER_MAX_TASKS_PER_PREDICT",
         "allowed_hosts": "LABELER_ALLOWED_HOSTS", "local_root": "LABELER_LOCAL_ROOT",
         "max_image_bytes": "LABELER_MAX_IMAGE_BYTES", "max_image_pixels": "LABELER_MAX_IMAGE_PIXELS",
         "download_timeout_s": "LABELER_DOWNLOAD_TIMEOUT_S", "max_request_mb": "LABELER_MAX_REQUEST_MB",
@@ -135,6 +138,7 @@ class Settings:
             ("max_image_bytes", self.max_image_bytes > 0, "positive"),
             ("max_image_pixels", self.max_image_pixels > 0, "positive"),
             ("max_request_mb", self.max_request_mb > 0, "positive"),
+            ("max_tasks_per_predict", self.max_tasks_per_predict >= 1, "at least 1"),
             ("ray_train_gpus", self.ray_train_gpus >= 0, "0 or more"),
         ]
         for name, ok, want in checks:

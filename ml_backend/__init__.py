@@ -72,6 +72,10 @@ def _error_handlers(app: Flask) -> None:
     def _labeler(exc: LabelerError):
         return body(str(exc), exc.status)
 
+    @app.errorhandler(RecursionError)
+    def _too_deep(exc: RecursionError):  # JSON nested deeper than the parser goes: nobody's real request
+        return body("request body nested too deeply", 400)
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -95,7 +99,7 @@ def _request_log(app: Flask) -> None:
     def _log(response: Response) -> Response:
         try:
             body = request.get_json(silent=True) if request.is_json else None
-        except HTTPException:  # e.g. 413: the body was never read
+        except (HTTPException, RecursionError):  # e.g. 413: the body was never read
             body = None
         summary = {k: short(k, v) for k, v in body.items()} if isinstance(body, dict) else type(body).__name__
         req_log.info("%s %s %s <- %s", request.method, request.path, response.status_code, summary)

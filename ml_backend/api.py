@@ -71,7 +71,7 @@ def setup():
     except ValueError as exc:
         return bad_request(str(exc))
     st = state()
-    st.setup(project, data.get("hostname"), data.get("access_token"))
+    st.setup(project, data.get("hostname"), data.get("access_token"), own_url=request.url_root)
     if not st.predictor.ready:  # /setup has 3 s: do not wait for the model here
         version = st.predictor.registry.current(project) or "loading"
     else:
@@ -91,6 +91,9 @@ def predict():
     except ValueError as exc:  # LabelConfigError included
         return bad_request(str(exc))
     st = state()
+    if len(data["tasks"]) > st.settings.max_tasks_per_predict:
+        return bad_request(f"{len(data['tasks'])} tasks in one /predict, at most {st.settings.max_tasks_per_predict} "
+                           "(LABELER_MAX_TASKS_PER_PREDICT): select fewer, or run `labeler preannotate`", 413)
     # A bounded number of predictions at once, so threads stay free for /health.
     if not st.predict_slots.acquire(timeout=PREDICT_QUEUE_WAIT_S):
         st.counters["predict_busy"] += 1

@@ -37,15 +37,21 @@ VERIFIED_TTL_S = 600.0
 
 def _resolvable_studio_host(url: str) -> bool:
     """Label Studio may live on a private network, but never at a link-local or multicast address."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a bad IPv6 literal or port raises ValueError
+    except ValueError:
+        return False
     if parts.scheme not in {"http", "https"} or not parts.hostname or parts.username or parts.password:
         return False
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 80, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(parts.hostname, port or 80, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return False
     for info in infos:
         addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped  # ::ffff:169.254.169.254 is the metadata service too
         if addr.is_link_local or addr.is_multicast or addr.is_unspecified:
             return False
     return True
@@ -65,6 +71,7 @@ class BackendState:
         self.predict_slots = threading.BoundedSemaphore(settings.max_concurrent_predicts)
         self._lock = threading.Lock()
         self._binding = settings.model_dir / "studio.json"
+        self._own_url = settings.public_url or ""  # this backend's URL, as Label Studio calls it
         self.predictor.registry.cleanup()
         self.jobs = make_jobs(settings, self.predictor, self.studio)
         self.train_every = TrainEvery(settings.train_every, self.predictor.registry, self.studio,
@@ -100,11 +107,18 @@ class BackendState:
         except (FileNotFoundError, ValueError, KeyError):
             return None
 
-    def setup(self, project: str, hostname: str | None, token: str | None) -> bool:
-        """Remember the connection /setup offers, if it is allowed and verified; True when connected."""
+    def setup(self, project: str, hostname: str | None, token: str | None, own_url: str) -> bool:
+        """Remember the connection /setup offers, if it is allowed and verified; True when connected.
+
+        ``own_url``: this backend's URL as Label Studio called it (``LABELER_PUBLIC_URL`` wins), so that
+        only its own webhook gets its credentials."""
+        self._own_url = self.settings.public_url or own_url
         if self.configured():
             return self._verify(project, self.connection(project))
-        candidate = Connection(self.settings.label_studio_url or hostname, token)
+        try:
+            candidate = Connection(self.settings.label_studio_url or hostname, token)
+        except ValueError as exc:  # e.g. a bad IPv6 literal
+            raise SetupRefused(f"refused Label Studio host {hostname!r}: {exc}") from None
         if not candidate:
             return False
         bound = self.bound_origin()
@@ -149,6 +163,7 @@ class BackendState:
             headers = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
         else:
             return
+        own = self._own_url
 
         def run() -> None:
             # Label Studio calls /setup before it saves a new ML backend and creates its webhook: look again
@@ -156,7 +171,7 @@ class BackendState:
             for wait in (0.5, 1, 2, 4, 8, 15, 30):
                 time.sleep(wait)
                 try:
-                    found, updated = secure_backend_webhooks(Studio.of(conn), int(project), headers)
+                    found, updated = secure_backend_webhooks(Studio.of(conn), int(project), headers, own)
                 except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
                     log.warning("project %s: could not add credentials to Label Studio's webhook: %s", project, exc)
                     continue
@@ -165,6 +180,8 @@ class BackendState:
                              project, updated)
                 if found:
                     return
+            log.warning("project %s: no ML backend of the project has this backend's URL %s, so its webhook "
+                        "has no credentials; set LABELER_PUBLIC_URL to the URL Label Studio uses", project, own)
         threading.Thread(target=run, name=f"secure-webhooks-{project}", daemon=True).start()
 
     def serve(self, project: str, version: str | None) -> dict | None:

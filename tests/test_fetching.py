@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import socket
 import time
 
 import pytest
@@ -36,6 +37,34 @@ def test_host_rules():
     assert not any(is_public(ip) for ip in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1",
                                              "fc00::1", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1"))
     assert is_public("8.8.8.8") and is_public("2606:4700::1111")
+
+
+def test_dot_segments_never_take_the_token_elsewhere_on_label_studio():
+    # requests collapses "..": /data/../api/current-user/token would be sent, with the token, to the API
+    f = Fetcher(FetchPolicy(), Connection("http://127.0.0.1:1", "tok"))
+    for ref in ("/data/../api/current-user/token", "/data/upload/../../api/projects/1/export",
+                "http://127.0.0.1:1/data/upload/%2e%2e/%2E%2E/api/x", "/data/upload/..%2f..%2fapi/x",
+                "/data/upload/x/./y.png", "/data/upload\\..\\..\\api/x"):
+        with pytest.raises(ImageError, match="path segments"):
+            f.get(ref)
+    with pytest.raises(ImageError, match="cannot download"):  # a name with dots is a file name: fetched
+        f.get("/data/upload/1/a..b.png")
+
+
+def test_malformed_urls_are_one_tasks_error():
+    f = Fetcher(FetchPolicy(allowed_hosts=("*",)), Connection("http://127.0.0.1:1", "tok"))
+    for ref in ("http://[::1/x.png", "http://h:99999/x.png", "http://h:abc/x.png"):
+        with pytest.raises(ImageError, match="malformed URL"):
+            f.get(ref)
+
+
+def test_other_ports_of_label_studios_host_are_other_services():
+    with socket.socket() as other:  # a service on Label Studio's host, another port: it accepts, never answers
+        other.bind(("127.0.0.1", 0))
+        other.listen(4)
+        f = Fetcher(FetchPolicy(allowed_hosts=("*",), timeout_s=2), Connection("http://127.0.0.1:1", "tok"))
+        with pytest.raises(ImageError, match="non-public address"):
+            f.get(f"http://127.0.0.1:{other.getsockname()[1]}/internal-admin")
 
 
 def test_refused_references_fail_fast():

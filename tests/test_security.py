@@ -46,7 +46,14 @@ class Canary:
 
             def do_GET(self):  # noqa: N802
                 canary.hits.append({"path": self.path, "headers": dict(self.headers)})
-                if mode == "redirect":
+                if mode == "backend":  # someone else's ML backend: answers Label Studio's /health
+                    body = b'{"status": "UP", "model_class": "Theirs"}'
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                elif mode == "redirect":
                     self.send_response(302)
                     self.send_header("Location", target)
                     self.send_header("Content-Length", "0")
@@ -81,10 +88,12 @@ class Canary:
 
             def do_POST(self):  # noqa: N802
                 canary.hits.append({"path": self.path, "headers": dict(self.headers)})
+                body = b'{"model_version": "theirs"}' if mode == "backend" else b"{}"
                 self.send_response(200)
-                self.send_header("Content-Length", "2")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(b"{}")
+                self.wfile.write(body)
 
         self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
@@ -109,6 +118,7 @@ def canaries():
     made = {"internal": Canary(), "public": Canary("127.0.0.2"), "drip": Canary("127.0.0.2", mode="drip"),
             "huge": Canary("127.0.0.2", mode="huge")}
     made["redirect"] = Canary("127.0.0.2", mode="redirect", target=made["internal"].url + "/secret.png")
+    made["backend"] = Canary("127.0.0.2", mode="backend")
     yield made
     for c in made.values():
         c.close()
@@ -203,6 +213,26 @@ def test_malformed_tasks_and_configs_are_per_task_errors(secured):
         for route in ("/predict", "/setup", "/webhook"):
             got = requests.post(f"{url}{route}", auth=AUTH, json=body, timeout=10)
             assert got.status_code in (400, 401), (route, body, got.status_code)
+    for route in ("/predict", "/setup", "/webhook"):  # nested deeper than the JSON parser goes
+        got = requests.post(f"{url}{route}", auth=AUTH, data="[" * 5000, timeout=10,
+                            headers={"Content-Type": "application/json", "X-Labeler-Webhook-Secret": "hook-secret"})
+        assert got.status_code == 400, (route, got.status_code, got.text[:200])
+    for config in (5, ["<View/>"], {"x": 1}):  # a label config that is not text
+        got = requests.post(f"{url}/predict", auth=AUTH, json={"tasks": [], "label_config": config, "project": "1"})
+        assert got.status_code == 400 and "XML text" in got.json()["error"], got.text
+        got = requests.post(f"{url}/setup", auth=AUTH, json={"project": "1", "schema": config})
+        assert got.status_code == 400, got.text
+    many = template("binary").replace('hint="closed eye;', 'hint="' + "a;" * 5000)
+    got = requests.post(f"{url}/predict", auth=AUTH, json={"tasks": [], "label_config": many, "project": "1"})
+    assert got.status_code == 400 and "prompts" in got.json()["error"]
+    got = requests.post(f"{url}/predict", auth=AUTH, json={"tasks": [0] * 10_001, "label_config": template("binary"),
+                                                           "project": "1"})
+    assert got.status_code == 413 and "LABELER_MAX_TASKS_PER_PREDICT" in got.json()["error"]
+    # one malformed reference is that task's error, not the request's
+    r = predict(url, ["http://[::1/x.png", "http://h:99999/x.png", GOOD])
+    assert r.status_code == 200 and [bool(x["result"]) for x in r.json()["results"]] == [False, False, True]
+    assert requests.post(f"{url}/setup", auth=AUTH, json={"project": "1", "schema": template("binary"),
+                                                          "hostname": "http://[::1"}).status_code in (200, 403)
     assert requests.post(f"{url}/setup", headers={"Authorization": "Basic abc"}, json={}).status_code == 401
 
 
@@ -267,6 +297,9 @@ def test_setup_cannot_hijack_a_project(label_studio, secured, canaries, image_di
     ls_url, token = label_studio
     ls = Studio(ls_url, token)
     proj = ls.projects.create(title="victim", label_config=template("binary"))
+    # someone who may edit the project adds an ML backend of their own first: Label Studio makes it a webhook too
+    theirs = canaries["backend"]
+    ls.ml.create(project=proj.id, url=theirs.url, title="theirs")
     ls.ml.create(project=proj.id, url=url, title="labeler", auth_method="BASIC_AUTH",
                  basic_auth_user="ls", basic_auth_pass="pw")
     assert json.loads((Path(model_dir) / "studio.json").read_text())["origin"] == ls_url
@@ -287,6 +320,8 @@ def test_setup_cannot_hijack_a_project(label_studio, secured, canaries, image_di
                            for h in ls.webhooks.list(project=str(proj.id)) if h.url == url + "/webhook"),
                timeout=60)
     assert hooks
+    their_hooks = [h for h in ls.webhooks.list(project=str(proj.id)) if h.url.startswith(theirs.url)]
+    assert their_hooks and not any((h.headers or {}) for h in their_hooks), "our secret went to their webhook"
     r = requests.post(f"{url}/webhook", json={"action": "START_TRAINING", "project": {"id": 999}},
                       headers={"X-Labeler-Webhook-Secret": "hook-secret"})
     assert r.json()["status"] == "ignored"

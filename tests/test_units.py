@@ -113,3 +113,17 @@ def test_pseudo_labels_are_confident_and_class_balanced():
     assert sorted(zip(idx.tolist(), lab.tolist())) == [(3, 1), (4, 0)]
     idx, lab = pseudo_labels(proba[:3], 0.95)
     assert len(idx) == 0 and len(lab) == 0, "no confident row of class 1: nothing to add"
+
+
+def test_project_ids_are_ascii_digits_and_setup_hosts_are_never_link_local():
+    from labeler.models.predictor import project_key
+    from ml_backend.state import _resolvable_studio_host
+
+    assert project_key("12.1700000000") == "12"
+    for bad in ("\u0661", "\uff11", "1/..", "", True, "1" * 13):  # Arabic-Indic and full-width digits
+        with pytest.raises(ValueError):
+            project_key(bad)
+    for url in ("http://169.254.169.254", "http://[::ffff:169.254.169.254]", "http://[::ffff:a9fe:a9fe]:80",
+                "http://ls:99999", "http://[::1", "http://u:p@localhost:8080", "file:///etc"):
+        assert not _resolvable_studio_host(url), url
+    assert _resolvable_studio_host("http://127.0.0.1:8080")

@@ -61,6 +61,21 @@ def test_batching_does_not_change_scores(tiny_model, images):
     np.testing.assert_allclose(pa, pb, rtol=1e-4, atol=1e-5)
 
 
+def test_many_prompts_are_scored_a_few_at_a_time_with_the_same_logits(scorer, images, monkeypatch, tmp_path):
+    import labeler.models.zeroshot as zs
+    from labeler.models.cache import LogitCache
+
+    prompts = [f"an eye, take {i}" for i in range(11)]
+    hidden = scorer.embed(images).hidden
+    whole = scorer.match_logits(hidden, prompts)
+    monkeypatch.setattr(zs, "MAX_PAIRS_PER_PASS", 6)  # 4 images a batch: one prompt per pass
+    np.testing.assert_allclose(scorer.match_logits(hidden, prompts), whole, rtol=1e-5, atol=1e-5)
+    memo = LogitCache(tmp_path / "logits.sqlite")  # more prompts than SQLite binds in one statement
+    many = [f"prompt {i}" for i in range(1500)]
+    memo.put(["k1"], many, np.arange(1500, dtype=np.float32)[None])
+    np.testing.assert_array_equal(memo.get(["k1", "k2"], many)[0], np.arange(1500))
+
+
 def test_softmax_temperature():
     s = np.array([[2.0, 0.0]])
     assert softmax(s, 1.0)[0, 0] == pytest.approx(1 / (1 + np.exp(-2)))

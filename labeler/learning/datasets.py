@@ -18,9 +18,6 @@ from labeler.media.images import decode
 log = logging.getLogger(__name__)
 
 
-MAX_SIDE = 1024  # images are kept in memory this size at most: the models see 224 px (BLIP-2) or 48 px (CNN)
-
-
 @dataclass
 class LabelledFolder:
     """The readable rows of a labelled folder; ``skipped`` lists the others (path, reason)."""
@@ -40,8 +37,7 @@ class LabelledFolder:
         return np.array([order.index(lab) for lab in self.labels], dtype=int)
 
     def images(self) -> list[Image.Image]:
-        """The pictures, as the backend decodes them (:func:`labeler.media.images.decode`), at most
-        ``MAX_SIDE`` pixels a side."""
+        """The pictures, as the backend decodes them (:func:`labeler.media.images.decode`)."""
         return self.loaded
 
 
@@ -61,7 +57,6 @@ def read_labels(csv_path: str | Path, images_dir: str | Path | None = None, prog
         except (OSError, ImageError) as exc:
             data.skipped.append((p, str(exc)))
             continue
-        im.thumbnail((MAX_SIDE, MAX_SIDE))
         data.paths.append(p)
         data.labels.append(label)
         data.loaded.append(im)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from labeler.config import Settings
 
 VERSION_RE = re.compile(r"v\d{1,9}-[a-z0-9_]{1,32}")
-PROJECT_RE = re.compile(r"\d{1,12}")
+PROJECT_RE = re.compile(r"[0-9]{1,12}")  # ASCII: "١" is a digit to str.isdigit and int()
 
 
 def check_project(project: object) -> str:

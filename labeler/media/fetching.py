@@ -81,14 +81,14 @@ def is_public(ip: str) -> bool:
     return addr.is_global and not addr.is_multicast
 
 
-def _guarded_adapter(check: Callable[[str, str], None]) -> HTTPAdapter:
-    """A requests adapter whose sockets are checked by ``check(host, peer_ip)`` right after connecting."""
+def _guarded_adapter(check: Callable[[str, int | None, str], None]) -> HTTPAdapter:
+    """A requests adapter whose sockets are checked by ``check(host, port, peer_ip)`` right after connecting."""
 
     def _new_conn(base):
         def new_conn(self):
             sock = base._new_conn(self)
             try:
-                check(self.host, sock.getpeername()[0])
+                check(self.host, self.port, sock.getpeername()[0])
             except BaseException:
                 sock.close()
                 raise
@@ -137,9 +137,12 @@ class Fetcher:
     def _check_url(self, url: str, presigned: bool = False) -> None:
         """``presigned``: the target of Label Studio's resolve redirect, which may be any host (the
         socket check still requires a public address unless the host is named in the allow-list)."""
-        parts = urlsplit(url)
+        parts = split_url(url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ImageError(f"refused {_short(url)}: only http(s) URLs are fetched")
+        if has_dot_segment(parts.path):
+            # the client collapses them before sending: /data/../api/... would take the token to the API
+            raise ImageError(f"refused {_short(url)}: '.' and '..' path segments")
         if parts.username or parts.password:
             raise ImageError(f"refused {_short(url)}: credentials in URLs are not sent")
         if presigned or self._studio_host(parts.hostname, _port(parts)):
@@ -149,10 +152,10 @@ class Fetcher:
             raise ImageError(f"refused {_short(url)}: host {parts.hostname} is not Label Studio's and not in "
                              "LABELER_ALLOWED_HOSTS")
 
-    def _check_peer(self, host: str, ip: str) -> None:
-        studio = self.conn.origin and (urlsplit(self.conn.origin).hostname or "") == host.lower()
-        # a host the operator named exactly (any port) may be private; a pattern match may not
-        named = studio or any(p.lower().partition(":")[0] == host.lower() for p in self.policy.allowed_hosts)
+    def _check_peer(self, host: str, port: int | None, ip: str) -> None:
+        # Label Studio's own origin, and a host the operator named exactly, may be private; a pattern may not
+        # (nor another port of Label Studio's host: that is another service)
+        named = self._studio_host(host, port) or self.policy.host_allowed(host, port)[1]
         if not named and not is_public(ip):
             raise ImageError(f"refused {host}: it resolves to the non-public address {ip}")
 
@@ -177,11 +180,12 @@ class Fetcher:
             return self._data_url(ref)
         if len(ref) > MAX_REF_CHARS:
             raise ImageError(f"image reference of {len(ref)} characters refused (limit {MAX_REF_CHARS})")
-        scheme = urlsplit(ref).scheme.lower()
+        parts = split_url(ref)
+        scheme = parts.scheme.lower()
         if scheme in {"http", "https"}:
             return self._http(ref)
         if scheme == "file":
-            return self._local(unquote(urlsplit(ref).path))
+            return self._local(unquote(parts.path))
         if scheme:
             raise ImageError(f"unsupported image URL scheme {scheme!r}")
         base = self.conn.base_url if ref.startswith("/data/") or _RESOLVE.fullmatch(ref) else None
@@ -294,6 +298,21 @@ class Fetcher:
             return [one(r) for r in refs]
         with ThreadPoolExecutor(max_workers=min(workers, len(refs))) as pool:
             return list(pool.map(one, refs))
+
+
+def split_url(url: str):
+    """``urlsplit``, with a malformed URL (a bad IPv6 literal, a port out of range) an :class:`ImageError`."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed on access: a bad port raises here, not later in the fetch
+    except ValueError as exc:
+        raise ImageError(f"malformed URL {_short(url)}: {exc}") from None
+    return parts
+
+
+def has_dot_segment(path: str) -> bool:
+    """Whether ``path`` has a ``.`` or ``..`` segment, also percent-encoded or after a backslash."""
+    return any(seg in {".", ".."} for seg in unquote(path).replace("\\", "/").split("/"))
 
 
 def _port(parts) -> int:

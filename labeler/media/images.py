@@ -15,19 +15,26 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from labeler.errors import ImageError  # noqa: F401 - raised here, imported from here
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; a bigger classification image is an attack or a mistake
+# What is kept of a decoded image: the models see 224 px (BLIP-2) or 48 px (CNN), so a 40-megapixel
+# photo need not stay 120 MB in memory for as long as its request or its training run.
+MAX_SIDE = 512
 
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """The picture in image bytes, as the models see it: :func:`open_checked`, then :func:`normalize`."""
-    return normalize(open_checked(data, max_pixels))
+    """The picture in image bytes, as the models see it: :func:`open_checked`, then :func:`normalize`,
+    at most ``MAX_SIDE`` pixels a side."""
+    im = normalize(open_checked(data, max_pixels, draft=MAX_SIDE))
+    im.thumbnail((MAX_SIDE, MAX_SIDE))
+    return im
 
 
-def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None) -> Image.Image:
     """Decode image bytes fully (truncated files fail here, not later in the model), as stored
     (``format`` and mode kept).
 
     The size in the header is checked before any pixel is decoded, so a
-    small file that claims 20000 x 20000 pixels costs nothing.
+    small file that claims 20000 x 20000 pixels costs nothing. ``draft``: a JPEG may be decoded at a
+    reduced scale that keeps at least this many pixels a side (less memory, faster).
     """
     try:
         with warnings.catch_warnings():
@@ -36,6 +43,8 @@ def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             width, height = im.size
             if width * height > max_pixels:
                 raise ImageError(f"image of {width}x{height} pixels refused (limit {max_pixels} pixels)")
+            if draft and im.format == "JPEG":
+                im.draft(im.mode, (draft, draft))
             im.load()
     except ImageError:
         raise

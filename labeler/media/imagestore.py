@@ -50,7 +50,10 @@ class ImageStore:
         """(scope, immutable) of a reference worth storing, or None."""
         if not isinstance(ref, str) or ref.startswith("data:") or len(ref) > 4096:
             return None
-        parts = urlsplit(ref)
+        try:
+            parts = urlsplit(ref)
+        except ValueError:  # malformed: the fetch reports it
+            return None
         if parts.scheme in {"http", "https"}:
             on_studio = conn.origin is not None and f"{parts.scheme}://{parts.netloc}".lower() == conn.origin
             return "", on_studio and parts.path.startswith(conn.path_prefix + "/data/upload/")

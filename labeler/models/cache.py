@@ -287,9 +287,12 @@ class LogitCache(_SqliteMemo):
         for i, k in enumerate(keys):
             rows.setdefault(k, []).append(i)
         col = {p: j for j, p in enumerate(prompts)}
-        sql = f"SELECT image, prompt, logit FROM logits WHERE prompt IN ({','.join('?' * len(prompts))}) AND image IN ({{}})"
-        for image, prompt, logit in self._select(sql, list(rows), prompts):
-            out[rows[image], col[prompt]] = logit
+        unique = list(col)
+        for start in range(0, len(unique), self._CHUNK):  # SQLite bounds the variables of one statement
+            some = unique[start:start + self._CHUNK]
+            sql = f"SELECT image, prompt, logit FROM logits WHERE prompt IN ({','.join('?' * len(some))}) AND image IN ({{}})"
+            for image, prompt, logit in self._select(sql, list(rows), some):
+                out[rows[image], col[prompt]] = logit
         return out
 
     def put(self, keys: list[str], prompts: list[str], logits: np.ndarray) -> None:

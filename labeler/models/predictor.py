@@ -31,6 +31,7 @@ from labeler.studio.labelconfig import LabelConfig
 from labeler.learning.registry import registry_for
 from labeler.learning.uncertainty import confidence, multilabel_uncertainty
 from labeler.models.zeroshot import ZeroShotScorer, sigmoid, softmax
+from labeler.learning.registry import PROJECT_RE
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def project_key(project: object) -> str:
     Raises ValueError for anything else: project ids become folder names.
     """
     key = str(project).split(".")[0] if isinstance(project, (str, int)) and not isinstance(project, bool) else ""
-    if not key.isdigit() or len(key) > 12:
+    if not PROJECT_RE.fullmatch(key):
         raise ValueError(f"invalid project id {str(project)[:40]!r}: expected digits (Label Studio's project id)")
     return key
 

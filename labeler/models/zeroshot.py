@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Salesforce/blip2-itm-vit-g"
+MAX_PAIRS_PER_PASS = 512  # image-prompt pairs in one Q-Former pass (hundreds of prompts: several passes)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -255,38 +256,43 @@ class ZeroShotScorer:
         its K prompts. ``hidden`` is one (N, L, D) tensor or N rows (device
         tensors, host arrays, memory maps), staged batch by batch.
         """
-        model = self.model
         tok = self.tokenize(prompts)
         k = len(prompts)
         out = []
         for start in range(0, len(hidden), self.batch_size):
             h = stage(hidden[start:start + self.batch_size], self.device, self.dtype)
-            n = h.shape[0]
-            image_embeds = h.repeat_interleave(k, dim=0)
-            input_ids = tok["input_ids"].repeat(n, 1)
-            attention_mask = tok["attention_mask"].repeat(n, 1)
-            query_tokens = model.query_tokens.expand(n * k, -1, -1)
-            if model.config.image_token_index is not None:
-                input_ids = input_ids[:, model.config.num_query_tokens:]
-                attention_mask = attention_mask[:, model.config.num_query_tokens:]
-            query_mask = torch.ones(query_tokens.shape[:-1], dtype=torch.long, device=self.device)
-            attention_mask = torch.cat([query_mask, attention_mask], dim=1)
-            embeds = model.embeddings(input_ids=input_ids, query_embeds=query_tokens)
-            with _cross_attention_once_per_image(model.qformer, k):
-                text_out = model.qformer(
-                    query_embeds=embeds,
-                    query_length=query_tokens.shape[1],
-                    attention_mask=attention_mask,
-                    encoder_hidden_states=image_embeds,
-                    encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long,
-                                                      device=self.device),
-                ).last_hidden_state
-            text_out = text_out.to(model.itm_head.weight.dtype)
-            logits = model.itm_head(text_out[:, : query_tokens.shape[1], :]).mean(dim=1)
-            out.append((logits[:, 1] - logits[:, 0]).float().view(n, k))
+            step = max(1, MAX_PAIRS_PER_PASS // h.shape[0])  # many prompts: a few at a time, memory stays bounded
+            out.append(torch.cat([self._itm(h, {name: t[j:j + step] for name, t in tok.items()})
+                                  for j in range(0, k, step)], dim=1))
         if not out:
             return np.zeros((0, k), dtype=np.float32)
         return torch.cat(out).cpu().numpy()  # one copy to the host, one wait
+
+    def _itm(self, h: torch.Tensor, tok: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(n, k) ITM log-odds of the n images whose hidden states are ``h`` against k tokenized prompts."""
+        model = self.model
+        n, k = h.shape[0], tok["input_ids"].shape[0]
+        image_embeds = h.repeat_interleave(k, dim=0)
+        input_ids = tok["input_ids"].repeat(n, 1)
+        attention_mask = tok["attention_mask"].repeat(n, 1)
+        query_tokens = model.query_tokens.expand(n * k, -1, -1)
+        if model.config.image_token_index is not None:
+            input_ids = input_ids[:, model.config.num_query_tokens:]
+            attention_mask = attention_mask[:, model.config.num_query_tokens:]
+        query_mask = torch.ones(query_tokens.shape[:-1], dtype=torch.long, device=self.device)
+        attention_mask = torch.cat([query_mask, attention_mask], dim=1)
+        embeds = model.embeddings(input_ids=input_ids, query_embeds=query_tokens)
+        with _cross_attention_once_per_image(model.qformer, k):
+            text_out = model.qformer(
+                query_embeds=embeds,
+                query_length=query_tokens.shape[1],
+                attention_mask=attention_mask,
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device),
+            ).last_hidden_state
+        text_out = text_out.to(model.itm_head.weight.dtype)
+        logits = model.itm_head(text_out[:, : query_tokens.shape[1], :]).mean(dim=1)
+        return (logits[:, 1] - logits[:, 0]).float().view(n, k)
 
     def class_scores(self, hidden: torch.Tensor | Sequence[HiddenRow],
                      prompts: Mapping[str, Sequence[str]], keys: Sequence[str] | None = None,

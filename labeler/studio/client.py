@@ -26,6 +26,7 @@ import requests
 from label_studio_sdk import LabelStudio
 
 from labeler.errors import StudioError
+from labeler.learning.registry import PROJECT_RE
 
 
 def _jwt_exp(token: str) -> float | None:
@@ -100,7 +101,7 @@ class Connection:
 
     def can_read_project(self, project: str, timeout: float = 2.5) -> bool:
         """True when this token may read ``project`` on this Label Studio (how /setup is verified)."""
-        if not self or not str(project).isdigit():
+        if not self or not PROJECT_RE.fullmatch(str(project)):
             return False
         try:
             resp = requests.get(f"{self.base_url}/api/projects/{project}/", headers=self.auth_headers(),

@@ -17,6 +17,10 @@ from label_studio_sdk.label_interface import LabelInterface
 from labeler.errors import LabelConfigError  # noqa: F401 - raised here
 
 DEFAULT_TEMPLATE = "a photo of a {}"
+# Bounds on what an (untrusted) label config makes the model score: each prompt is a Q-Former pass per image.
+MAX_CLASSES = 1000
+MAX_PROMPTS_PER_CLASS = 16
+MAX_PROMPT_CHARS = 1000  # longer is cut: the text encoder reads a few hundred tokens at most
 # URI schemes of Label Studio's cloud storages (S3, GCS, Azure Blob; "azure-spi": service principal).
 CLOUD_SCHEMES = frozenset({"s3", "gs", "gcs", "azure-blob", "azure-spi"})
 
@@ -60,7 +64,9 @@ def parse_label_config(xml: str) -> LabelConfig:
     Read with the SDK's ``LabelInterface``, Label Studio's own parser, so a
     ``<Choice alias=...>`` is the class name annotations carry, as in the UI.
     """
-    if not xml or not xml.strip():
+    if not isinstance(xml, str):
+        raise LabelConfigError(f"the label config must be XML text, got {type(xml).__name__}")
+    if not xml.strip():
         raise LabelConfigError("empty label config")
     try:
         interface = LabelInterface(xml)
@@ -75,6 +81,8 @@ def parse_label_config(xml: str) -> LabelConfig:
         if not str(image.value or "").startswith("$"):
             raise LabelConfigError(f'<Image name="{image.name}"> must take its value from task data ("$key")')
         classes = tuple(control.labels)
+        if len(classes) > MAX_CLASSES:
+            raise LabelConfigError(f'<Choices name="{control.name}"> has {len(classes)} classes (at most {MAX_CLASSES})')
         if len(classes) < 2:
             raise LabelConfigError(f'<Choices name="{control.name}"> needs at least two <Choice> values')
         return LabelConfig(
@@ -87,5 +95,8 @@ def parse_label_config(xml: str) -> LabelConfig:
 
 def _prompts(name: str, hint: str | None) -> tuple[str, ...]:
     """The hint's ``;``-separated prompts, or the default template on the class name."""
-    prompts = tuple(p.strip() for p in (hint or "").split(";") if p.strip())
+    prompts = tuple(p.strip()[:MAX_PROMPT_CHARS] for p in (hint or "").split(";") if p.strip())
+    if len(prompts) > MAX_PROMPTS_PER_CLASS:
+        raise LabelConfigError(f"class {name[:80]!r} has {len(prompts)} prompts in its hint "
+                               f"(at most {MAX_PROMPTS_PER_CLASS})")
     return prompts or (DEFAULT_TEMPLATE.format(name),)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from labeler.errors import StudioError
 from labeler.studio.client import Studio
 from labeler.studio.labelconfig import LabelConfig, parse_label_config
+from labeler.learning.registry import PROJECT_RE
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +313,7 @@ def report_to_model_card(studio: Studio | None, project: str, job: dict, predict
 
     Never raises: the card is a convenience, the job's state is the record.
     """
-    if studio is None or not str(project).isdigit():
+    if studio is None or not PROJECT_RE.fullmatch(str(project)):
         return
     try:
         registry, settings = predictor.registry, predictor.settings
@@ -325,10 +327,14 @@ def report_to_model_card(studio: Studio | None, project: str, job: dict, predict
         log.warning("could not update the model card of project %s: %s", project, exc)
 
 
-def secure_backend_webhooks(studio: Studio, project: int, headers: dict[str, str]) -> tuple[int, int]:
-    """Add ``headers`` (the backend's webhook credentials) to the webhooks Label Studio created for the
-    project's ML backends (it creates them without credentials); returns (such webhooks, updated)."""
-    targets = {f"{(ml.url or '').rstrip('/')}/webhook" for ml in studio.ml.list(project=project)}
+def secure_backend_webhooks(studio: Studio, project: int, headers: dict[str, str], own_url: str) -> tuple[int, int]:
+    """Add ``headers`` (the backend's webhook credentials) to the webhook Label Studio created for this
+    backend, the project's ML backend at ``own_url`` (it creates it without credentials); returns (such
+    webhooks, updated). Another ML backend's webhook never gets them: whoever may edit the project can
+    add an ML backend of their own."""
+    own = _url_key(own_url)
+    targets = {f"{(ml.url or '').rstrip('/')}/webhook" for ml in studio.ml.list(project=project)
+               if _url_key(ml.url or "") == own}
     found = updated = 0
     for hook in studio.webhooks.list(project=str(project)):
         if hook.url not in targets:
@@ -339,3 +345,12 @@ def secure_backend_webhooks(studio: Studio, project: int, headers: dict[str, str
             studio.webhooks.update(id=hook.id, headers={**have, **headers})
             updated += 1
     return found, updated
+
+
+def _url_key(url: str) -> str:
+    """A URL compared as a browser would: scheme and host in lower case, default port and trailing slash dropped."""
+    parts = urlsplit(url.strip())
+    default = {"http": ":80", "https": ":443"}.get(parts.scheme.lower(), "")
+    netloc = parts.netloc.lower()
+    netloc = netloc[: -len(default)] if default and netloc.endswith(default) else netloc
+    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
