@@ -322,6 +322,7 @@ def _check_simulation(data, labels_csv: Path, budget: int, holdout: int):
     if len(classes) < 2:
         _fail(f"{labels_csv} has one class ({classes}); a classifier needs two or more")
     y = data.targets(classes)
+    holdout = max(holdout, len(classes))  # every class is held out at least once
     if holdout >= len(y) - budget:
         _fail(f"--holdout {holdout} + --budget {budget} exceed the {len(y)} images")
     counts = np.bincount(y, minlength=len(classes))
@@ -332,15 +333,22 @@ def _check_simulation(data, labels_csv: Path, budget: int, holdout: int):
 
 
 def _holdout(y, size: int, seed: int):
-    """``size`` indices stratified by class (each class as often as in ``y``, at least once), so a
-    rare class is evaluated too."""
+    """``size`` (at least one per class) indices: one image of every class, the rest stratified by
+    class (each class about as often as in ``y``), so a rare class is evaluated too."""
     from sklearn.model_selection import train_test_split
 
     import numpy as np
 
-    size = max(size, len(np.unique(y)))
-    _, test = train_test_split(np.arange(len(y)), test_size=size, stratify=y, random_state=1000 + seed)
-    return np.sort(test)
+    rng = np.random.default_rng(1000 + seed)
+    first = np.array([rng.choice(np.flatnonzero(y == c)) for c in np.unique(y)])
+    rest = np.setdiff1d(np.arange(len(y)), first)
+    if size <= len(first):
+        return np.sort(first)
+    # stratify needs two of a class among the rest; a class with fewer is sampled without it
+    counts = np.bincount(y[rest])
+    strat = y[rest] if counts[counts > 0].min() >= 2 and size - len(first) >= (counts > 0).sum() else None
+    _, more = train_test_split(rest, test_size=size - len(first), stratify=strat, random_state=1000 + seed)
+    return np.sort(np.concatenate([first, more]))
 
 
 def _save_simulated_model(model, folder: Path, **meta) -> bool:

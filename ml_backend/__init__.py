@@ -74,6 +74,8 @@ def _error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RecursionError)
     def _too_deep(exc: RecursionError):  # JSON nested deeper than the parser goes: nobody's real request
+        log.warning("RecursionError on %s %s (a request body nested too deeply?)", request.method, request.path,
+                    exc_info=True)  # logged in full: a recursion bug of our own must not pass for bad input
         return body("request body nested too deeply", 400)
 
     @app.errorhandler(Exception)

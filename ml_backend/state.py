@@ -71,7 +71,7 @@ class BackendState:
         self.predict_slots = threading.BoundedSemaphore(settings.max_concurrent_predicts)
         self._lock = threading.Lock()
         self._binding = settings.model_dir / "studio.json"
-        self._own_url = settings.public_url or ""  # this backend's URL, as Label Studio calls it
+        self._own_urls: dict[str, str] = {}  # per project: this backend's URL, as Label Studio called /setup
         self.predictor.registry.cleanup()
         self.jobs = make_jobs(settings, self.predictor, self.studio)
         self.train_every = TrainEvery(settings.train_every, self.predictor.registry, self.studio,
@@ -112,7 +112,8 @@ class BackendState:
 
         ``own_url``: this backend's URL as Label Studio called it (``LABELER_PUBLIC_URL`` wins), so that
         only its own webhook gets its credentials."""
-        self._own_url = self.settings.public_url or own_url
+        with self._lock:
+            self._own_urls[project] = self.settings.public_url or own_url
         if self.configured():
             return self._verify(project, self.connection(project))
         try:
@@ -163,7 +164,7 @@ class BackendState:
             headers = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
         else:
             return
-        own = self._own_url
+        own = self._own_urls.get(project) or self.settings.public_url or ""
 
         def run() -> None:
             # Label Studio calls /setup before it saves a new ML backend and creates its webhook: look again

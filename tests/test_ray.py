@@ -298,6 +298,9 @@ def test_a_job_server_that_never_answers_is_a_clear_error_in_bounded_time():
         t = time.monotonic()
         with pytest.raises(ClusterError, match="cannot be reached.*timed out"):
             jobs.state("1")
+        for project in ("2", "3", "4"):  # /metrics: one timeout for all projects, not one each
+            with pytest.raises(ClusterError, match="timed out"):
+                jobs.state(project, max_age=60)
         assert time.monotonic() - t < 5
 
 

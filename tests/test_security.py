@@ -222,9 +222,13 @@ def test_malformed_tasks_and_configs_are_per_task_errors(secured):
         assert got.status_code == 400 and "XML text" in got.json()["error"], got.text
         got = requests.post(f"{url}/setup", auth=AUTH, json={"project": "1", "schema": config})
         assert got.status_code == 400, got.text
-    many = template("binary").replace('hint="closed eye;', 'hint="' + "a;" * 5000)
-    got = requests.post(f"{url}/predict", auth=AUTH, json={"tasks": [], "label_config": many, "project": "1"})
-    assert got.status_code == 400 and "prompts" in got.json()["error"]
+    many = template("binary").replace('hint="closed eye;', 'hint="' + "a;" * 5000)  # the first 16 are used
+    r = predict(url, [GOOD], config=many)
+    assert r.status_code == 200 and r.json()["results"][0]["result"]
+    wide = template("binary").replace('<Choice value="closed"', "".join(f'<Choice value="c{i}"/>' for i in range(1001))
+                                      + '<Choice value="closed"')
+    got = requests.post(f"{url}/predict", auth=AUTH, json={"tasks": [], "label_config": wide, "project": "1"})
+    assert got.status_code == 400 and "classes" in got.json()["error"]
     got = requests.post(f"{url}/predict", auth=AUTH, json={"tasks": [0] * 10_001, "label_config": template("binary"),
                                                            "project": "1"})
     assert got.status_code == 413 and "LABELER_MAX_TASKS_PER_PREDICT" in got.json()["error"]

@@ -92,7 +92,7 @@ class RayJobs:
         self.gpus = gpus
         self.timeout = timeout
         self._client: Any = None  # ray.job_submission.JobSubmissionClient, made on first use
-        self._listing: tuple[float, list] = (float("-inf"), [])  # (when, the cluster's jobs)
+        self._listing: tuple[float, list | ClusterError] = (float("-inf"), [])  # (when, the jobs or why not)
         self._listing_lock = threading.Lock()
 
     def _call(self, what: str, fn: Callable, *args, **kwargs):
@@ -112,12 +112,18 @@ class RayJobs:
         return self._call("cannot be reached", lambda c: c)
 
     def _list_jobs(self, max_age: float) -> list:
-        """Every job of the cluster, as listed at most ``max_age`` seconds ago."""
+        """Every job of the cluster, as listed at most ``max_age`` seconds ago. A failure is remembered as
+        long: a job server that is down costs one timeout per listing, not one per project."""
         with self._listing_lock:
             when, listed = self._listing
             if time.monotonic() - when > max_age:
-                listed = self._call("cannot be reached", lambda c: c.list_jobs())
+                try:
+                    listed = self._call("cannot be reached", lambda c: c.list_jobs())
+                except ClusterError as exc:
+                    listed = exc
                 self._listing = (time.monotonic(), listed)
+            if isinstance(listed, ClusterError):
+                raise listed
             return listed
 
     def _jobs(self, project: str, kind: str | None = None, max_age: float = 0) -> list:

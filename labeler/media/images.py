@@ -15,26 +15,36 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from labeler.errors import ImageError  # noqa: F401 - raised here, imported from here
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; a bigger classification image is an attack or a mistake
-# What is kept of a decoded image: the models see 224 px (BLIP-2) or 48 px (CNN), so a 40-megapixel
-# photo need not stay 120 MB in memory for as long as its request or its training run.
-MAX_SIDE = 512
+# What is kept of a decoded image: the models see 224 x 224 (BLIP-2) or 48 x 48 (CNN), so a 40-megapixel
+# photo need not stay 120 MB in memory for as long as its request or its training run. Bigger images are
+# reduced to about KEEP_PIXELS, never below MIN_SHORT_SIDE on the short side (a panorama keeps its rows).
+KEEP_PIXELS = 512 * 512
+MIN_SHORT_SIDE = 256
+# Bumped whenever decode() returns other pixels for the same bytes: cached embeddings are keyed with it.
+DECODE_VERSION = 2
 
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """The picture in image bytes, as the models see it: :func:`open_checked`, then :func:`normalize`,
-    at most ``MAX_SIDE`` pixels a side."""
-    im = normalize(open_checked(data, max_pixels, draft=MAX_SIDE))
-    im.thumbnail((MAX_SIDE, MAX_SIDE))
-    return im
+    reduced to :func:`kept_size`."""
+    im = normalize(open_checked(data, max_pixels, draft=True))
+    size = kept_size(*im.size)
+    return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0) if size != im.size else im
 
 
-def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None) -> Image.Image:
+def kept_size(width: int, height: int) -> tuple[int, int]:
+    """``(w, h)`` scaled by ``min(1, max(sqrt(KEEP_PIXELS / (w h)), MIN_SHORT_SIDE / min(w, h)))``."""
+    scale = min(1.0, max((KEEP_PIXELS / max(1, width * height)) ** 0.5, MIN_SHORT_SIDE / max(1, min(width, height))))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = False) -> Image.Image:
     """Decode image bytes fully (truncated files fail here, not later in the model), as stored
     (``format`` and mode kept).
 
     The size in the header is checked before any pixel is decoded, so a
     small file that claims 20000 x 20000 pixels costs nothing. ``draft``: a JPEG may be decoded at a
-    reduced scale that keeps at least this many pixels a side (less memory, faster).
+    reduced scale that keeps at least :func:`kept_size` (less memory, faster).
     """
     try:
         with warnings.catch_warnings():
@@ -44,7 +54,7 @@ def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int |
             if width * height > max_pixels:
                 raise ImageError(f"image of {width}x{height} pixels refused (limit {max_pixels} pixels)")
             if draft and im.format == "JPEG":
-                im.draft(im.mode, (draft, draft))
+                im.draft(im.mode, kept_size(width, height))
             im.load()
     except ImageError:
         raise
@@ -63,8 +73,9 @@ def normalize(im: Image.Image) -> Image.Image:
 
     - EXIF orientation applied (a browser shows a phone photo upright; the model must see it so too);
     - 16-bit and float pixels scaled to 8 bits (``convert("RGB")`` clips them: a 16-bit scan would be
-      white): 16-bit ranges divide by 257, floats in [0, 1] multiply by 255, anything else is stretched
-      from its minimum to its maximum;
+      white): integers from the smallest ``2**b - 1`` range (b = 8 ... 16) that holds them (a 12-bit
+      camera or microscope image in a 16-bit file is not made black), floats in [0, 1] times 255,
+      anything else stretched from its minimum to its maximum;
     - transparency composited over white, as a viewer shows it (dropping alpha would show whatever
       colour is stored under transparent pixels).
     """
@@ -84,7 +95,8 @@ def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
     a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
-        a = a / 257.0
+        bits = min(16, max(8, int(np.ceil(np.log2(hi + 1))))) if hi > 0 else 8
+        a = a * (255.0 / (2**bits - 1))
     elif mode == "F" and lo >= 0 and hi <= 1:
         a = a * 255.0
     elif not (mode == "F" and lo >= 0 and hi <= 255):

@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from labeler.media.images import DECODE_VERSION
+
 if TYPE_CHECKING:
     from labeler.models.devicetier import DeviceTier
     from labeler.models.zeroshot import ImageEmbeddings
@@ -57,8 +59,9 @@ _HEADER = re.compile(r"^\{'descr': '<f2', 'fortran_order': False, 'shape': \((\d
 
 
 def content_key(data: bytes) -> str:
-    """SHA-256 of the image bytes: the same picture under any URL hits the same entry."""
-    return hashlib.sha256(data).hexdigest()
+    """SHA-256 of the image bytes (and of the decoder's version, so entries made from other pixels are not
+    reused): the same picture under any URL hits the same entry."""
+    return hashlib.sha256(f"decode-v{DECODE_VERSION}:".encode() + data).hexdigest()
 
 
 def read_entry(path: str | Path) -> np.memmap:

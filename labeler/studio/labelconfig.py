@@ -10,11 +10,14 @@ tooltip to annotators, which doubles as documentation of what the class means.
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass
 
 from label_studio_sdk.label_interface import LabelInterface
 
 from labeler.errors import LabelConfigError  # noqa: F401 - raised here
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "a photo of a {}"
 # Bounds on what an (untrusted) label config makes the model score: each prompt is a Q-Former pass per image.
@@ -97,6 +100,7 @@ def _prompts(name: str, hint: str | None) -> tuple[str, ...]:
     """The hint's ``;``-separated prompts, or the default template on the class name."""
     prompts = tuple(p.strip()[:MAX_PROMPT_CHARS] for p in (hint or "").split(";") if p.strip())
     if len(prompts) > MAX_PROMPTS_PER_CLASS:
-        raise LabelConfigError(f"class {name[:80]!r} has {len(prompts)} prompts in its hint "
-                               f"(at most {MAX_PROMPTS_PER_CLASS})")
+        log.warning("class %r has %d prompts in its hint; the first %d are used", name[:80], len(prompts),
+                    MAX_PROMPTS_PER_CLASS)
+        prompts = prompts[:MAX_PROMPTS_PER_CLASS]
     return prompts or (DEFAULT_TEMPLATE.format(name),)

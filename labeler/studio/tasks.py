@@ -348,9 +348,10 @@ def secure_backend_webhooks(studio: Studio, project: int, headers: dict[str, str
 
 
 def _url_key(url: str) -> str:
-    """A URL compared as a browser would: scheme and host in lower case, default port and trailing slash dropped."""
+    """Host, port and path of a URL in lower case, default ports and trailing slash dropped; not the scheme
+    (a proxy that ends TLS hands the backend http:// for Label Studio's https://)."""
     parts = urlsplit(url.strip())
-    default = {"http": ":80", "https": ":443"}.get(parts.scheme.lower(), "")
-    netloc = parts.netloc.lower()
-    netloc = netloc[: -len(default)] if default and netloc.endswith(default) else netloc
-    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+    netloc = parts.netloc.lower().rpartition("@")[2]
+    for default in (":80", ":443"):
+        netloc = netloc.removesuffix(default)
+    return f"{netloc}{parts.path.rstrip('/')}"
