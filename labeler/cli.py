@@ -269,7 +269,6 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
 def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
              cnn_steps, self_train, metric, targets, out, save_model) -> None:
     """Replay the annotation loop offline and write learning curves (CSV + PNG)."""
-
     from labeler.models.classifiers import Sample
     from labeler.learning.datasets import read_labels
     from labeler.learning.simulate import STRATEGIES, make_classifier, imagenet_features, run, write_outputs

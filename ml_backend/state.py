@@ -11,7 +11,6 @@ that Label Studio; the first Label Studio to do so binds the backend (saved in
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import logging
 import socket
@@ -24,6 +23,7 @@ from labeler.config import Settings
 from labeler.studio.client import Connection, Studio
 from labeler.errors import SetupRefused
 from labeler.fsutil import atomic_write_text
+from labeler.media.fetching import ip_address
 from ml_backend.jobs import make_jobs
 from ml_backend.trainevery import TrainEvery
 from labeler.models.predictor import Predictor
@@ -49,9 +49,7 @@ def _resolvable_studio_host(url: str) -> bool:
     except (OSError, UnicodeError):
         return False
     for info in infos:
-        addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped  # ::ffff:169.254.169.254 is the metadata service too
+        addr = ip_address(str(info[4][0]))  # ::ffff:169.254.169.254 is the metadata service too
         if addr.is_link_local or addr.is_multicast or addr.is_unspecified:
             return False
     return True
@@ -113,7 +111,7 @@ class BackendState:
         ``own_url``: this backend's URL as Label Studio called it (``LABELER_PUBLIC_URL`` wins), so that
         only its own webhook gets its credentials."""
         with self._lock:
-            self._own_urls[project] = self.settings.public_url or own_url
+            self._own_urls[project] = own_url
         if self.configured():
             return self._verify(project, self.connection(project))
         try:
@@ -164,7 +162,7 @@ class BackendState:
             headers = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
         else:
             return
-        own = self._own_urls.get(project) or self.settings.public_url or ""
+        own = self.settings.public_url or self._own_urls.get(project, "")
 
         def run() -> None:
             # Label Studio calls /setup before it saves a new ML backend and creates its webhook: look again

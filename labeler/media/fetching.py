@@ -73,11 +73,18 @@ class FetchPolicy:
         return False, False
 
 
-def is_public(ip: str) -> bool:
-    """True when ``ip`` is a global unicast address (not loopback, private, link-local, ...)."""
+def ip_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address ``ip`` names, without an IPv6 zone, an IPv4-mapped IPv6 address as its IPv4 address
+    (``::ffff:127.0.0.1`` is loopback)."""
     addr = ipaddress.ip_address(ip.split("%")[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+        return addr.ipv4_mapped
+    return addr
+
+
+def is_public(ip: str) -> bool:
+    """True when ``ip`` is a global unicast address (not loopback, private, link-local, ...)."""
+    addr = ip_address(ip)
     return addr.is_global and not addr.is_multicast
 
 

@@ -28,10 +28,9 @@ from labeler.media.images import ImageError, decode
 from labeler.models.devicetier import DeviceTier
 from labeler.media.imagestore import ImageStore
 from labeler.studio.labelconfig import LabelConfig
-from labeler.learning.registry import registry_for
+from labeler.learning.registry import PROJECT_RE, registry_for
 from labeler.learning.uncertainty import confidence, multilabel_uncertainty
 from labeler.models.zeroshot import ZeroShotScorer, sigmoid, softmax
-from labeler.learning.registry import PROJECT_RE
 
 log = logging.getLogger(__name__)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from labeler.errors import StudioError
 from labeler.studio.client import Studio
