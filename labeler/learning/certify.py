@@ -1,0 +1,424 @@
+"""Certified auto-accept: which of the model's labels may stand without a person, with a guarantee.
+
+The guarantee. Among the tasks the model labels unaided ("accepted"), the share of wrong labels
+is at most ``eps``, with probability at least ``1 - delta`` over the audit draw. Nothing is assumed
+about the images, the labels or the model: the only randomness is the audit's, which labeler draws
+itself (a design-based guarantee), so it holds on any data set. It needs the scores to be fixed
+before the audit is drawn: the certified model version must not have seen the audit's labels.
+
+The design.
+
+1. **The audit** is a Bernoulli sample of the pool (the tasks nobody has labelled): each task is
+   drawn independently with a known probability ``f`` (per stratum), and people label the drawn
+   ones. For any fixed set ``P`` of pool tasks holding ``E`` model errors, the number of errors the
+   audit sees in ``P`` is then exactly ``Binomial(E, f)``, whatever else is true.
+2. **The candidates** are prefixes of the pool sorted by the model's confidence, most confident
+   first: "accept the top ``j``". For prefix ``j`` the null hypothesis is ``H_j: E_j >= E0_j`` with
+   ``E0_j = floor(eps * (j - q_j)) + 1``, ``q_j`` the 95th percentile of the audit's share of the
+   prefix (:func:`null_errors`): fewer errors keep "at most ``eps`` of what the model labels is
+   wrong" true. Its exact p-value, with ``k_j`` audited errors, is
+   ``p_j = P(Binomial(E0_j, f) <= k_j)`` (``scipy.stats.binom.cdf``; the cdf falls as ``E`` grows,
+   so ``E0_j`` is the worst case). Audit tasks not yet labelled count as errors in ``k_j``.
+3. **The threshold search** is Learn-then-Test with fixed-sequence testing (Angelopoulos et al.,
+   2021): test ``j`` from a start outwards, in 1 % steps, and stop at the first ``p_j > delta'``.
+   Fixed-sequence testing controls the family-wise error at ``delta'`` with no multiplicity
+   penalty: every rejected ``H_j`` is false (``E_j < E0_j``) with probability ``>= 1 - delta'``. The start is the smallest prefix that could pass with one audit error
+   (:func:`first_prefix`; it depends on counts only, never on labels).
+4. **The bound actually achieved** on the accepted tasks (the prefix minus every task a person
+   labelled, audit or not) is then ``(E0_j - 1 - k_known) / m``: the errors left after those
+   people found (audit or later labels, ``k_known``), over the ``m`` tasks that keep the model's
+   label. The certified prefix is the largest rejected one whose bound is ``<= eps`` (it fails only
+   where the audit took an unusually large share of the prefix); choosing among rejected
+   hypotheses keeps the error control.
+5. **Per class** (``per_class=True``) the pool is stratified by the model's predicted class: each
+   class gets its own audit rate, prefix search and level ``delta' / K``; by Bonferroni every
+   class's claim holds at once with probability ``>= 1 - delta'``, and so does the overall one (a
+   weighted mean of per-class rates). A class that cannot pass its first test is named: it blocks.
+   Without it (the default) one stratum is certified at ``delta'``, which needs about half the
+   audit labels for two classes; the per-class errors are then *estimated*, not certified.
+6. **Rounds**: a certificate uses one audit round. Drawing another after looking at the first (for
+   a larger audit, or a newer model version) is a new, independent round from the pool as it is
+   then; round ``r`` is certified at ``delta_r`` (``0.8 * delta`` for the first, then
+   ``0.1, 0.05, ... * delta``), so all rounds together keep ``delta``.
+
+Multi-label projects: a task's label is its whole set and it counts as wrong when any class is
+wrong, so the certificate bounds the share of accepted tasks with any wrong class (subset error,
+which bounds the Hamming error per class too); its confidence is that of its least certain class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.stats import beta, binom, poisson
+
+from labeler.errors import LabelerError
+
+#: Defaults: at most 2 % wrong labels among the accepted tasks, with 95 % probability.
+DEFAULT_EPS, DEFAULT_DELTA = 0.02, 0.05
+#: Share of ``delta`` the first audit round spends; later rounds share the rest.
+FIRST_ROUND_SHARE = 0.8
+#: Prefix sizes tried, as fractions of a stratum (1 % steps).
+GRID_STEP = 0.01
+
+
+class CertificateError(LabelerError, ValueError):
+    """A certificate cannot be issued as asked; the message says what is missing."""
+    status = 400
+    exit_code = 2
+
+
+def check_levels(eps: float, delta: float) -> None:
+    """Both must lie strictly between 0 and 1."""
+    for name, v in (("eps (target error rate)", eps), ("delta (1 - confidence)", delta)):
+        if not (isinstance(v, (int, float)) and 0 < v < 1 and math.isfinite(v)):
+            raise CertificateError(f"{name} must lie strictly between 0 and 1, got {v!r}")
+
+
+def round_delta(delta: float, round_no: int) -> float:
+    """The level audit round ``round_no`` (1, 2, ...) is certified at; they sum to ``delta``.
+
+    ``delta_1 = 0.8 delta``; ``delta_r = 0.2 delta / 2^(r-1)`` for ``r >= 2`` (0.1, 0.05, ...).
+    """
+    if round_no < 1:
+        raise ValueError(f"audit rounds count from 1, got {round_no}")
+    return delta * (FIRST_ROUND_SHARE if round_no == 1 else (1 - FIRST_ROUND_SHARE) / 2 ** (round_no - 1))
+
+
+def clopper_pearson_upper(k: int | np.ndarray, n: int | np.ndarray, delta: float) -> np.ndarray:
+    """One-sided Clopper-Pearson upper bound on a binomial proportion at level ``delta``.
+
+    ``U = Beta.ppf(1 - delta, k + 1, n - k)`` (1 when ``k = n``): the largest ``p`` with
+    ``P(Binomial(n, p) <= k) >= delta``.
+    """
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = beta.ppf(1 - delta, k + 1, np.maximum(n - k, 1e-300))
+    return np.where(k >= n, 1.0, u)
+
+
+def null_errors(eps: float, prefix: np.ndarray | int, f: float) -> np.ndarray:
+    """``E0_j = floor(eps * (j - q_j)) + 1``, ``q_j`` the 95th percentile of ``Binomial(j, f)``.
+
+    The claim for prefix ``j`` is "at most ``eps`` of the tasks left to the model are wrong"; about
+    ``f * j`` of the prefix goes to the audit, and rarely more than ``q_j``, so ``E_j < E0_j`` errors
+    in the prefix keep that claim true whenever the audit took no more than ``q_j`` of it (checked
+    on the draw: see the bound in :func:`certify_stratum`).
+    """
+    j = np.asarray(prefix)
+    return np.floor(eps * (j - binom.ppf(0.95, j, f)) + 1e-9).astype(int).clip(min=0) + 1
+
+
+def error_count_pvalue(k: int | np.ndarray, e0: int | np.ndarray, f: float) -> np.ndarray:
+    """``P(Binomial(E0, f) <= k)``: the exact p-value of "the set holds ``E0`` errors or more"
+    when each of its tasks was audited with probability ``f`` and ``k`` audited errors were seen."""
+    return binom.cdf(np.asarray(k), np.asarray(e0), f)
+
+
+def first_prefix(eps: float, delta: float, f: float, size: int, tolerance: int = 1) -> int:
+    """Where the search starts: the smallest prefix that would pass its test with ``tolerance`` audit
+    errors (``P(Binomial(E0_j, f) <= tolerance) <= delta``), or with none if no prefix allows
+    ``tolerance``; ``size + 1`` when no prefix can pass at all.
+
+    The start depends on the scores' count and the audit rate only, never on labels, as a
+    fixed-sequence test needs. Smaller prefixes would have to be error-free to pass, so one stray
+    error in the most confident tasks would end the search at once; starting where one error is
+    tolerated makes the certificate robust to it.
+    """
+    if f <= 0:
+        return size + 1
+    for tol in ((tolerance, 0) if tolerance > 0 else (0,)):
+        lo, hi = 1, size
+        if error_count_pvalue(tol, int(null_errors(eps, size, f)), f) > delta:
+            continue
+        while lo < hi:  # p-values fall as the prefix (and so E0) grows
+            mid = (lo + hi) // 2
+            if error_count_pvalue(tol, int(null_errors(eps, mid, f)), f) <= delta:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+    return size + 1
+
+
+@dataclass
+class StratumResult:
+    """One stratum's certificate (the whole pool, or the tasks the model gives one class)."""
+
+    name: str
+    size: int                 # pool tasks in the stratum at the draw
+    rate: float               # audit inclusion probability f
+    level: float              # the delta' its search ran at
+    audited: int              # audit tasks drawn in the stratum
+    audit_labelled: int
+    audit_errors: int         # among the labelled audit tasks (all of them, in or out of the prefix)
+    prefix: int               # tasks of the stratum in the certified prefix (0: none)
+    threshold: float | None   # lowest confidence accepted (None: nothing accepted)
+    accepted: int             # prefix tasks that keep the model's label
+    bound: float | None       # certified upper bound on their error rate
+    estimate: float | None    # audit estimate of the error rate in the prefix (not a bound)
+    blocked: str | None = None  # why nothing could be accepted
+    tests: list[dict] = field(default_factory=list)  # prefix, p-value, errors seen, passed
+
+
+def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: np.ndarray,
+                    human: np.ndarray, eps: float, level: float, rate: float) -> tuple[StratumResult, np.ndarray]:
+    """Search one stratum's prefixes; returns its result and the mask of the certified prefix (the
+    tasks accepted are those of it that no person labelled).
+
+    ``scores``: the model's confidence per task; ``audited``: drawn into the audit; ``wrong``: 1 where
+    a person's label contradicts the model, 0 where it agrees, NaN where no person has labelled the
+    task (for audit tasks, NaN counts as an error until labelled); ``human``: labelled by a person
+    after the draw (audit or not). The prefix order is by score, ties broken by position.
+    """
+    n = len(scores)
+    order = np.lexsort((np.arange(n), -np.asarray(scores, dtype=float)))
+    a = np.asarray(audited, bool)[order]
+    w = np.asarray(wrong, float)[order]
+    h = np.asarray(human, bool)[order] | a
+    known_err = np.nan_to_num(w, nan=0.0) > 0
+    # audited errors for the test: labelled errors plus every unlabelled audit task (worst case)
+    k_test = np.cumsum(a & (known_err | np.isnan(w)))
+    # errors already known to people (audit or not): they are not among the accepted
+    k_known = np.cumsum(h & known_err)
+    keep = np.cumsum(~h)  # prefix tasks that would keep the model's label
+    labelled_audit = a & ~np.isnan(w)
+    res = StratumResult(name, n, rate, level, int(a.sum()), int(labelled_audit.sum()),
+                        int((labelled_audit & known_err).sum()), 0, None, 0, None, None)
+    start = first_prefix(eps, level, rate, n)
+    if start > n:
+        res.blocked = (f"an audit rate of {rate:.3f} over {n} tasks cannot certify {eps:g} at this confidence "
+                       "even with no error found: draw a larger audit")
+        return res, np.zeros(n, bool)
+    step = max(1, int(round(GRID_STEP * n)))
+    best, best_bound = 0, None
+    for j in list(range(start, n, step)) + [n]:
+        e0 = int(null_errors(eps, j, rate))
+        p = float(error_count_pvalue(int(k_test[j - 1]), e0, rate))
+        m = int(keep[j - 1])
+        # rejecting H_j means E_j <= e0 - 1; the errors left to the model are those minus the known ones
+        bound = max(0, e0 - 1 - int(k_known[j - 1])) / m if m else 0.0
+        res.tests.append({"prefix": j, "p_value": p, "audit_errors": int(k_test[j - 1]), "bound": bound,
+                          "rejected": p <= level})
+        if p > level:
+            break  # fixed sequence: no further test
+        if bound <= eps:  # the audit took no more of the prefix than the null allowed for
+            best, best_bound = j, bound
+    if not best:
+        t = res.tests[0]
+        res.blocked = (f"{t['audit_errors']} audit error(s) (or unlabelled audit tasks) among the "
+                       f"{start} most confident tasks: p = {t['p_value']:.3g} > {level:.3g}"
+                       if not t["rejected"] else "the audit took more of every passing prefix than planned")
+        return res, np.zeros(n, bool)
+    in_prefix = np.zeros(n, bool)
+    in_prefix[:best] = True
+    mask = np.zeros(n, bool)
+    mask[order] = in_prefix
+    res.prefix, res.accepted, res.bound = best, int((~h[:best]).sum()), best_bound
+    res.threshold = float(np.asarray(scores, float)[order][best - 1])
+    seen = a[:best] & ~np.isnan(w[:best])
+    res.estimate = float(known_err[:best][seen].mean()) if seen.any() else None
+    return res, mask
+
+
+@dataclass
+class Certificate:
+    """What may be accepted, and the guarantee. JSON-able with :meth:`to_dict`."""
+
+    eps: float
+    delta: float
+    round: int
+    level: float                 # delta spent on this round
+    per_class: bool
+    method: str
+    pool: int                    # tasks in the pool at the draw
+    audited: int
+    audit_labelled: int
+    audit_errors: int
+    accepted: int                # tasks labelled by the model unaided
+    coverage: float              # accepted / pool tasks that no person labelled
+    bound: float | None          # certified upper bound on the error rate among the accepted
+    strata: list[StratumResult]
+    classes: dict[str, dict]     # per predicted class: accepted, audit errors, bound or estimate
+    blocked: list[str]
+    certified: bool              # any task accepted
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """A few lines a person reads."""
+        lines = [f"target: at most {self.eps:.2%} wrong among the accepted tasks, with {1 - self.delta:.0%} confidence "
+                 f"(audit round {self.round}, level {self.level:.3g}, {'per class' if self.per_class else 'overall'})",
+                 f"audit: {self.audit_labelled} of {self.audited} labelled, {self.audit_errors} model error(s) found"]
+        if self.certified:
+            lines.append(f"accepted: {self.accepted} tasks ({self.coverage:.1%} of the unlabelled pool), "
+                         f"certified error rate <= {self.bound:.2%}")
+        else:
+            lines.append("nothing can be accepted yet")
+        for name, c in self.classes.items():
+            what = "bound" if c.get("certified") else "estimate"
+            val = c.get("bound") if c.get("certified") else c.get("estimate")
+            lines.append(f"  {name}: {c['accepted']} accepted, {c['audit_errors']} audit error(s) of "
+                         f"{c['audit_labelled']}, {what} {('n/a' if val is None else f'{val:.2%}')}")
+        lines += [f"blocked: {b}" for b in self.blocked]
+        return "\n".join(lines)
+
+
+METHOD = ("Bernoulli audit sample; exact binomial test of the error count per confidence prefix; "
+          "Learn-then-Test fixed-sequence search; Bonferroni over classes (per-class mode) and audit rounds")
+
+
+def certify(scores: np.ndarray, predicted: Sequence[str], audited: np.ndarray, wrong: np.ndarray,
+            human: np.ndarray, rates: dict[str, float], eps: float = DEFAULT_EPS, delta: float = DEFAULT_DELTA,
+            round_no: int = 1, per_class: bool = False, min_audit: int = 1) -> tuple[Certificate, np.ndarray]:
+    """Certify one audit round; returns the certificate and the mask of tasks accepted.
+
+    All arrays are over the pool as it was when the round was drawn, in one order.
+    ``predicted``: the model's label per task (for multi-label, the label set joined, e.g. ``"a|b"``);
+    ``rates``: audit inclusion probability per stratum (``{"all": f}``, or one per class with
+    ``per_class``). See :func:`certify_stratum` for ``audited``, ``wrong`` and ``human``.
+    Raises :class:`CertificateError` when the data cannot back any certificate (no audit label,
+    a class with no audit task in per-class mode).
+    """
+    check_levels(eps, delta)
+    scores = np.asarray(scores, float)
+    predicted_arr = np.asarray([str(p) for p in predicted], dtype=object)
+    audited, human = np.asarray(audited, bool), np.asarray(human, bool)
+    wrong = np.asarray(wrong, float)
+    if not (len(scores) == len(predicted_arr) == len(audited) == len(wrong) == len(human)):
+        raise CertificateError("scores, predictions, audit and labels must cover the same tasks")
+    if not len(scores):
+        raise CertificateError("the pool is empty: every task already has a person's label")
+    labelled = audited & ~np.isnan(wrong)
+    if labelled.sum() < min_audit:
+        raise CertificateError(f"{int(audited.sum())} audit task(s) drawn, {int(labelled.sum())} labelled: "
+                               "label the audit tab's tasks first")
+    level = round_delta(delta, round_no)
+    names = sorted(set(predicted_arr.tolist())) if per_class else ["all"]
+    missing = [s for s in names if s not in rates]
+    if missing:
+        raise CertificateError(f"no audit rate for {', '.join(missing)}: the audit was drawn for another design")
+    if per_class:
+        empty = [s for s in names if not (audited & (predicted_arr == s)).any()]
+        if empty:
+            raise CertificateError(f"no audit task of the class(es) {', '.join(empty)}: a per-class certificate "
+                                   "needs audit labels of every class the model predicts (draw the audit per class)")
+    stratum_level = level / len(names)
+    prefix = np.zeros(len(scores), bool)
+    strata = []
+    for s in names:
+        idx = np.flatnonzero(predicted_arr == s) if per_class else np.arange(len(scores))
+        res, mask = certify_stratum(s, scores[idx], audited[idx], wrong[idx], human[idx], eps, stratum_level,
+                                    rates[s])
+        prefix[idx[mask]] = True
+        strata.append(res)
+    accepted = prefix & ~(human | audited)
+    remaining = int((~(human | audited)).sum())
+    n_acc = int(accepted.sum())
+    # the overall bound: the strata's certified error counts over all accepted tasks
+    err_bound = sum(r.bound * r.accepted for r in strata if r.bound is not None)
+    classes = _per_class(predicted_arr, audited, wrong, prefix, accepted, strata, per_class)
+    cert = Certificate(eps, delta, round_no, level, per_class, METHOD, len(scores), int(audited.sum()),
+                       int(labelled.sum()), int((labelled & (wrong > 0)).sum()), n_acc,
+                       n_acc / remaining if remaining else 0.0, (err_bound / n_acc) if n_acc else None,
+                       strata, classes, [f"{r.name}: {r.blocked}" for r in strata if r.blocked], n_acc > 0)
+    return cert, accepted
+
+
+def draw_audit(strata: Sequence[str], rates: dict[str, float], rng: np.random.Generator) -> np.ndarray:
+    """The audit: each task drawn independently with its stratum's probability (a Bernoulli sample)."""
+    f = np.array([rates[s] for s in strata], dtype=float)
+    return rng.random(len(f)) < f
+
+
+@dataclass
+class AuditPlan:
+    """How large an audit to draw: a rate per stratum and what it is expected to buy."""
+
+    rates: dict[str, float]
+    expected_audit: int          # audit labels
+    expected_accepted: int       # tasks the model would label
+    expected_people: int         # audit + tasks left to a person
+    pool: int
+
+    def summary(self) -> str:
+        return (f"audit about {self.expected_audit} of the {self.pool} unlabelled tasks; expected then: "
+                f"{self.expected_accepted} accepted ({self.expected_accepted / max(self.pool, 1):.0%}), "
+                f"{self.expected_people - self.expected_audit} left to a person")
+
+
+RATES = np.unique(np.round(np.geomspace(0.005, 1.0, 60), 4))
+
+
+def plan_audit(scores: np.ndarray, predicted: Sequence[str], eps: float = DEFAULT_EPS,
+               delta: float = DEFAULT_DELTA, round_no: int = 1, per_class: bool = False,
+               p_error: np.ndarray | None = None) -> AuditPlan:
+    """Choose each stratum's audit rate to minimise the expected human labels (audit + rejected).
+
+    The expectation takes each task's chance of a model error as ``p_error`` (default ``1 - score``,
+    i.e. the model's confidence taken at its word): it only sizes the audit. The guarantee does not
+    rest on it; a plan that proves optimistic certifies less, and a new round can add more.
+    """
+    check_levels(eps, delta)
+    scores = np.asarray(scores, float)
+    p_err = np.clip(1 - scores if p_error is None else np.asarray(p_error, float), 0, 1)
+    predicted_arr = np.asarray([str(p) for p in predicted], dtype=object)
+    names = sorted(set(predicted_arr.tolist())) if per_class else ["all"]
+    level = round_delta(delta, round_no) / len(names)
+    rates, audit, accepted = {}, 0.0, 0.0
+    for s in names:
+        idx = np.flatnonzero(predicted_arr == s) if per_class else np.arange(len(scores))
+        order = idx[np.lexsort((np.arange(len(idx)), -scores[idx]))]
+        cum_err = np.cumsum(p_err[order])
+        best = (float(len(idx)), 1.0, 0.0)  # (expected people, rate, expected accepted)
+        for f in RATES:
+            acc = _expected_accepted(cum_err, eps, level, float(f))
+            if len(idx) - acc < best[0] - 1e-9:
+                best = (len(idx) - acc, float(f), acc)
+        rates[s] = best[1]
+        audit += best[1] * len(idx)
+        accepted += best[2]
+    return AuditPlan(rates, int(round(audit)), int(round(accepted)), int(round(len(scores) - accepted)), len(scores))
+
+
+def _expected_accepted(cum_err: np.ndarray, eps: float, level: float, f: float) -> float:
+    """About how many tasks an audit at rate ``f`` lets the model label: the best prefix ``j``
+    weighted by the chance that its test passes, ``j (1 - f) P(Poisson(f E_j) <= kappa_j)``,
+    ``kappa_j`` the most audit errors it tolerates and ``E_j`` the errors the model expects."""
+    n = len(cum_err)
+    start = first_prefix(eps, level, f, n)
+    if start > n:
+        return 0.0
+    j = np.unique(np.r_[np.arange(start, n, max(1, int(round(GRID_STEP * n)))), n])
+    e0 = null_errors(eps, j, f)
+    kappa = binom.ppf(level, e0, f)
+    kappa = np.where(binom.cdf(kappa, e0, f) > level, kappa - 1, kappa)
+    chance = np.where(kappa >= 0, poisson.cdf(kappa, f * cum_err[j - 1]), 0.0)
+    return float(np.max(j * (1 - f) * chance))
+
+
+def _per_class(predicted: np.ndarray, audited: np.ndarray, wrong: np.ndarray, prefix: np.ndarray,
+               accepted: np.ndarray, strata: list[StratumResult], per_class: bool) -> dict[str, dict]:
+    """Per predicted class: tasks accepted, audit labels and errors, and the certified bound (per-class
+    mode) or, overall, an estimate: the error rate of the class's labelled audit tasks inside the
+    certified prefix. The prefix was chosen on the same audit, so an estimate is not a certificate."""
+    by_name = {r.name: r for r in strata}
+    out = {}
+    for c in sorted(set(predicted.tolist())):
+        in_c = predicted == c
+        lab = in_c & audited & ~np.isnan(wrong)
+        row: dict = {"accepted": int((accepted & in_c).sum()), "audit_labelled": int(lab.sum()),
+                     "audit_errors": int((lab & (wrong > 0)).sum()), "certified": per_class}
+        if per_class:
+            r = by_name[c]
+            row.update(bound=r.bound, threshold=r.threshold, blocked=r.blocked)
+        else:
+            seen = lab & prefix
+            row["estimate"] = float((wrong[seen] > 0).mean()) if seen.any() else None
+            row["audit_in_accepted_region"] = int(seen.sum())
+        out[c] = row
+    return out
