@@ -22,8 +22,9 @@ The design.
 3. **The threshold search** is Learn-then-Test with fixed-sequence testing (Angelopoulos et al.,
    2021): test ``j`` from a start outwards, in 1 % steps, and stop at the first ``p_j > delta'``.
    Fixed-sequence testing controls the family-wise error at ``delta'`` with no multiplicity
-   penalty: every rejected ``H_j`` is false (``E_j < E0_j``) with probability ``>= 1 - delta'``. The start is the smallest prefix that could pass with one audit error
-   (:func:`first_prefix`; it depends on counts only, never on labels).
+   penalty: every rejected ``H_j`` is false (``E_j < E0_j``) with probability ``>= 1 - delta'``.
+   The start is the smallest prefix that could pass with one audit error (:func:`first_prefix`;
+   it depends on counts only, never on labels).
 4. **The bound actually achieved** on the accepted tasks (the prefix minus every task a person
    labelled, audit or not) is then ``(E0_j - 1 - k_known) / m``: the errors left after those
    people found (audit or later labels, ``k_known``), over the ``m`` tasks that keep the model's
