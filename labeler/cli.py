@@ -266,13 +266,31 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
                                 "0.8,0.9,0.95].")
 @click.option("--out", default="simulation", show_default=True, type=click.Path(path_type=Path))
 @click.option("--save-model", type=click.Path(path_type=Path), help="Keep the final model of the first run here.")
+@click.option("--certify", "eps", type=float,
+              help="Finish the dataset instead: after the queue's --budget labels, an audit and a certificate that "
+                   "at most EPS of the labels the model gives unaided are wrong (e.g. 0.02).")
+@click.option("--delta", type=float, default=0.05, show_default=True,
+              help="With --certify: the certificate holds with probability 1 - DELTA.")
+@click.option("--per-class", is_flag=True, help="With --certify: bound every predicted class's error, not only the overall.")
+@click.option("--accepted-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --certify: write image,label for every image the model labelled (first strategy, seed 0; "
+                   "other runs get .seedN/.STRATEGY suffixes).")
+@click.option("--redraws", default=0, show_default=True,
+              help="With --certify: also re-draw the audit this many times per run and count violated claims.")
 def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
-             cnn_steps, self_train, metric, targets, out, save_model) -> None:
-    """Replay the annotation loop offline and write learning curves (CSV + PNG)."""
+             cnn_steps, self_train, metric, targets, out, save_model, eps, delta, per_class, accepted_out,
+             redraws) -> None:
+    """Replay the annotation loop offline and write learning curves (CSV + PNG); with --certify, finish the
+    dataset (queue, audit, certified auto-accept) and check the claim against the known labels."""
     from labeler.models.classifiers import Sample
     from labeler.learning.datasets import read_labels
     from labeler.learning.simulate import STRATEGIES, make_classifier, imagenet_features, run, write_outputs
 
+    if eps is not None:
+        from labeler.learning.certify import check_levels
+
+        check_levels(eps, delta)  # a LabelerError: one line, from the group
+        holdout = 0  # every image belongs to the finished dataset
     self_train, data = self_train or None, read_labels(labels_csv, images)
     classes, y = data.classes, _check_simulation(data, labels_csv, budget, holdout)
     metric, goals = _simulation_metric(metric, targets, len(classes))
@@ -284,6 +302,9 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
     features = imagenet_features(samples)
     cnn_options = {"max_steps": cnn_steps, "min_steps": min(cnn_steps, 150)} if cnn_steps else {}
     make = make_classifier(classifier, classes, **cnn_options)
+    if eps is not None:
+        return _simulate_finish(samples, y, data, strategies, budget, batch, start, seeds, make, zeroshot, features,
+                                self_train, eps, delta, per_class, accepted_out, redraws, out)
     rows, saved = [], False
     t0 = time.perf_counter()
     for seed in range(seeds):
@@ -311,6 +332,51 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
     csv_path, png_path = write_outputs(rows, out, title, metric)
     _print_curves(rows, strategies, goals, budget, metric, seeds)
     click.echo(f"\nwrote {csv_path} and {png_path} in {time.perf_counter() - t0:.0f} s")
+
+
+def _simulate_finish(samples, y, data, strategies, budget, batch, start, seeds, make, zeroshot, features, self_train,
+                     eps, delta, per_class, accepted_out, redraws, out) -> None:
+    """``simulate --certify``: per strategy and seed, the finished dataset's human labels and claim."""
+    import numpy as np
+
+    from labeler.learning.simulate_finish import finish, write_accepted, write_results
+
+    classes, rows, t0 = data.classes, [], time.perf_counter()
+    for seed in range(seeds):
+        for strategy in strategies:
+            r = finish(samples, y, classes, strategy, budget, batch, seed, make, eps, delta, per_class,
+                       features=features, zeroshot=zeroshot, self_train=self_train, start=start, redraws=redraws)
+            rows.append(r.row())
+            bound = "none" if r.claimed_bound is None else f"{r.claimed_bound:.4f}"
+            real = "n/a" if r.realized_error is None else f"{r.realized_error:.4f}"
+            click.echo(f"{strategy:>16} seed {seed}: claimed error <= {bound} (target {eps:g}, realized {real}"
+                       f"{', VIOLATED' if r.violated else ''}); coverage {r.coverage:.1%} ({r.accepted} accepted); "
+                       f"people {r.people} = queue {r.queue} + audit {r.audit} + left to a person {r.to_person} "
+                       f"({r.people / r.images:.1%} of {r.images})"
+                       + (f"; redraws: {r.redraw_violations}/{r.redraws} violated, mean coverage "
+                          f"{r.redraw_coverage:.1%}" if r.redraws else ""))
+            for line in r.certificate.blocked:
+                click.echo(f"{'':>17} blocked: {line}")
+            if accepted_out:
+                suffix = "".join([f".seed{seed}" if seed else "", f".{strategy}" if strategy != strategies[0] else ""])
+                path = accepted_out.with_name(accepted_out.stem + suffix + accepted_out.suffix) if suffix else accepted_out
+                n = write_accepted(path, r, data.names, classes)
+                click.echo(f"{'':>17} wrote {n} accepted labels to {path}")
+    path = write_results(rows, out)
+    click.echo(f"\nover {seeds} seed(s), target {eps:g} with confidence {1 - delta:.0%}"
+               f"{' per class' if per_class else ''}:")
+    for strategy in strategies:
+        sel = [r for r in rows if r["strategy"] == strategy]
+        viol = sum(r["violated"] for r in sel)
+        people = np.array([r["people_share"] for r in sel])
+        cov = np.array([r["coverage"] for r in sel])
+        line = (f"{strategy:>16}: claim violated in {viol} of {len(sel)} run(s); people label "
+                f"{people.mean():.1%} +- {people.std():.1%} of the images; coverage {cov.mean():.1%} +- {cov.std():.1%}")
+        if redraws:
+            line += (f"; audit redraws: {sum(r['redraw_violations'] for r in sel)} of "
+                     f"{sum(r['redraws'] for r in sel)} violated")
+        click.echo(line)
+    click.echo(f"labelling everything: {len(y)} people labels. Wrote {path} in {time.perf_counter() - t0:.0f} s")
 
 
 def _check_simulation(data, labels_csv: Path, budget: int, holdout: int):

@@ -166,7 +166,8 @@ class StratumResult:
 
 
 def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: np.ndarray,
-                    human: np.ndarray, eps: float, level: float, rate: float) -> tuple[StratumResult, np.ndarray]:
+                    human: np.ndarray, eps: float, level: float, rate: float,
+                    start: int | None = None) -> tuple[StratumResult, np.ndarray]:
     """Search one stratum's prefixes; returns its result and the mask of the certified prefix (the
     tasks accepted are those of it that no person labelled).
 
@@ -174,6 +175,8 @@ def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: n
     a person's label contradicts the model, 0 where it agrees, NaN where no person has labelled the
     task (for audit tasks, NaN counts as an error until labelled); ``human``: labelled by a person
     after the draw (audit or not). The prefix order is by score, ties broken by position.
+    ``start``: the first prefix tested, fixed before any audit label is seen (the plan's; default
+    :func:`first_prefix`).
     """
     n = len(scores)
     order = np.lexsort((np.arange(n), -np.asarray(scores, dtype=float)))
@@ -189,7 +192,7 @@ def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: n
     labelled_audit = a & ~np.isnan(w)
     res = StratumResult(name, n, rate, level, int(a.sum()), int(labelled_audit.sum()),
                         int((labelled_audit & known_err).sum()), 0, None, 0, None, None)
-    start = first_prefix(eps, level, rate, n)
+    start = max(start or 0, first_prefix(eps, level, rate, n))
     if start > n:
         res.blocked = (f"an audit rate of {rate:.3f} over {n} tasks cannot certify {eps:g} at this confidence "
                        "even with no error found: draw a larger audit")
@@ -275,13 +278,15 @@ METHOD = ("Bernoulli audit sample; exact binomial test of the error count per co
 
 def certify(scores: np.ndarray, predicted: Sequence[str], audited: np.ndarray, wrong: np.ndarray,
             human: np.ndarray, rates: dict[str, float], eps: float = DEFAULT_EPS, delta: float = DEFAULT_DELTA,
-            round_no: int = 1, per_class: bool = False, min_audit: int = 1) -> tuple[Certificate, np.ndarray]:
+            round_no: int = 1, per_class: bool = False, min_audit: int = 1,
+            starts: dict[str, int] | None = None) -> tuple[Certificate, np.ndarray]:
     """Certify one audit round; returns the certificate and the mask of tasks accepted.
 
     All arrays are over the pool as it was when the round was drawn, in one order.
     ``predicted``: the model's label per task (for multi-label, the label set joined, e.g. ``"a|b"``);
     ``rates``: audit inclusion probability per stratum (``{"all": f}``, or one per class with
-    ``per_class``). See :func:`certify_stratum` for ``audited``, ``wrong`` and ``human``.
+    ``per_class``); ``starts``: the prefix each stratum's search starts at (:class:`AuditPlan`).
+    See :func:`certify_stratum` for ``audited``, ``wrong`` and ``human``.
     Raises :class:`CertificateError` when the data cannot back any certificate (no audit label,
     a class with no audit task in per-class mode).
     """
@@ -314,7 +319,7 @@ def certify(scores: np.ndarray, predicted: Sequence[str], audited: np.ndarray, w
     for s in names:
         idx = np.flatnonzero(predicted_arr == s) if per_class else np.arange(len(scores))
         res, mask = certify_stratum(s, scores[idx], audited[idx], wrong[idx], human[idx], eps, stratum_level,
-                                    rates[s])
+                                    rates[s], (starts or {}).get(s))
         prefix[idx[mask]] = True
         strata.append(res)
     accepted = prefix & ~(human | audited)
@@ -341,6 +346,7 @@ class AuditPlan:
     """How large an audit to draw: a rate per stratum and what it is expected to buy."""
 
     rates: dict[str, float]
+    starts: dict[str, int]       # the prefix each stratum's search starts at
     expected_audit: int          # audit labels
     expected_accepted: int       # tasks the model would label
     expected_people: int         # audit + tasks left to a person
@@ -370,36 +376,42 @@ def plan_audit(scores: np.ndarray, predicted: Sequence[str], eps: float = DEFAUL
     predicted_arr = np.asarray([str(p) for p in predicted], dtype=object)
     names = sorted(set(predicted_arr.tolist())) if per_class else ["all"]
     level = round_delta(delta, round_no) / len(names)
-    rates, audit, accepted = {}, 0.0, 0.0
+    rates: dict[str, float] = {}
+    starts: dict[str, int] = {}
+    audit = accepted = 0.0
     for s in names:
         idx = np.flatnonzero(predicted_arr == s) if per_class else np.arange(len(scores))
         order = idx[np.lexsort((np.arange(len(idx)), -scores[idx]))]
         cum_err = np.cumsum(p_err[order])
-        best = (float(len(idx)), 1.0, 0.0)  # (expected people, rate, expected accepted)
+        best = (float(len(idx)), 1.0, 0.0, len(idx) + 1)  # (expected people, rate, expected accepted, start)
         for f in RATES:
-            acc = _expected_accepted(cum_err, eps, level, float(f))
+            acc, start = _expected_accepted(cum_err, eps, level, float(f))
             if len(idx) - acc < best[0] - 1e-9:
-                best = (len(idx) - acc, float(f), acc)
-        rates[s] = best[1]
+                best = (len(idx) - acc, float(f), acc, start)
+        rates[s], starts[s] = best[1], best[3]
         audit += best[1] * len(idx)
         accepted += best[2]
-    return AuditPlan(rates, int(round(audit)), int(round(accepted)), int(round(len(scores) - accepted)), len(scores))
+    return AuditPlan(rates, starts, int(round(audit)), int(round(accepted)), int(round(len(scores) - accepted)), len(scores))
 
 
-def _expected_accepted(cum_err: np.ndarray, eps: float, level: float, f: float) -> float:
-    """About how many tasks an audit at rate ``f`` lets the model label: the best prefix ``j``
-    weighted by the chance that its test passes, ``j (1 - f) P(Poisson(f E_j) <= kappa_j)``,
-    ``kappa_j`` the most audit errors it tolerates and ``E_j`` the errors the model expects."""
+def _expected_accepted(cum_err: np.ndarray, eps: float, level: float, f: float) -> tuple[float, int]:
+    """About how many tasks an audit at rate ``f`` lets the model label, and where its search
+    should start. Prefix ``j`` passes with chance ``P(Poisson(f E_j) <= kappa_j)``, ``kappa_j`` the
+    most audit errors it tolerates and ``E_j`` the errors the model expects there; the value is the
+    best ``j (1 - f) P(pass)``. The start is the smallest prefix passing with at least 0.98 of the best
+    chance: a start where one stray error ends the search would waste the audit."""
     n = len(cum_err)
-    start = first_prefix(eps, level, f, n)
-    if start > n:
-        return 0.0
-    j = np.unique(np.r_[np.arange(start, n, max(1, int(round(GRID_STEP * n)))), n])
+    first = first_prefix(eps, level, f, n)
+    if first > n:
+        return 0.0, n + 1
+    j = np.unique(np.r_[np.arange(first, n, max(1, int(round(GRID_STEP * n)))), n])
     e0 = null_errors(eps, j, f)
     kappa = binom.ppf(level, e0, f)
     kappa = np.where(binom.cdf(kappa, e0, f) > level, kappa - 1, kappa)
     chance = np.where(kappa >= 0, poisson.cdf(kappa, f * cum_err[j - 1]), 0.0)
-    return float(np.max(j * (1 - f) * chance))
+    start = int(j[np.argmax(chance >= 0.98 * chance.max())])
+    value = j * (1 - f) * chance
+    return float(value[j >= start].max()), start
 
 
 def _per_class(predicted: np.ndarray, audited: np.ndarray, wrong: np.ndarray, prefix: np.ndarray,

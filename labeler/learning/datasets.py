@@ -24,6 +24,7 @@ class LabelledFolder:
 
     paths: list[Path]
     labels: list[str]
+    names: list[str] = field(default_factory=list)  # each image as the CSV names it
     loaded: list[Image.Image] = field(default_factory=list, repr=False)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
@@ -51,7 +52,7 @@ def read_labels(csv_path: str | Path, images_dir: str | Path | None = None, prog
     csv_path = Path(csv_path)
     rows = _rows(csv_path, Path(images_dir) if images_dir else None)
     data = LabelledFolder([], [])
-    for p, label in tqdm(rows, desc="reading images", unit="img", disable=not progress or len(rows) < 500):
+    for p, label, name in tqdm(rows, desc="reading images", unit="img", disable=not progress or len(rows) < 500):
         try:
             im = decode(p.read_bytes())
         except (OSError, ImageError) as exc:
@@ -59,6 +60,7 @@ def read_labels(csv_path: str | Path, images_dir: str | Path | None = None, prog
             continue
         data.paths.append(p)
         data.labels.append(label)
+        data.names.append(name)
         data.loaded.append(im)
     if data.skipped:
         p, why = data.skipped[0]
@@ -70,7 +72,7 @@ def read_labels(csv_path: str | Path, images_dir: str | Path | None = None, prog
     return data
 
 
-def _rows(csv_path: Path, images_dir: Path | None) -> list[tuple[Path, str]]:
+def _rows(csv_path: Path, images_dir: Path | None) -> list[tuple[Path, str, str]]:
     base = images_dir or csv_path.parent
     rows = []
     with csv_path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
@@ -87,7 +89,7 @@ def _rows(csv_path: Path, images_dir: Path | None) -> list[tuple[Path, str]]:
                 p = base / p
                 if not p.exists() and images_dir and (csv_path.parent / image).exists():
                     p = csv_path.parent / image
-            rows.append((p, label))
+            rows.append((p, label, image))
     return rows
 
 

@@ -99,10 +99,11 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
             model.init_from(result.model)
         teacher = proba[left] if self_train is not None and proba is not None and len(pool) else None
         info, train_s = _train_round(model, samples, labelled, got, pool, teacher, self_train)
-        m = evaluate(y[test], model.predict_proba([samples[i] for i in test]), classes)
-        result.rows.append(_row(strategy, seed, len(labelled), m, info, train_s))
         result.model = model
-        bar.set_postfix(acc=f"{m['accuracy']:.4f}", eer=m.get("eer"), pseudo=info.get("pseudo_labels", 0))
+        if len(test):  # none when the whole set is the pool (``labeler simulate --certify``)
+            m = evaluate(y[test], model.predict_proba([samples[i] for i in test]), classes)
+            result.rows.append(_row(strategy, seed, len(labelled), m, info, train_s))
+            bar.set_postfix(acc=f"{m['accuracy']:.4f}", eer=m.get("eer"), pseudo=info.get("pseudo_labels", 0))
         proba = model.predict_proba([samples[i] for i in pool]) if len(pool) else None
     bar.close()
     return result, annotator

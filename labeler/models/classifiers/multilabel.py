@@ -127,11 +127,12 @@ class MultiLabelCNN(MultiLabel, CNNClassifier):
     def _targets(self, y: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(y).reshape(-1, len(self.classes)), dtype=torch.float32)
 
-    def _loss_fn(self, y: np.ndarray):
+    def _loss_fn(self, y: np.ndarray, device: torch.device):
         """BCE with each class's positives weighted ``n_neg / n_pos`` (balanced, as the head)."""
         Y = np.asarray(y).reshape(-1, len(self.classes))
         pos = Y.sum(0)
-        weight = torch.as_tensor((len(Y) - pos) / np.maximum(pos, 1), dtype=torch.float32).clamp(0.1, 100)
+        weight = torch.as_tensor((len(Y) - pos) / np.maximum(pos, 1), dtype=torch.float32,
+                                 device=device).clamp(0.1, 100)
         return lambda logits, target: torch.nn.functional.binary_cross_entropy_with_logits(
             logits, target, pos_weight=weight)
 

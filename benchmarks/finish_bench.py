@@ -1,0 +1,174 @@
+"""Finishing a dataset with certified auto-accept (issue 21): validity and savings.
+
+Phase 1 (expensive, cached): for each data set, pool size, queue strategy and seed, the queue phase
+of ``labeler simulate --certify`` (``budget`` labels picked by the strategy, the CNN retrained after
+each batch) and the final model's probabilities on the rest, saved to ``--cache`` as .npz.
+Phase 2 (cheap): on every cached run and every eps, the audit plan, draw and certificate
+(:func:`labeler.learning.simulate_finish.certify_phase`), checked against the known labels; each
+run's audit is also re-drawn ``--redraws`` times on the same model, which measures the guarantee
+(over the audit draw) directly.
+
+Data sets: ``eyes24`` (``../shared/datasets/eyes24``) and ``digits``, the project's synthetic
+ten-class set (:func:`labeler.learning.datasets.synthetic_digits`) with a rare class (class 9 at a
+tenth of the others). ``--pool-fractions`` subsamples each set (stratified) to show how the human
+share changes with the pool size.
+
+    python benchmarks/finish_bench.py --sets eyes24,digits --seeds 20 --jobs 2 [--cache finish-cache]
+    python benchmarks/finish_bench.py --sets eyes24 --seeds 3 --pool-fractions 0.25,0.5,1 --strategies margin_diverse
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+EYES = HERE.parent.parent / "shared" / "datasets" / "eyes24" / "labels.csv"
+
+
+def _dataset(name: str, workdir: Path) -> Path:
+    if name == "eyes24":
+        if not EYES.exists():
+            sys.exit(f"{EYES} is absent (--eyes PATH/labels.csv)")
+        return EYES
+    from labeler.learning.datasets import synthetic_digits
+
+    csv = workdir / "digits" / "labels.csv"
+    if not csv.exists():
+        synthetic_digits(workdir / "digits", [300] * 9 + [30], seed=0)
+    return csv
+
+
+def _subsample(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    if fraction >= 1:
+        return np.arange(len(y))
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(np.arange(len(y)), train_size=fraction, stratify=y, random_state=seed)
+    return np.sort(keep)
+
+
+def _queue_job(set_name: str, csv: str, fraction: float, strategy: str, seed: int, budget: int, batch: int,
+               out: str, threads: int) -> str:
+    import torch
+
+    torch.set_num_threads(threads)
+    from labeler.learning.datasets import read_labels
+    from labeler.learning.simulate import make_classifier
+    from labeler.learning.simulate_finish import queue_phase
+    from labeler.learning.strategies import imagenet_features
+    from labeler.models.classifiers import Sample
+
+    data = read_labels(csv, progress=False)
+    classes = data.classes
+    y_all = data.targets(classes)
+    keep = _subsample(y_all, fraction, seed)
+    samples = [Sample(data.images()[i]) for i in keep]
+    y = y_all[keep]
+    features = imagenet_features(samples)
+    t = time.perf_counter()
+    q = queue_phase(samples, y, classes, strategy, budget, batch, seed, make_classifier("cnn", classes),
+                    features=features, self_train=0.9, progress=False)
+    q.save(Path(out))
+    np.save(Path(out).with_suffix(".y.npy"), y)
+    return f"{set_name} x{fraction} {strategy} seed {seed}: {time.perf_counter() - t:.0f} s"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default="eyes24,digits")
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--strategies", default="margin_diverse,random")
+    ap.add_argument("--budget", default="eyes24=200,digits=300", help="queue labels per set")
+    ap.add_argument("--batch", type=int, default=25)
+    ap.add_argument("--eps", default="0.02,0.01")
+    ap.add_argument("--delta", type=float, default=0.05)
+    ap.add_argument("--per-class", action="store_true")
+    ap.add_argument("--pool-fractions", default="1")
+    ap.add_argument("--redraws", type=int, default=100)
+    ap.add_argument("--jobs", type=int, default=1, help="queue phases run in parallel (processes)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per job (default: cores / jobs)")
+    ap.add_argument("--cache", default="finish-cache")
+    ap.add_argument("--json", help="write every row here")
+    ap.add_argument("--eyes", type=Path, help=f"eyes24's labels.csv [default: {EYES}]")
+    args = ap.parse_args()
+    if args.eyes:
+        global EYES
+        EYES = args.eyes.resolve()
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    budgets = dict(kv.split("=") for kv in args.budget.split(","))
+    fractions = [float(f) for f in args.pool_fractions.split(",")]
+    strategies = args.strategies.split(",")
+    threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
+    jobs = []
+    for set_name in args.sets.split(","):
+        csv = _dataset(set_name, cache)
+        for fraction in fractions:
+            for strategy in strategies:
+                for seed in range(args.seeds):
+                    out = cache / f"{set_name}-x{fraction:g}-{strategy}-s{seed}.npz"
+                    if not out.exists():
+                        jobs.append((set_name, str(csv), fraction, strategy, seed, int(budgets[set_name]),
+                                     args.batch, str(out), threads))
+    t0 = time.perf_counter()
+    if jobs:
+        print(f"{len(jobs)} queue phases to run, {args.jobs} at a time, {threads} torch threads each", flush=True)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as ex:  # CUDA-safe
+            for fut in as_completed([ex.submit(_queue_job, *j) for j in jobs]):
+                print(fut.result(), flush=True)
+        print(f"queue phases: {time.perf_counter() - t0:.0f} s", flush=True)
+    report(args, cache, strategies, fractions)
+
+
+def report(args, cache: Path, strategies: list[str], fractions: list[float]) -> None:
+    from labeler.learning.datasets import read_labels
+    from labeler.learning.simulate_finish import QueueOutcome, certify_phase
+
+    rows = []
+    for set_name in args.sets.split(","):
+        classes = read_labels(_dataset(set_name, cache), progress=False).classes
+        for fraction in fractions:
+            for eps in [float(e) for e in args.eps.split(",")]:
+                print(f"\n{set_name} (pool fraction {fraction:g}), eps {eps:g}, delta {args.delta:g}"
+                      f"{', per class' if args.per_class else ''}:")
+                for strategy in strategies:
+                    sel = []
+                    for seed in range(args.seeds):
+                        path = cache / f"{set_name}-x{fraction:g}-{strategy}-s{seed}.npz"
+                        if not path.exists():
+                            continue
+                        y = np.load(path.with_suffix(".y.npy"))
+                        r = certify_phase(QueueOutcome.load(path), y, classes, eps, args.delta, args.per_class,
+                                          args.redraws)
+                        sel.append({**r.row(), "set": set_name, "fraction": fraction})
+                    if not sel:
+                        continue
+                    rows += sel
+                    people = np.array([r["people_share"] for r in sel])
+                    cov = np.array([r["coverage"] for r in sel])
+                    real = [r["realized_error"] for r in sel if r["realized_error"] is not None]
+                    print(f"  {strategy:>15}: {len(sel)} runs, {sel[0]['images']} images; claim violated in "
+                          f"{sum(r['violated'] for r in sel)} of {len(sel)} runs"
+                          f" (audit redraws: {sum(r['redraw_violations'] for r in sel)} of "
+                          f"{sum(r['redraws'] for r in sel)}); people {people.mean():.1%} +- {people.std():.1%} "
+                          f"(queue {np.mean([r['queue'] for r in sel]):.0f}, audit "
+                          f"{np.mean([r['audit'] for r in sel]):.0f}, left to a person "
+                          f"{np.mean([r['to_person'] for r in sel]):.0f}); coverage {cov.mean():.1%} +- "
+                          f"{cov.std():.1%} (min {cov.min():.1%}); realized error of the accepted "
+                          f"{np.mean(real) if real else float('nan'):.4f} (max {max(real) if real else float('nan'):.4f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
