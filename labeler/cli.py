@@ -209,21 +209,75 @@ def preannotate(project, redo, batch_size, engine, url, api_key, model_dir) -> N
 @click.option("--split", help="imagefolder: train/val/test fractions, e.g. 0.8,0.1,0.1 (stratified by class).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True)
+@click.option("--finished", is_flag=True,
+              help="Every task with its provenance (person, model accepted by the certificate, needs_person), "
+                   "the certificate and its datasheet beside it (after labeler certify).")
 @with_studio
-def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, url, api_key, model_dir) -> None:
+def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, finished, url, api_key, model_dir) -> None:
     """Export the labelled dataset (written to a temp folder, renamed into place when complete)."""
     from labeler.studio.export import export
 
     fractions = _fractions(split) if split else None
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
+    if finished:
+        from labeler.learning.audit import finished as certified
+
+        finished = certified(s.model_dir, project)  # no certificate: a CertificateError, before any download
     studio = _studio(s)
     try:
         summary = export(studio, project, fmt, out,
                          only_annotated=not all_tasks, split=fractions, seed=seed, overwrite=overwrite,
-                         policy=s.fetch_policy())
+                         policy=s.fetch_policy(), finished=finished or None)
     except (FileExistsError, ValueError) as exc:
         _fail(str(exc))
     click.echo(summary.text())
+
+
+@main.command()
+@click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
+@click.option("--eps", type=float, help="Target: at most EPS wrong among the tasks the model labels [default: 0.02].")
+@click.option("--delta", type=float, help="The guarantee holds with probability 1 - DELTA [default: 0.05].")
+@click.option("--per-class", is_flag=True, help="Bound every predicted class's error, not only the overall one.")
+@click.option("--seed", default=0, show_default=True, help="Seeds the draw (with the round number).")
+@click.option("--new-round", is_flag=True, help="Draw a new audit round from the tasks unlabelled now.")
+@with_studio
+def audit(project, eps, delta, per_class, seed, new_round, url, api_key, model_dir) -> None:
+    """Draw the audit that certifies the model's labels: people label the tab "Audit", then labeler certify."""
+    from labeler.learning.audit import AUDIT_VIEW, draw_round, load_round
+
+    s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
+    studio = _studio(s)
+    before = load_round(s.model_dir, project)
+    rnd = draw_round(studio, project, _predictor(s), eps, delta, per_class, seed, new_round)
+    plan = rnd["plan"]
+    if before is not None and before["round"] == rnd["round"]:
+        click.echo(f"audit round {rnd['round']} was drawn on {rnd['created']} and stays as drawn "
+                   "(--new-round draws another); its tasks are marked again")
+    click.echo(f"round {rnd['round']}: model {rnd['version']}, at most {rnd['eps']:.2%} wrong with "
+               f"{1 - rnd['delta']:.0%} confidence ({'per class' if rnd['per_class'] else 'overall'})")
+    click.echo(f"audit about {plan['expected_audit']} of the {plan['pool']} unlabelled tasks; then about "
+               f"{plan['expected_accepted'] / max(plan['pool'], 1):.0%} can be accepted")
+    click.echo(f"drawn: {len(rnd['order'])} tasks, in the Label Studio tab \"{AUDIT_VIEW}\"; label every one of "
+               f"them, then run labeler certify --project {project}")
+    if rnd["unscored"]:
+        click.echo(f"{len(rnd['unscored'])} tasks the model could not score are left to a person")
+
+
+@main.command()
+@click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
+@with_studio
+def certify(project, url, api_key, model_dir) -> None:
+    """Certify the latest audit round with the labels given so far; tabs mark what needs a person."""
+    from labeler.learning.audit import NEEDS_VIEW, certify_project
+
+    s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
+    cert = certify_project(_studio(s), project, s.model_dir)
+    click.echo(cert.summary())
+    left = cert.audited - cert.audit_labelled
+    click.echo(f"{left} audit task(s) still unlabelled (counted as errors until labelled)" if left
+               else "every audit task is labelled")
+    click.echo(f'tasks without a label that the model may not give: Label Studio tab "{NEEDS_VIEW}"; '
+               f"then labeler export --project {project} --finished")
 
 
 @main.command()

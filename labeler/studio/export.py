@@ -12,6 +12,14 @@ class folders would lose the "none" images and double-count the rest. Everything
 written into a hidden temporary folder beside ``out`` and renamed into place
 at the end: an interrupted export leaves no half dataset that looks whole,
 and re-running starts clean.
+
+The finished dataset (``finished``, ``labeler export --finished``): every task, each with its
+provenance in a ``source`` column: ``person`` (the winning annotation), ``model`` (accepted by the
+project's certificate: the model's frozen label, score and version) or ``needs_person`` (no label;
+listed so nothing is silently left out). ``imagefolder`` keeps needs-a-person images out of the class
+folders (a loader would take such a folder for a class) and lists them in ``needs_person.csv``;
+``labels.csv`` beside the folders gives every image's provenance. The certificate and its
+datasheet are copied in.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -50,6 +59,7 @@ class ExportSummary:
     counts: Counter = field(default_factory=Counter)
     skipped: list[tuple[int, str]] = field(default_factory=list)
     splits: dict[str, Counter] = field(default_factory=dict)
+    sources: Counter = field(default_factory=Counter)  # finished exports: rows per provenance
 
     def text(self) -> str:
         if not self.counts and not self.splits:
@@ -59,6 +69,8 @@ class ExportSummary:
             lines += [f"  {c}: {n}" for c, n in sorted(self.counts.items())]
             for split, counts in self.splits.items():
                 lines.append(f"  {split}: " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+        if self.sources:
+            lines.append("provenance: " + ", ".join(f"{s} {n}" for s, n in sorted(self.sources.items())))
         if self.skipped:
             reasons = Counter(why.split(":")[0] for _, why in self.skipped)
             lines.append(f"skipped {len(self.skipped)} tasks: " + "; ".join(f"{r} ({n})" for r, n in reasons.items()))
@@ -77,23 +89,33 @@ class Row:
     score: float | None
     labels: tuple[str, ...] | None = None     # multi-label: the annotated classes (None: no usable annotation)
     predicted: tuple[str, ...] | None = None  # multi-label: the predicted classes (None: no prediction)
+    source: str | None = None                 # finished exports: person, model or needs_person
+    model_version: str | None = None          # finished exports: the version of prediction and score
 
     def record(self, multilabel: bool = False) -> dict:
         """The manifest record; multi-label rows carry ``labels`` and ``prediction`` as lists."""
         if multilabel:
             agree = None if self.labels is None or self.predicted is None else set(self.labels) == set(self.predicted)
-            return {"task_id": self.task_id, "image": self.image,
-                    "labels": None if self.labels is None else list(self.labels), "annotator": self.annotator,
-                    "annotated_at": self.annotated_at,
-                    "prediction": None if self.predicted is None else list(self.predicted),
-                    "score": self.score, "agree": agree}
-        agree = None if self.label is None or self.prediction is None else self.label == self.prediction
-        return {"task_id": self.task_id, "image": self.image, "label": self.label, "annotator": self.annotator,
-                "annotated_at": self.annotated_at, "prediction": self.prediction, "score": self.score,
-                "agree": agree}
+            rec = {"task_id": self.task_id, "image": self.image,
+                   "labels": None if self.labels is None else list(self.labels), "annotator": self.annotator,
+                   "annotated_at": self.annotated_at,
+                   "prediction": None if self.predicted is None else list(self.predicted),
+                   "score": self.score, "agree": agree}
+        else:
+            agree = None if self.label is None or self.prediction is None else self.label == self.prediction
+            rec = {"task_id": self.task_id, "image": self.image, "label": self.label, "annotator": self.annotator,
+                   "annotated_at": self.annotated_at, "prediction": self.prediction, "score": self.score,
+                   "agree": agree}
+        if self.source is not None:
+            rec.update(source=self.source, model_version=self.model_version)
+            if self.source == "model":
+                rec["agree"] = None  # the label is the prediction: nobody compared them
+        return rec
 
     def count_as(self) -> list[str]:
         """What the export summary counts this row as: its classes, else its predicted ones."""
+        if self.source == "needs_person":
+            return ["(needs a person)"]
         if self.labels is not None:  # multi-label, annotated
             return list(self.labels) or ["(none of these)"]
         if self.predicted is not None:  # multi-label, predicted only
@@ -111,8 +133,27 @@ def _predicted(pred: dict | None, config: LabelConfig) -> tuple[str | None, tupl
     return (choices[0] if choices else None), None
 
 
+class Accepted(NamedTuple):
+    """A task the certificate lets the model label: its frozen label (multi-label: joined), set and score."""
+
+    label: str
+    labels: tuple[str, ...]
+    score: float
+
+
+@dataclass
+class Finished:
+    """What a finished export adds (:func:`labeler.learning.audit.finished`): the certificate's accepted
+    tasks, the certified model version, and the files copied beside the dataset."""
+
+    accepted: dict[int, Accepted]
+    version: str
+    files: list[Path]
+    certificate: dict  # what export.json records of it
+
+
 def _rows(studio: Studio, project: int, config: LabelConfig, only_annotated: bool,
-          summary: ExportSummary) -> list[Row]:
+          summary: ExportSummary, finished: Finished | None = None) -> list[Row]:
     version = studio.projects.get(id=project).model_version
     rows = []
     for t in iter_tasks(studio, project):
@@ -123,19 +164,29 @@ def _rows(studio: Studio, project: int, config: LabelConfig, only_annotated: boo
         preds = [p for p in t.get("predictions") or [] if p.get("result")]
         pred = next((p for p in preds if p.get("model_version") == version), preds[-1] if preds else None)
         pred_label, predicted = _predicted(pred, config)
-        if label is None:
-            if only_annotated or pred_label is None:
-                why = "cancelled or empty annotations" if anns else "no annotation"
-                summary.skipped.append((t["id"], why if only_annotated else why + " and no prediction"))
-                continue
+        score, pred_version = (pred.get("score"), pred.get("model_version")) if pred else (None, None)
+        source = None
+        if finished is not None:  # every task, with its provenance; a person's label wins over the model's
+            frozen = finished.accepted.get(t["id"])
+            source = "person" if label is not None else "model" if frozen is not None else "needs_person"
+            if source == "model" and frozen is not None:
+                label = pred_label = frozen.label
+                labels = predicted = frozen.labels if config.multiple else None
+                score, pred_version = frozen.score, finished.version
+        elif label is None and (only_annotated or pred_label is None):
+            why = "cancelled or empty annotations" if anns else "no annotation"
+            summary.skipped.append((t["id"], why if only_annotated else why + " and no prediction"))
+            continue
         annotator = None
         if winner is not None:
             who = winner.get("completed_by")
             annotator = who.get("email") if isinstance(who, dict) else (str(who) if who is not None else None)
         ref = config.image_ref(t)
         rows.append(Row(t["id"], ref if isinstance(ref, str) else None, label, annotator,
-                        (winner or {}).get("updated_at"), pred_label,
-                        pred.get("score") if pred else None, labels, predicted))
+                        (winner or {}).get("updated_at"), pred_label, score, labels, predicted, source,
+                        pred_version if source is not None else None))
+        if source is not None:
+            summary.sources[source] += 1
     return rows
 
 
@@ -203,14 +254,17 @@ def _swap_in(tmp: Path, out: Path) -> None:
 def export(studio: Studio, project: int, fmt: str, out: Path,
            only_annotated: bool = True, split: tuple[float, float, float] | None = None,
            seed: int = 0, workers: int = 8, progress: bool = True, overwrite: bool = False,
-           policy: FetchPolicy | None = None) -> ExportSummary:
+           policy: FetchPolicy | None = None, finished: Finished | None = None) -> ExportSummary:
     """Export ``project`` to ``out`` in ``fmt``; returns counts and what was skipped.
 
     Images are fetched under ``policy`` (default: Label Studio's files and
     ``data:`` URLs only) and decoded; what is not an image is skipped.
+    ``finished``: the finished dataset, every task with its provenance (see the module docstring).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if finished is not None and fmt in STUDIO_FORMATS:
+        raise ValueError(f"a finished export is csv, jsonl or imagefolder, not Label Studio's {fmt}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _recover(out)
@@ -229,17 +283,26 @@ def export(studio: Studio, project: int, fmt: str, out: Path,
                 raise LabelConfigError(
                     f"project {project} is multi-label (<Choices choice=\"multiple\">): an image folder per class "
                     "cannot hold a label set; export --format csv or jsonl (labels a;b or lists) instead")
-            rows = _rows(studio, project, config, only_annotated, summary)
+            rows = _rows(studio, project, config, only_annotated and finished is None, summary, finished)
             for r in rows:
                 summary.counts.update(r.count_as())
             if fmt == "imagefolder":
                 fetcher = Fetcher(policy or FetchPolicy(), studio.conn)
-                _imagefolder(rows, tmp, fetcher, split, seed, workers, progress, summary)
+                _imagefolder([r for r in rows if r.source != "needs_person"], tmp, fetcher, split, seed, workers,
+                             progress, summary)
+                if finished is not None:  # the provenance of every image, and what is left out
+                    _manifest(rows, tmp, "csv", provenance=True)
+                    _manifest([r for r in rows if r.source == "needs_person"], tmp, "csv", name="needs_person",
+                              provenance=True)
             else:
-                _manifest(rows, tmp, fmt, config.multiple)
+                _manifest(rows, tmp, fmt, config.multiple, provenance=finished is not None)
+        for f in finished.files if finished is not None else []:
+            shutil.copy2(f, tmp / f.name)
         (tmp / "export.json").write_text(json.dumps(
-            {"project": project, "format": fmt, "only_annotated": only_annotated, "split": split,
-             "counts": dict(summary.counts), "skipped": summary.skipped}, indent=2))
+            {"project": project, "format": fmt, "only_annotated": only_annotated and finished is None, "split": split,
+             "counts": dict(summary.counts), "skipped": summary.skipped,
+             **({"finished": {**finished.certificate, "sources": dict(summary.sources)}} if finished else {})},
+            indent=2))
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -283,17 +346,20 @@ def _imagefolder(rows: list[Row], tmp: Path, fetcher: Fetcher, split, seed, work
 
 SINGLE_COLUMNS = ["task_id", "image", "label", "annotator", "annotated_at", "prediction", "score", "agree"]
 MULTI_COLUMNS = ["task_id", "image", "labels", "annotator", "annotated_at", "prediction", "score", "agree"]
+FINISHED_COLUMNS = ["source", "model_version"]
 
 
-def _manifest(rows: list[Row], tmp: Path, fmt: str, multilabel: bool = False) -> None:
+def _manifest(rows: list[Row], tmp: Path, fmt: str, multilabel: bool = False, name: str = "labels",
+              provenance: bool = False) -> None:
     records = [r.record(multilabel) for r in rows]
     if fmt == "jsonl":
-        with (tmp / "labels.jsonl").open("w") as f:
+        with (tmp / f"{name}.jsonl").open("w") as f:
             for rec in records:
                 f.write(json.dumps(rec) + "\n")
         return
-    with (tmp / "labels.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=MULTI_COLUMNS if multilabel else SINGLE_COLUMNS)
+    columns = MULTI_COLUMNS if multilabel else SINGLE_COLUMNS
+    with (tmp / f"{name}.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns + FINISHED_COLUMNS if provenance else columns)
         writer.writeheader()
         writer.writerows({k: join_labels(v) if isinstance(v, list) else v for k, v in rec.items()}
                          for rec in records)

@@ -200,23 +200,24 @@ def bucket_values(n: int, exact: int = 200, growth: float = 0.1) -> np.ndarray:
     return np.where(r < exact, r, b[np.clip(np.searchsorted(b, r, side="right") - 1, 0, None)])
 
 
-def _action(studio: Studio, project: int, ids: Sequence[int], value: float, attempts: int = 4) -> None:
+def _action(studio: Studio, project: int, ids: Sequence[int], value: float, attempts: int = 4,
+            field: str = FIELD) -> None:
     body = {"selectedItems": {"all": False, "included": [int(i) for i in ids]},
-            "value_name": FIELD, "value_type": "Number", "value": value}
+            "value_name": field, "value_type": "Number", "value": value}
     for attempt in range(attempts):
         resp = studio.request("POST", "api/dm/actions/", params={"id": "add_data_field", "project": project},
                               json=body)
         if resp.status_code < 400:
             return
         if attempt + 1 == attempts or resp.status_code not in {409, 423, 429, 500, 502, 503}:
-            raise StudioError(f"writing {FIELD} for {len(ids)} tasks of project {project} failed: "
+            raise StudioError(f"writing {field} for {len(ids)} tasks of project {project} failed: "
                               f"HTTP {resp.status_code} {resp.text[:200]}")
         time.sleep(0.5 * (attempt + 1))  # SQLite "database is locked" under concurrent writes: retry
 
 
 def write_priorities(studio: Studio, project: int, ordered_ids: Sequence[int], unranked_ids: Sequence[int] = (),
-                     exact: int = 200, growth: float = 0.1, workers: int = 4) -> int:
-    """Write ``labeler_priority`` = bucketed rank into the data of ``ordered_ids`` (first = 0),
+                     exact: int = 200, growth: float = 0.1, workers: int = 4, field: str = FIELD) -> int:
+    """Write ``labeler_priority`` (or ``field``) = bucketed rank into the data of ``ordered_ids`` (first = 0),
     :data:`UNRANKED` into ``unranked_ids``; returns the number of requests."""
     values = bucket_values(len(ordered_ids), exact, growth)
     ordered = np.asarray(ordered_ids, dtype=np.int64)
@@ -230,8 +231,16 @@ def write_priorities(studio: Studio, project: int, ordered_ids: Sequence[int], u
     # Chunks of at most 5,000 ids keep each UPDATE (and request body) modest.
     calls = [(ids[i:i + 5000], v) for ids, v in groups for i in range(0, len(ids), 5000)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(lambda c: _action(studio, project, *c), calls))
+        list(pool.map(lambda c: _action(studio, project, c[0], c[1], field=field), calls))
     return len(calls)
+
+
+def write_field(studio: Studio, project: int, ids: Sequence[int], value: float, field: str) -> int:
+    """Set the data field ``field`` = ``value`` on the tasks ``ids`` (bulk, as the priorities); returns the requests."""
+    ids = [int(i) for i in ids]
+    for i in range(0, len(ids), 5000):
+        _action(studio, project, ids[i:i + 5000], value, field=field)
+    return (len(ids) + 4999) // 5000
 
 
 def ensure_queue_view(studio: Studio, project: int) -> int:

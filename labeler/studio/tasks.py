@@ -190,16 +190,19 @@ def import_predictions(studio: Studio, project: int, predictions: Sequence[dict]
 
 
 def ensure_view(studio: Studio, project: int, title: str, ordering: Sequence[str],
-                filters: dict | None = None, hidden: dict | None = None) -> int:
+                filters: dict | None = None, hidden: dict | None = None, numeric: Sequence[str] = ()) -> int:
     """Create (or update) a saved Data Manager tab ``title``; returns its id.
 
     ``hidden`` is Label Studio's ``hiddenColumns`` (``{"explore": [...], "labeling": [...]}``).
     Without it Label Studio computes only the ordering and filter fields, so every other
-    column of the tab (the model's answer, annotations) reads blank.
+    column of the tab (the model's answer, annotations) reads blank. ``numeric``: data columns
+    (``tasks:data.x``) to order as numbers, not text.
     """
     data = {"title": title, "ordering": list(ordering),
             "filters": filters or {"conjunction": "and", "items": []},
             "hiddenColumns": hidden or QUEUE_HIDDEN_COLUMNS, "columnsWidth": QUEUE_COLUMN_WIDTHS}
+    if numeric:
+        data["columnsDisplayType"] = {c: "Number" for c in numeric}
     for view in studio.views.list(project=project):
         if (view.data or {}).get("title") == title:
             studio.views.update(id=view.id, project=project, data=data)
