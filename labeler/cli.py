@@ -719,5 +719,54 @@ def rollback(version, project, no_refresh, url, api_key, model_dir) -> None:
     click.echo(preannotate(_studio(s), int(project), _predictor(s)).summary())
 
 
+def _certify_default(name: str) -> float:
+    from labeler.learning import certify
+
+    return getattr(certify, name)
+
+
+@main.command("status")
+@click.option("--project", required=True, type=str, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
+@click.option("--metric", type=click.Choice(["auto", "accuracy", "eer", "eer_macro", "macro_f1"]), default="auto",
+              show_default=True, help="auto: macro-F1 for multi-label, EER for two classes, else accuracy.")
+@click.option("--target", type=float, help="The metric to reach, on its own scale [default: EER 0.03, "
+                                           "accuracy or macro-F1 0.95].")
+@click.option("--window", default=100, show_default=True,
+              help="Plateau: compare the newest version with the best trained on this many fewer labels.")
+@click.option("--eps", type=float, default=lambda: _certify_default("DEFAULT_EPS"), show_default="0.02",
+              help="Cost to finish: the share of wrong labels allowed among those the model labels.")
+@click.option("--delta", type=float, default=lambda: _certify_default("DEFAULT_DELTA"), show_default="0.05",
+              help="Cost to finish: 1 - the confidence of that bound.")
+@click.option("--per-class", is_flag=True, help="Cost to finish: plan an audit that bounds every class's error.")
+@click.option("--model-dir", envvar="MODEL_DIR", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def status(project, metric, target, window, eps, delta, per_class, model_dir, as_json) -> None:
+    """Can we stop labelling? The learning curve's forecast, whether the last labels still helped, and what
+    an audit would leave to people. Reads MODEL_DIR only (no Label Studio)."""
+    from labeler.learning.finishing import finishing_report
+    from labeler.learning.registry import check_project, registry_for
+
+    if target is not None and not 0 < target < 1:
+        _fail(f"--target must lie strictly between 0 and 1, got {target}")
+    s = _settings(model_dir=model_dir)
+    reg = registry_for(s)
+    project = check_project(project)
+    r = finishing_report(reg, s.model_dir, project, metric, target, eps, delta, window, per_class)
+    if as_json:
+        click.echo(json.dumps(r, indent=2, allow_nan=False))
+        return
+    serving = reg.current(project)
+    click.echo(f"project {project}: held-out {r['metric_name']} per version (the learning curve)")
+    click.echo(f"{'':1} {'version':<12} {'labels':>6} {'held out':>8} {r['metric_name']:>10}")
+    for p in r["points"]:
+        click.echo(f"{'*' if p['version'] == serving else ' '} {p['version']:<12} {p['labels']:>6} "
+                   f"{p['size']:>8.0f} {p['value']:>10.4f}")
+    if not r["points"]:
+        click.echo("  (no trained version with this metric yet)")
+    click.echo(f"\nforecast:       {r['forecast']['line']}")
+    click.echo(f"plateau:        {r['plateau']['line']}")
+    click.echo(f"cost to finish: {r['cost']['line']}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,5 +1,6 @@
 """The admin page: projects, serving version, job state, every version's metrics, learning curve,
-confusion matrix, and promote / rollback / train actions.
+confusion matrix, the "Finishing" section (:mod:`labeler.learning.finishing`: forecast, plateau, cost
+to finish, with the fitted curve), and promote / rollback / train actions.
 
 One URL, ``/dashboard``, for people and programs: a browser that asks for
 ``text/html`` explicitly (Chromium sends ``text/html,...,*/*;q=0.8,
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import logging
 import math
 import secrets
 import time
@@ -33,11 +35,13 @@ from flask import (
     url_for,
 )
 
+from labeler.errors import LabelerError
 from labeler.learning.registry import check_project, check_version
 
 from .api import metrics_report, state, wants_html
 from .auth import admin_ok
 
+log = logging.getLogger(__name__)
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 _SESSION_MARK = "labeler-admin"
 
@@ -77,8 +81,24 @@ def _enabled():
 
 
 def report() -> dict:
-    """What the page shows: the backend's metrics report with every detail."""
-    return metrics_report(details=True)
+    """What the page shows: the backend's metrics report with every detail, and per project ``finishing``."""
+    r = metrics_report(details=True)
+    for p, info in r["projects"].items():
+        info["finishing"] = finishing(p)
+    return r
+
+
+def finishing(project: str) -> dict:
+    """Forecast, plateau and cost to finish (defaults of ``labeler status``); ``{"error"}`` where they fail,
+    so one odd project does not take the page down."""
+    from labeler.learning.finishing import finishing_report
+
+    st = state()
+    try:
+        return finishing_report(st.predictor.registry, st.settings.model_dir, project)
+    except (LabelerError, ValueError, ArithmeticError, OSError) as exc:
+        log.exception("project %s: the finishing report failed", project)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 @bp.get("")
@@ -92,8 +112,10 @@ def index():
         return render_template_string(_LOGIN, error=None, csrf=_csrf_token()), 401
     r = report()
     plots = {p: learning_curve_svg(info["versions"]) for p, info in r["projects"].items()}
+    finish_plots = {p: finishing_svg(info["finishing"]) for p, info in r["projects"].items()}
     active = any(info["job"].get("status") in {"queued", "running"} for info in r["projects"].values())
-    return render_template_string(_PAGE, r=r, plots=plots, csrf=_csrf_token(), message=session.pop("message", None),
+    return render_template_string(_PAGE, r=r, plots=plots, finish_plots=finish_plots, csrf=_csrf_token(),
+                                  message=session.pop("message", None),
                                   fmt=_fmt, when=_when, zip=zip, now=time.time(), active=active)
 
 
@@ -164,14 +186,8 @@ def learning_curve_svg(versions: list[dict]) -> str | None:
     rows = [v for v in versions if v.get("metrics")]
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
     x = [v.get("n_train") or 0 for v in rows]
-    fig = Figure(figsize=(6.4, 3.2), dpi=100)
-    ax = fig.add_subplot()
+    fig, ax = _figure()
     ax.plot(x, [v["metrics"].get("accuracy") for v in rows], "o-", label="accuracy")
     if any(isinstance(v["metrics"].get("eer"), float) for v in rows):
         ax.plot(x, [v["metrics"].get("eer") for v in rows], "s-", label="EER")
@@ -188,11 +204,50 @@ def learning_curve_svg(versions: list[dict]) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("held-out metrics per version", fontsize=10)
+    return _svg(fig)
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.2), dpi=100)
+    return fig, fig.add_subplot()
+
+
+def _svg(fig) -> str:
     fig.tight_layout()
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
     svg = buf.getvalue()
     return svg[svg.index("<svg"):]  # drop the XML prolog: it is embedded in HTML
+
+
+def finishing_svg(fin: dict) -> str | None:
+    """Inline SVG: each version's held-out error against its training labels, the fitted learning curve
+    extended to the forecast with its bootstrap band, and the target. None with no fitted curve."""
+    band = (fin.get("forecast") or {}).get("band") or {}
+    if not band.get("n"):
+        return None
+    fig, ax = _figure()
+    ax.fill_between(band["n"], band["lo"], band["hi"], alpha=0.2, label="90 % band (bootstrap)")
+    ax.plot(band["n"], band["mid"], "-", label=f"fit: {fin['forecast']['curve']['a']:.3g} n^-{fin['forecast']['curve']['b']:.2f}"
+            f" + {fin['forecast']['curve']['c']:.3f}")
+    ax.plot([p["labels"] for p in fin["points"]], [p["error"] for p in fin["points"]], "o", label="versions (held out)")
+    ax.axhline(fin["target_error"], color="k", ls="--", lw=1, label=f"target: {fin['metric_name']} {fin['target']:g}")
+    needed = fin["forecast"].get("needed")
+    if needed is not None and needed <= band["n"][-1]:
+        ax.axvline(needed, color="k", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("training labels")
+    ax.set_ylabel(f"held-out error ({'EER' if fin['lower_is_better'] else '1 - ' + fin['metric_name']})")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title("learning curve and forecast", fontsize=10)
+    return _svg(fig)
 
 
 _STYLE = """<style>
@@ -248,6 +303,12 @@ _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lab
 <input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="version" value="zero-shot">
 <button>roll back to zero-shot</button></form>{% endif %}</td></tr></table>
 {% if plots[p] %}<div class="learning-curve">{{ plots[p]|safe }}</div>{% endif %}
+{% set fin = info.finishing %}<h3>Finishing</h3>
+{% if fin.error %}<p class="failed">The finishing report failed: {{ fin.error }}</p>{% else %}
+<ul class="finishing"><li>Forecast ({{ fin.metric_name }}): {{ fin.forecast.line }}</li>
+<li>Plateau: {{ fin.plateau.line }}</li><li>Cost to finish: {{ fin.cost.line }}</li></ul>
+{% if finish_plots[p] %}<div class="forecast-curve">{{ finish_plots[p]|safe }}</div>{% endif %}
+<p class="small">Targets and audit levels other than these defaults: <code>labeler status --project {{ p }} --target X --eps E</code>.</p>{% endif %}
 {% set newest = (info.versions|selectattr('version', 'equalto', info.serving)|list or info.versions[-1:]) %}
 {% for v in newest %}{% set m = v.metrics or {} %}{% if m.confusion_matrix %}
 <h3>Confusion matrix of {{ v.version }} (rows: true class, columns: predicted)</h3>

@@ -151,3 +151,17 @@ def test_page_shows_the_last_failure_and_the_running_job(tmp_path):
     assert "step: fitting the head" in text and re.search(r"for 1[2-9] s", text)
     assert 'http-equiv="refresh"' in text
     assert client.get("/dashboard", headers=BEARER).json["projects"]["7"]["job"]["step"] == "fitting the head"
+
+
+def test_finishing_section_and_its_json(app):
+    """The forecast, plateau and cost lines per project, on the page with the fitted curve and in the JSON."""
+    client = app.test_client()
+    fin = client.get("/dashboard", headers=BEARER).json["projects"]["7"]["finishing"]
+    assert fin["metric"] == "eer" and [p["labels"] for p in fin["points"]] == [20, 40, 80]
+    assert fin["forecast"]["status"] in {"forecast", "reached", "unreachable"} and fin["forecast"]["band"]["n"]
+    assert fin["plateau"]["status"] == "not enough versions"  # 80 - 20 labels < the 100-label window
+    assert fin["cost"]["source"] == "none" and "preannotate" in fin["cost"]["line"]  # no queue.npz here
+    _login(client)
+    text = client.get("/dashboard", headers=HTML).text
+    assert "<h3>Finishing</h3>" in text and fin["forecast"]["line"] in text and fin["plateau"]["line"] in text
+    assert "learning curve and forecast" in text and "training labels" in text  # the forecast plot, inline SVG

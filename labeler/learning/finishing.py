@@ -49,7 +49,7 @@ def choose_metric(meta: dict, metric: str = "auto") -> str:
         return metric
     if meta.get("multilabel"):
         return "macro_f1"
-    if len(meta.get("classes") or []) == 2 and isinstance((meta.get("metrics") or {}).get("eer"), float):
+    if isinstance((meta.get("metrics") or {}).get("eer"), float):  # evaluate() gives it for two classes only
         return "eer"
     return "accuracy"
 

@@ -286,6 +286,8 @@ def _forecast_message(f: Forecast, target: str) -> str:
     assert f.curve is not None and f.more_interval is not None and f.more is not None
     lo, hi = f.more_interval
     band = f"{f.level:.0%} interval {_about(lo)} to {_about(hi) if math.isfinite(hi) else 'possibly never'}"
+    if f.status != "forecast":
+        band = f"labels still needed: {band}"
     caveat = "; 3 versions: fitted without a floor, so optimistic" if f.curve.params == 2 else ""
     if f.status == "unreachable":
         return (f"{target} may not be reached by more labels: the fitted curve levels off at error "
