@@ -261,9 +261,7 @@ def certify_project(studio: Studio, project: int | str, model_dir: str | Path) -
     labels = {i: pick_label(t.get("annotations") or [], config) for i, t in tasks.items()}
     pool = rnd["tasks"]
     ids = np.array([t["id"] for t in pool], dtype=np.int64)
-    now = [labels.get(t["id"]) for t in pool]
-    wrong = np.array([np.nan if lab is None else float(lab != t["predicted"]) for t, lab in zip(pool, now)])
-    human = np.array([t["id"] not in tasks or lab is not None for t, lab in zip(pool, now)], dtype=bool)
+    wrong, human = outcomes(pool, labels)
     cert, mask = certify(np.array([t["score"] for t in pool], dtype=float), [t["predicted"] for t in pool],
                          np.array([t["drawn"] for t in pool], dtype=bool), wrong, human, rnd["rates"], rnd["eps"],
                          rnd["delta"], rnd["round"], rnd["per_class"], starts=rnd.get("starts"))
@@ -277,6 +275,16 @@ def certify_project(studio: Studio, project: int | str, model_dir: str | Path) -
     atomic_write_text(folder / "DATASHEET.md", datasheet(record, rnd))
     _mark(studio, int(key), tasks, accepted, set(needs))
     return cert
+
+
+def outcomes(pool: Sequence[dict], labels: dict[int, str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(wrong, human) over a round's pool, from people's labels now (``labels``: every task of the project,
+    None where it has no usable label). ``wrong``: 1 where the label differs from the frozen prediction, 0
+    where it agrees, NaN where there is none; ``human``: labelled since the draw, or deleted (never accepted)."""
+    now = [labels.get(t["id"]) for t in pool]
+    wrong = np.array([np.nan if lab is None else float(lab != t["predicted"]) for t, lab in zip(pool, now)])
+    human = np.array([t["id"] not in labels or lab is not None for t, lab in zip(pool, now)], dtype=bool)
+    return wrong, human
 
 
 def _mark(studio: Studio, project: int, tasks: dict[int, dict], accepted: set[int], needs: set[int]) -> None:
