@@ -240,7 +240,11 @@ def finishing_svg(fin: dict) -> str | None:
     needed = fin["forecast"].get("needed")
     if needed is not None and needed <= band["n"][-1]:
         ax.axvline(needed, color="k", ls=":", lw=1)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # 200, not 2 x 10^2
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training labels")
     ax.set_ylabel(f"held-out error ({'EER' if fin['lower_is_better'] else '1 - ' + fin['metric_name']})")
     ax.set_ylim(bottom=0)
@@ -308,7 +312,8 @@ _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lab
 <ul class="finishing"><li>Forecast ({{ fin.metric_name }}): {{ fin.forecast.line }}</li>
 <li>Plateau: {{ fin.plateau.line }}</li><li>Cost to finish: {{ fin.cost.line }}</li></ul>
 {% if finish_plots[p] %}<div class="forecast-curve">{{ finish_plots[p]|safe }}</div>{% endif %}
-<p class="small">Targets and audit levels other than these defaults: <code>labeler status --project {{ p }} --target X --eps E</code>.</p>{% endif %}
+<p class="small">The plot counts training labels; the forecast counts labels to annotate (under the hold-out, one in
+five is held out). Other targets and audit levels: <code>labeler status --project {{ p }} --target X --eps E</code>.</p>{% endif %}
 {% set newest = (info.versions|selectattr('version', 'equalto', info.serving)|list or info.versions[-1:]) %}
 {% for v in newest %}{% set m = v.metrics or {} %}{% if m.confusion_matrix %}
 <h3>Confusion matrix of {{ v.version }} (rows: true class, columns: predicted)</h3>

@@ -249,19 +249,20 @@ def forecast(points: Sequence[Point], target: float, train_share: float = 1.0, l
     out.interval = (float(lo), float(hi))
     out.more = max(0.0, (out.needed - now) / train_share)
     out.more_interval = (max(0.0, (lo - now) / train_share), max(0.0, (hi - now) / train_share))
-    out.band = curve_band(curve, fits, n, out.interval, level)
+    out.band = curve_band(curve, fits, n, (out.needed, *out.interval), level)
     out.status = ("unreachable" if not math.isfinite(out.needed) else
                   "reached" if out.needed <= now else "forecast")
     out.message = _forecast_message(out, target_text or f"error {target:.4g}")
     return out
 
 
-def curve_band(curve: Curve, fits: list[Curve], labels: np.ndarray, interval: tuple[float, float],
+def curve_band(curve: Curve, fits: list[Curve], labels: np.ndarray, marks: Sequence[float],
                level: float, points: int = 60) -> dict:
     """The fitted curve and the pointwise ``level`` band of the bootstrap curves, on a log grid from the
-    first version to past the forecast (at most 20 times the newest version's labels)."""
+    first version to past the ``marks`` (the forecast and its interval; at most 20 times the newest
+    version's labels)."""
     first, last = float(labels.min()), float(labels.max())
-    ends = [x for x in interval if math.isfinite(x)]
+    ends = [x for x in marks if math.isfinite(x)]
     stop = min(max([2 * last] + [1.1 * x for x in ends]), 20 * last)
     grid = np.geomspace(first, stop, points)
     mid = curve.error_at(grid)
