@@ -164,3 +164,25 @@ def test_report_from_a_registry_and_queue_without_label_studio(tmp_path):
     assert cost["source"] == "plan" and cost["pool"] == 2600 and cost["version"] == "v5-head"
     assert abs(cost["audit"] + cost["accepted"] + cost["to_person"] - 2600) <= 1  # each rounded
     assert ("audit " in cost["line"] and "need a person" in cost["line"]) or "no audit lets" in cost["line"]
+
+
+def test_cost_to_finish_reads_the_latest_certificate(tmp_path):
+    """Where an audit was certified, its figures are the answer, not the plan."""
+    audit = pytest.importorskip("labeler.learning.audit")
+    from labeler.learning.certify import certify
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    scores = rng.uniform(0.9, 1.0, n)
+    drawn = rng.random(n) < 0.2
+    wrong = np.where(drawn, (rng.random(n) < 0.002).astype(float), np.nan)
+    cert, accepted = certify(scores, ["a"] * n, drawn, wrong, drawn, {"all": 0.2}, eps=0.02, delta=0.05)
+    needs = [i for i in range(n) if not drawn[i] and not accepted[i]]
+    folder = audit.audit_dir(tmp_path, "5")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "certificate.json").write_text(json.dumps({**cert.to_dict(), "version": "v4-head", "round": 1,
+                                                         "needs_person_ids": needs}))
+    cost = finishing.cost_to_finish(tmp_path, "5")
+    assert cost["source"] == "certificate" and cost["certified"] and cost["accepted"] == cert.accepted > 0
+    assert cost["to_person"] == len(needs)
+    assert f"{cert.accepted:,} tasks" in cost["line"] and "v4-head" in cost["line"] and f"{len(needs):,} need" in cost["line"]

@@ -156,9 +156,11 @@ def cost_to_finish(model_dir: str | Path, project: str, eps: float = DEFAULT_EPS
     ``{"source", "line", ...}`` (``source``: "certificate", "plan" or "none")."""
     cert = _certificate(model_dir, project)
     if cert is not None:
+        needs = cert.get("needs_person_ids")
         return {"source": "certificate", "line": _certificate_line(cert),
-                **{k: cert.get(k) for k in ("accepted", "coverage", "bound", "eps", "delta", "audited",
-                                            "audit_labelled", "pool", "certified", "blocked")}}
+                "to_person": len(needs) if isinstance(needs, list) else None,
+                **{k: cert.get(k) for k in ("version", "round", "accepted", "coverage", "bound", "eps", "delta",
+                                            "audited", "audit_labelled", "pool", "certified", "blocked")}}
     path = Registry(model_dir).project_dir(project) / "queue.npz"
     plan = _plan(str(model_dir), project, path.stat().st_mtime_ns, eps, delta, per_class) if path.exists() else None
     if plan is None:
@@ -180,17 +182,20 @@ def _plan_line(plan: dict, eps: float, delta: float) -> str:
 
 
 def _certificate_line(cert: dict) -> str:
+    """The latest certificate in a line: what it accepts, at which bound, and what is left to people
+    (``needs_person_ids``: unlabelled tasks it does not accept, audit tasks still unlabelled included)."""
     todo = (cert.get("audited") or 0) - (cert.get("audit_labelled") or 0)
-    first = f"label the {todo:,} audit tasks left, then re-certify; " if todo > 0 else ""
+    first = f"label the {todo:,} audit tasks left, then certify again; " if todo > 0 else ""
     eps, conf = cert.get("eps") or 0.0, 1 - (cert.get("delta") or 0.0)
+    which = f"certificate of {cert.get('version', 'the audited version')} (audit round {cert.get('round', 1)})"
     if not cert.get("certified"):
-        why = "; ".join(cert.get("blocked") or []) or "nothing passed"
-        return f"{first}audit certificate: nothing accepted at <= {eps:.1%} wrong yet ({why})"
+        why = "; ".join(cert.get("blocked") or []) or "no prefix passed its test"
+        return f"{first}{which}: nothing accepted at <= {eps:.1%} wrong yet ({why})"
     accepted, coverage = cert.get("accepted") or 0, cert.get("coverage") or 0.0
-    person = round(accepted / coverage) - accepted + max(todo, 0) if coverage else None
-    return (f"{first}certified: {accepted:,} tasks ({coverage:.0%} of the unlabelled) accepted at <= "
-            f"{cert.get('bound') or 0.0:.2%} wrong ({conf:.0%} confidence, target {eps:.1%})"
-            + (f"; the other {person:,} need a person" if person is not None else ""))
+    needs = cert.get("needs_person_ids")
+    person = f"; the other {len(needs):,} need a person" if isinstance(needs, list) else ""
+    return (f"{first}{which}: {accepted:,} tasks ({coverage:.0%} of the unlabelled) accepted at <= "
+            f"{cert.get('bound') or 0.0:.2%} wrong ({conf:.0%} confidence, target {eps:.1%}){person}")
 
 
 def finishing_report(registry: Registry, model_dir: str | Path, project: str, metric: str = "auto",
