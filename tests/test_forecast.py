@@ -186,3 +186,25 @@ def test_cost_to_finish_reads_the_latest_certificate(tmp_path):
     assert cost["source"] == "certificate" and cost["certified"] and cost["accepted"] == cert.accepted > 0
     assert cost["to_person"] == len(needs)
     assert f"{cert.accepted:,} tasks" in cost["line"] and "v4-head" in cost["line"] and f"{len(needs):,} need" in cost["line"]
+
+
+def test_status_command_reads_model_dir_only(tmp_path):
+    from click.testing import CliRunner
+
+    from labeler.cli import main
+
+    reg = Registry(tmp_path)
+    names = [reg.add("3", lambda folder, n=n: _meta(n, 1 - float(err(n)), eer=float(err(n)), n_eval=400))
+             for n in (50, 100, 150, 200)]
+    reg.promote("3", names[-1])
+    out = CliRunner().invoke(main, ["status", "--project", "3", "--model-dir", str(tmp_path), "--target", "0.05"])
+    assert out.exit_code == 0, out.output
+    assert f"* {names[-1]}" in out.output and "forecast:" in out.output and "more labels to reach EER 0.05" in out.output
+    assert "plateau:" in out.output and "cost to finish: no scores" in out.output
+    js = CliRunner().invoke(main, ["status", "--project", "3", "--model-dir", str(tmp_path), "--metric", "accuracy",
+                                   "--json"])
+    r = json.loads(js.output)
+    assert r["metric"] == "accuracy" and r["target"] == 0.95 and r["forecast"]["needed"] == pytest.approx(
+        forecast(finishing.curve_points(reg.list("3"), "accuracy"), 0.05).needed)
+    bad = CliRunner().invoke(main, ["status", "--project", "3", "--model-dir", str(tmp_path), "--target", "5"])
+    assert bad.exit_code != 0 and "--target must lie strictly between 0 and 1" in bad.output
