@@ -175,39 +175,59 @@ def draw_round(studio: Studio, project: int | str, predictor: Predictor, eps: fl
     delta = DEFAULT_DELTA if delta is None else delta
     check_levels(eps, delta)
     config = project_config(studio, int(key))
+    version = _serving_version(predictor, key, config, per_class)
+    pool, P, errors, source = _pool_scores(studio, predictor, key, config, version)
+    rnd = _draw(key, latest["round"] + 1 if latest else 1, version, config, eps, delta, per_class, seed,
+                pool, P, errors)
+    rnd["scores_from"] = source
+    _write(audit_dir(model_dir, key) / f"round-{rnd['round']}.json", rnd)  # frozen before anything is marked
+    publish_round(studio, int(key), rnd)
+    return rnd
+
+
+def _serving_version(predictor: Predictor, key: str, config: LabelConfig, per_class: bool) -> str:
+    """The version to certify, or CertificateError: no model serves, or a per-class multi-label audit."""
     if per_class and config.multiple:
         raise CertificateError(f"project {key} is multi-label: its certificate is on the whole label set of a task "
                                "(subset error), one stratum; per-class audits are for single-choice projects")
     if predictor.classifier(key)[0] is None and predictor.scorer is None:
         raise CertificateError(f"project {key} has no serving model to certify: "
                                f"{predictor.scorer_error or 'train one or set LABELER_ZEROSHOT_MODEL'}")
-    version = predictor.model_version(key, config)
+    return predictor.model_version(key, config)
+
+
+def _pool_scores(studio: Studio, predictor: Predictor, key: str, config: LabelConfig,
+                 version: str) -> tuple[list[dict], np.ndarray, list[str | None], str]:
+    """(pool tasks by id, their probabilities (NaN rows: unscored), errors, where the scores came from)."""
     pool = sorted((t for t in iter_tasks(studio, int(key)) if pick_label(t.get("annotations") or [], config) is None),
                   key=lambda t: t["id"])
     if not pool:
         raise CertificateError(f"the pool of project {key} is empty: every task already has a person's label")
-    P = _from_queue(model_dir, key, version, pool, config)
-    errors: list[str | None] = [None] * len(pool)
-    source = "queue"
-    if P is None:
-        source = "scored"
-        P, errors = _score_pool(predictor, studio, key, pool, config, version)
-    ok = np.isfinite(P).all(axis=1)
-    if not ok.any():
+    P = _from_queue(predictor.settings.model_dir, key, version, pool, config)
+    if P is not None:
+        return pool, P, [None] * len(pool), "queue"
+    P, errors = _score_pool(predictor, studio, key, pool, config, version)
+    if not np.isfinite(P).all(axis=1).any():
         raise CertificateError(f"the model {version} gave no prediction for any of the {len(pool)} unlabelled tasks "
                                f"of project {key}: {next((e for e in errors if e), 'no scores')}")
+    return pool, P, errors, "scored"
+
+
+def _draw(key: str, r: int, version: str, config: LabelConfig, eps: float, delta: float, per_class: bool, seed: int,
+          pool: list[dict], P: np.ndarray, errors: list[str | None]) -> dict:
+    """Plan and draw round ``r`` over the scored pool tasks; the round's record."""
+    ok = np.isfinite(P).all(axis=1)
     scores, sets = frozen_predictions(P[ok], config.classes, config.multiple)
     predicted = [join_labels(c) for c in sets]  # multi-label: the set as one label, "a;b" (as the export writes it)
-    r = latest["round"] + 1 if latest else 1
     plan = plan_audit(scores, predicted, eps, delta, r, per_class)
     strata = list(predicted) if per_class else ["all"] * len(predicted)
     rng = np.random.default_rng([seed, r])  # the round in the seed: a new round's draw is independent of the last
     drawn = draw_audit(strata, plan.rates, rng)
     ids = [t["id"] for t, good in zip(pool, ok) if good]
-    rnd = {
+    return {
         "project": key, "round": r, "version": version, "eps": eps, "delta": delta, "level": round_delta(delta, r),
         "per_class": per_class, "multilabel": config.multiple, "classes": list(config.classes),
-        "created": _now(), "seed": seed, "rng": "numpy.random.default_rng([seed, round])", "scores_from": source,
+        "created": _now(), "seed": seed, "rng": "numpy.random.default_rng([seed, round])",
         "rates": plan.rates, "starts": plan.starts,
         "plan": {"pool": plan.pool, "expected_audit": plan.expected_audit,
                  "expected_accepted": plan.expected_accepted, "expected_people": plan.expected_people},
@@ -217,9 +237,6 @@ def draw_round(studio: Studio, project: int | str, predictor: Predictor, eps: fl
         "order": [int(i) for i in rng.permutation(np.asarray(ids, dtype=np.int64)[drawn])],
         "unscored": [{"id": t["id"], "error": e} for t, e, good in zip(pool, errors, ok) if not good],
     }
-    _write(audit_dir(model_dir, key) / f"round-{r}.json", rnd)  # frozen before anything is marked
-    publish_round(studio, int(key), rnd)
-    return rnd
 
 
 def publish_round(studio: Studio, project: int, rnd: dict) -> int:

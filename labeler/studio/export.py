@@ -270,7 +270,6 @@ def export(studio: Studio, project: int, fmt: str, out: Path,
     _recover(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     summary = ExportSummary(out)
     try:
@@ -296,18 +295,24 @@ def export(studio: Studio, project: int, fmt: str, out: Path,
                               provenance=True)
             else:
                 _manifest(rows, tmp, fmt, config.multiple, provenance=finished is not None)
-        for f in finished.files if finished is not None else []:
-            shutil.copy2(f, tmp / f.name)
-        (tmp / "export.json").write_text(json.dumps(
-            {"project": project, "format": fmt, "only_annotated": only_annotated and finished is None, "split": split,
-             "counts": dict(summary.counts), "skipped": summary.skipped,
-             **({"finished": {**finished.certificate, "sources": dict(summary.sources)}} if finished else {})},
-            indent=2))
+        _describe(tmp, project, fmt, only_annotated and finished is None, split, summary, finished)
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def _describe(tmp: Path, project: int, fmt: str, only_annotated: bool, split: tuple[float, float, float] | None,
+              summary: ExportSummary, finished: Finished | None) -> None:
+    """``export.json`` (what was exported, counts, skipped tasks); a finished export's certificate beside it."""
+    for f in finished.files if finished is not None else []:
+        shutil.copy2(f, tmp / f.name)
+    (tmp / "export.json").write_text(json.dumps(
+        {"project": project, "format": fmt, "only_annotated": only_annotated, "split": split,
+         "counts": dict(summary.counts), "skipped": summary.skipped,
+         **({"finished": {**finished.certificate, "sources": dict(summary.sources)}} if finished else {})},
+        indent=2))
 
 
 def _imagefolder(rows: list[Row], tmp: Path, fetcher: Fetcher, split, seed, workers, progress,
