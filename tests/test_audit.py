@@ -86,7 +86,7 @@ def _round_and_certificate(tmp_path) -> tuple[dict, dict]:
               "round_created": rnd["created"], "multilabel": False, "accepted_ids": accepted,
               "needs_person_ids": [100 + i for i in range(n) if not drawn[i] and 100 + i not in set(accepted)]}
     folder = audit_dir(tmp_path, 5)
-    folder.mkdir()
+    folder.mkdir(parents=True)
     (folder / "round-1.json").write_text(json.dumps(rnd))
     (folder / "certificate.json").write_text(json.dumps(record))
     (folder / "DATASHEET.md").write_text(datasheet(record, rnd))
@@ -97,6 +97,7 @@ def test_finished_export_inputs_and_the_datasheet(tmp_path):
     with pytest.raises(CertificateError, match="labeler audit --project 5.*labeler certify --project 5"):
         finished(tmp_path, 5)
     assert load_round(tmp_path, 5) is None and load_certificate(tmp_path, 5) is None
+    assert not (tmp_path / "projects").exists(), "reading creates no folder"
     rnd, record = _round_and_certificate(tmp_path)
     assert load_round(tmp_path, 5) == rnd == load_round(tmp_path, "5", 1) and load_round(tmp_path, 5, 2) is None
     assert record["certified"], "a confident, nearly error-free pool certifies at eps 0.05"

@@ -48,8 +48,8 @@ SCORE_BATCH = 64  # images scored at once when the pool is scored here
 
 
 def audit_dir(model_dir: str | Path, project: int | str) -> Path:
-    """``MODEL_DIR/projects/<p>/audit`` (the project id validated)."""
-    return Registry(model_dir).project_dir(check_project(project), create=True) / "audit"
+    """``MODEL_DIR/projects/<p>/audit`` (the project id validated; created by the first write, not by reads)."""
+    return Registry(model_dir).project_dir(check_project(project)) / "audit"
 
 
 def _read(path: Path) -> dict | None:
