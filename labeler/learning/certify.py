@@ -361,18 +361,25 @@ class AuditPlan:
 RATES = np.unique(np.round(np.geomspace(0.005, 1.0, 60), 4))
 
 
+#: The planner's guess of a task's chance of a model error is this many times ``1 - confidence``:
+#: deep networks are overconfident (Guo et al., 2017), and a plan that expects too few errors
+#: starts its search where a stray error ends it.
+PLAN_ERROR_FACTOR = 2.0
+
+
 def plan_audit(scores: np.ndarray, predicted: Sequence[str], eps: float = DEFAULT_EPS,
                delta: float = DEFAULT_DELTA, round_no: int = 1, per_class: bool = False,
                p_error: np.ndarray | None = None) -> AuditPlan:
     """Choose each stratum's audit rate to minimise the expected human labels (audit + rejected).
 
-    The expectation takes each task's chance of a model error as ``p_error`` (default ``1 - score``,
-    i.e. the model's confidence taken at its word): it only sizes the audit. The guarantee does not
-    rest on it; a plan that proves optimistic certifies less, and a new round can add more.
+    The expectation takes each task's chance of a model error as ``p_error`` (default
+    ``PLAN_ERROR_FACTOR * (1 - score)``; a previous round's audit can calibrate it): it only sizes
+    the audit and places the search's start. The guarantee does not rest on it: a plan that
+    proves optimistic certifies less, and a new round can add more.
     """
     check_levels(eps, delta)
     scores = np.asarray(scores, float)
-    p_err = np.clip(1 - scores if p_error is None else np.asarray(p_error, float), 0, 1)
+    p_err = np.clip(PLAN_ERROR_FACTOR * (1 - scores) if p_error is None else np.asarray(p_error, float), 0, 1)
     predicted_arr = np.asarray([str(p) for p in predicted], dtype=object)
     names = sorted(set(predicted_arr.tolist())) if per_class else ["all"]
     level = round_delta(delta, round_no) / len(names)
