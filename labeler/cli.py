@@ -338,7 +338,7 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
     dataset (queue, audit, certified auto-accept) and check the claim against the known labels."""
     from labeler.models.classifiers import Sample
     from labeler.learning.datasets import read_labels
-    from labeler.learning.simulate import STRATEGIES, make_classifier, imagenet_features, run, write_outputs
+    from labeler.learning.simulate import STRATEGIES, make_classifier, imagenet_features
 
     if eps is not None:
         from labeler.learning.certify import check_levels
@@ -359,6 +359,15 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
     if eps is not None:
         return _simulate_finish(samples, y, data, strategies, budget, batch, start, seeds, make, zeroshot, features,
                                 self_train, eps, delta, per_class, accepted_out, redraws, out)
+    _simulate_curves(samples, y, classes, strategies, budget, batch, start, seeds, holdout, make, zeroshot,
+                     zeroshot_model, features, self_train, metric, goals, save_model, labels_csv, out)
+
+
+def _simulate_curves(samples, y, classes, strategies, budget, batch, start, seeds, holdout, make, zeroshot,
+                     zeroshot_model, features, self_train, metric, goals, save_model, labels_csv, out) -> None:
+    """Learning curves: per seed and strategy, the held-out metric after each round."""
+    from labeler.learning.simulate import run, write_outputs
+
     rows, saved = [], False
     t0 = time.perf_counter()
     for seed in range(seeds):

@@ -180,52 +180,69 @@ def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: n
     """
     n = len(scores)
     order = np.lexsort((np.arange(n), -np.asarray(scores, dtype=float)))
-    a = np.asarray(audited, bool)[order]
-    w = np.asarray(wrong, float)[order]
-    h = np.asarray(human, bool)[order] | a
-    known_err = np.nan_to_num(w, nan=0.0) > 0
-    # audited errors for the test: labelled errors plus every unlabelled audit task (worst case)
-    k_test = np.cumsum(a & (known_err | np.isnan(w)))
-    # errors already known to people (audit or not): they are not among the accepted
-    k_known = np.cumsum(h & known_err)
-    keep = np.cumsum(~h)  # prefix tasks that would keep the model's label
-    labelled_audit = a & ~np.isnan(w)
-    res = StratumResult(name, n, rate, level, int(a.sum()), int(labelled_audit.sum()),
-                        int((labelled_audit & known_err).sum()), 0, None, 0, None, None)
+    c = _PrefixCounts.of(np.asarray(audited, bool)[order], np.asarray(wrong, float)[order],
+                         np.asarray(human, bool)[order])
+    res = StratumResult(name, n, rate, level, int(c.audited.sum()), int(c.labelled_audit.sum()),
+                        int((c.labelled_audit & c.known_err).sum()), 0, None, 0, None, None)
     start = max(start or 0, first_prefix(eps, level, rate, n))
     if start > n:
         res.blocked = (f"an audit rate of {rate:.3f} over {n} tasks cannot certify {eps:g} at this confidence "
                        "even with no error found: draw a larger audit")
         return res, np.zeros(n, bool)
-    step = max(1, int(round(GRID_STEP * n)))
-    best, best_bound = 0, None
-    for j in list(range(start, n, step)) + [n]:
-        e0 = int(null_errors(eps, j, rate))
-        p = float(error_count_pvalue(int(k_test[j - 1]), e0, rate))
-        m = int(keep[j - 1])
-        # rejecting H_j means E_j <= e0 - 1; the errors left to the model are those minus the known ones
-        bound = max(0, e0 - 1 - int(k_known[j - 1])) / m if m else 0.0
-        res.tests.append({"prefix": j, "p_value": p, "audit_errors": int(k_test[j - 1]), "bound": bound,
-                          "rejected": p <= level})
-        if p > level:
-            break  # fixed sequence: no further test
-        if bound <= eps:  # the audit took no more of the prefix than the null allowed for
-            best, best_bound = j, bound
+    best, res.bound = _search(c, eps, level, rate, start, res.tests)
     if not best:
         t = res.tests[0]
         res.blocked = (f"{t['audit_errors']} audit error(s) (or unlabelled audit tasks) among the "
                        f"{start} most confident tasks: p = {t['p_value']:.3g} > {level:.3g}"
                        if not t["rejected"] else "the audit took more of every passing prefix than planned")
         return res, np.zeros(n, bool)
-    in_prefix = np.zeros(n, bool)
-    in_prefix[:best] = True
     mask = np.zeros(n, bool)
-    mask[order] = in_prefix
-    res.prefix, res.accepted, res.bound = best, int((~h[:best]).sum()), best_bound
+    mask[order[:best]] = True
+    res.prefix, res.accepted = best, int(c.keep[best - 1])
     res.threshold = float(np.asarray(scores, float)[order][best - 1])
-    seen = a[:best] & ~np.isnan(w[:best])
-    res.estimate = float(known_err[:best][seen].mean()) if seen.any() else None
+    seen = c.labelled_audit[:best]
+    res.estimate = float(c.known_err[:best][seen].mean()) if seen.any() else None
     return res, mask
+
+
+@dataclass
+class _PrefixCounts:
+    """Per task in prefix order (most confident first), and counts over each prefix."""
+
+    audited: np.ndarray
+    known_err: np.ndarray       # a person's label contradicts the model
+    labelled_audit: np.ndarray
+    k_test: np.ndarray          # audited errors for the test, unlabelled audit tasks counted as errors
+    k_known: np.ndarray         # errors people found (audit or later labels): not among the accepted
+    keep: np.ndarray            # tasks that keep the model's label
+
+    @classmethod
+    def of(cls, a: np.ndarray, w: np.ndarray, human: np.ndarray) -> "_PrefixCounts":
+        h = human | a
+        known_err = np.nan_to_num(w, nan=0.0) > 0
+        return cls(a, known_err, a & ~np.isnan(w), np.cumsum(a & (known_err | np.isnan(w))),
+                   np.cumsum(h & known_err), np.cumsum(~h))
+
+
+def _search(c: _PrefixCounts, eps: float, level: float, rate: float, start: int,
+            tests: list[dict]) -> tuple[int, float | None]:
+    """The fixed-sequence search from ``start`` in 1 % steps; returns the certified prefix (0: none)
+    and its bound, and appends each test to ``tests``."""
+    n = len(c.keep)
+    best, best_bound = 0, None
+    for j in list(range(start, n, max(1, int(round(GRID_STEP * n))))) + [n]:
+        e0 = int(null_errors(eps, j, rate))
+        p = float(error_count_pvalue(int(c.k_test[j - 1]), e0, rate))
+        m = int(c.keep[j - 1])
+        # rejecting H_j means E_j <= e0 - 1; the errors left to the model are those minus the known ones
+        bound = max(0, e0 - 1 - int(c.k_known[j - 1])) / m if m else 0.0
+        tests.append({"prefix": j, "p_value": p, "audit_errors": int(c.k_test[j - 1]), "bound": bound,
+                      "rejected": p <= level})
+        if p > level:
+            break  # fixed sequence: no further test
+        if bound <= eps:  # the audit took no more of the prefix than the null allowed for
+            best, best_bound = j, bound
+    return best, best_bound
 
 
 @dataclass
@@ -291,28 +308,11 @@ def certify(scores: np.ndarray, predicted: Sequence[str], audited: np.ndarray, w
     a class with no audit task in per-class mode).
     """
     check_levels(eps, delta)
-    scores = np.asarray(scores, float)
-    predicted_arr = np.asarray([str(p) for p in predicted], dtype=object)
-    audited, human = np.asarray(audited, bool), np.asarray(human, bool)
-    wrong = np.asarray(wrong, float)
-    if not (len(scores) == len(predicted_arr) == len(audited) == len(wrong) == len(human)):
-        raise CertificateError("scores, predictions, audit and labels must cover the same tasks")
-    if not len(scores):
-        raise CertificateError("the pool is empty: every task already has a person's label")
-    labelled = audited & ~np.isnan(wrong)
-    if labelled.sum() < min_audit:
-        raise CertificateError(f"{int(audited.sum())} audit task(s) drawn, {int(labelled.sum())} labelled: "
-                               "label the audit tab's tasks first")
-    level = round_delta(delta, round_no)
+    scores, predicted_arr = np.asarray(scores, float), np.asarray([str(p) for p in predicted], dtype=object)
+    audited, human, wrong = np.asarray(audited, bool), np.asarray(human, bool), np.asarray(wrong, float)
     names = sorted(set(predicted_arr.tolist())) if per_class else ["all"]
-    missing = [s for s in names if s not in rates]
-    if missing:
-        raise CertificateError(f"no audit rate for {', '.join(missing)}: the audit was drawn for another design")
-    if per_class:
-        empty = [s for s in names if not (audited & (predicted_arr == s)).any()]
-        if empty:
-            raise CertificateError(f"no audit task of the class(es) {', '.join(empty)}: a per-class certificate "
-                                   "needs audit labels of every class the model predicts (draw the audit per class)")
+    labelled = _check_inputs(scores, predicted_arr, audited, wrong, human, rates, names, per_class, min_audit)
+    level = round_delta(delta, round_no)
     stratum_level = level / len(names)
     prefix = np.zeros(len(scores), bool)
     strata = []
@@ -333,6 +333,28 @@ def certify(scores: np.ndarray, predicted: Sequence[str], audited: np.ndarray, w
                        n_acc / remaining if remaining else 0.0, (err_bound / n_acc) if n_acc else None,
                        strata, classes, [f"{r.name}: {r.blocked}" for r in strata if r.blocked], n_acc > 0)
     return cert, accepted
+
+
+def _check_inputs(scores: np.ndarray, predicted: np.ndarray, audited: np.ndarray, wrong: np.ndarray,
+                  human: np.ndarray, rates: dict[str, float], names: list[str], per_class: bool,
+                  min_audit: int) -> np.ndarray:
+    """What the data must hold for a certificate; returns the mask of labelled audit tasks."""
+    if not (len(scores) == len(predicted) == len(audited) == len(wrong) == len(human)):
+        raise CertificateError("scores, predictions, audit and labels must cover the same tasks")
+    if not len(scores):
+        raise CertificateError("the pool is empty: every task already has a person's label")
+    labelled = audited & ~np.isnan(wrong)
+    if labelled.sum() < min_audit:
+        raise CertificateError(f"{int(audited.sum())} audit task(s) drawn, {int(labelled.sum())} labelled: "
+                               "label the audit tab's tasks first")
+    missing = [s for s in names if s not in rates]
+    if missing:
+        raise CertificateError(f"no audit rate for {', '.join(missing)}: the audit was drawn for another design")
+    empty = [s for s in names if per_class and not (audited & (predicted == s)).any()]
+    if empty:
+        raise CertificateError(f"no audit task of the class(es) {', '.join(empty)}: a per-class certificate "
+                               "needs audit labels of every class the model predicts (draw the audit per class)")
+    return labelled
 
 
 def draw_audit(strata: Sequence[str], rates: dict[str, float], rng: np.random.Generator) -> np.ndarray:
