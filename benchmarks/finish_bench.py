@@ -105,6 +105,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads per job (default: cores / jobs)")
     ap.add_argument("--cache", default="finish-cache")
     ap.add_argument("--json", help="write every row here")
+    ap.add_argument("--report-only", action="store_true", help="only phase 2, on the runs already cached")
+    ap.add_argument("--pool-subsample", default="",
+                    help="also certify random parts of each cached pool (e.g. 0.25,0.5), same model: the audit size "
+                         "against the pool size")
     ap.add_argument("--eyes", type=Path, help=f"eyes24's labels.csv [default: {EYES}]")  # noqa: F821
     args = ap.parse_args()
     if args.eyes:
@@ -127,13 +131,47 @@ def main() -> None:
                         jobs.append((set_name, str(csv), fraction, strategy, seed, int(budgets[set_name]),
                                      args.batch, str(out), threads))
     t0 = time.perf_counter()
-    if jobs:
+    if jobs and not args.report_only:
         print(f"{len(jobs)} queue phases to run, {args.jobs} at a time, {threads} torch threads each", flush=True)
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as ex:  # CUDA-safe
             for fut in as_completed([ex.submit(_queue_job, *j) for j in jobs]):
                 print(fut.result(), flush=True)
         print(f"queue phases: {time.perf_counter() - t0:.0f} s", flush=True)
     report(args, cache, strategies, fractions)
+    if args.pool_subsample:
+        scaling(args, cache, [float(f) for f in args.pool_subsample.split(",")] + [1.0])
+
+
+def scaling(args, cache: Path, parts: list[float]) -> None:
+    """The same models on random parts of their pools: how the audit and the human share scale."""
+    from labeler.learning.datasets import read_labels
+    from labeler.learning.simulate_finish import QueueOutcome, certify_phase
+
+    strategy = args.strategies.split(",")[0]
+    for set_name in args.sets.split(","):
+        classes = read_labels(_dataset(set_name, cache), progress=False).classes
+        for eps in [float(e) for e in args.eps.split(",")]:
+            print(f"\n{set_name}, {strategy}, eps {eps:g}: the same models on part of their pools")
+            for part in parts:
+                rows = []
+                for seed in range(args.seeds):
+                    path = cache / f"{set_name}-x1-{strategy}-s{seed}.npz"
+                    if not path.exists():
+                        continue
+                    q, y = QueueOutcome.load(path), np.load(path.with_suffix(".y.npy"))
+                    keep = np.sort(np.random.default_rng(seed).permutation(len(q.pool))[:int(part * len(q.pool))])
+                    idx = np.r_[q.queried, q.pool[keep]]
+                    sub = QueueOutcome(q.strategy, q.seed, np.arange(len(q.queried)),
+                                       np.arange(len(q.queried), len(idx)), q.proba[keep])
+                    rows.append(certify_phase(sub, y[idx], classes, eps, args.delta, args.per_class, args.redraws).row())
+                if rows:
+                    print(f"  pool {np.mean([r['images'] - r['queue'] for r in rows]):6.0f}: audit "
+                          f"{np.mean([r['audit'] for r in rows]):4.0f}, left to a person "
+                          f"{np.mean([r['to_person'] for r in rows]):4.0f}, coverage "
+                          f"{np.mean([r['redraw_coverage'] or r['coverage'] for r in rows]):.1%}, people "
+                          f"{np.mean([r['redraw_people'] or r['people_share'] for r in rows]):.1%} of the images; "
+                          f"violated {sum(r['violated'] for r in rows)} of {len(rows)}, redraws "
+                          f"{sum(r['redraw_violations'] for r in rows)} of {sum(r['redraws'] for r in rows)}")
 
 
 def report(args, cache: Path, strategies: list[str], fractions: list[float]) -> None:
@@ -162,6 +200,8 @@ def report(args, cache: Path, strategies: list[str], fractions: list[float]) -> 
                     rows += sel
                     people = np.array([r["people_share"] for r in sel])
                     cov = np.array([r["coverage"] for r in sel])
+                    redrawn = (f"; over the audit redraws: people {np.mean([r['redraw_people'] for r in sel]):.1%}, "
+                               f"coverage {np.mean([r['redraw_coverage'] for r in sel]):.1%}") if args.redraws else ""
                     real = [r["realized_error"] for r in sel if r["realized_error"] is not None]
                     print(f"  {strategy:>15}: {len(sel)} runs, {sel[0]['images']} images; claim violated in "
                           f"{sum(r['violated'] for r in sel)} of {len(sel)} runs"
@@ -171,7 +211,8 @@ def report(args, cache: Path, strategies: list[str], fractions: list[float]) -> 
                           f"{np.mean([r['audit'] for r in sel]):.0f}, left to a person "
                           f"{np.mean([r['to_person'] for r in sel]):.0f}); coverage {cov.mean():.1%} +- "
                           f"{cov.std():.1%} (min {cov.min():.1%}); realized error of the accepted "
-                          f"{np.mean(real) if real else float('nan'):.4f} (max {max(real) if real else float('nan'):.4f})")
+                          f"{np.mean(real) if real else float('nan'):.4f} (max {max(real) if real else float('nan'):.4f})"
+                          + redrawn)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

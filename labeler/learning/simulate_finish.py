@@ -53,6 +53,7 @@ class FinishResult:
     redraws: int = 0
     redraw_violations: int = 0
     redraw_coverage: float | None = None
+    redraw_people: float | None = None   # mean human share of the images over the redraws
 
     @property
     def people(self) -> int:
@@ -68,7 +69,8 @@ class FinishResult:
                 "realized_error": None if self.realized_error is None else round(self.realized_error, 5),
                 "violated": self.violated, "eps": self.certificate.eps, "delta": self.certificate.delta,
                 "redraws": self.redraws, "redraw_violations": self.redraw_violations,
-                "redraw_coverage": None if self.redraw_coverage is None else round(self.redraw_coverage, 4)}
+                "redraw_coverage": None if self.redraw_coverage is None else round(self.redraw_coverage, 4),
+                "redraw_people": None if self.redraw_people is None else round(self.redraw_people, 4)}
 
 
 @dataclass
@@ -134,12 +136,14 @@ def certify_phase(q: QueueOutcome, y: np.ndarray, classes: Sequence[str], eps: f
                        pool[acc], np.full(len(y), -1))
     out.predicted[pool] = pred
     if redraws:
-        violations, coverage = 0, []
+        violations, coverage, people = 0, [], []
         for _ in range(redraws):
-            c, a, _ = one_audit()
+            c, a, drawn = one_audit()
             violations += bool(a.any() and wrong_truth[a].mean() > eps)
             coverage.append(c.coverage)
-        out.redraws, out.redraw_violations, out.redraw_coverage = redraws, violations, float(np.mean(coverage))
+            people.append((len(q.queried) + len(pool) - a.sum()) / len(y))
+        out.redraws, out.redraw_violations = redraws, violations
+        out.redraw_coverage, out.redraw_people = float(np.mean(coverage)), float(np.mean(people))
     return out
 
 
