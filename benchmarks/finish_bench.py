@@ -107,8 +107,8 @@ def main() -> None:
     ap.add_argument("--json", help="write every row here")
     ap.add_argument("--report-only", action="store_true", help="only phase 2, on the runs already cached")
     ap.add_argument("--pool-subsample", default="",
-                    help="also certify random parts of each cached pool (e.g. 0.25,0.5), same model: the audit size "
-                         "against the pool size")
+                    help="also certify random parts of each cached pool (e.g. 0.25,0.5; above 1 the pool resampled "
+                         "with replacement to that multiple), same model: the audit size against the pool size")
     ap.add_argument("--eyes", type=Path, help=f"eyes24's labels.csv [default: {EYES}]")  # noqa: F821
     args = ap.parse_args()
     if args.eyes:
@@ -159,7 +159,8 @@ def scaling(args, cache: Path, parts: list[float]) -> None:
                     if not path.exists():
                         continue
                     q, y = QueueOutcome.load(path), np.load(path.with_suffix(".y.npy"))
-                    keep = np.sort(np.random.default_rng(seed).permutation(len(q.pool))[:int(part * len(q.pool))])
+                    rng = np.random.default_rng(seed)  # above 1: the pool resampled to that size (same error profile)
+                    keep = np.sort(rng.choice(len(q.pool), int(part * len(q.pool)), replace=part > 1))
                     idx = np.r_[q.queried, q.pool[keep]]
                     sub = QueueOutcome(q.strategy, q.seed, np.arange(len(q.queried)),
                                        np.arange(len(q.queried), len(idx)), q.proba[keep])

@@ -95,3 +95,34 @@ def test_simulate_and_evaluate_commands(tmp_path):
     r = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path / "model"), "--labels", str(labels)])
     assert r.exit_code == 0, r.output
     assert "accuracy" in r.output and "EER" in r.output and "confusion matrix" in r.output
+
+
+def test_simulate_certify_writes_the_accepted_labels(tmp_path):
+    """`simulate --certify` on a labelled folder of three classes (one rare): the accepted images come
+    back as the input CSV names them, with a class label, and the printed realized error is theirs."""
+    from labeler.learning.datasets import synthetic_digits
+
+    labels = synthetic_digits(tmp_path / "digits", [150, 150, 30], size=24, seed=3)
+    truth = {row["image"]: row["label"] for row in csv.DictReader(labels.open())}
+    out, accepted = tmp_path / "finish", tmp_path / "accepted.csv"
+    r = CliRunner().invoke(main, ["simulate", "--labels", str(labels), "--budget", "60", "--batch", "30",
+                                  "--cnn-steps", "20", "--certify", "0.1", "--delta", "0.1", "--redraws", "5",
+                                  "--accepted-out", str(accepted), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "claimed error" in r.output and "queue 60 + audit" in r.output and "coverage" in r.output
+    rows = list(csv.DictReader(accepted.open()))
+    assert f"wrote {len(rows)} accepted labels" in r.output
+    assert all(row["image"] in truth and row["label"] in {"class0", "class1", "class2"} for row in rows)
+    result = next(csv.DictReader((out / "finish.csv").open()))
+    assert int(result["accepted"]) == len(rows)
+    assert int(result["queue"]) + int(result["audit"]) + int(result["to_person"]) + len(rows) == len(truth)
+    if rows:
+        realized = np.mean([truth[row["image"]] != row["label"] for row in rows])
+        assert float(result["realized_error"]) == pytest.approx(realized, abs=1e-4)
+
+
+@pytest.mark.parametrize("args,message", [(["--certify", "1.5"], "strictly between 0 and 1"),
+                                          (["--certify", "0.02", "--delta", "0"], "strictly between 0 and 1")])
+def test_simulate_certify_refuses_levels_outside_0_1(tmp_path, args, message):
+    r = CliRunner().invoke(main, ["simulate", "--labels", str(make_dataset(tmp_path)), *args])
+    assert r.exit_code == 2 and message in r.output

@@ -375,6 +375,10 @@ class AuditPlan:
     pool: int
 
     def summary(self) -> str:
+        if not self.expected_accepted:
+            return (f"no audit of the {self.pool} unlabelled tasks is expected to let the model label any: at this "
+                    "target the audit would cost as much as labelling them (a better model, a larger pool or a "
+                    "looser target changes that)")
         return (f"audit about {self.expected_audit} of the {self.pool} unlabelled tasks; expected then: "
                 f"{self.expected_accepted} accepted ({self.expected_accepted / max(self.pool, 1):.0%}), "
                 f"{self.expected_people - self.expected_audit} left to a person")
