@@ -387,10 +387,10 @@ class AuditPlan:
 RATES = np.unique(np.round(np.geomspace(0.005, 1.0, 60), 4))
 
 
-#: The planner's guess of a task's chance of a model error is this many times ``1 - confidence``:
-#: deep networks are overconfident (Guo et al., 2017), and a plan that expects too few errors
-#: starts its search where a stray error ends it.
-PLAN_ERROR_FACTOR = 2.0
+#: The planner does not know how overconfident the model is (deep networks usually are: Guo et al.,
+#: 2017), so it averages its expectation over error models from the stated ``1 - confidence`` to
+#: eight times it: a plan that expects too few errors audits too little to certify much.
+PLAN_ERROR_FACTORS = (1.0, 2.0, 4.0, 8.0)
 
 
 def plan_audit(scores: np.ndarray, predicted: Sequence[str], eps: float = DEFAULT_EPS,
@@ -398,14 +398,15 @@ def plan_audit(scores: np.ndarray, predicted: Sequence[str], eps: float = DEFAUL
                p_error: np.ndarray | None = None) -> AuditPlan:
     """Choose each stratum's audit rate to minimise the expected human labels (audit + rejected).
 
-    The expectation takes each task's chance of a model error as ``p_error`` (default
-    ``PLAN_ERROR_FACTOR * (1 - score)``; a previous round's audit can calibrate it): it only sizes
-    the audit and places the search's start. The guarantee does not rest on it: a plan that
-    proves optimistic certifies less, and a new round can add more.
+    The expectation takes each task's chance of a model error as ``p_error`` (default: averaged over
+    ``c * (1 - score)`` for ``c`` in :data:`PLAN_ERROR_FACTORS`; a previous round's audit can
+    calibrate it): it only sizes the audit and places the search's start. The guarantee does not
+    rest on it: a plan that proves optimistic certifies less, and a new round can add more.
     """
     check_levels(eps, delta)
     scores = np.asarray(scores, float)
-    p_err = np.clip(PLAN_ERROR_FACTOR * (1 - scores) if p_error is None else np.asarray(p_error, float), 0, 1)
+    models = ([np.clip(c * (1 - scores), 0, 1) for c in PLAN_ERROR_FACTORS] if p_error is None
+              else [np.clip(np.asarray(p_error, float), 0, 1)])
     predicted_arr = np.asarray([str(p) for p in predicted], dtype=object)
     names = sorted(set(predicted_arr.tolist())) if per_class else ["all"]
     level = round_delta(delta, round_no) / len(names)
@@ -415,16 +416,18 @@ def plan_audit(scores: np.ndarray, predicted: Sequence[str], eps: float = DEFAUL
     for s in names:
         idx = np.flatnonzero(predicted_arr == s) if per_class else np.arange(len(scores))
         order = idx[np.lexsort((np.arange(len(idx)), -scores[idx]))]
-        cum_err = np.cumsum(p_err[order])
-        best = (float(len(idx)), 1.0, 0.0, len(idx) + 1)  # (expected people, rate, expected accepted, start)
+        cum_errs = [np.cumsum(m[order]) for m in models]
+        best = (-1.0, 1.0, len(idx) + 1)  # (expected accepted, rate, start)
         for f in RATES:
-            acc, start = _expected_accepted(cum_err, eps, level, float(f))
-            if len(idx) - acc < best[0] - 1e-9:
-                best = (len(idx) - acc, float(f), acc, start)
-        rates[s], starts[s] = best[1], best[3]
+            got = [_expected_accepted(c, eps, level, float(f)) for c in cum_errs]
+            acc = float(np.mean([g[0] for g in got]))
+            if acc > best[0] + 1e-9:
+                best = (acc, float(f), got[0][1])
+        rates[s], starts[s] = best[1], best[2]
         audit += best[1] * len(idx)
-        accepted += best[2]
-    return AuditPlan(rates, starts, int(round(audit)), int(round(accepted)), int(round(len(scores) - accepted)), len(scores))
+        accepted += best[0]
+    return AuditPlan(rates, starts, int(round(audit)), int(round(accepted)), int(round(len(scores) - accepted)),
+                     len(scores))
 
 
 def _expected_accepted(cum_err: np.ndarray, eps: float, level: float, f: float) -> tuple[float, int]:
