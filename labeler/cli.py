@@ -418,7 +418,7 @@ def _simulate_finish(samples, y, data, strategies, budget, batch, start, seeds, 
                        f"({r.people / r.images:.1%} of {r.images})"
                        + (f"; redraws: {r.redraw_violations}/{r.redraws} violated, mean coverage "
                           f"{r.redraw_coverage:.1%}" if r.redraws else ""))
-            for line in r.certificate.blocked:
+            for line in r.blocked:
                 click.echo(f"{'':>17} blocked: {line}")
             if accepted_out:
                 suffix = "".join([f".seed{seed}" if seed else "", f".{strategy}" if strategy != strategies[0] else ""])

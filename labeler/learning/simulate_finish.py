@@ -47,7 +47,10 @@ class FinishResult:
     claimed_bound: float | None
     realized_error: float | None
     violated: bool
-    certificate: cert.Certificate
+    certificate: cert.Certificate | None    # None: the audit could back none (``blocked`` says why)
+    eps: float
+    delta: float
+    blocked: list[str]
     accepted_idx: np.ndarray = field(repr=False)
     predicted: np.ndarray = field(repr=False)   # class index per image (meaningful where accepted)
     redraws: int = 0
@@ -67,7 +70,7 @@ class FinishResult:
                 "coverage": round(self.coverage, 4),
                 "claimed_bound": None if self.claimed_bound is None else round(self.claimed_bound, 5),
                 "realized_error": None if self.realized_error is None else round(self.realized_error, 5),
-                "violated": self.violated, "eps": self.certificate.eps, "delta": self.certificate.delta,
+                "violated": self.violated, "eps": self.eps, "delta": self.delta,
                 "redraws": self.redraws, "redraw_violations": self.redraw_violations,
                 "redraw_coverage": None if self.redraw_coverage is None else round(self.redraw_coverage, 4),
                 "redraw_people": None if self.redraw_people is None else round(self.redraw_people, 4)}
@@ -121,26 +124,30 @@ def certify_phase(q: QueueOutcome, y: np.ndarray, classes: Sequence[str], eps: f
     wrong_truth = (pred != y[pool]).astype(float)
     rng = np.random.default_rng([q.seed, 21])  # the audit's own stream: not the queue's
 
-    def one_audit() -> tuple[cert.Certificate, np.ndarray, np.ndarray]:
+    def one_audit() -> tuple[cert.Certificate | str, np.ndarray, np.ndarray]:
         audited = cert.draw_audit(strata, plan.rates, rng)
         wrong = np.where(audited, wrong_truth, np.nan)  # the annotator labels the audit
-        c, acc = cert.certify(score, names, audited, wrong, np.zeros(len(pool), bool), plan.rates, eps, delta,
-                              per_class=per_class, starts=plan.starts)
+        try:
+            c, acc = cert.certify(score, names, audited, wrong, np.zeros(len(pool), bool), plan.rates, eps, delta,
+                                  per_class=per_class, starts=plan.starts)
+        except cert.CertificateError as exc:  # e.g. a class the audit missed: people label the rest
+            return str(exc), np.zeros(len(pool), bool), audited
         return c, acc, audited
 
     certificate, acc, audited = one_audit()
     realized = float(wrong_truth[acc].mean()) if acc.any() else None
+    c = certificate if isinstance(certificate, cert.Certificate) else None
     out = FinishResult(q.strategy, q.seed, len(y), len(q.queried), int(audited.sum()),
-                       int(len(pool) - audited.sum() - acc.sum()), int(acc.sum()), certificate.coverage,
-                       certificate.bound, realized, bool(realized is not None and realized > eps), certificate,
-                       pool[acc], np.full(len(y), -1))
+                       int(len(pool) - audited.sum() - acc.sum()), int(acc.sum()), c.coverage if c else 0.0,
+                       c.bound if c else None, realized, bool(realized is not None and realized > eps), c, eps, delta,
+                       c.blocked if c else [str(certificate)], pool[acc], np.full(len(y), -1))
     out.predicted[pool] = pred
     if redraws:
         violations, coverage, people = 0, [], []
         for _ in range(redraws):
-            c, a, drawn = one_audit()
+            got, a, drawn = one_audit()
             violations += bool(a.any() and wrong_truth[a].mean() > eps)
-            coverage.append(c.coverage)
+            coverage.append(got.coverage if isinstance(got, cert.Certificate) else 0.0)
             people.append((len(q.queried) + len(pool) - a.sum()) / len(y))
         out.redraws, out.redraw_violations = redraws, violations
         out.redraw_coverage, out.redraw_people = float(np.mean(coverage)), float(np.mean(people))
