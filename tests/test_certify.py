@@ -219,3 +219,26 @@ def test_multilabel_sets_are_one_stratum():
     predicted = np.array(["a|b", "a", "b", ""] * 750, dtype=object)
     cert, acc = _certify(scores, predicted, truth, {"all": 0.15}, np.random.default_rng(17))
     assert cert.certified and set(cert.classes) == {"a|b", "a", "b", ""}
+
+
+def test_held_back_classes_the_audit_does_not_vouch_for():
+    # no audit label, or errors that put the lower bound above eps (3 of 3; 12 of 200), not 2 of 200
+    held = C.held_back(np.array([0, 0, 3, 2, 12]), np.array([0, 5, 3, 200, 200]), eps=0.02, delta=0.05)
+    assert held.tolist() == [True, False, True, False, True]
+
+
+def test_a_rare_class_the_model_gets_wrong_is_left_to_people():
+    """Overall mode: the common class's good record must not carry a rare class whose labels are
+    mostly wrong (it would pass under the overall bound, being under eps of the accepted tasks)."""
+    rng = np.random.default_rng(21)
+    n = 6000
+    predicted = np.where(np.arange(n) < 40, "rare", "common").astype(object)
+    scores = np.where(predicted == "rare", rng.uniform(0.9, 0.95, n), rng.uniform(0.9, 1.0, n))
+    truth = np.where(predicted == "rare", rng.random(n) < 0.8, rng.random(n) < 0.001)
+    rates = {"all": 0.2}
+    cert, acc = _certify(scores, predicted, truth, rates, np.random.default_rng(22))
+    assert cert.certified and not (acc & (predicted == "rare")).any()
+    assert cert.classes["rare"]["held_back"] and any(b.startswith("rare: held back") for b in cert.blocked)
+    assert cert.classes["common"]["accepted"] > 3500 and truth[acc].mean() <= 0.02
+    unguarded, acc = _certify(scores, predicted, truth, rates, np.random.default_rng(22), hold_back=False)
+    assert (acc & (predicted == "rare")).sum() > 20  # what the screen prevents

@@ -281,7 +281,8 @@ def certify_project(studio: Studio, project: int | str, model_dir: str | Path) -
     wrong, human = outcomes(pool, labels)
     cert, mask = certify(np.array([t["score"] for t in pool], dtype=float), [t["predicted"] for t in pool],
                          np.array([t["drawn"] for t in pool], dtype=bool), wrong, human, rnd["rates"], rnd["eps"],
-                         rnd["delta"], rnd["round"], rnd["per_class"], starts=rnd.get("starts"))
+                         rnd["delta"], rnd["round"], rnd["per_class"], starts=rnd.get("starts"),
+                         hold_back=not rnd["multilabel"])
     accepted = set(ids[mask].tolist())
     needs = sorted(i for i, lab in labels.items() if lab is None and i not in accepted)
     record = {**cert.to_dict(), "project": key, "version": rnd["version"], "round": rnd["round"],

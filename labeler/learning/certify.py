@@ -163,25 +163,28 @@ class StratumResult:
     estimate: float | None    # audit estimate of the error rate in the prefix (not a bound)
     blocked: str | None = None  # why nothing could be accepted
     tests: list[dict] = field(default_factory=list)  # prefix, p-value, errors seen, passed
+    held_back: list[str] = field(default_factory=list)  # predicted classes left to people (:func:`held_back`)
 
 
 def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: np.ndarray,
-                    human: np.ndarray, eps: float, level: float, rate: float,
-                    start: int | None = None) -> tuple[StratumResult, np.ndarray]:
+                    human: np.ndarray, eps: float, level: float, rate: float, start: int | None = None,
+                    groups: np.ndarray | None = None, delta: float = DEFAULT_DELTA) -> tuple[StratumResult, np.ndarray]:
     """Search one stratum's prefixes; returns its result and the mask of the certified prefix (the
-    tasks accepted are those of it that no person labelled).
+    tasks accepted are those of it that no person labelled, outside the classes held back).
 
     ``scores``: the model's confidence per task; ``audited``: drawn into the audit; ``wrong``: 1 where
     a person's label contradicts the model, 0 where it agrees, NaN where no person has labelled the
     task (for audit tasks, NaN counts as an error until labelled); ``human``: labelled by a person
     after the draw (audit or not). The prefix order is by score, ties broken by position.
     ``start``: the first prefix tested, fixed before any audit label is seen (the plan's; default
-    :func:`first_prefix`).
+    :func:`first_prefix`). ``groups``: the predicted class per task, to hold back classes the audit
+    does not vouch for (:func:`held_back`, at ``delta``); the bound is then over the tasks left.
     """
     n = len(scores)
     order = np.lexsort((np.arange(n), -np.asarray(scores, dtype=float)))
+    names, codes = np.unique(np.zeros(n, int) if groups is None else np.asarray(groups), return_inverse=True)
     c = _PrefixCounts.of(np.asarray(audited, bool)[order], np.asarray(wrong, float)[order],
-                         np.asarray(human, bool)[order])
+                         np.asarray(human, bool)[order], codes[order] if groups is not None else None)
     res = StratumResult(name, n, rate, level, int(c.audited.sum()), int(c.labelled_audit.sum()),
                         int((c.labelled_audit & c.known_err).sum()), 0, None, 0, None, None)
     start = max(start or 0, first_prefix(eps, level, rate, n))
@@ -189,7 +192,7 @@ def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: n
         res.blocked = (f"an audit rate of {rate:.3f} over {n} tasks cannot certify {eps:g} at this confidence "
                        "even with no error found: draw a larger audit")
         return res, np.zeros(n, bool)
-    best, res.bound = _search(c, eps, level, rate, start, res.tests)
+    best, res.bound, held = _search(c, eps, level, rate, start, res.tests, delta)
     if not best:
         t = res.tests[0]
         res.blocked = (f"{t['audit_errors']} audit error(s) (or unlabelled audit tasks) among the "
@@ -198,7 +201,9 @@ def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: n
         return res, np.zeros(n, bool)
     mask = np.zeros(n, bool)
     mask[order[:best]] = True
-    res.prefix, res.accepted = best, int(c.keep[best - 1])
+    if held.any():  # the prefix stays whole (its region is reported); certify() leaves these to people
+        res.held_back = [str(x) for x in names[held]]
+    res.prefix, res.accepted = best, int(c.kept(best, held))
     res.threshold = float(np.asarray(scores, float)[order][best - 1])
     seen = c.labelled_audit[:best]
     res.estimate = float(c.known_err[:best][seen].mean()) if seen.any() else None
@@ -207,7 +212,8 @@ def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: n
 
 @dataclass
 class _PrefixCounts:
-    """Per task in prefix order (most confident first), and counts over each prefix."""
+    """Per task in prefix order (most confident first), and counts over each prefix; per class too
+    (rows of ``g_*``, one per predicted class) when classes may be held back."""
 
     audited: np.ndarray
     known_err: np.ndarray       # a person's label contradicts the model
@@ -215,34 +221,71 @@ class _PrefixCounts:
     k_test: np.ndarray          # audited errors for the test, unlabelled audit tasks counted as errors
     k_known: np.ndarray         # errors people found (audit or later labels): not among the accepted
     keep: np.ndarray            # tasks that keep the model's label
+    g_keep: np.ndarray | None = None
+    g_audit: np.ndarray | None = None   # labelled audit tasks
+    g_err: np.ndarray | None = None     # of which the model got wrong
 
     @classmethod
-    def of(cls, a: np.ndarray, w: np.ndarray, human: np.ndarray) -> "_PrefixCounts":
+    def of(cls, a: np.ndarray, w: np.ndarray, human: np.ndarray, groups: np.ndarray | None = None) -> "_PrefixCounts":
         h = human | a
         known_err = np.nan_to_num(w, nan=0.0) > 0
-        return cls(a, known_err, a & ~np.isnan(w), np.cumsum(a & (known_err | np.isnan(w))),
-                   np.cumsum(h & known_err), np.cumsum(~h))
+        lab = a & ~np.isnan(w)
+        out = cls(a, known_err, lab, np.cumsum(a & (known_err | np.isnan(w))), np.cumsum(h & known_err),
+                  np.cumsum(~h))
+        if groups is not None:
+            one_hot = groups[None, :] == np.arange(groups.max() + 1)[:, None]
+            out.g_keep, out.g_audit = np.cumsum(one_hot & ~h, axis=1), np.cumsum(one_hot & lab, axis=1)
+            out.g_err = np.cumsum(one_hot & lab & known_err, axis=1)
+        return out
+
+    def held(self, j: int, eps: float, delta: float) -> np.ndarray:
+        """The classes :func:`held_back` leaves to people in prefix ``j`` (none without classes)."""
+        if self.g_audit is None or self.g_err is None:
+            return np.zeros(1, bool)
+        return held_back(self.g_err[:, j - 1], self.g_audit[:, j - 1], eps, delta)
+
+    def kept(self, j: int, held: np.ndarray) -> int:
+        """Tasks of prefix ``j`` that keep the model's label, the held-back classes' excluded."""
+        if self.g_keep is None or not held.any():
+            return int(self.keep[j - 1])
+        return int(self.keep[j - 1] - self.g_keep[held, j - 1].sum())
 
 
-def _search(c: _PrefixCounts, eps: float, level: float, rate: float, start: int,
-            tests: list[dict]) -> tuple[int, float | None]:
-    """The fixed-sequence search from ``start`` in 1 % steps; returns the certified prefix (0: none)
-    and its bound, and appends each test to ``tests``."""
+def held_back(errors: np.ndarray, audited: np.ndarray, eps: float, delta: float) -> np.ndarray:
+    """Which predicted classes an overall certificate leaves to people: those with no labelled audit
+    task in the accepted region (nothing vouches for them), and those whose audit errors put even the
+    one-sided Clopper-Pearson *lower* bound of their error rate (at ``delta``) above ``eps``: the audit
+    shows them worse than the target. A rare class the model gets wrong is then not carried by the
+    other classes' good record, and its few tasks cost little to label. Leaving tasks to people never
+    weakens the overall guarantee: the bound is recomputed over the tasks that remain.
+    """
+    errors, audited = np.asarray(errors, float), np.asarray(audited, float)
+    with np.errstate(invalid="ignore"):
+        lower = np.where(errors > 0, beta.ppf(delta, errors, np.maximum(audited - errors + 1, 1e-300)), 0.0)
+    return (audited < 1) | (lower > eps)
+
+
+def _search(c: _PrefixCounts, eps: float, level: float, rate: float, start: int, tests: list[dict],
+            delta: float = DEFAULT_DELTA) -> tuple[int, float | None, np.ndarray]:
+    """The fixed-sequence search from ``start`` in 1 % steps; returns the certified prefix (0: none),
+    its bound and the classes held back there, and appends each test to ``tests``."""
     n = len(c.keep)
-    best, best_bound = 0, None
+    best, best_bound, best_held = 0, None, np.zeros(1, bool)
     for j in list(range(start, n, max(1, int(round(GRID_STEP * n))))) + [n]:
         e0 = int(null_errors(eps, j, rate))
         p = float(error_count_pvalue(int(c.k_test[j - 1]), e0, rate))
-        m = int(c.keep[j - 1])
-        # rejecting H_j means E_j <= e0 - 1; the errors left to the model are those minus the known ones
+        held = c.held(j, eps, delta)
+        m = c.kept(j, held)
+        # rejecting H_j means E_j <= e0 - 1; the errors left to the model are at most those minus the
+        # known ones, over the tasks that keep the model's label
         bound = max(0, e0 - 1 - int(c.k_known[j - 1])) / m if m else 0.0
         tests.append({"prefix": j, "p_value": p, "audit_errors": int(c.k_test[j - 1]), "bound": bound,
                       "rejected": p <= level})
         if p > level:
             break  # fixed sequence: no further test
-        if bound <= eps:  # the audit took no more of the prefix than the null allowed for
-            best, best_bound = j, bound
-    return best, best_bound
+        if m and bound <= eps:  # the audit took no more of the prefix than the null allowed for
+            best, best_bound, best_held = j, bound, held
+    return best, best_bound, best_held
 
 
 @dataclass
@@ -296,13 +339,15 @@ METHOD = ("Bernoulli audit sample; exact binomial test of the error count per co
 def certify(scores: np.ndarray, predicted: Sequence[str], audited: np.ndarray, wrong: np.ndarray,
             human: np.ndarray, rates: dict[str, float], eps: float = DEFAULT_EPS, delta: float = DEFAULT_DELTA,
             round_no: int = 1, per_class: bool = False, min_audit: int = 1,
-            starts: dict[str, int] | None = None) -> tuple[Certificate, np.ndarray]:
+            starts: dict[str, int] | None = None, hold_back: bool = True) -> tuple[Certificate, np.ndarray]:
     """Certify one audit round; returns the certificate and the mask of tasks accepted.
 
     All arrays are over the pool as it was when the round was drawn, in one order.
     ``predicted``: the model's label per task (for multi-label, the label set joined, e.g. ``"a|b"``);
     ``rates``: audit inclusion probability per stratum (``{"all": f}``, or one per class with
-    ``per_class``); ``starts``: the prefix each stratum's search starts at (:class:`AuditPlan`).
+    ``per_class``); ``starts``: the prefix each stratum's search starts at (:class:`AuditPlan`);
+    ``hold_back``: in overall mode, leave to people the predicted classes the audit does not vouch
+    for (:func:`held_back`; off for multi-label label sets, which are many and mostly rare).
     See :func:`certify_stratum` for ``audited``, ``wrong`` and ``human``.
     Raises :class:`CertificateError` when the data cannot back any certificate (no audit label,
     a class with no audit task in per-class mode).
@@ -319,10 +364,12 @@ def certify(scores: np.ndarray, predicted: Sequence[str], audited: np.ndarray, w
     for s in names:
         idx = np.flatnonzero(predicted_arr == s) if per_class else np.arange(len(scores))
         res, mask = certify_stratum(s, scores[idx], audited[idx], wrong[idx], human[idx], eps, stratum_level,
-                                    rates[s], (starts or {}).get(s))
+                                    rates[s], (starts or {}).get(s),
+                                    predicted_arr[idx] if hold_back and not per_class else None, delta)
         prefix[idx[mask]] = True
         strata.append(res)
-    accepted = prefix & ~(human | audited)
+    held = np.isin(predicted_arr, [c for r in strata for c in r.held_back])
+    accepted = prefix & ~(human | audited) & ~held
     remaining = int((~(human | audited)).sum())
     n_acc = int(accepted.sum())
     # the overall bound: the strata's certified error counts over all accepted tasks
@@ -331,7 +378,9 @@ def certify(scores: np.ndarray, predicted: Sequence[str], audited: np.ndarray, w
     cert = Certificate(eps, delta, round_no, level, per_class, METHOD, len(scores), int(audited.sum()),
                        int(labelled.sum()), int((labelled & (wrong > 0)).sum()), n_acc,
                        n_acc / remaining if remaining else 0.0, (err_bound / n_acc) if n_acc else None,
-                       strata, classes, [f"{r.name}: {r.blocked}" for r in strata if r.blocked], n_acc > 0)
+                       strata, classes, [f"{r.name}: {r.blocked}" for r in strata if r.blocked]
+                       + [f"{c}: held back, its tasks need a person ({_evidence(classes[c])})"
+                          for r in strata for c in r.held_back], n_acc > 0)
     return cert, accepted
 
 
@@ -355,6 +404,11 @@ def _check_inputs(scores: np.ndarray, predicted: np.ndarray, audited: np.ndarray
         raise CertificateError(f"no audit task of the class(es) {', '.join(empty)}: a per-class certificate "
                                "needs audit labels of every class the model predicts (draw the audit per class)")
     return labelled
+
+
+def _evidence(row: dict) -> str:
+    return (f"{row.get('audit_in_accepted_region', 0)} audit label(s) in the accepted region, "
+            f"{row.get('audit_errors_in_region', 0)} wrong")
 
 
 def draw_audit(strata: Sequence[str], rates: dict[str, float], rng: np.random.Generator) -> np.ndarray:
@@ -466,8 +520,11 @@ def _per_class(predicted: np.ndarray, audited: np.ndarray, wrong: np.ndarray, pr
             r = by_name[c]
             row.update(bound=r.bound, threshold=r.threshold, blocked=r.blocked)
         else:
+            held = any(c in r.held_back for r in strata)
             seen = lab & prefix
             row["estimate"] = float((wrong[seen] > 0).mean()) if seen.any() else None
             row["audit_in_accepted_region"] = int(seen.sum())
+            row["audit_errors_in_region"] = int((wrong[seen] > 0).sum())
+            row["held_back"] = held
         out[c] = row
     return out
