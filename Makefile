@@ -23,13 +23,15 @@ demo: $(VENV)/.installed-studio
 	@echo "==> starting the demo (Ctrl-C stops it)"
 	@$(VENV)/bin/labeler demo $(DEMO_ARGS)
 
-# ruff and mypy first, then unit tests (a failure shows in seconds), then the integration tests (real servers).
+# ruff, mypy and lint-imports (import contracts, pyproject.toml) first, then unit tests (a failure shows in seconds), then the integration tests (real servers).
 # pytest's exit 5 (nothing selected in one lane, e.g. with PYTEST_ARGS=tests/test_units.py) is not a failure.
 test: $(VENV)/.installed-test chromium
 	@echo "==> ruff"
 	@$(VENV)/bin/ruff check .
 	@echo "==> mypy"
 	@$(VENV)/bin/mypy
+	@echo "==> lint-imports (the floors of README \"Layout\")"
+	@$(VENV)/bin/lint-imports --no-logo
 	@echo "==> unit tests"
 	@$(PY) -m pytest -q -p no:cacheprovider -m "not integration" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	@echo "==> integration tests (a real Label Studio and backend)"

@@ -215,6 +215,7 @@ def preannotate(project, redo, batch_size, engine, url, api_key, model_dir) -> N
 @with_studio
 def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, finished, url, api_key, model_dir) -> None:
     """Export the labelled dataset (written to a temp folder, renamed into place when complete)."""
+    from labeler.media.fetching import fetch_policy
     from labeler.studio.export import export
 
     fractions = _fractions(split) if split else None
@@ -227,7 +228,7 @@ def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, finished, u
     try:
         summary = export(studio, project, fmt, out,
                          only_annotated=not all_tasks, split=fractions, seed=seed, overwrite=overwrite,
-                         policy=s.fetch_policy(), finished=finished or None)
+                         policy=fetch_policy(s), finished=finished or None)
     except (FileExistsError, ValueError) as exc:
         _fail(str(exc))
     click.echo(summary.text())
@@ -505,7 +506,7 @@ def _simulation_metric(metric: str, targets: str | None, n_classes: int) -> tupl
 
 def _simulation_prompts(classes: list[str]) -> dict[str, list[str]]:
     """The prompts a simulation scores: each class's default hint, as an unhinted label config gets."""
-    from labeler.studio.labelconfig import DEFAULT_TEMPLATE
+    from labeler.labelconfig import DEFAULT_TEMPLATE
 
     return {c: [DEFAULT_TEMPLATE.format(c)] for c in classes}
 
@@ -551,7 +552,8 @@ def evaluate_cmd(model_ref, images, labels_csv, model_dir, as_json) -> None:
     from labeler.models.classifiers import Sample, load_classifier
     from labeler.learning.datasets import read_labels
     from labeler.learning.metrics import evaluate
-    from labeler.learning.registry import registry_for, RegistryError
+    from labeler.errors import RegistryError
+    from labeler.models.openregistry import registry_for
 
     folder = Path(model_ref)
     if not (folder / "classifier.json").exists():
@@ -630,14 +632,15 @@ def map_cmd(project, labels_csv, images, model_ref, max_points, seed, out, url, 
         studio = _studio(s)
         m = datamap.project_map(studio, project, _predictor(s), max_points, seed)
         # The backend serves the latest map of a project to admins from here.
-        from labeler.learning.registry import Registry
+        from labeler.models.registry import Registry
 
         html_copy = Registry(s.model_dir).project_dir(str(project), create=True) / "map.html"
         datamap.write_html(m, html_copy)
     else:
         from labeler.models.classifiers import Sample, load_classifier
         from labeler.learning.datasets import read_labels
-        from labeler.learning.registry import registry_for, RegistryError
+        from labeler.errors import RegistryError
+        from labeler.models.openregistry import registry_for
 
         data = read_labels(labels_csv, images)
         samples = [Sample(im) for im in data.images()]
@@ -671,7 +674,7 @@ def versions(ctx, project, model_dir, as_json) -> None:
     """List model versions with their metrics (serving one marked *)."""
     if ctx.invoked_subcommand:
         return
-    from labeler.learning.registry import registry_for
+    from labeler.models.openregistry import registry_for
 
     reg = registry_for(_settings(model_dir=model_dir))
     projects = [project] if project else reg.projects()
@@ -700,7 +703,7 @@ def versions(ctx, project, model_dir, as_json) -> None:
 @click.option("--model-dir", envvar="MODEL_DIR", type=click.Path(path_type=Path))
 def versions_export(version, out, model_dir) -> None:
     """Copy VERSION into a self-contained folder (for `labeler evaluate --model`)."""
-    from labeler.learning.registry import registry_for
+    from labeler.models.openregistry import registry_for
 
     _, path = registry_for(_settings(model_dir=model_dir)).find(version)
     shutil.copytree(path, out)
@@ -716,7 +719,7 @@ def versions_export(version, out, model_dir) -> None:
 def rollback(version, project, no_refresh, url, api_key, model_dir) -> None:
     """Serve VERSION again (``zeroshot`` for the zero-shot model). The backend picks it up at once;
     with a Label Studio configured, every task is re-predicted with it and the queue re-ranked."""
-    from labeler.learning.registry import registry_for
+    from labeler.models.openregistry import registry_for
 
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
     registry_for(s).promote(project, None if version in {"zeroshot", "zero-shot"} else version)
@@ -753,7 +756,8 @@ def status(project, metric, target, window, eps, delta, per_class, model_dir, as
     """Can we stop labelling? The learning curve's forecast, whether the last labels still helped, and what
     an audit would leave to people. Reads MODEL_DIR only (no Label Studio)."""
     from labeler.learning.finishing import finishing_report
-    from labeler.learning.registry import check_project, registry_for
+    from labeler.ids import check_project
+    from labeler.models.openregistry import registry_for
 
     if target is not None and not 0 < target < 1:
         _fail(f"--target must lie strictly between 0 and 1, got {target}")

@@ -14,7 +14,11 @@ from typing import Any
 from pathlib import Path
 
 from labeler.errors import SettingsError
-from labeler.models.zeroshot import DEFAULT_MODEL
+
+# The defaults that belong to higher floors, named here so that settings import nothing above them
+# (labeler.models.zeroshot and labeler.models.uncertainty use these very values).
+DEFAULT_MODEL = "Salesforce/blip2-itm-vit-g"
+UNCERTAINTY_MEASURES = ("least_confidence", "margin", "entropy")
 
 
 def _bool(v: str) -> bool:
@@ -123,10 +127,8 @@ class Settings:
 
     def validated(self) -> "Settings":
         """Self, or a ValueError naming the environment variable that is wrong."""
-        from labeler.learning.uncertainty import MEASURES
-
         checks = [
-            ("uncertainty", self.uncertainty in MEASURES, f"one of {', '.join(MEASURES)}"),
+            ("uncertainty", self.uncertainty in UNCERTAINTY_MEASURES, f"one of {', '.join(UNCERTAINTY_MEASURES)}"),
             ("classifier", self.classifier in {"auto", "head", "cnn"}, "auto, head or cnn"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("min_per_class", self.min_per_class >= 2, "at least 2 (evaluation needs a label to hold out)"),
@@ -164,11 +166,3 @@ class Settings:
     @property
     def _ray_address_is_job_server(self) -> bool:
         return self.ray_address.startswith(("http://", "https://"))
-
-    def fetch_policy(self, local_files: bool = True):
-        """What may be fetched (:class:`labeler.media.fetching.FetchPolicy`); the backend passes ``local_files=False``."""
-        from labeler.media.fetching import FetchPolicy, parse_hosts
-
-        return FetchPolicy(allowed_hosts=parse_hosts(self.allowed_hosts),
-                           local_root=self.local_root if local_files else None,
-                           max_bytes=self.max_image_bytes, timeout_s=self.download_timeout_s)

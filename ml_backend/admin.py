@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, jsonify, request, send_file
 
-from labeler.learning.registry import check_project, check_version
+from labeler.ids import check_project, check_version
 
 from .api import bad_request, state
 from .auth import admin_ok

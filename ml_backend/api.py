@@ -8,7 +8,7 @@ import time
 from flask import Blueprint, current_app, jsonify, render_template_string, request
 
 from labeler.errors import LabelerError
-from labeler.studio.labelconfig import LabelConfigError, parse_label_config
+from labeler.labelconfig import LabelConfigError, parse_label_config
 from labeler.models.predictor import project_key
 
 from .auth import admin_ok, webhook_ok

@@ -36,7 +36,7 @@ from flask import (
 )
 
 from labeler.errors import LabelerError
-from labeler.learning.registry import check_project, check_version
+from labeler.ids import check_project, check_version
 
 from .api import metrics_report, state, wants_html
 from .auth import admin_ok

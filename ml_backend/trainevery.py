@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from labeler.learning.registry import Registry
+from labeler.models.registry import Registry
 from labeler.studio.client import Studio
 
 log = logging.getLogger(__name__)

@@ -9,17 +9,16 @@ import signal
 import time
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import requests
 from PIL import Image, ImageDraw
 
-from labeler.errors import StudioError
 from labeler.studio.client import Studio
 from labeler.dev import localserver
 from labeler.envfile import write_env_file
-from labeler.studio.tasks import model_card_text, uncertainty_view, update_model_card
+from labeler.studio.tasks import created_id, model_card_text, uncertainty_view, update_model_card, upload_images
 
 if TYPE_CHECKING:
     from label_studio_sdk.types import AllRolesProjectList
@@ -83,19 +82,6 @@ def resolve_zeroshot(model: str, data_dir: Path) -> tuple[str, bool]:
         return str(build_tiny_blip2(data_dir / "tiny-blip2")), True
 
 
-def upload_images(ls_url: str, token: str, project: int, files: list[Path], chunk: int = 50) -> int:
-    """Multipart upload (``/data/upload/...`` URLs); one form field per file or only one is kept."""
-    n = 0
-    for i in range(0, len(files), chunk):
-        part = files[i:i + chunk]
-        payload = {f"file{j}": (p.name, p.read_bytes()) for j, p in enumerate(part)}
-        resp = requests.post(f"{ls_url}/api/projects/{project}/import", files=payload,
-                             headers={"Authorization": f"Token {token}"}, timeout=120)
-        resp.raise_for_status()
-        n += resp.json().get("task_count", len(part))
-    return n
-
-
 def _stop_on_sigterm() -> None:
     """SIGTERM (kill, systemd, a container stop) takes the Ctrl-C path, which stops the servers."""
     def handler(signum, frame):
@@ -116,18 +102,6 @@ def _project(studio: Studio, title: str, label_config: str, files: list[Path], l
     project = created_id(studio.projects.create(title=title, label_config=label_config))
     upload_images(ls_url, token, project, files)
     return project, True
-
-
-class ProjectLike(Protocol):
-    @property
-    def id(self) -> int | None: ...
-
-
-def created_id(project: ProjectLike) -> int:
-    """The id of a project Label Studio just created (the SDK types every id as optional)."""
-    if project.id is None:
-        raise StudioError("Label Studio created a project but returned no id")
-    return project.id
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}

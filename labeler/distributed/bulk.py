@@ -35,8 +35,8 @@ from labeler.studio.client import Connection, Studio
 from labeler.studio.preannotate import PreannotateBusy, Report, finish, tasks_to_predict
 from labeler.models.predictor import Predictor, Scored, project_key, to_prediction
 from labeler.studio.queue import Recorder, queue_scores
-from labeler.learning.registry import Registry
-from labeler.learning.strategies import FEATURE_DIM, imagenet_features
+from labeler.models.registry import Registry
+from labeler.models.strategies import FEATURE_DIM, imagenet_features
 from labeler.studio.tasks import (
     import_predictions,
     project_config,
@@ -94,7 +94,7 @@ class ScoreActor:
     """Holds the project's serving model once; scores batches of decoded images."""
 
     def __init__(self, settings: Settings, project: str, config_xml: str, version: str) -> None:
-        from labeler.studio.labelconfig import parse_label_config
+        from labeler.labelconfig import parse_label_config
 
         self.predictor = Predictor(settings)
         self.predictor.load_scorer()
@@ -143,7 +143,7 @@ class ImportActor:
 
 def _serving_version(settings: Settings, project: str, config_xml: str) -> tuple[str, str | None]:
     """The version the scoring actors will write (it names the model, so it is asked where the model loads)."""
-    from labeler.studio.labelconfig import parse_label_config
+    from labeler.labelconfig import parse_label_config
 
     p = Predictor(settings)
     p.load_scorer()

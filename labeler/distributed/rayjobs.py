@@ -29,7 +29,7 @@ from typing import Any
 
 from labeler.distributed import require_ray
 from labeler.errors import ClusterError
-from labeler.learning.registry import check_project
+from labeler.ids import check_project
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from labeler.studio.client import Studio
-from labeler.learning.uncertainty import uncertainty
+from labeler.models.uncertainty import uncertainty
 
 
 @dataclass
@@ -264,7 +264,7 @@ def cnn_features(model, samples: Sequence) -> np.ndarray:
 def embeddings(samples: Sequence, model=None) -> tuple[np.ndarray, str]:
     """(features, what they are) for the map: BLIP-2 pooled features where the samples carry them,
     else the trained CNN's pooled features, else the frozen ImageNet MobileNetV2's."""
-    from labeler.learning.strategies import imagenet_features
+    from labeler.models.strategies import imagenet_features
 
     if samples and all(getattr(s, "features", None) is not None for s in samples):
         return np.stack([np.asarray(s.features, dtype=np.float32).ravel() for s in samples]), "BLIP-2 image features"

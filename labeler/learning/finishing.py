@@ -32,7 +32,7 @@ import numpy as np
 
 from labeler.learning.certify import DEFAULT_DELTA, DEFAULT_EPS, plan_audit
 from labeler.learning.forecast import Point, eer_effective_size, forecast, plateau
-from labeler.learning.registry import Registry
+from labeler.models.registry import Registry
 
 #: What each metric is called, and its default target (on the metric's own scale).
 METRICS = {"accuracy": ("accuracy", 0.95), "eer": ("EER", 0.03), "eer_macro": ("mean one-vs-rest EER", 0.03),
@@ -110,7 +110,7 @@ def queue_scores(model_dir: str | Path, project: str) -> tuple[np.ndarray, list[
     when the project has no scores yet. Confidence and prediction as the audit freezes them: the top class
     and its probability; multi-label, the classes at or above their (centred, 0.5) threshold and the
     certainty of the least decided one."""
-    from labeler.learning.uncertainty import multilabel_uncertainty
+    from labeler.models.uncertainty import multilabel_uncertainty
     from labeler.studio.queue import QueueState
 
     folder = Registry(model_dir).project_dir(project)

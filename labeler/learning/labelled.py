@@ -12,7 +12,7 @@ import numpy as np
 from labeler.models.classifiers import Sample
 from labeler.models.predictor import Predictor, Scored
 from labeler.studio.client import Studio
-from labeler.studio.labelconfig import LabelConfig
+from labeler.labelconfig import LabelConfig
 from labeler.studio.tasks import Labelled, labelled_tasks
 
 

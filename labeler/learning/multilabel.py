@@ -36,6 +36,7 @@ from sklearn.model_selection import StratifiedKFold
 from labeler.errors import TrainingError
 from labeler.learning.labelled import LabelledSet
 from labeler.learning.metrics import evaluate_multilabel
+from labeler.learning.promotion import HOLDOUT_MIN, Split, decide_promotion, is_holdout, unseen_by
 from labeler.models.calibration import fit_thresholds
 from labeler.models.classifiers import Classifier, Sample
 from labeler.models.classifiers.base import stack_rows
@@ -73,8 +74,6 @@ def rarest_class(Y: np.ndarray) -> np.ndarray:
 def choose_split(task_ids: Sequence[int], Y: np.ndarray, is_holdout: Callable[[int], bool]):
     """The hash hold-out when it has ``HOLDOUT_MIN`` items and leaves each class positives and negatives to
     train on, else k-fold cross-validation over all labels (k = 5, or the rarest class's positive count)."""
-    from labeler.learning.training import HOLDOUT_MIN, Split
-
     hold = np.array([is_holdout(t) for t in task_ids], dtype=bool)
     train = Y[~hold]
     if hold.sum() >= HOLDOUT_MIN and train.any(0).all() and (train == 0).any(0).all():
@@ -132,10 +131,8 @@ def promotion_baseline(predictor: Predictor, project: str, samples: Sequence[Sam
                        task_ids: Sequence[int], split, eval_proba: np.ndarray, eval_t: np.ndarray,
                        classes: list[str], meta: dict) -> dict:
     """What the new version must not be worse than, in macro-F1 on the same items (see
-    :func:`labeler.learning.training.decide_promotion`): the serving multi-label version, else the
+    :func:`labeler.learning.promotion.decide_promotion`): the serving multi-label version, else the
     zero-shot model, else always guessing the training part's most frequent label set."""
-    from labeler.learning.training import unseen_by
-
     serving, current = predictor.classifier(project)
     if serving is not None and current is not None and getattr(current, "multilabel", False) \
             and list(current.classes) == classes and (not current.needs_features or predictor.scorer is not None):
@@ -185,8 +182,6 @@ def train(predictor: Predictor, project: str, data: LabelledSet, classes: list[s
     ``meta`` holds what :func:`labeler.learning.training.train_project` registers, ``promoted``
     and ``promotion_reason`` included.
     """
-    from labeler.learning.training import decide_promotion, is_holdout
-
     s = predictor.settings
     counts = check_counts(data.y, classes, s.min_per_class, len(data.bad))
     samples = [it.decoded for _, it in data.keep]

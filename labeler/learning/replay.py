@@ -110,8 +110,7 @@ def project_from_folder(studio: Studio, url: str, token: str, paths: Sequence, l
     """
     from xml.sax.saxutils import quoteattr
 
-    from labeler.dev.demo import created_id, upload_images
-    from labeler.studio.tasks import iter_tasks
+    from labeler.studio.tasks import created_id, iter_tasks, upload_images
 
     choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in classes)
     xml = (f'<View><Image name="image" value="$image"/>'

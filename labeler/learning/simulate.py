@@ -3,7 +3,7 @@
 No Label Studio: a simulated annotator reveals the hidden label of each image
 the strategy queries, and nothing else. Each round retrains with the same
 classifier code the backend uses, and evaluates on a held-out part that is
-never queried. The strategies live in :mod:`labeler.learning.strategies`, shared with
+never queried. The strategies live in :mod:`labeler.models.strategies`, shared with
 the service's labelling queue (:mod:`labeler.studio.queue`), so Label Studio serves
 what is measured here.
 
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from labeler.models import selftrain
 from labeler.models.classifiers import KINDS, Classifier, CNNClassifier, Sample
 from labeler.learning.metrics import HIGHER_IS_BETTER, evaluate
-from labeler.learning.strategies import (DEFAULT_STRATEGY, STRATEGIES, check_strategy, imagenet_features,  # noqa: F401
+from labeler.models.strategies import (DEFAULT_STRATEGY, STRATEGIES, check_strategy, imagenet_features,  # noqa: F401
                          k_center_greedy, select)
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ Evaluation is always on annotations the model did not train on:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,23 +25,18 @@ from labeler.models.classifiers import KINDS, Classifier, Sample
 from labeler.models.classifiers.base import stack_rows
 from labeler.studio.client import Studio
 from labeler.errors import TrainingError
-from labeler.studio.labelconfig import LabelConfig
+from labeler.labelconfig import LabelConfig
 from labeler.learning.metrics import evaluate
 from labeler.models.predictor import Predictor
 from labeler.models.selftrain import Frozen, SelfTrained
+from labeler.learning import multilabel
 from labeler.learning.labelled import LabelledSet, load_labelled, self_training_pool
+from labeler.learning.promotion import (HOLDOUT_MIN, METRIC_NAMES, Split, choose_split,  # noqa: F401 - imported from here too
+                                        decide_promotion, is_holdout, unseen_by)
 from labeler.studio.tasks import project_config
 from labeler.models.zeroshot import softmax
 
 log = logging.getLogger(__name__)
-HOLDOUT_MIN = 50
-
-
-def is_holdout(task_id: int, fraction: int = 5) -> bool:
-    """Stable held-out membership: one task in ``fraction`` by a hash of its id."""
-    return int(hashlib.sha1(str(task_id).encode()).hexdigest(), 16) % fraction == 0
-
-
 @dataclass
 class Outcome:
     version: str
@@ -68,16 +62,6 @@ def choose_kind(setting: str, has_zeroshot: bool) -> str:
     return setting
 
 
-@dataclass
-class Split:
-    """Which labels train the new version and which evaluate it (indices into the labelled set)."""
-
-    train: np.ndarray
-    evaluate: np.ndarray
-    method: str   # "holdout" or "<k>-fold cross-validation"
-    folds: int = 0
-
-
 def check_counts(y: np.ndarray, classes: list[str], min_per_class: int, n_bad: int) -> dict[str, int]:
     """Labels per class; TrainingError when a class has fewer than ``min_per_class``."""
     counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
@@ -86,17 +70,6 @@ def check_counts(y: np.ndarray, classes: list[str], min_per_class: int, n_bad: i
         raise TrainingError(f"too few labels to train: {short} (need at least {min_per_class} per class; "
                             f"{len(y)} usable labels, {n_bad} unreadable images)")
     return counts
-
-
-def choose_split(task_ids: Sequence[int], y: np.ndarray, n_classes: int) -> Split:
-    """The stable hash hold-out when it has ``HOLDOUT_MIN`` items and leaves every class to train on,
-    else k-fold cross-validation over all labels (k = 5, or the rarest class's count)."""
-    hold = np.array([is_holdout(t) for t in task_ids], dtype=bool)
-    if hold.sum() >= HOLDOUT_MIN and len(set(y[~hold])) == n_classes:
-        return Split(np.flatnonzero(~hold), np.flatnonzero(hold), "holdout")
-    folds = int(min(5, np.bincount(y, minlength=n_classes).min()))
-    every = np.arange(len(y))
-    return Split(every, every, f"{folds}-fold cross-validation", folds)
 
 
 def fit_and_evaluate(evaluated: Classifier, served: Classifier, samples: Sequence[Sample], y: np.ndarray,
@@ -115,40 +88,6 @@ def fit_and_evaluate(evaluated: Classifier, served: Classifier, samples: Sequenc
     proba = cross_val_proba(evaluated, samples, y, split.folds, seed)
     report(f"training on all {len(y)} labels")
     return clone(served).fit(list(samples), y), proba
-
-
-def unseen_by(serving_meta: dict | None, task_ids: Sequence[int], split: Split) -> np.ndarray:
-    """Evaluation items (indices) the serving version never trained on.
-
-    The hold-out is never trained on by any version. Under cross-validation,
-    versions record the tasks they trained on; items labelled since then are
-    unseen by the serving version. An older version without that record is
-    evaluated on every item (which favours it: promotion stays conservative).
-    """
-    if split.method == "holdout" or not serving_meta or not serving_meta.get("trained_tasks"):
-        return split.evaluate
-    seen = set(serving_meta["trained_tasks"])
-    fresh = np.array([i for i in split.evaluate if task_ids[i] not in seen], dtype=int)
-    return fresh if len(fresh) else split.evaluate
-
-
-METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
-
-
-def decide_promotion(new_value: float, baseline: dict) -> tuple[bool, str]:
-    """Promote when the new version is not worse than ``baseline`` on the same items, by the
-    baseline's ``metric`` (higher is better): accuracy for single-choice projects, macro-F1 for
-    multi-label ones (:mod:`labeler.learning.multilabel`).
-
-    ``baseline``: ``{"name", "metric", "value", "new_value"?, "n"}`` where ``new_value``
-    (if given) is the new version's value on exactly the baseline's items.
-    """
-    ours = baseline.get("new_value", new_value)
-    promoted = ours >= baseline["value"]
-    sign = ">=" if promoted else "<"
-    metric = METRIC_NAMES.get(baseline["metric"], baseline["metric"])
-    return promoted, (f"{metric} on {baseline['n']} labels unseen by both {ours:.4f} {sign} "
-                      f"{baseline['value']:.4f} of {baseline['name']} on the same items")
 
 
 def baseline_for(predictor: Predictor, project: str, samples: Sequence[Sample], y: np.ndarray,
@@ -262,8 +201,6 @@ def train_project(predictor: Predictor, project: str, studio: Studio, trigger: s
     report("fetching annotations and images")
     data = load_labelled(predictor, studio, int(project), config)
     if config.multiple:
-        from labeler.learning import multilabel
-
         kind = choose_kind(predictor.settings.classifier, predictor.scorer is not None)
         clf, meta = multilabel.train(predictor, project, data, list(config.classes), kind, report)
         meta.update(prompts={c: list(config.prompts[c]) for c in config.classes}, trigger=trigger,

@@ -42,7 +42,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from labeler.studio.client import Connection
+from labeler.config import Settings
+from labeler.connection import Connection
 from labeler.media.images import ImageError
 
 MAX_REF_CHARS = 4096       # a longer non-data reference is not a URL anyone meant
@@ -356,4 +357,12 @@ def parse_hosts(raw: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(h.strip() for h in items if h and h.strip())
 
 
-__all__ = ["FetchPolicy", "Fetcher", "ImageError", "is_public", "parse_hosts"]
+
+def fetch_policy(settings: Settings, local_files: bool = True) -> FetchPolicy:
+    """What ``settings`` allow to be fetched; the backend passes ``local_files=False``."""
+    return FetchPolicy(allowed_hosts=parse_hosts(settings.allowed_hosts),
+                       local_root=settings.local_root if local_files else None,
+                       max_bytes=settings.max_image_bytes, timeout_s=settings.download_timeout_s)
+
+
+__all__ = ["FetchPolicy", "Fetcher", "ImageError", "fetch_policy", "is_public", "parse_hosts"]

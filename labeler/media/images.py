@@ -6,6 +6,7 @@ Fetching (what may be fetched, and how much) lives in :mod:`labeler.media.fetchi
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 
@@ -22,6 +23,12 @@ KEEP_PIXELS = 512 * 512
 MIN_SHORT_SIDE = 256
 # Bumped whenever decode() returns other pixels for the same bytes: cached embeddings are keyed with it.
 DECODE_VERSION = 2
+
+
+def content_key(data: bytes) -> str:
+    """SHA-256 of the image bytes (and of the decoder's version, so entries made from other pixels are not
+    reused): the same picture under any URL hits the same entry."""
+    return hashlib.sha256(f"decode-v{DECODE_VERSION}:".encode() + data).hexdigest()
 
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

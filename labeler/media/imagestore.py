@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from labeler.models.cache import content_key
-from labeler.studio.client import Connection
+from labeler.connection import Connection
+from labeler.media.images import content_key
 
 
 class ImageStore:

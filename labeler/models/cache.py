@@ -34,7 +34,6 @@ file at all.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sqlite3
@@ -48,7 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labeler.media.images import DECODE_VERSION
+from labeler.media.images import content_key  # noqa: F401 - imported from here too
 
 if TYPE_CHECKING:
     from labeler.models.devicetier import DeviceTier
@@ -56,12 +55,6 @@ if TYPE_CHECKING:
 
 _MAGIC = b"\x93NUMPY"
 _HEADER = re.compile(r"^\{'descr': '<f2', 'fortran_order': False, 'shape': \((\d+), (\d+)\), \}\s*$")
-
-
-def content_key(data: bytes) -> str:
-    """SHA-256 of the image bytes (and of the decoder's version, so entries made from other pixels are not
-    reused): the same picture under any URL hits the same entry."""
-    return hashlib.sha256(f"decode-v{DECODE_VERSION}:".encode() + data).hexdigest()
 
 
 def read_entry(path: str | Path) -> np.memmap:

@@ -22,14 +22,15 @@ from labeler.models.cache import EmbeddingCache, content_key
 from labeler.models.classifiers import Classifier, Sample, load_classifier
 from labeler.models.classifiers.base import stack_rows
 from labeler.config import Settings
-from labeler.studio.client import Connection
-from labeler.media.fetching import Fetcher
+from labeler.connection import Connection
+from labeler.media.fetching import Fetcher, fetch_policy
 from labeler.media.images import ImageError, decode
 from labeler.models.devicetier import DeviceTier
 from labeler.media.imagestore import ImageStore
-from labeler.studio.labelconfig import LabelConfig
-from labeler.learning.registry import PROJECT_RE, registry_for
-from labeler.learning.uncertainty import confidence, multilabel_uncertainty
+from labeler.labelconfig import LabelConfig
+from labeler.ids import PROJECT_RE
+from labeler.models.openregistry import registry_for
+from labeler.models.uncertainty import confidence, multilabel_uncertainty
 from labeler.models.zeroshot import ZeroShotScorer, sigmoid, softmax
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Predictor:
 
     def __init__(self, settings: Settings, local_files: bool = True) -> None:
         self.settings = settings
-        self.policy = settings.fetch_policy(local_files=local_files)
+        self.policy = fetch_policy(settings, local_files=local_files)
         self.images = ImageStore(settings.model_dir / "cache" / "images.sqlite",
                                  int(settings.image_cache_mb * 2**20), settings.image_ttl_s)
         self.registry = registry_for(settings)

@@ -47,23 +47,28 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from labeler.config import DEFAULT_MODEL
 from labeler.models.devicetier import stage
 
 HiddenRow: TypeAlias = "torch.Tensor | np.ndarray"  # one image's (L, D) hidden states, on the device or the host
 
-if TYPE_CHECKING:
-    from labeler.models.cache import LogitCache
-
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "Salesforce/blip2-itm-vit-g"
+
+class LogitMemo(Protocol):
+    """Where :meth:`ZeroShotScorer.itm_logits` memoises logits (:class:`labeler.models.cache.LogitCache`)."""
+
+    def get(self, keys: list[str], prompts: list[str]) -> np.ndarray: ...
+
+    def put(self, keys: list[str], prompts: list[str], logits: np.ndarray) -> None: ...
+
 MAX_PAIRS_PER_PASS = 512  # image-prompt pairs in one Q-Former pass (hundreds of prompts: several passes)
 
 
@@ -296,7 +301,7 @@ class ZeroShotScorer:
 
     def class_scores(self, hidden: torch.Tensor | Sequence[HiddenRow],
                      prompts: Mapping[str, Sequence[str]], keys: Sequence[str] | None = None,
-                     memo: LogitCache | None = None) -> np.ndarray:
+                     memo: LogitMemo | None = None) -> np.ndarray:
         """Per-class ITM evidence ``s_ic`` (N, C), classes in ``prompts`` order.
 
         With ``memo`` and the images' content ``keys``, logits of (image,

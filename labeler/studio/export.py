@@ -44,7 +44,7 @@ from labeler.studio.client import Studio
 from labeler.media.fetching import Fetcher, FetchPolicy
 from labeler.fsutil import fsync_dir
 from labeler.media.images import ImageError, open_checked
-from labeler.studio.labelconfig import LabelConfig
+from labeler.labelconfig import LabelConfig
 from labeler.errors import LabelConfigError
 from labeler.studio.tasks import (StudioError, annotation_label, annotation_labels, iter_tasks, join_labels,
                                   project_config, winning_annotation)

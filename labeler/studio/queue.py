@@ -2,7 +2,7 @@
 
 After each prediction refresh (``labeler preannotate``, a promoted retraining)
 :func:`publish` orders the project's unlabelled tasks with
-:func:`labeler.learning.strategies.queue_order` (``margin_diverse`` by default: the
+:func:`labeler.models.strategies.queue_order` (``margin_diverse`` by default: the
 same shortlist and k-center batch logic as the simulation) and writes the
 rank into each task's data as ``labeler_priority``. The Label Studio tab
 "Next to label" (the first, default tab) sorts on it ascending and shows only
@@ -42,8 +42,8 @@ import numpy as np
 
 from labeler.errors import StudioError
 from labeler.studio.client import Studio
-from labeler.learning.strategies import DEFAULT_STRATEGY, check_strategy, imagenet_features, queue_order
-from labeler.learning.uncertainty import centred
+from labeler.models.strategies import DEFAULT_STRATEGY, check_strategy, imagenet_features, queue_order
+from labeler.models.uncertainty import centred
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class QueueState:
     """Per task: id, annotated?, class probabilities (N, C), diversity features (N, D).
 
     Multi-label projects (``multilabel``) store threshold-centred probabilities
-    (:func:`queue_scores`), ranked by :func:`~labeler.learning.uncertainty.multilabel_uncertainty`.
+    (:func:`queue_scores`), ranked by :func:`~labeler.models.uncertainty.multilabel_uncertainty`.
     """
 
     ids: np.ndarray
@@ -134,7 +134,7 @@ def queue_scores(proba: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray
 
 
 def state_path(model_dir: Path, project: int | str) -> Path:
-    from labeler.learning.registry import Registry
+    from labeler.models.registry import Registry
 
     return Registry(model_dir).project_dir(str(project), create=True) / "queue.npz"
 

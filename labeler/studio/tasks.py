@@ -6,12 +6,16 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
+
+import requests
 
 from labeler.errors import StudioError
 from labeler.studio.client import Studio
-from labeler.studio.labelconfig import LabelConfig, parse_label_config
-from labeler.learning.registry import PROJECT_RE
+from labeler.labelconfig import LabelConfig, parse_label_config
+from labeler.ids import PROJECT_RE
 
 log = logging.getLogger(__name__)
 
@@ -358,3 +362,28 @@ def _url_key(url: str) -> str:
     for default in (":80", ":443"):
         netloc = netloc.removesuffix(default)
     return f"{netloc}{parts.path.rstrip('/')}"
+
+
+def upload_images(ls_url: str, token: str, project: int, files: list[Path], chunk: int = 50) -> int:
+    """Multipart upload (``/data/upload/...`` URLs); one form field per file or only one is kept."""
+    n = 0
+    for i in range(0, len(files), chunk):
+        part = files[i:i + chunk]
+        payload = {f"file{j}": (p.name, p.read_bytes()) for j, p in enumerate(part)}
+        resp = requests.post(f"{ls_url}/api/projects/{project}/import", files=payload,
+                             headers={"Authorization": f"Token {token}"}, timeout=120)
+        resp.raise_for_status()
+        n += resp.json().get("task_count", len(part))
+    return n
+
+
+class ProjectLike(Protocol):
+    @property
+    def id(self) -> int | None: ...
+
+
+def created_id(project: ProjectLike) -> int:
+    """The id of a project Label Studio just created (the SDK types every id as optional)."""
+    if project.id is None:
+        raise StudioError("Label Studio created a project but returned no id")
+    return project.id
