@@ -781,5 +781,48 @@ def status(project, metric, target, window, eps, delta, per_class, model_dir, as
     click.echo(f"cost to finish: {r['cost']['line']}")
 
 
+def _doctor_projects(projects: tuple[int, ...], s: Settings) -> list[int]:
+    """``--project``s, else the projects MODEL_DIR knows (those a verified /setup or a training made known)."""
+    if projects:
+        return list(projects)
+    from labeler.errors import LabelerError
+    from labeler.models.openregistry import registry_for
+
+    try:
+        return [int(p) for p in registry_for(s).projects()]
+    except (LabelerError, OSError):
+        return []
+
+
+@main.command("doctor")
+@click.option("--project", "projects", multiple=True, type=int, envvar="LABELER_PROJECT",
+              help="A project to check (repeat for more) [env LABELER_PROJECT; default: those MODEL_DIR knows].")
+@with_studio
+@click.option("--backend-url", envvar="LABELER_BACKEND_URL",
+              help="This backend's URL as Label Studio calls it [env LABELER_BACKEND_URL, else LABELER_PUBLIC_URL].")
+@click.option("--ls-user", envvar="LABELER_LS_USER", help="A Label Studio login, to read its feature flags.")
+@click.option("--ls-password", envvar="LABELER_LS_PASSWORD", help="[env LABELER_LS_PASSWORD]")
+@click.option("--load-model", is_flag=True, help="Load the zero-shot model (multi-GB for the real one).")
+@click.option("--min-free-gb", default=10.0, show_default=True, help="Warn under this much free disk.")
+@click.option("--json", "as_json", is_flag=True)
+def doctor(projects, url, api_key, model_dir, backend_url, ls_user, ls_password, load_model, min_free_gb,
+           as_json) -> None:
+    """Check Label Studio, the token, each project's config, ML backend and webhook, the model, disk and Ray:
+    one line per check, "ok" or what is wrong and what fixes it. Exits 1 when any check fails."""
+    from labeler.doctor import Options, run_checks
+
+    s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
+    opts = Options(backend_url=backend_url, ls_user=ls_user, ls_password=ls_password, load_model=load_model,
+                   min_free_gb=min_free_gb)
+    checks = run_checks(s, _doctor_projects(projects, s), opts)
+    if as_json:
+        click.echo(json.dumps({"ok": all(c.ok for c in checks), "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        for c in checks:
+            click.echo(c.line())
+    if not all(c.ok for c in checks):
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -45,6 +45,15 @@ def promote(project: str):
     return jsonify({"status": "ok", "serving": version or "zero-shot", "job": job})
 
 
+@bp.get("/doctor")
+def doctor():
+    """`labeler doctor`'s checks as this backend sees them: ``{"ok": ..., "checks": [{name, ok, detail, fix}]}``."""
+    from .doctor import backend_checks
+
+    checks = backend_checks(state())
+    return jsonify({"ok": all(c.ok for c in checks), "checks": [c.as_dict() for c in checks]})
+
+
 @bp.get("/projects/<project>/map")
 def data_map(project: str):
     """The project's latest dataset map (``labeler map --project``): one self-contained HTML page."""

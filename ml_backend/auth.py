@@ -15,8 +15,7 @@ import hmac
 from flask import Request
 
 from labeler.config import Settings
-
-WEBHOOK_SECRET_HEADER = "X-Labeler-Webhook-Secret"
+from labeler.studio.tasks import WEBHOOK_SECRET_HEADER
 
 
 def _same(a: str, b: str) -> bool:

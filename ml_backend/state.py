@@ -10,7 +10,6 @@ that Label Studio; the first Label Studio to do so binds the backend (saved in
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import socket
@@ -27,9 +26,8 @@ from labeler.media.fetching import ip_address
 from ml_backend.jobs import make_jobs
 from ml_backend.trainevery import TrainEvery
 from labeler.models.predictor import Predictor
-from labeler.studio.tasks import secure_backend_webhooks, set_model_version
+from labeler.studio.tasks import secure_backend_webhooks, set_model_version, webhook_credentials
 
-from .auth import WEBHOOK_SECRET_HEADER
 
 log = logging.getLogger(__name__)
 VERIFIED_TTL_S = 600.0
@@ -152,17 +150,19 @@ class BackendState:
             self.jobs.submit(project, trigger="finishing an interrupted prediction refresh", train=False)
         return True
 
+    def own_url(self, project: str) -> str:
+        """This backend's URL as Label Studio calls it for ``project`` (``LABELER_PUBLIC_URL`` wins; else the
+        URL its last /setup came in on; empty when neither is known)."""
+        with self._lock:
+            return self.settings.public_url or self._own_urls.get(project, "")
+
     def _secure_webhooks(self, project: str, conn: Connection) -> None:
         """Label Studio's auto-created webhook carries no credentials: give it ours (in the background)."""
         s = self.settings
-        if s.webhook_secret:
-            headers = {WEBHOOK_SECRET_HEADER: s.webhook_secret}
-        elif s.basic_auth_user:
-            pair = f"{s.basic_auth_user}:{s.basic_auth_pass or ''}".encode()
-            headers = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
-        else:
+        headers = webhook_credentials(s.webhook_secret, s.basic_auth_user, s.basic_auth_pass)
+        if not headers:
             return
-        own = self.settings.public_url or self._own_urls.get(project, "")
+        own = self.own_url(project)
 
         def run() -> None:
             # Label Studio calls /setup before it saves a new ML backend and creates its webhook: look again

@@ -179,8 +179,10 @@ def run_demo(images: Path | None, zeroshot_model: str, data_dir: Path, port: int
         print(f"starting the ML backend with {model} ...", flush=True)
         backend = localserver.start_backend(backend_env, log_dir=data_dir)
         info = _demo_project(ls_server.url, token, backend.url, files, template_name)
+        # The login lets `labeler doctor` read Label Studio's feature flags (a page for logged-in users only).
         env_file = write_env_file(data_dir / ENV_FILE, {**backend_env, "LABELER_PROJECT": info["project"],
-                                                        "LABELER_BACKEND_URL": backend.url})
+                                                        "LABELER_BACKEND_URL": backend.url,
+                                                        "LABELER_LS_USER": username, "LABELER_LS_PASSWORD": password})
         info.update(label_studio=ls_server.url, username=username, password=password, token=token,
                     admin_token=admin_token, backend=backend.url, tasks=len(files), env_file=str(env_file))
         _print_ready(info, data_dir)

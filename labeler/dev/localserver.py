@@ -22,11 +22,9 @@ from pathlib import Path
 
 import requests
 
+from labeler.studio.flags import FAST_IMPORT_FLAG
+
 _LEAKY = ("USERNAME", "PASSWORD", "HOST", "PORT", "DEBUG", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")
-
-
-# Label Studio feature flag (1.23): memory-efficient predictions import.
-FAST_IMPORT_FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
 
 
 def free_port() -> int:

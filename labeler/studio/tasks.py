@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -332,6 +333,24 @@ def report_to_model_card(studio: Studio | None, project: str, job: dict, predict
         update_model_card(studio, int(project), *model_card_text(serving or "zero-shot", meta, job, admin_url), auth)
     except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
         log.warning("could not update the model card of project %s: %s", project, exc)
+
+
+# The header that carries LABELER_WEBHOOK_SECRET on Label Studio's webhook to the backend.
+WEBHOOK_SECRET_HEADER = "X-Labeler-Webhook-Secret"
+
+
+def webhook_credentials(secret: str | None, user: str | None, password: str | None) -> dict[str, str]:
+    """The headers the backend's webhook needs (the secret, else basic auth); empty when it needs none."""
+    if secret:
+        return {WEBHOOK_SECRET_HEADER: secret}
+    if user:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode()}
+    return {}
+
+
+def same_backend_url(a: str, b: str) -> bool:
+    """True when two URLs name the same ML backend (host, port and path; not the scheme)."""
+    return _url_key(a) == _url_key(b)
 
 
 def secure_backend_webhooks(studio: Studio, project: int, headers: dict[str, str], own_url: str) -> tuple[int, int]:
