@@ -67,8 +67,8 @@ def _queue_job(set_name: str, csv: str, fraction: float, strategy: str, seed: in
     from labeler.learning.datasets import read_labels
     from labeler.learning.simulate import make_classifier
     from labeler.learning.simulate_finish import queue_phase
-    from labeler.learning.strategies import imagenet_features
     from labeler.models.classifiers import Sample
+    from labeler.models.strategies import imagenet_features
 
     data = read_labels(csv, progress=False)
     classes = data.classes

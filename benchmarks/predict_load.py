@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
+
 from labeler.studio.client import Studio
 
 ROOT = Path(__file__).resolve().parents[1]

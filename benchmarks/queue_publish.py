@@ -33,8 +33,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from labeler.dev.localserver import start_label_studio
-    from labeler.studio.queue import FIELD, QueueState, publish
     from labeler.studio.client import Studio
+    from labeler.studio.queue import FIELD, QueueState, publish
 
     server = None
     if args.url:

@@ -26,14 +26,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from labeler.studio.client import Studio  # noqa: E402
-
 from labeler.config import Settings  # noqa: E402
 from labeler.dev.demo import template  # noqa: E402
 from labeler.dev.localserver import FAST_IMPORT_FLAG, start_label_studio  # noqa: E402
-from labeler.models.predictor import Predictor  # noqa: E402
-from labeler.studio.preannotate import preannotate  # noqa: E402
 from labeler.dev.tiny import build_tiny_blip2  # noqa: E402
+from labeler.models.predictor import Predictor  # noqa: E402
+from labeler.studio.client import Studio  # noqa: E402
+from labeler.studio.preannotate import preannotate  # noqa: E402
 
 TOKEN = "labeler-bench-token-0123456789"
 

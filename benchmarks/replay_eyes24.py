@@ -47,13 +47,13 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from labeler.models.classifiers import Sample
     from labeler.config import Settings
-    from labeler.learning.datasets import read_labels
     from labeler.dev.localserver import start_label_studio
-    from labeler.models.predictor import Predictor
+    from labeler.learning.datasets import read_labels
     from labeler.learning.replay import project_from_folder, replay
-    from labeler.learning.simulate import make_classifier, imagenet_features, run
+    from labeler.learning.simulate import imagenet_features, make_classifier, run
+    from labeler.models.classifiers import Sample
+    from labeler.models.predictor import Predictor
     from labeler.studio.client import Studio
 
     if args.skip_stale_delete:

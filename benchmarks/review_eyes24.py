@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from labeler.models.classifiers import CNNClassifier, Sample
 from labeler.learning.datasets import read_labels
 from labeler.learning.label_errors import find_label_issues
 from labeler.learning.training import cross_val_proba
+from labeler.models.classifiers import CNNClassifier, Sample
 
 
 def main() -> None:

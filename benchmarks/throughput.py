@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from labeler.dev.tiny import build_tiny_blip2, full_size_random_blip2
 from labeler.models.cache import EmbeddingCache, content_key
 from labeler.models.devicetier import DeviceTier
-from labeler.dev.tiny import build_tiny_blip2, full_size_random_blip2
 from labeler.models.zeroshot import ImageEmbeddings, ZeroShotScorer, pick_device, pick_dtype, softmax
 
 PROMPTS = {"open": ["open eye or pupil"], "closed": ["closed eye"]}

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labeler.models.classifiers import CNNClassifier, Sample
 from labeler.learning.datasets import read_labels
 from labeler.learning.metrics import evaluate
+from labeler.models.classifiers import CNNClassifier, Sample
 from labeler.models.selftrain import SelfTrained
 
 try:  # older checkouts (--baseline-src) have no given teacher

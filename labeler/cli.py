@@ -337,9 +337,9 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
              redraws) -> None:
     """Replay the annotation loop offline and write learning curves (CSV + PNG); with --certify, finish the
     dataset (queue, audit, certified auto-accept) and check the claim against the known labels."""
-    from labeler.models.classifiers import Sample
     from labeler.learning.datasets import read_labels
-    from labeler.learning.simulate import STRATEGIES, make_classifier, imagenet_features
+    from labeler.learning.simulate import STRATEGIES, imagenet_features, make_classifier
+    from labeler.models.classifiers import Sample
 
     if eps is not None:
         from labeler.learning.certify import check_levels
@@ -464,9 +464,8 @@ def _check_simulation(data, labels_csv: Path, budget: int, holdout: int):
 def _holdout(y, size: int, seed: int):
     """``size`` (at least one per class) indices: one image of every class, the rest stratified by
     class (each class about as often as in ``y``), so a rare class is evaluated too."""
-    from sklearn.model_selection import train_test_split
-
     import numpy as np
+    from sklearn.model_selection import train_test_split
 
     rng = np.random.default_rng(1000 + seed)
     first = np.array([rng.choice(np.flatnonzero(y == c)) for c in np.unique(y)])
@@ -549,10 +548,10 @@ def _print_curves(rows: list[dict], strategies: list[str], goals: list[float], b
 @click.option("--json", "as_json", is_flag=True)
 def evaluate_cmd(model_ref, images, labels_csv, model_dir, as_json) -> None:
     """Accuracy, ROC AUC, EER and confusion matrix of a trained model on a labelled folder."""
-    from labeler.models.classifiers import Sample, load_classifier
+    from labeler.errors import RegistryError
     from labeler.learning.datasets import read_labels
     from labeler.learning.metrics import evaluate
-    from labeler.errors import RegistryError
+    from labeler.models.classifiers import Sample, load_classifier
     from labeler.models.openregistry import registry_for
 
     folder = Path(model_ref)
@@ -637,9 +636,9 @@ def map_cmd(project, labels_csv, images, model_ref, max_points, seed, out, url, 
         html_copy = Registry(s.model_dir).project_dir(str(project), create=True) / "map.html"
         datamap.write_html(m, html_copy)
     else:
-        from labeler.models.classifiers import Sample, load_classifier
-        from labeler.learning.datasets import read_labels
         from labeler.errors import RegistryError
+        from labeler.learning.datasets import read_labels
+        from labeler.models.classifiers import Sample, load_classifier
         from labeler.models.openregistry import registry_for
 
         data = read_labels(labels_csv, images)
@@ -755,8 +754,8 @@ def _certify_default(name: str) -> float:
 def status(project, metric, target, window, eps, delta, per_class, model_dir, as_json) -> None:
     """Can we stop labelling? The learning curve's forecast, whether the last labels still helped, and what
     an audit would leave to people. Reads MODEL_DIR only (no Label Studio)."""
-    from labeler.learning.finishing import finishing_report
     from labeler.ids import check_project
+    from labeler.learning.finishing import finishing_report
     from labeler.models.openregistry import registry_for
 
     if target is not None and not 0 < target < 1:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from labeler.errors import SettingsError
 

@@ -8,8 +8,7 @@ Studio reaches them is Label Studio's answer), and no backend's ``/health`` or `
 
 from __future__ import annotations
 
-from labeler.doctor import Check, project_checks, warned
-from labeler.doctor import local
+from labeler.doctor import Check, local, project_checks, warned
 from labeler.doctor import studio as ls
 from labeler.studio.tasks import webhook_credentials
 

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Protocol
 
 from labeler.config import Settings
-from labeler.studio.client import Studio
 from labeler.fsutil import atomic_write_text
-from labeler.models.predictor import Predictor
 from labeler.ids import check_project
+from labeler.models.predictor import Predictor
+from labeler.studio.client import Studio
 from labeler.studio.tasks import report_to_model_card
 
 log = logging.getLogger(__name__)

@@ -19,15 +19,14 @@ from collections import deque
 from urllib.parse import urlsplit
 
 from labeler.config import Settings
-from labeler.studio.client import Connection, Studio
 from labeler.errors import SetupRefused
 from labeler.fsutil import atomic_write_text
 from labeler.media.fetching import ip_address
+from labeler.models.predictor import Predictor
+from labeler.studio.client import Connection, Studio
+from labeler.studio.tasks import secure_backend_webhooks, set_model_version, webhook_credentials
 from ml_backend.jobs import make_jobs
 from ml_backend.trainevery import TrainEvery
-from labeler.models.predictor import Predictor
-from labeler.studio.tasks import secure_backend_webhooks, set_model_version, webhook_credentials
-
 
 log = logging.getLogger(__name__)
 VERIFIED_TTL_S = 600.0

@@ -8,12 +8,21 @@ import json
 import numpy as np
 import pytest
 
-from labeler.learning.audit import (_from_queue, _same_design, audit_dir, datasheet, finished, frozen_predictions,
-                                    load_certificate, load_round, outcomes)
+from labeler.labelconfig import parse_label_config
+from labeler.learning.audit import (
+    _from_queue,
+    _same_design,
+    audit_dir,
+    datasheet,
+    finished,
+    frozen_predictions,
+    load_certificate,
+    load_round,
+    outcomes,
+)
 from labeler.learning.certify import CertificateError, certify
-from labeler.learning.uncertainty import centred
+from labeler.models.uncertainty import centred
 from labeler.studio.export import Row
-from labeler.studio.labelconfig import parse_label_config
 from labeler.studio.queue import QueueState, state_path
 
 CONFIG = parse_label_config("""<View><Image name="image" value="$image"/>

@@ -112,9 +112,9 @@ def test_request_body_limit(tmp_path):
 
 
 def test_restart_finds_a_promotion_whose_refresh_did_not_finish(tmp_path):
-    from ml_backend.jobs import TrainingJobs
     from labeler.models.predictor import Predictor
-    from labeler.learning.registry import Registry
+    from labeler.models.registry import Registry
+    from ml_backend.jobs import TrainingJobs
 
     reg = Registry(tmp_path)
     reg.promote("4", reg.add("4", lambda folder: {"kind": "head"}))

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import eyes_project
 from labeler.studio.queue import VIEW as QUEUE_VIEW
 from labeler.studio.tasks import uncertainty_view
+
+from .conftest import eyes_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

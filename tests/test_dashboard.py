@@ -12,7 +12,7 @@ import pytest
 
 from labeler.config import Settings
 from labeler.learning.metrics import evaluate
-from labeler.learning.registry import Registry
+from labeler.models.registry import Registry
 from ml_backend import create_app
 
 CHROMIUM_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,"

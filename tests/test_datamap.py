@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from labeler.learning import datamap
 from labeler.cli import main
 from labeler.dev.demo import synthetic_eyes
+from labeler.learning import datamap
 
 
 def _clusters(n=40, seed=0):
@@ -71,11 +71,10 @@ def test_map_command_on_a_labelled_folder(tmp_path):
 
 @pytest.mark.integration
 def test_project_map_with_the_serving_model(label_studio, tiny_model, image_dir, tmp_path):
-    from labeler.studio.client import Studio
-
     from labeler.config import Settings
     from labeler.dev.demo import template, upload_images
     from labeler.models.predictor import Predictor
+    from labeler.studio.client import Studio
 
     url, token = label_studio
     ls = Studio(url, token)
@@ -94,7 +93,7 @@ def test_project_map_with_the_serving_model(label_studio, tiny_model, image_dir,
 
 def test_backend_serves_the_project_map_to_admins_only(tmp_path):
     from labeler.config import Settings
-    from labeler.learning.registry import Registry
+    from labeler.models.registry import Registry
     from ml_backend import create_app
 
     client = create_app(Settings(model_dir=tmp_path, zeroshot_model=None, admin_token="t0k"),

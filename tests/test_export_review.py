@@ -7,16 +7,17 @@ import json
 
 import numpy as np
 import pytest
-from labeler.studio.client import Studio
 
 from labeler.config import Settings
 from labeler.dev.demo import template
-from .conftest import eyes_project
-from labeler.studio.export import export
 from labeler.learning.label_errors import find_label_issues
-from labeler.models.predictor import Predictor
 from labeler.learning.review import review
+from labeler.models.predictor import Predictor
+from labeler.studio.client import Studio
+from labeler.studio.export import export
 from labeler.studio.tasks import StudioError
+
+from .conftest import eyes_project
 
 
 def test_find_label_issues_hand_made():

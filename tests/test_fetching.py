@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from labeler.studio.client import Connection
-from labeler.studio.export import _recover, _swap_in, class_folders
 from labeler.media.fetching import Fetcher, FetchPolicy, is_public
 from labeler.media.images import ImageError, decode
 from labeler.media.imagestore import ImageStore
-from labeler.learning.registry import Registry
+from labeler.models.registry import Registry
+from labeler.studio.client import Connection
+from labeler.studio.export import _recover, _swap_in, class_folders
 
 from .conftest import png_bytes
 from .test_security import bomb_png
@@ -156,8 +156,8 @@ def test_cloud_storage_images_go_through_label_studios_resolve_endpoint():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from labeler.studio.labelconfig import parse_label_config
     from labeler.dev.demo import template
+    from labeler.labelconfig import parse_label_config
 
     seen: list[tuple[str, str | None]] = []
 

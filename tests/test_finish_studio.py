@@ -18,8 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from labeler.cli import main
-from labeler.learning.audit import (ACCEPTED_FIELD, AUDIT_FIELD, AUDIT_VIEW, NEEDS_VIEW, audit_dir, load_certificate,
-                                    load_round)
+from labeler.learning.audit import ACCEPTED_FIELD, AUDIT_FIELD, AUDIT_VIEW, NEEDS_VIEW, audit_dir, load_certificate, load_round
 from labeler.studio.queue import VIEW as QUEUE_VIEW
 from labeler.studio.queue import state_path
 

@@ -11,7 +11,7 @@ import pytest
 
 from labeler.learning import finishing
 from labeler.learning.forecast import Point, fit_curve, forecast, gain_interval, plateau
-from labeler.learning.registry import Registry
+from labeler.models.registry import Registry
 from labeler.studio.queue import QueueState
 
 A, B, C = 1.0, 0.5, 0.03          # err(n) = A n^-B + C

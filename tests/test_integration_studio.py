@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 import requests
-from labeler.studio.client import Studio
 from PIL import Image
 
 from labeler.dev.demo import template, upload_images
-from labeler.studio.labelconfig import parse_label_config
+from labeler.labelconfig import parse_label_config
 from labeler.models.zeroshot import ZeroShotScorer, softmax
+from labeler.studio.client import Studio
 
 from .conftest import png_bytes
 

@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from labeler.dev.demo import template
+
 from .conftest import eyes_project
 
 pytestmark = pytest.mark.integration

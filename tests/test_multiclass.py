@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from labeler.models.calibration import fit_temperature
-from labeler.models.classifiers import EmbeddingHead, Sample
 from labeler.cli import main
 from labeler.learning.datasets import read_labels, synthetic_digits
 from labeler.learning.label_errors import find_label_issues
 from labeler.learning.metrics import eer, evaluate, one_vs_rest
-from labeler.models.selftrain import SelfTrained
 from labeler.learning.simulate import labels_to_reach
 from labeler.learning.training import cross_val_proba
+from labeler.models.calibration import fit_temperature
+from labeler.models.classifiers import EmbeddingHead, Sample
+from labeler.models.selftrain import SelfTrained
 
 
 def test_metrics_for_three_classes():
@@ -100,9 +100,9 @@ def test_ten_class_simulate_and_evaluate_end_to_end(tmp_path):
 
 
 def test_multilabel_metrics_uncertainty_and_thresholds():
-    from labeler.models.calibration import fit_thresholds
     from labeler.learning.metrics import evaluate_multilabel
-    from labeler.learning.uncertainty import multilabel_uncertainty
+    from labeler.models.calibration import fit_thresholds
+    from labeler.models.uncertainty import multilabel_uncertainty
 
     Y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
     P = np.array([[.9, .2, .7], [.1, .8, .4], [.6, .3, .2], [.2, .1, .9]])

@@ -16,14 +16,14 @@ from PIL import Image
 
 from labeler.dev.demo import template
 from labeler.dev.shapes import labels_of, synthetic_shapes
+from labeler.labelconfig import parse_label_config
 from labeler.learning.metrics import evaluate_multilabel
-from labeler.learning.strategies import queue_order
-from labeler.learning.uncertainty import centred, multilabel_uncertainty
 from labeler.models.calibration import fit_thresholds
 from labeler.models.predictor import to_prediction
+from labeler.models.strategies import queue_order
+from labeler.models.uncertainty import centred, multilabel_uncertainty
 from labeler.models.zeroshot import sigmoid
 from labeler.studio.export import Row
-from labeler.studio.labelconfig import parse_label_config
 from labeler.studio.tasks import annotation_labels, pick_label, winning_annotation
 
 CONFIG = parse_label_config(template("multilabel"))
@@ -208,8 +208,7 @@ def test_multilabel_training_steps():
     from sklearn.base import clone
 
     from labeler.errors import TrainingError
-    from labeler.learning.multilabel import (check_counts, choose_split, cross_fitted_thresholds, fit_and_evaluate,
-                                             fold_of)
+    from labeler.learning.multilabel import check_counts, choose_split, cross_fitted_thresholds, fit_and_evaluate, fold_of
     from labeler.models.classifiers.multilabel import MultiLabelHead
 
     samples, Y = ml_clusters(120, rates=(0.5, 0.4, 0.3, 0.06))

@@ -75,7 +75,7 @@ def test_env_file_round_trip_and_what_is_set_wins(tmp_path, monkeypatch):
 
 def test_cli_reads_the_demo_env_file_from_the_working_folder(tmp_path):
     """`labeler versions` run beside labeler-demo/ sees the demo's registry with nothing typed."""
-    from labeler.learning.registry import Registry
+    from labeler.models.registry import Registry
 
     model_dir = tmp_path / "labeler-demo" / "model_dir"
     version = Registry(model_dir).add("4", lambda folder: {"kind": "head", "n_train": 10})

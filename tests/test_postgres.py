@@ -12,11 +12,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from labeler.studio.client import Studio
 
 from labeler.config import Settings
 from labeler.dev.demo import template, upload_images
 from labeler.models.predictor import Predictor
+from labeler.studio.client import Studio
 from labeler.studio.preannotate import preannotate
 
 pytestmark = pytest.mark.integration

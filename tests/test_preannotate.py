@@ -8,17 +8,16 @@ import time
 
 import numpy as np
 import pytest
-from labeler.studio.client import Studio
 
-from labeler.models.calibration import fit_temperature
 from labeler.config import Settings
 from labeler.dev.demo import template, upload_images
-from labeler.studio.labelconfig import parse_label_config
-from labeler.studio.client import Connection
+from labeler.labelconfig import parse_label_config
+from labeler.models.calibration import fit_temperature
 from labeler.models.predictor import Predictor
-from labeler.studio.preannotate import preannotate
-from labeler.learning.uncertainty import confidence
+from labeler.models.uncertainty import confidence
 from labeler.models.zeroshot import softmax
+from labeler.studio.client import Connection, Studio
+from labeler.studio.preannotate import preannotate
 
 
 def test_fit_temperature_recovers_the_true_one():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from labeler.config import Settings
-from labeler.models.predictor import Predictor
 from labeler.learning.training import HOLDOUT_MIN, Split, baseline_for, choose_split, decide_promotion, unseen_by
+from labeler.models.predictor import Predictor
 
 
 def test_not_worse_is_promoted_and_the_reason_names_the_baseline():

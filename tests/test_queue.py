@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from labeler.studio.client import Studio
 
+from labeler.models.strategies import STRATEGIES, queue_order, select
+from labeler.studio.client import Studio
 from labeler.studio.queue import FIELD, VIEW, QueueState, bucket_values, state_path
-from labeler.learning.strategies import STRATEGIES, queue_order, select
 
 
 def test_bucket_values_are_exact_at_the_top_and_few_overall():
@@ -56,8 +56,8 @@ def test_preannotate_publishes_the_queue_and_annotated_tasks_leave_it(label_stud
     from labeler.config import Settings
     from labeler.dev.demo import template, upload_images
     from labeler.models.predictor import Predictor
+    from labeler.models.uncertainty import confidence
     from labeler.studio.preannotate import preannotate
-    from labeler.learning.uncertainty import confidence
 
     url, token = label_studio
     ls = Studio(url, token)
@@ -91,8 +91,8 @@ def test_preannotate_publishes_the_queue_and_annotated_tasks_leave_it(label_stud
     assert left == expected[1:], "an annotated task leaves the queue at once"
 
     # Another strategy from the stored scores, no re-scoring: plain margin order of the unannotated tasks.
+    from labeler.models.uncertainty import uncertainty
     from labeler.studio.queue import republish
-    from labeler.learning.uncertainty import uncertainty
 
     rep = republish(ls, proj, tmp_path / "md", "margin", 25)
     state = QueueState.load(state_path(tmp_path / "md", proj))

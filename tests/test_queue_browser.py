@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from labeler.studio.client import Studio
 
+from labeler.studio.client import Studio
 from tests.test_browser import browser, login_cookies, shot, tasks_of  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]

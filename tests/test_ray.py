@@ -19,13 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from labeler.studio.client import Studio
 
 from labeler.config import Settings
 from labeler.dev.demo import template, upload_images
 from labeler.models.predictor import Predictor
+from labeler.studio.client import Studio
 from labeler.studio.preannotate import preannotate
-
 from labeler.studio.tasks import prediction_versions
 
 

@@ -13,10 +13,11 @@ import s3fs
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from labeler.errors import RegistryStoreError
-from labeler.learning.objectregistry import ObjectRegistry
-from labeler.learning.registry import Registry, RegistryError, open_registry
+from labeler.errors import RegistryError, RegistryStoreError
 from labeler.models.classifiers import EmbeddingHead, Sample, load_classifier
+from labeler.models.objectregistry import ObjectRegistry
+from labeler.models.openregistry import open_registry
+from labeler.models.registry import Registry
 
 
 def write(meta):
@@ -220,7 +221,7 @@ def test_unknown_store_is_a_clear_error(tmp_path):
 def test_settings_select_the_store(s3_endpoint, s3_url, tmp_path, monkeypatch):
     """LABELER_REGISTRY_URL + the standard AWS_* variables are all a replica needs (no code-side options)."""
     from labeler.config import Settings
-    from labeler.learning.registry import registry_for
+    from labeler.models.openregistry import registry_for
 
     for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
                         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():

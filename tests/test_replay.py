@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labeler.models.classifiers import Sample
 from labeler.dev.demo import synthetic_eyes
+from labeler.models.classifiers import Sample
 
 
 @pytest.mark.integration
 @pytest.mark.slow  # trains a CNN with cross-validation at every round, as the service does
 def test_replay_through_label_studio_matches_the_simulation(label_studio, tmp_path):
     from labeler.config import Settings
-    from labeler.models.predictor import Predictor
     from labeler.learning.replay import project_from_folder, replay
-    from labeler.learning.simulate import make_classifier, imagenet_features, run
+    from labeler.learning.simulate import imagenet_features, make_classifier, run
+    from labeler.models.predictor import Predictor
     from labeler.studio.client import Studio
 
     url, token = label_studio

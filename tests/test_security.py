@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from labeler.studio.client import Studio
 
 from labeler.dev.demo import template
 from labeler.dev.localserver import start_backend
+from labeler.studio.client import Studio
 
 from .conftest import png_bytes
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from labeler.models.classifiers import Sample
 from labeler.cli import main
 from labeler.dev.demo import synthetic_eyes
-from labeler.learning.simulate import Annotator, make_classifier, k_center_greedy, run, select
+from labeler.learning.simulate import Annotator, k_center_greedy, make_classifier, run, select
+from labeler.models.classifiers import Sample
 
 
 def make_dataset(tmp_path, n=60):

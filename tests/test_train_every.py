@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from labeler.errors import ClusterError
-from labeler.learning.registry import Registry
+from labeler.models.registry import Registry
 from labeler.studio.client import Studio
 from ml_backend.trainevery import TrainEvery
 

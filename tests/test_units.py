@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from labeler.studio.labelconfig import LabelConfigError, parse_label_config
+from labeler.errors import LabelConfigError
+from labeler.labelconfig import parse_label_config
 from labeler.learning.metrics import eer, evaluate
 from labeler.models.selftrain import pseudo_labels
+from labeler.models.uncertainty import confidence, entropy, least_confidence, margin, rank
 from labeler.studio.tasks import pick_label
-from labeler.learning.uncertainty import confidence, entropy, least_confidence, margin, rank
 
 CONFIG = """<View><Image name="img" value="$image"/>
 <Choices name="label" toName="img"><Choice value="open" hint="open eye; eye with pupil"/>

@@ -15,9 +15,9 @@ import numpy as np
 import requests
 from PIL import Image, ImageDraw
 
-from labeler.studio.client import Studio
 from labeler.dev import localserver
 from labeler.envfile import write_env_file
+from labeler.studio.client import Studio
 from labeler.studio.tasks import created_id, model_card_text, uncertainty_view, update_model_card, upload_images
 
 if TYPE_CHECKING:

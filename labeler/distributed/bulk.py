@@ -29,20 +29,20 @@ from filelock import FileLock, Timeout
 from PIL import Image
 from tqdm.auto import tqdm
 
-from labeler.models.classifiers import Sample
 from labeler.config import Settings
-from labeler.studio.client import Connection, Studio
-from labeler.studio.preannotate import PreannotateBusy, Report, finish, tasks_to_predict
+from labeler.distributed import require_ray
+from labeler.errors import SettingsError
+from labeler.models.classifiers import Sample
 from labeler.models.predictor import Predictor, Scored, project_key, to_prediction
-from labeler.studio.queue import Recorder, queue_scores
 from labeler.models.registry import Registry
 from labeler.models.strategies import FEATURE_DIM, imagenet_features
+from labeler.studio.client import Connection, Studio
+from labeler.studio.preannotate import PreannotateBusy, Report, finish, tasks_to_predict
+from labeler.studio.queue import Recorder, queue_scores
 from labeler.studio.tasks import (
     import_predictions,
     project_config,
 )
-from labeler.distributed import require_ray
-from labeler.errors import SettingsError
 
 log = logging.getLogger(__name__)
 

@@ -30,14 +30,24 @@ from pathlib import Path
 import numpy as np
 
 from labeler.fsutil import atomic_write_text
-from labeler.learning.certify import (DEFAULT_DELTA, DEFAULT_EPS, Certificate, CertificateError, certify,
-                                      check_levels, draw_audit, plan_audit, round_delta)
-from labeler.learning.registry import Registry, check_project
-from labeler.learning.uncertainty import multilabel_uncertainty
+from labeler.ids import check_project
+from labeler.labelconfig import LabelConfig
+from labeler.learning.certify import (
+    DEFAULT_DELTA,
+    DEFAULT_EPS,
+    Certificate,
+    CertificateError,
+    certify,
+    check_levels,
+    draw_audit,
+    plan_audit,
+    round_delta,
+)
 from labeler.models.predictor import Predictor
+from labeler.models.registry import Registry
+from labeler.models.uncertainty import multilabel_uncertainty
 from labeler.studio.client import Studio
 from labeler.studio.export import Accepted, Finished
-from labeler.studio.labelconfig import LabelConfig
 from labeler.studio.queue import QueueState, queue_scores, state_path, write_field, write_priorities
 from labeler.studio.tasks import QUEUE_HIDDEN_COLUMNS, ensure_view, iter_tasks, join_labels, pick_label, project_config
 

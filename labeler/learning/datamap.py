@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labeler.studio.client import Studio
 from labeler.models.uncertainty import uncertainty
+from labeler.studio.client import Studio
 
 
 @dataclass

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from labeler.labelconfig import LabelConfig
 from labeler.models.classifiers import Sample
 from labeler.models.predictor import Predictor, Scored
 from labeler.studio.client import Studio
-from labeler.labelconfig import LabelConfig
 from labeler.studio.tasks import Labelled, labelled_tasks
 
 

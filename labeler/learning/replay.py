@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from labeler.studio.client import Studio
-from labeler.models.classifiers import Sample, load_classifier
 from labeler.learning.metrics import evaluate
+from labeler.models.classifiers import Sample, load_classifier
+from labeler.studio.client import Studio
 from labeler.studio.queue import VIEW
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,9 @@ def replay(studio: Studio, project: int, predictor, truth: dict[int, str], budge
     ``truth`` maps task id to its true class name; ``holdout``/``holdout_y`` are
     the images and class indices the curve is measured on.
     """
+    from labeler.learning.training import TrainingError, train_project
     from labeler.studio.preannotate import preannotate
     from labeler.studio.tasks import project_config
-    from labeler.learning.training import TrainingError, train_project
 
     config = project_config(studio, project)
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labeler.models.classifiers import KINDS
-from labeler.learning.label_errors import find_label_issues
-from labeler.studio.client import Studio
-from labeler.models.predictor import Predictor
-from labeler.studio.tasks import ensure_view, iter_tasks, project_config
 from labeler.errors import TrainingError
+from labeler.learning.label_errors import find_label_issues
 from labeler.learning.labelled import load_labelled
 from labeler.learning.training import choose_kind, cross_val_proba
+from labeler.models.classifiers import KINDS
+from labeler.models.predictor import Predictor
+from labeler.studio.client import Studio
+from labeler.studio.tasks import ensure_view, iter_tasks, project_config
 
 FIELD = "labeler_suspicion"
 VIEW = "Suspected label errors"

@@ -30,11 +30,10 @@ import numpy as np
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
+from labeler.learning.metrics import HIGHER_IS_BETTER, evaluate
 from labeler.models import selftrain
 from labeler.models.classifiers import KINDS, Classifier, CNNClassifier, Sample
-from labeler.learning.metrics import HIGHER_IS_BETTER, evaluate
-from labeler.models.strategies import (DEFAULT_STRATEGY, STRATEGIES, check_strategy, imagenet_features,  # noqa: F401
-                         k_center_greedy, select)
+from labeler.models.strategies import DEFAULT_STRATEGY, STRATEGIES, check_strategy, imagenet_features, k_center_greedy, select  # noqa: F401
 
 log = logging.getLogger(__name__)
 

@@ -20,21 +20,20 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+from labeler.errors import TrainingError
+from labeler.labelconfig import LabelConfig
+from labeler.learning import multilabel
+from labeler.learning.labelled import LabelledSet, load_labelled, self_training_pool
+from labeler.learning.metrics import evaluate
+from labeler.learning.promotion import HOLDOUT_MIN, METRIC_NAMES, Split, choose_split, decide_promotion, is_holdout, unseen_by  # noqa: F401 - imported from here too
 from labeler.models.calibration import fit_temperature
 from labeler.models.classifiers import KINDS, Classifier, Sample
 from labeler.models.classifiers.base import stack_rows
-from labeler.studio.client import Studio
-from labeler.errors import TrainingError
-from labeler.labelconfig import LabelConfig
-from labeler.learning.metrics import evaluate
 from labeler.models.predictor import Predictor
 from labeler.models.selftrain import Frozen, SelfTrained
-from labeler.learning import multilabel
-from labeler.learning.labelled import LabelledSet, load_labelled, self_training_pool
-from labeler.learning.promotion import (HOLDOUT_MIN, METRIC_NAMES, Split, choose_split,  # noqa: F401 - imported from here too
-                                        decide_promotion, is_holdout, unseen_by)
-from labeler.studio.tasks import project_config
 from labeler.models.zeroshot import softmax
+from labeler.studio.client import Studio
+from labeler.studio.tasks import project_config
 
 log = logging.getLogger(__name__)
 @dataclass

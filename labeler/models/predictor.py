@@ -12,23 +12,23 @@ import hashlib
 import logging
 import threading
 import time
-from typing import Any
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from labeler.config import Settings
+from labeler.connection import Connection
+from labeler.ids import PROJECT_RE
+from labeler.labelconfig import LabelConfig
+from labeler.media.fetching import Fetcher, fetch_policy
+from labeler.media.images import ImageError, decode
+from labeler.media.imagestore import ImageStore
 from labeler.models.cache import EmbeddingCache, content_key
 from labeler.models.classifiers import Classifier, Sample, load_classifier
 from labeler.models.classifiers.base import stack_rows
-from labeler.config import Settings
-from labeler.connection import Connection
-from labeler.media.fetching import Fetcher, fetch_policy
-from labeler.media.images import ImageError, decode
 from labeler.models.devicetier import DeviceTier
-from labeler.media.imagestore import ImageStore
-from labeler.labelconfig import LabelConfig
-from labeler.ids import PROJECT_RE
 from labeler.models.openregistry import registry_for
 from labeler.models.uncertainty import confidence, multilabel_uncertainty
 from labeler.models.zeroshot import ZeroShotScorer, sigmoid, softmax

@@ -37,6 +37,7 @@ from labeler.errors import RegistryError
 from labeler.fsutil import atomic_write_text, fsync_dir, fsync_tree, remove_temp_files
 from labeler.ids import PROJECT_RE, VERSION_RE, check_project, check_version  # noqa: F401 - imported from here too
 
+
 def version_kind(meta: dict) -> str:
     """The kind part of a version name (``head``, ``cnn``) from the model's meta."""
     return re.sub(r"[^a-z0-9_]", "_", str(meta.get("kind", "model")).lower())[:32] or "model"

@@ -40,14 +40,21 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from labeler.studio.client import Studio
-from labeler.media.fetching import Fetcher, FetchPolicy
-from labeler.fsutil import fsync_dir
-from labeler.media.images import ImageError, open_checked
-from labeler.labelconfig import LabelConfig
 from labeler.errors import LabelConfigError
-from labeler.studio.tasks import (StudioError, annotation_label, annotation_labels, iter_tasks, join_labels,
-                                  project_config, winning_annotation)
+from labeler.fsutil import fsync_dir
+from labeler.labelconfig import LabelConfig
+from labeler.media.fetching import Fetcher, FetchPolicy
+from labeler.media.images import ImageError, open_checked
+from labeler.studio.client import Studio
+from labeler.studio.tasks import (
+    StudioError,
+    annotation_label,
+    annotation_labels,
+    iter_tasks,
+    join_labels,
+    project_config,
+    winning_annotation,
+)
 
 STUDIO_FORMATS = {"JSON", "JSON_MIN", "CSV", "COCO"}
 FORMATS = ("imagefolder", "csv", "jsonl", *sorted(STUDIO_FORMATS))

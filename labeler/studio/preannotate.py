@@ -16,9 +16,9 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from labeler.config import Settings
-from labeler.studio.client import Studio
 from labeler.errors import Busy
 from labeler.models.predictor import Predictor, to_prediction
+from labeler.studio.client import Studio
 from labeler.studio.queue import QueueReport, Recorder
 from labeler.studio.queue import refresh as refresh_queue
 from labeler.studio.tasks import (

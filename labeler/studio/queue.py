@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from labeler.errors import StudioError
-from labeler.studio.client import Studio
 from labeler.models.strategies import DEFAULT_STRATEGY, check_strategy, imagenet_features, queue_order
 from labeler.models.uncertainty import centred
+from labeler.studio.client import Studio
 
 log = logging.getLogger(__name__)
 

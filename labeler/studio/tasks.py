@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 import requests
 
 from labeler.errors import StudioError
-from labeler.studio.client import Studio
-from labeler.labelconfig import LabelConfig, parse_label_config
 from labeler.ids import PROJECT_RE
+from labeler.labelconfig import LabelConfig, parse_label_config
+from labeler.studio.client import Studio
 
 log = logging.getLogger(__name__)
 
