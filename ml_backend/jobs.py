@@ -255,3 +255,127 @@ class RayTrainingJobs:
 
     def pending_refreshes(self) -> list[str]:
         return []  # a refresh job that failed says so on the job; the next promotion or rollback runs another
+
+
+class PreannotateJobs:
+    """Bulk pre-annotation in the background: the tasks of a "Retrieve predictions" selection that did not
+    fit one ``/predict`` (``LABELER_MAX_TASKS_PER_PREDICT``), scored as ``labeler preannotate`` scores them
+    (:func:`labeler.studio.preannotate.preannotate`, whose lock under ``MODEL_DIR`` keeps one pre-annotation
+    per project at a time, the CLI's and a training's refresh included).
+
+    Always in this process (also beside Ray training jobs), one project after another on one thread.
+    Tasks asked for while a project's job runs join a follow-up run of that project; tasks that got a
+    prediction of the serving version meanwhile are skipped. The state (``queued``/``running``/``done``/
+    ``failed``, the progress, the rate measured on this device and the time left) is kept in memory and in
+    ``MODEL_DIR/projects/<p>/preannotate.json``, and shown on Label Studio's model card while it runs.
+    """
+
+    CARD_EVERY_S = 1.0  # model card updates while running (Label Studio re-validates the backend on each)
+
+    def __init__(self, settings: Settings, predictor: Predictor, studio: Callable[[str], Studio | None],
+                 training_state: Callable[[str], dict] | None = None) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        self.studio = studio
+        self.training_state = training_state
+        self._states: dict[str, dict] = {}
+        self._pending: dict[str, set[int]] = {}
+        self._active: set[str] = set()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preannotate")
+        for project in predictor.registry.projects():
+            if self.state(project).get("status") in ACTIVE:
+                self._set(project, status="failed", finished=time.time(),
+                          error="interrupted: the backend stopped while this pre-annotation ran "
+                                "(ask again, or run labeler preannotate)")
+
+    def _file(self, project: str) -> Path:
+        return self.predictor.registry.project_dir(project) / "preannotate.json"
+
+    def state(self, project: str) -> dict:
+        with self._lock:
+            if project in self._states:
+                return dict(self._states[project])
+        try:
+            return json.loads(self._file(project).read_text())
+        except (FileNotFoundError, ValueError):
+            return {"status": "none"}
+
+    def _set(self, project: str, **values) -> dict:
+        with self._lock:
+            st = self._states.setdefault(project, {})
+            st.update(values, updated=time.time())
+            snapshot = dict(st)
+        atomic_write_text(self._file(project), json.dumps(snapshot, indent=2))
+        return snapshot
+
+    def submit(self, project: str, task_ids: set[int], trigger: str) -> dict:
+        """Pre-annotate ``task_ids`` of ``project`` (ids not in the project are ignored); returns the state.
+        The caller has checked that the project has a verified Label Studio connection."""
+        project = check_project(project)
+        with self._lock:
+            self._pending.setdefault(project, set()).update(task_ids)
+            running = project in self._active
+            self._active.add(project)
+        if running:
+            return {**self.state(project), "follow_up_queued": True}
+        state = self._set(project, status="queued", trigger=trigger, job_id=uuid.uuid4().hex[:12],
+                          queued_at=time.time(), requested=len(task_ids), error=None, finished=None,
+                          progress=None)
+        self._pool.submit(self._run, project, trigger)
+        return state
+
+    def wait(self, project: str, timeout: float = 600) -> dict:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._lock:
+                if project not in self._active:
+                    return self.state(project)
+            time.sleep(0.2)
+        raise TimeoutError(f"pre-annotation of project {project} still running after {timeout} s")
+
+    def _run(self, project: str, trigger: str) -> None:
+        while True:
+            with self._lock:
+                ids = self._pending.pop(project, set())
+                if not ids:
+                    self._active.discard(project)
+                    return
+            self._set(project, status="running", trigger=trigger, requested=len(ids), started=time.time(),
+                      progress=None, error=None, finished=None)
+            try:
+                self._preannotate(project, ids)
+            except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never fatal
+                log.error("pre-annotating project %s failed: %s\n%s", project, exc, traceback.format_exc())
+                self._set(project, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+            self._card(project)
+            trigger = "asked for while a pre-annotation ran"
+
+    def _preannotate(self, project: str, ids: set[int]) -> None:
+        from labeler.studio.preannotate import Progress, preannotate
+
+        studio = project_studio(self.studio, project)
+        last_card = [0.0]
+
+        def progress(p: Progress) -> None:
+            self._set(project, progress=p.as_dict())
+            if time.monotonic() - last_card[0] >= self.CARD_EVERY_S:
+                last_card[0] = time.monotonic()
+                self._card(project)
+
+        rep = preannotate(studio, int(project), self.predictor, progress=False, task_ids=ids,
+                          batch_size=self.settings.batch_size, on_progress=progress)
+        log.info("project %s, background pre-annotation: %s", project, rep.summary().splitlines()[0])
+        self._set(project, status="done", version=rep.version, predicted=rep.predicted, failed=len(rep.failed),
+                  skipped=rep.skipped_existing, finished=time.time())
+
+    def _card(self, project: str) -> None:
+        """The model card shows the training job's outcome and this job's progress (never raises)."""
+        training: dict = {}
+        if self.training_state is not None:
+            try:
+                training = self.training_state(project)
+            except Exception as exc:  # noqa: BLE001 - e.g. the Ray job server is down
+                log.warning("project %s: training job state unavailable for the model card: %s", project, exc)
+        report_to_model_card(self.studio(project), project, training, self.predictor,
+                             preannotation=self.state(project))

@@ -9,8 +9,11 @@ Images of the next batch download while the model scores the current one.
 from __future__ import annotations
 
 import logging
+import math
+import time
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
@@ -55,14 +58,76 @@ class Report:
         return "\n".join(lines)
 
 
+def human_duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``2 h 05 min``, ``3 d 4 h``: an estimate's precision, not a stopwatch's."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{round(s / 60)} min"
+    if s < 86400:
+        h, m = divmod(round(s / 60), 60)
+        return f"{h} h {m:02d} min"
+    d, h = divmod(round(s / 3600), 24)
+    return f"{d} d {h} h"
+
+
+@dataclass
+class Progress:
+    """Where a bulk pre-annotation stands, and what the rate measured so far says about the rest.
+
+    ``done`` of ``total`` tasks were scored and written in ``elapsed_s`` seconds (since the first image
+    download of the run). The estimate assumes the rest goes at the same rate: ``rate`` tasks per second,
+    ``total_s`` for every task of the run, ``left_s`` from now.
+    """
+
+    done: int
+    total: int
+    elapsed_s: float
+    predicted: int = 0
+    failed: int = 0
+    device: str = "this device"
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.elapsed_s if self.elapsed_s > 0 else math.inf
+
+    @property
+    def total_s(self) -> float:
+        return self.total / self.rate if self.rate > 0 else math.inf
+
+    @property
+    def left_s(self) -> float:
+        return max(0, self.total - self.done) / self.rate if self.rate > 0 else math.inf
+
+    def estimate(self) -> str:
+        """One line: the rate on this device and the time for the whole run, and what is left."""
+        if not self.done or not math.isfinite(self.total_s):
+            return f"{self.done:,} of {self.total:,} tasks, no rate yet"
+        return (f"{self.rate:.3g} tasks/s on {self.device}: about {human_duration(self.total_s)} for all "
+                f"{self.total:,} tasks, {human_duration(self.left_s)} left")
+
+    def as_dict(self) -> dict:
+        finite = lambda x: round(x, 3) if math.isfinite(x) else None  # noqa: E731 - JSON has no infinity
+        return {**asdict(self), "elapsed_s": round(self.elapsed_s, 3), "rate": finite(self.rate),
+                "total_s": finite(self.total_s), "left_s": finite(self.left_s),
+                "left": human_duration(self.left_s) if math.isfinite(self.left_s) and self.done else None,
+                "estimate": self.estimate()}
+
+
 class PreannotateBusy(Busy):
     """Another pre-annotation of the same project is running (it would write duplicate predictions)."""
 
 
 def preannotate(studio: Studio, project: int, predictor: Predictor,
                 only_missing: bool = True, batch_size: int = 64, progress: bool = True,
-                max_tasks: int | None = None, wait_s: float = 600) -> Report:
+                max_tasks: int | None = None, wait_s: float = 600, task_ids: Collection[int] | None = None,
+                on_progress: Callable[[Progress], None] | None = None) -> Report:
     """Predict every task of ``project`` (or only those without a current-version prediction).
+
+    ``task_ids``: only these tasks (those not in the project are ignored: the listing is the project's).
+    ``on_progress`` is called after every batch. After the first batch the measured rate gives an
+    estimate of the whole run on this device, logged (and printed under the progress bar).
 
     One run per project at a time (a lock file under ``MODEL_DIR``, shared by the
     CLI and the backend): a second run waits up to ``wait_s`` and then re-reads
@@ -74,22 +139,28 @@ def preannotate(studio: Studio, project: int, predictor: Predictor,
     except Timeout:
         raise PreannotateBusy(f"another pre-annotation of project {project} is still running") from None
     try:
-        return _preannotate(studio, project, predictor, only_missing, batch_size, progress, max_tasks)
+        return _preannotate(studio, project, predictor, only_missing, batch_size, progress, max_tasks, task_ids,
+                            on_progress)
     finally:
         lock.release()
 
 
 def _preannotate(studio: Studio, project: int, predictor: Predictor, only_missing: bool,
-                 batch_size: int, progress: bool, max_tasks: int | None) -> Report:
+                 batch_size: int, progress: bool, max_tasks: int | None, task_ids: Collection[int] | None = None,
+                 on_progress: Callable[[Progress], None] | None = None) -> Report:
     config = project_config(studio, project)
     pkey = str(project)
     version = predictor.model_version(pkey, config)
     report = Report(version)
     recorder = Recorder(predictor.settings.model_dir, project, len(config.classes), config.multiple)  # the queue's inputs
     todo = tasks_to_predict(studio, project, version, only_missing, max_tasks, recorder, report)
+    if task_ids is not None:
+        wanted = set(task_ids)
+        todo = [t for t in todo if t.get("id") in wanted]
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     urls = lambda b: [config.image_ref(t) for t in b]  # noqa: E731
     bar = tqdm(total=len(todo), desc=f"pre-annotating project {project}", unit="task", disable=not progress)
+    t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as prefetch:
         ahead = [prefetch.submit(predictor.fetch, urls(b), studio.conn) for b in batches[:1]]  # one batch ahead
         for i, batch in enumerate(batches):
@@ -109,9 +180,26 @@ def _preannotate(studio: Studio, project: int, predictor: Predictor, only_missin
             recorder.add(batch, items, version)
             report.predicted += len(preds)
             bar.update(len(batch))
+            done = sum(len(b) for b in batches[:i + 1])
+            state = Progress(done, len(todo), time.perf_counter() - t0, report.predicted, len(report.failed),
+                             _device(predictor))
+            if i == 0 and len(batches) > 1:
+                line = f"pre-annotating project {project}: first batch of {done} in {state.elapsed_s:.1f} s, " + \
+                    state.estimate()
+                log.info("%s", line)
+                if progress:
+                    bar.write(line)
+            if on_progress is not None:
+                on_progress(state)
     bar.close()
     report.version = version
     return finish(studio, project, report, recorder, predictor.settings)
+
+
+def _device(predictor: Predictor) -> str:
+    """What scores the images, for the estimate: the zero-shot model's device (the CPU without one)."""
+    scorer = predictor.scorer if predictor.ready else None
+    return str(getattr(scorer, "device", None) or "cpu")
 
 
 def tasks_to_predict(studio: Studio, project: int, version: str, only_missing: bool, max_tasks: int | None,

@@ -264,10 +264,12 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
-def model_card_text(serving: str, serving_meta: dict | None, job: dict, admin_url: str | None) -> tuple[str, str]:
+def model_card_text(serving: str, serving_meta: dict | None, job: dict, admin_url: str | None,
+                    preannotation: dict | None = None) -> tuple[str, str]:
     """(title, description) of Label Studio's model card.
 
-    The card shows only the title, so it carries the essentials: what serves and how the last
+    The card shows only the title, so it carries the essentials: what serves, a background
+    pre-annotation's progress while it runs (``preannotation``: its job state), and how the last
     training ended. The description (the card's Edit dialog) has the details and the admin page.
     """
     m = (serving_meta or {}).get("metrics") or {}
@@ -279,6 +281,7 @@ def model_card_text(serving: str, serving_meta: dict | None, job: dict, admin_ur
         title = f"labeler · serving {serving}" + (f" (accuracy {_fmt(m.get('accuracy'))})" if m else "")
         lines = [f"Serving {serving}" + (f": held-out accuracy {_fmt(m.get('accuracy'))}, EER {_fmt(m.get('eer'))}, "
                                          f"ROC AUC {_fmt(m.get('roc_auc'))}." if m else " (the zero-shot model).")]
+    title, lines = _preannotation_text(title, lines, preannotation or {})
     status = job.get("status")
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(job["finished"])) if job.get("finished") else ""
     if status == "failed":
@@ -295,6 +298,28 @@ def model_card_text(serving: str, serving_meta: dict | None, job: dict, admin_ur
     if admin_url:
         lines.append(f"Versions, metrics, learning curve, rollback: {admin_url}")
     return (title if len(title) <= 160 else title[:159] + "…"), "\n".join(lines)[:2000]
+
+
+def _preannotation_text(title: str, lines: list[str], job: dict) -> tuple[str, list[str]]:
+    """The card's words for a background pre-annotation: "pre-annotating: 3,200 of 10,000" while it runs."""
+    status, p = job.get("status"), job.get("progress") or {}
+    if status == "queued" or (status == "running" and not p):
+        title += f" · pre-annotating {job.get('requested') or 0:,} tasks: starting"
+        lines.append(f"Pre-annotating {job.get('requested') or 0:,} tasks in the background: starting.")
+    elif status == "running":
+        title += f" · pre-annotating: {p.get('done', 0):,} of {p.get('total', 0):,}"
+        if p.get("left"):
+            title += f", about {p['left']} left"
+        lines.append(f"Pre-annotating in the background: {p.get('done', 0):,} of {p.get('total', 0):,} tasks; "
+                     f"{p.get('estimate') or ''}.")
+    elif status == "failed":
+        title += " · pre-annotation FAILED"
+        lines.append(f"Background pre-annotation FAILED: {job.get('error') or ''}")
+    elif status == "done" and job.get("finished"):
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(job["finished"]))
+        lines.append(f"Background pre-annotation finished {when}: {job.get('predicted') or 0:,} tasks pre-annotated, "
+                     f"{job.get('failed') or 0:,} failed.")
+    return title, lines
 
 
 def update_model_card(studio: Studio, project: int, title: str, description: str,
@@ -316,8 +341,10 @@ def update_model_card(studio: Studio, project: int, title: str, description: str
     return len(backends)
 
 
-def report_to_model_card(studio: Studio | None, project: str, job: dict, predictor) -> None:
-    """After a training job: put the serving version and the job's outcome on the model card.
+def report_to_model_card(studio: Studio | None, project: str, job: dict, predictor,
+                         preannotation: dict | None = None) -> None:
+    """After a training job: put the serving version and the job's outcome on the model card (and a
+    background pre-annotation's progress, ``preannotation``, its job state).
 
     Never raises: the card is a convenience, the job's state is the record.
     """
@@ -330,7 +357,8 @@ def report_to_model_card(studio: Studio | None, project: str, job: dict, predict
         backends = studio.ml.list(project=int(project))
         admin_url = f"{backends[0].url.rstrip('/')}/dashboard" if len(backends) == 1 and backends[0].url else None
         auth = (settings.basic_auth_user, settings.basic_auth_pass or "") if settings.basic_auth_user else None
-        update_model_card(studio, int(project), *model_card_text(serving or "zero-shot", meta, job, admin_url), auth)
+        title, description = model_card_text(serving or "zero-shot", meta, job, admin_url, preannotation)
+        update_model_card(studio, int(project), title, description, auth)
     except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
         log.warning("could not update the model card of project %s: %s", project, exc)
 
