@@ -71,3 +71,8 @@ class Busy(LabelerError):
 class SetupRefused(LabelerError):
     """A /setup that may not change this backend's Label Studio connection."""
     status = 403
+
+
+class NoRoomForModel(LabelerError):
+    """The disk of the model hub's cache cannot hold a model download (refused before it starts)."""
+    status = 507

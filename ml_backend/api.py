@@ -91,15 +91,15 @@ def predict():
     except ValueError as exc:  # LabelConfigError included
         return bad_request(str(exc))
     st = state()
-    if len(data["tasks"]) > st.settings.max_tasks_per_predict:
-        return bad_request(f"{len(data['tasks'])} tasks in one /predict, at most {st.settings.max_tasks_per_predict} "
-                           "(LABELER_MAX_TASKS_PER_PREDICT): select fewer, or run `labeler preannotate`", 413)
+    # What fits one request is predicted now; the rest (a big "Retrieve predictions" selection) becomes a
+    # background pre-annotation, and its entries are empty lists: Label Studio then stores nothing for them.
+    tasks, rest = data["tasks"][:st.settings.max_tasks_per_predict], data["tasks"][st.settings.max_tasks_per_predict:]
     # A bounded number of predictions at once, so threads stay free for /health.
     if not st.predict_slots.acquire(timeout=PREDICT_QUEUE_WAIT_S):
         st.counters["predict_busy"] += 1
         return bad_request("busy: too many predictions at once, retry", 503)
     try:
-        results = st.predictor.predictions(data["tasks"], config, project, st.connection(project))
+        results = st.predictor.predictions(tasks, config, project, st.connection(project))
     except ValueError as exc:
         return bad_request(str(exc), 409)
     finally:
@@ -110,7 +110,9 @@ def predict():
     st.latencies.append(time.perf_counter() - t0)
     if results:
         st.sync_version(project, results[0]["model_version"])
-    return jsonify({"results": results})
+    if rest:
+        st.preannotate_later(project, rest)
+    return jsonify({"results": results + [[] for _ in rest]})
 
 
 @bp.post("/webhook")
@@ -174,7 +176,11 @@ def metrics_report(details: bool) -> dict:
         if not details:
             job = {k: job.get(k) for k in ("status", "step", "version", "promoted", "trigger", "finished")}
             versions = [{k: v for k, v in m.items() if k not in {"unreadable_images", "prompts"}} for m in versions]
-        projects[p] = {"serving": reg.current(p) or "zero-shot", "job": job, "versions": versions}
+        bulk = st.preannotations.state(p)  # a background pre-annotation: progress, rate, time left
+        if not details:
+            bulk = {k: v for k, v in bulk.items() if k != "error"}
+        projects[p] = {"serving": reg.current(p) or "zero-shot", "job": job, "versions": versions,
+                       "preannotation": bulk}
     return {"uptime_s": round(time.time() - st.started, 1), "counters": st.counters,
             "predict_latency_s": {"p50": _percentile(lat, 0.5), "p99": _percentile(lat, 0.99), "n": len(lat)},
             "zeroshot_model": st.settings.zeroshot_model, "projects": projects}
@@ -184,7 +190,9 @@ _PAGE = """<!doctype html><title>labeler metrics</title>
 <style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style>
 <h1>labeler</h1><p>uptime {{r.uptime_s}} s · {{r.counters}} · /predict latency {{r.predict_latency_s}}</p>
 {% for p, info in r.projects.items() %}<h2>Project {{p}}: serving {{info.serving}}</h2>
-<p>job: {{info.job}}</p><table><tr><th>version</th><th>labels</th><th>accuracy</th><th>EER</th>
+<p>job: {{info.job}}</p>{% set b = info.preannotation %}{% if b.status != 'none' %}<p>pre-annotation:
+{{b.status}}{% if b.progress %}, {{b.progress.done}} of {{b.progress.total}}; {{b.progress.estimate}}{% endif %}</p>{% endif %}
+<table><tr><th>version</th><th>labels</th><th>accuracy</th><th>EER</th>
 <th>ROC AUC</th><th>zero-shot accuracy (same items)</th><th>promoted</th></tr>
 {% for v in info.versions %}<tr><td>{{v.version}}</td><td>{{v.n_train}}</td>
 <td>{{'%.4f'|format(v.metrics.accuracy) if v.metrics and v.metrics.accuracy is number}}</td>

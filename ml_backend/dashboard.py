@@ -113,7 +113,8 @@ def index():
     r = report()
     plots = {p: learning_curve_svg(info["versions"]) for p, info in r["projects"].items()}
     finish_plots = {p: finishing_svg(info["finishing"]) for p, info in r["projects"].items()}
-    active = any(info["job"].get("status") in {"queued", "running"} for info in r["projects"].values())
+    active = any(info["job"].get("status") in {"queued", "running"}
+                 or info["preannotation"].get("status") in {"queued", "running"} for info in r["projects"].values())
     return render_template_string(_PAGE, r=r, plots=plots, finish_plots=finish_plots, csrf=_csrf_token(),
                                   message=session.pop("message", None),
                                   fmt=_fmt, when=_when, zip=zip, now=time.time(), active=active)
@@ -290,6 +291,14 @@ _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lab
 {% if job.version %} · last result: {{ job.version }} {{ 'promoted' if job.promoted else 'not promoted' }}{% if job.reason %} ({{ job.reason }}){% endif %}{% endif %}
 {% if job.error %}<br><span class="failed">Last failure: {{ job.error }}</span>{% endif %}
 <form class="inline" method="post" action="{{ url_for('dashboard.train', project=p) }}"><input type="hidden" name="csrf" value="{{ csrf }}"> <button>Train now</button></form></p>
+{% set b = info.preannotation %}{% if b.status and b.status != 'none' %}{% set pg = b.progress or {} %}
+<p class="preannotation">Background pre-annotation: <b class="{{ 'failed' if b.status == 'failed' }}">{{ b.status }}</b>
+{% if pg %} · {{ '{:,}'.format(pg.done) }} of {{ '{:,}'.format(pg.total) }} tasks
+<progress max="{{ pg.total or 1 }}" value="{{ pg.done }}"></progress> · <span class="estimate">estimate: {{ pg.estimate }}</span>
+{% elif b.requested %} · {{ '{:,}'.format(b.requested) }} tasks asked for{% endif %}
+{% if b.status == 'done' %} · {{ b.predicted }} predicted, {{ b.failed }} failed, finished {{ when(b.finished) }}{% endif %}
+{% if b.trigger %} · trigger: {{ b.trigger }}{% endif %}
+{% if b.error %}<br><span class="failed">Failure: {{ b.error }}</span>{% endif %}</p>{% endif %}
 <table class="versions"><tr><th>version</th><th>created</th><th>labels</th><th>evaluated on</th><th>accuracy</th>
 <th>EER</th><th>ROC AUC</th><th>macro-F1</th><th>zero-shot accuracy<br>(same items)</th><th>per class: precision / recall / F1</th><th></th></tr>
 {% for v in info.versions|reverse %}{% set m = v.metrics or {} %}

@@ -25,7 +25,7 @@ from labeler.media.fetching import ip_address
 from labeler.models.predictor import Predictor
 from labeler.studio.client import Connection, Studio
 from labeler.studio.tasks import secure_backend_webhooks, set_model_version, webhook_credentials
-from ml_backend.jobs import make_jobs
+from ml_backend.jobs import PreannotateJobs, make_jobs
 from ml_backend.trainevery import TrainEvery
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class BackendState:
         self._verified: dict[tuple[str, str | None, str], float] = {}
         self.synced_versions: dict[str, str] = {}
         self.latencies: deque[float] = deque(maxlen=1000)
-        self.counters = {"predict_requests": 0, "tasks_predicted": 0, "tasks_failed": 0, "predict_busy": 0}
+        self.counters = {"predict_requests": 0, "tasks_predicted": 0, "tasks_failed": 0, "predict_busy": 0,
+                         "tasks_deferred": 0, "tasks_not_deferred": 0}
         self.started = time.time()
         self.predict_slots = threading.BoundedSemaphore(settings.max_concurrent_predicts)
         self._lock = threading.Lock()
@@ -69,6 +70,7 @@ class BackendState:
         self._own_urls: dict[str, str] = {}  # per project: this backend's URL, as Label Studio called /setup
         self.predictor.registry.cleanup()
         self.jobs = make_jobs(settings, self.predictor, self.studio)
+        self.preannotations = PreannotateJobs(settings, self.predictor, self.studio, training_state=self.jobs.state)
         self.train_every = TrainEvery(settings.train_every, self.predictor.registry, self.studio,
                                       lambda project, trigger: self.jobs.submit(project, trigger))
         if self.configured():
@@ -190,6 +192,31 @@ class BackendState:
         if self.studio(project) is None:
             return None
         return self.jobs.refresh_serving(project, f"promoted {version or 'zero-shot'} by admin")
+
+    def preannotate_later(self, project: str, tasks: list) -> dict | None:
+        """The tasks of a ``/predict`` beyond ``LABELER_MAX_TASKS_PER_PREDICT`` become a background
+        pre-annotation of ``project`` (:class:`PreannotateJobs`): only for a project a verified ``/setup`` made
+        known, with its verified (or configured) Label Studio connection, which lists the project's own tasks,
+        so an id of another project is never touched. Otherwise None, and the log says why."""
+        ids = {t["id"] for t in tasks if isinstance(t, dict) and type(t.get("id")) is int}
+        why = None
+        if not ids:
+            why = "none of them has a task id"
+        elif self.studio(project) is None or not self.known(project):
+            why = ("the project has no verified Label Studio connection (connect the backend in Label Studio, "
+                   "Settings > Model, or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY), so nothing may list "
+                   f"its tasks; run `labeler preannotate --project {project}`")
+        if why:
+            self.counters["tasks_not_deferred"] += len(tasks)
+            log.warning("project %s: %d tasks beyond LABELER_MAX_TASKS_PER_PREDICT=%d got no prediction and are "
+                        "not pre-annotated in the background: %s", project, len(tasks),
+                        self.settings.max_tasks_per_predict, why)
+            return None
+        self.counters["tasks_deferred"] += len(ids)
+        log.info("project %s: %d tasks beyond LABELER_MAX_TASKS_PER_PREDICT=%d: pre-annotating them in the "
+                 "background", project, len(ids), self.settings.max_tasks_per_predict)
+        asked = self.settings.max_tasks_per_predict + len(tasks)
+        return self.preannotations.submit(project, ids, trigger=f"/predict of {asked:,} tasks")
 
     def known(self, project: str) -> bool:
         """A project some verified /setup (or an earlier training) has made known to this backend."""

@@ -229,9 +229,13 @@ def test_malformed_tasks_and_configs_are_per_task_errors(secured):
                                       + '<Choice value="closed"')
     got = requests.post(f"{url}/predict", auth=AUTH, json={"tasks": [], "label_config": wide, "project": "1"})
     assert got.status_code == 400 and "classes" in got.json()["error"]
+    # past LABELER_MAX_TASKS_PER_PREDICT (10,000) nothing more is done in the request: those tasks get no prediction
+    # (an empty list) and, with no verified Label Studio connection for project 1, no background job either
     got = requests.post(f"{url}/predict", auth=AUTH, json={"tasks": [0] * 10_001, "label_config": template("binary"),
                                                            "project": "1"})
-    assert got.status_code == 413 and "LABELER_MAX_TASKS_PER_PREDICT" in got.json()["error"]
+    assert got.status_code == 200 and len(got.json()["results"]) == 10_001 and got.json()["results"][-1] == []
+    job = requests.get(f"{url}/metrics", headers={"Authorization": "Bearer admin-secret"}).json()["projects"]
+    assert job.get("1", {}).get("preannotation", {}).get("status", "none") == "none"
     # one malformed reference is that task's error, not the request's
     r = predict(url, ["http://[::1/x.png", "http://h:99999/x.png", GOOD])
     assert r.status_code == 200 and [bool(x["result"]) for x in r.json()["results"]] == [False, False, True]

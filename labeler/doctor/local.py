@@ -77,8 +77,12 @@ def zeroshot_model(settings: Settings, load: bool = False) -> Check:
                       f"download it where the hub is reachable (huggingface-cli download {model}) into this hub "
                       "cache, or set LABELER_ZEROSHOT_MODEL to a folder holding it")
     else:
-        return warned(name, f"hub model {model} would be downloaded at the first load (about 4 GB for "
-                            f"blip2-itm-vit-g), then run {on}", f"huggingface-cli download {model} ahead of time")
+        from labeler.models.zeroshot import KNOWN_DOWNLOAD_BYTES, gigabytes
+
+        size = KNOWN_DOWNLOAD_BYTES.get(model)
+        return warned(name, f"hub model {model} would be downloaded at the first load "
+                            f"({'about ' + gigabytes(size) if size else 'size unknown'}) into {hub_cache_dir()}, "
+                            f"then run {on}", f"huggingface-cli download {model} ahead of time")
     if not load:
         return passed(name, f"{source} would load {on} (--load-model loads it)")
     return _load(settings, source)

@@ -44,9 +44,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
 import numpy as np
@@ -55,6 +57,7 @@ from PIL import Image
 from torch import nn
 
 from labeler.config import DEFAULT_MODEL
+from labeler.errors import NoRoomForModel
 from labeler.models.devicetier import stage
 
 HiddenRow: TypeAlias = "torch.Tensor | np.ndarray"  # one image's (L, D) hidden states, on the device or the host
@@ -88,6 +91,67 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+# What a first load downloads from the model hub (weights, fp32 safetensors, and the processor's files), for the
+# checkpoints known here: asking the hub needs the network, which the check runs without. Others: size unknown.
+KNOWN_DOWNLOAD_BYTES = {DEFAULT_MODEL: 4_700_000_000}  # 1.17 B parameters in fp32
+DOWNLOAD_MARGIN_BYTES = 1_000_000_000  # left free on the disk after a download
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def gigabytes(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+@dataclass
+class Download:
+    """A hub download that loading ``model`` would start: where it goes and how big it is (None: unknown)."""
+
+    model: str
+    cache_dir: Path
+    size: int | None
+
+    def line(self) -> str:
+        size = f"about {gigabytes(self.size)}" if self.size else "size unknown"
+        return (f"first use of {self.model}: downloading it from the model hub ({size}) into {self.cache_dir} "
+                "(HF_HUB_CACHE or HF_HOME moves it); later loads read it from there")
+
+
+def pending_download(model: str, local_files_only: bool = False, cache_dir: Path | None = None) -> Download | None:
+    """What loading ``model`` would download, or None: a local folder, a model already in the hub cache
+    (its config and weights), or downloads off (``local_files_only``, ``HF_HUB_OFFLINE``) say nothing."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if local_files_only or constants.HF_HUB_OFFLINE or Path(model).expanduser().exists():
+        return None
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        return None  # not a hub id: from_pretrained says what is wrong
+    cache = Path(cache_dir or constants.HF_HUB_CACHE)
+    cached = lambda name: isinstance(try_to_load_from_cache(model, name, cache_dir=cache), str)  # noqa: E731
+    if cached("config.json") and any(cached(name) for name in _WEIGHT_FILES):
+        return None
+    return Download(model, cache, KNOWN_DOWNLOAD_BYTES.get(model))
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the disk of ``path`` (or of its nearest existing parent: the cache may not exist yet)."""
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check_room(download: Download, free: int) -> None:
+    """Refuse (:class:`NoRoomForModel`) a download of known size that ``free`` bytes cannot hold with
+    ``DOWNLOAD_MARGIN_BYTES`` to spare; a download of unknown size goes ahead."""
+    if download.size is None or free >= download.size + DOWNLOAD_MARGIN_BYTES:
+        return
+    raise NoRoomForModel(
+        f"not downloading {download.model}: it needs about {gigabytes(download.size)} (and "
+        f"{gigabytes(DOWNLOAD_MARGIN_BYTES)} to spare) in the model hub cache {download.cache_dir}, which has "
+        f"{gigabytes(free)} free. Free space there, point HF_HUB_CACHE (or HF_HOME) at a larger disk, or set "
+        "LABELER_ZEROSHOT_MODEL to a folder that holds the model")
 
 
 class _OncePerImage(nn.Module):
@@ -186,9 +250,17 @@ class ZeroShotScorer:
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
              batch_size: int = 32, local_files_only: bool = False) -> "ZeroShotScorer":
-        """Load from a hub id (default ``Salesforce/blip2-itm-vit-g``) or a local folder."""
+        """Load from a hub id (default ``Salesforce/blip2-itm-vit-g``) or a local folder.
+
+        A hub model that is not in the hub cache yet is downloaded: its size (when known) and the cache
+        folder are logged first, and :class:`~labeler.errors.NoRoomForModel` refuses it when that disk
+        cannot hold it."""
         from transformers import AutoProcessor, Blip2ForImageTextRetrieval
 
+        download = pending_download(model, local_files_only)
+        if download is not None:  # first use: say how big and where, refuse what the disk cannot hold
+            check_room(download, free_bytes(download.cache_dir))
+            log.warning("%s", download.line())
         dev = pick_device(device)
         processor = AutoProcessor.from_pretrained(model, local_files_only=local_files_only)
         net: Any = Blip2ForImageTextRetrieval.from_pretrained(
