@@ -55,7 +55,7 @@ class Settings:
     # -- security and resource bounds (README, "Security model") --
     webhook_secret: str | None = None          # LABELER_WEBHOOK_SECRET: X-Labeler-Webhook-Secret header
     public_url: str | None = None              # LABELER_PUBLIC_URL: this backend's URL as Label Studio calls it
-    max_tasks_per_predict: int = 10_000        # LABELER_MAX_TASKS_PER_PREDICT: more in one /predict: 413
+    max_tasks_per_predict: int = 10_000        # LABELER_MAX_TASKS_PER_PREDICT: more: pre-annotated in the background
     allowed_hosts: str = ""                    # LABELER_ALLOWED_HOSTS: other image hosts ("a.com,*.cdn.net")
     local_root: Path | None = None             # LABELER_LOCAL_ROOT: CLI/offline: local images under this root
     max_image_bytes: int = 20 * 2**20          # LABELER_MAX_IMAGE_BYTES: per downloaded image
