@@ -234,7 +234,7 @@ def test_malformed_tasks_and_configs_are_per_task_errors(secured):
     got = requests.post(f"{url}/predict", auth=AUTH, json={"tasks": [0] * 10_001, "label_config": template("binary"),
                                                            "project": "1"})
     assert got.status_code == 200 and len(got.json()["results"]) == 10_001 and got.json()["results"][-1] == []
-    job = requests.get(f"{url}/metrics", headers={"Authorization": "Bearer admin-secret"}).json()["projects"]
+    job = requests.get(f"{url}/metrics", auth=AUTH).json()["projects"]
     assert job.get("1", {}).get("preannotation", {}).get("status", "none") == "none"
     # one malformed reference is that task's error, not the request's
     r = predict(url, ["http://[::1/x.png", "http://h:99999/x.png", GOOD])
