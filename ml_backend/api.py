@@ -12,6 +12,7 @@ from labeler.labelconfig import LabelConfigError, parse_label_config
 from labeler.models.predictor import project_key
 
 from .auth import admin_ok, webhook_ok
+from .queuehook import after_predict
 from .state import BackendState
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def predict():
     st.latencies.append(time.perf_counter() - t0)
     if results:
         st.sync_version(project, results[0]["model_version"])
+    after_predict(st, project, tasks, config, results)  # the "Next to label" tab, in the background
     if rest:
         st.preannotate_later(project, rest)
     return jsonify({"results": results + [[] for _ in rest]})

@@ -18,7 +18,15 @@ from PIL import Image, ImageDraw
 from labeler.dev import localserver
 from labeler.envfile import write_env_file
 from labeler.studio.client import Studio
-from labeler.studio.tasks import created_id, model_card_text, uncertainty_view, update_model_card, upload_images
+from labeler.studio.queue import VIEW as QUEUE_VIEW
+from labeler.studio.tasks import (
+    UNCERTAINTY_VIEW,
+    created_id,
+    model_card_text,
+    uncertainty_view,
+    update_model_card,
+    upload_images,
+)
 
 if TYPE_CHECKING:
     from label_studio_sdk.types import AllRolesProjectList
@@ -129,8 +137,27 @@ def _demo_images(images: Path | None, data_dir: Path) -> list[Path]:
     return files
 
 
+def _views(studio: Studio, project: int) -> dict[str, int]:
+    return {str((v.data or {}).get("title")): v.id for v in studio.views.list(project=project) if v.id is not None}
+
+
+def wait_for_queue(studio: Studio, project: int, timeout: float = 180) -> int | None:
+    """The id of the "Next to label" tab once the backend has published it after "Retrieve predictions"
+    (a few seconds after the last /predict: labeler.studio.autoqueue), None if it did not in ``timeout``."""
+    end = time.monotonic() + timeout
+    while True:
+        views = _views(studio, project)
+        if QUEUE_VIEW in views:
+            return views[QUEUE_VIEW]
+        if time.monotonic() > end:
+            return None
+        time.sleep(0.5)
+
+
 def _demo_project(ls_url: str, token: str, backend_url: str, files: list[Path], template_name: str) -> dict:
-    """Create (or reuse) the project, connect the backend, pre-annotate every task; returns what to print."""
+    """Create (or reuse) the project, connect the backend, pre-annotate every task through Label Studio's
+    "Retrieve predictions" (as a user would), and wait for the backend to publish the "Next to label"
+    tab; returns what to print."""
     studio = Studio(ls_url, token)
     pid, created = _project(studio, f"labeler demo ({len(files)} images)", template(template_name), files, ls_url, token)
     for old in studio.ml.list(project=pid):  # an earlier run's backend listened on another port
@@ -139,9 +166,14 @@ def _demo_project(ls_url: str, token: str, backend_url: str, files: list[Path], 
     t = time.perf_counter()
     studio.actions.create(id="retrieve_tasks_predictions", project=pid, selected_items={"all": True, "excluded": []})
     took = time.perf_counter() - t
-    view = uncertainty_view(studio, pid)
+    view = wait_for_queue(studio, pid)
+    if view is None:  # the backend could not publish it (its log says why): the score tab at least
+        log.warning('the backend did not publish the "%s" tab (see backend.log); showing "%s"', QUEUE_VIEW,
+                    UNCERTAINTY_VIEW)
+    least = uncertainty_view(studio, pid) if view is None else _views(studio, pid).get(UNCERTAINTY_VIEW)
     update_model_card(studio, pid, *model_card_text("zero-shot", None, {}, f"{backend_url}/dashboard"))
-    return {"project": pid, "view": view, "created": created, "predict_seconds": round(took, 2)}
+    return {"project": pid, "view": view if view is not None else least, "queue": view is not None,
+            "least_confident_view": least, "created": created, "predict_seconds": round(took, 2)}
 
 
 def _print_ready(info: dict, data_dir: Path) -> None:
@@ -155,7 +187,17 @@ labeler demo is ready: {info['tasks']} tasks pre-annotated in {info['predict_sec
   admin page    {info['backend']}/dashboard   (admin token: {info['admin_token']})
   CLI           commands run from {data_dir.parent} read {info['env_file']}; elsewhere: source {info['env_file']}
                 e.g. labeler versions; labeler train; labeler export --format csv --out labels
-The "Least confident first" tab lists the least certain images first.""", flush=True)
+{_tabs_text(info)}""", flush=True)
+
+
+def _tabs_text(info: dict) -> str:
+    if not info.get("queue"):
+        return (f'The "{UNCERTAINTY_VIEW}" tab lists the least certain images first, with the model\'s answer '
+                "(labeler_answer) and its confidence (Prediction score).")
+    return (f'Label from the "{QUEUE_VIEW}" tab (the first; the URL above opens it): the unlabelled images in the '
+            "order the model learns most from\n(least certain, yet unlike each other), each with the model's "
+            f'answer (labeler_answer) and its confidence (Prediction score).\n"{UNCERTAINTY_VIEW}", beside it, '
+            "lists every image by that confidence alone. Open a row: the model's choice is preselected.")
 
 
 def run_demo(images: Path | None, zeroshot_model: str, data_dir: Path, port: int | None,

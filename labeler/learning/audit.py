@@ -49,7 +49,15 @@ from labeler.models.uncertainty import multilabel_uncertainty
 from labeler.studio.client import Studio
 from labeler.studio.export import Accepted, Finished
 from labeler.studio.queue import QueueState, queue_scores, state_path, write_field, write_priorities
-from labeler.studio.tasks import QUEUE_HIDDEN_COLUMNS, ensure_view, iter_tasks, join_labels, pick_label, project_config
+from labeler.studio.tasks import (
+    ANSWER_COLUMN,
+    QUEUE_HIDDEN_COLUMNS,
+    ensure_view,
+    iter_tasks,
+    join_labels,
+    pick_label,
+    project_config,
+)
 
 AUDIT_FIELD, ORDER_FIELD = "labeler_audit", "labeler_audit_order"
 ACCEPTED_FIELD, NEEDS_FIELD = "labeler_accepted", "labeler_needs_person"
@@ -258,7 +266,8 @@ def publish_round(studio: Studio, project: int, rnd: dict) -> int:
         write_priorities(studio, project, order, field=ORDER_FIELD)
     column = f"tasks:data.{ORDER_FIELD}"
     # auditors should judge the image, not the model's answer: the tab hides the prediction columns
-    hidden = {k: [*v, "tasks:predictions_results", "tasks:predictions_score"] for k, v in QUEUE_HIDDEN_COLUMNS.items()}
+    hidden = {k: [*v, "tasks:predictions_results", "tasks:predictions_score", ANSWER_COLUMN]
+              for k, v in QUEUE_HIDDEN_COLUMNS.items()}
     return ensure_view(studio, project, AUDIT_VIEW, [column], _field_filter(AUDIT_FIELD, rnd["round"]), hidden,
                        numeric=[column])
 

@@ -21,7 +21,7 @@ from labeler.learning.training import choose_kind, cross_val_proba
 from labeler.models.classifiers import KINDS
 from labeler.models.predictor import Predictor
 from labeler.studio.client import Studio
-from labeler.studio.tasks import ensure_view, iter_tasks, project_config
+from labeler.studio.tasks import QUEUE_HIDDEN_COLUMNS, ensure_view, iter_tasks, project_config
 
 FIELD = "labeler_suspicion"
 VIEW = "Suspected label errors"
@@ -67,6 +67,9 @@ def _publish(studio: Studio, project: int, suspects: list[Suspect]) -> int:
         else:
             continue
         studio.tasks.update(id=task["id"], data=data)
+    # the person's label beside the model's answer: the annotation results stay visible here
+    hidden = {k: [c for c in v if c != "tasks:annotations_results"] for k, v in QUEUE_HIDDEN_COLUMNS.items()}
     return ensure_view(studio, project, VIEW, [f"-tasks:data.{FIELD}"], {
         "conjunction": "and",
-        "items": [{"filter": f"filter:tasks:data.{FIELD}", "operator": "greater", "type": "Number", "value": 0}]})
+        "items": [{"filter": f"filter:tasks:data.{FIELD}", "operator": "greater", "type": "Number", "value": 0}]},
+        hidden)

@@ -10,6 +10,9 @@ tasks nobody has annotated; annotators take its first row, and
 ``GET /api/projects/<p>/next?view=<tab>`` serves the same order. (Label
 Studio 1.23's "Label All Tasks" button does not: see :func:`ensure_queue_view`.)
 The stored prediction score is untouched: it stays an honest confidence.
+Each publish also writes the model's answer (the class, readable) into each scored task's data as
+``labeler_answer`` (:func:`write_answers`), which both tabs show beside the score in place of the
+prediction's raw JSON.
 
 What the strategy needs per task (class probabilities, diversity features,
 whether it is annotated) is kept in ``MODEL_DIR/projects/<p>/queue.npz``,
@@ -200,10 +203,10 @@ def bucket_values(n: int, exact: int = 200, growth: float = 0.1) -> np.ndarray:
     return np.where(r < exact, r, b[np.clip(np.searchsorted(b, r, side="right") - 1, 0, None)])
 
 
-def _action(studio: Studio, project: int, ids: Sequence[int], value: float, attempts: int = 4,
+def _action(studio: Studio, project: int, ids: Sequence[int], value: float | str, attempts: int = 4,
             field: str = FIELD) -> None:
     body = {"selectedItems": {"all": False, "included": [int(i) for i in ids]},
-            "value_name": field, "value_type": "Number", "value": value}
+            "value_name": field, "value_type": "String" if isinstance(value, str) else "Number", "value": value}
     for attempt in range(attempts):
         resp = studio.request("POST", "api/dm/actions/", params={"id": "add_data_field", "project": project},
                               json=body)
@@ -235,7 +238,7 @@ def write_priorities(studio: Studio, project: int, ordered_ids: Sequence[int], u
     return len(calls)
 
 
-def write_field(studio: Studio, project: int, ids: Sequence[int], value: float, field: str) -> int:
+def write_field(studio: Studio, project: int, ids: Sequence[int], value: float | str, field: str) -> int:
     """Set the data field ``field`` = ``value`` on the tasks ``ids`` (bulk, as the priorities); returns the requests."""
     ids = [int(i) for i in ids]
     for i in range(0, len(ids), 5000):
@@ -243,8 +246,38 @@ def write_field(studio: Studio, project: int, ids: Sequence[int], value: float, 
     return (len(ids) + 4999) // 5000
 
 
+def answers(state: QueueState, classes: Sequence[str]) -> dict[str, list[int]]:
+    """The model's answer of every scored task in ``state``, as task ids per answer text: the top class
+    (the class ``to_prediction`` chooses), or for multi-label the classes at or over their thresholds
+    joined ``"a;b"`` (the stored probabilities are centred, thresholds at 0.5), :data:`NO_ANSWER` for none.
+    Tasks without probabilities, or scored for another number of classes, get none."""
+    from labeler.studio.tasks import NO_ANSWER, join_labels
+
+    out: dict[str, list[int]] = {}
+    if not len(state.ids) or state.proba.ndim != 2 or state.proba.shape[1] != len(classes):
+        return out
+    scored = np.isfinite(state.proba).all(1)
+    for tid, p in zip(state.ids[scored].tolist(), state.proba[scored]):
+        if state.multilabel:
+            text = join_labels([c for c, q in zip(classes, p) if q >= 0.5]) or NO_ANSWER
+        else:
+            text = classes[int(np.argmax(p))]
+        out.setdefault(text, []).append(int(tid))
+    return out
+
+
+def write_answers(studio: Studio, project: int, state: QueueState, classes: Sequence[str]) -> int:
+    """Write ``labeler_answer`` (:func:`answers`) into the data of every scored task, one bulk request per
+    answer and 5,000 tasks; returns the requests. Sequential, never beside the priorities' writes: on SQLite
+    Label Studio's action rewrites each task's whole ``data``, so two writes to one task at once lose one."""
+    from labeler.studio.tasks import ANSWER_FIELD
+
+    return sum(write_field(studio, project, ids, text, ANSWER_FIELD) for text, ids in answers(state, classes).items())
+
+
 def ensure_queue_view(studio: Studio, project: int) -> int:
-    """The "Next to label" tab: unannotated tasks by ``labeler_priority``, first among the tabs.
+    """The "Next to label" tab: unannotated tasks by ``labeler_priority``, first among the tabs, with
+    "Least confident first" (:func:`~labeler.studio.tasks.uncertainty_view`) second where it exists.
 
     The project's sampling is left as it is (``uncertainty_view`` sets "Uncertainty sampling"):
     Label Studio 1.23's "Label All Tasks" sends no tab (``POST /api/dm/actions?id=next_task``
@@ -252,14 +285,16 @@ def ensure_queue_view(studio: Studio, project: int) -> int:
     tab's order; sequential sampling would make it serve task ids in order, least confident
     first is the better of the two.
     """
-    from labeler.studio.tasks import QUEUE_HIDDEN_COLUMNS
+    from labeler.studio.tasks import QUEUE_COLUMN_WIDTHS, QUEUE_HIDDEN_COLUMNS, UNCERTAINTY_VIEW
 
     column = f"tasks:data.{FIELD}"
+    # Only unannotated tasks: the annotation count would read 0 on every row. The rank shows here only.
+    hidden = {k: [*(c for c in v if c != column), "tasks:total_annotations"] for k, v in QUEUE_HIDDEN_COLUMNS.items()}
     data = {"title": VIEW, "ordering": [column],
             "filters": {"conjunction": "and", "items": [
                 {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]},
             "columnsDisplayType": {column: "Number"},  # numeric, not text, ordering of the field
-            "hiddenColumns": QUEUE_HIDDEN_COLUMNS}
+            "hiddenColumns": hidden, "columnsWidth": QUEUE_COLUMN_WIDTHS}
     views = list(studio.views.list(project=project))
     ours = [v for v in views if (v.data or {}).get("title") == VIEW]
     if ours:
@@ -267,7 +302,8 @@ def ensure_queue_view(studio: Studio, project: int) -> int:
         studio.views.update(id=vid, project=project, data=data)
     else:
         vid = studio.views.create(project=project, data=data).id
-    ids = [vid] + [v.id for v in views if v.id != vid]
+    second = [v.id for v in views if (v.data or {}).get("title") == UNCERTAINTY_VIEW and v.id != vid][:1]
+    ids = [vid, *second] + [v.id for v in views if v.id != vid and v.id not in second]
     studio.request("POST", "api/dm/views/order/", json={"project": project, "ids": ids})
     return vid
 
@@ -277,6 +313,7 @@ class QueueReport:
     ranked: int = 0
     unranked: int = 0
     requests: int = 0
+    answers: int = 0  # tasks whose labeler_answer was written
     order_s: float = 0.0
     write_s: float = 0.0
     view: int | None = None
@@ -288,8 +325,10 @@ class QueueReport:
 
 
 def publish(studio: Studio, project: int, state: QueueState, strategy: str = DEFAULT_STRATEGY, batch: int = 25,
-            seed: int = 0, unranked_ids: Sequence[int] = (), exact: int = 200) -> QueueReport:
-    """Rank the unannotated tasks of ``state`` with ``strategy`` and write the ranks to Label Studio."""
+            seed: int = 0, unranked_ids: Sequence[int] = (), exact: int = 200,
+            classes: Sequence[str] | None = None) -> QueueReport:
+    """Rank the unannotated tasks of ``state`` with ``strategy`` and write the ranks to Label Studio, then
+    the model's answers (``classes``: the label config's, read from the project when not given)."""
     check_strategy(strategy)
     rep = QueueReport()
     t = time.perf_counter()
@@ -307,7 +346,15 @@ def publish(studio: Studio, project: int, state: QueueState, strategy: str = DEF
     ordered_ids = state.ids[order]
     rep.order_s = time.perf_counter() - t
     t = time.perf_counter()
-    rep.requests = write_priorities(studio, project, ordered_ids, unranked_ids, exact=max(exact, batch))
+    if classes is None:
+        from labeler.studio.tasks import project_config
+
+        classes = project_config(studio, project).classes
+    # The answers first: Label Studio lists data columns in the order they first appear, so the answer
+    # sits next to the image, the rank after it.
+    rep.requests = write_answers(studio, project, state, classes)
+    rep.requests += write_priorities(studio, project, ordered_ids, unranked_ids, exact=max(exact, batch))
+    rep.answers = int(np.isfinite(state.proba).all(1).sum()) if state.proba.size else 0
     rep.view = ensure_queue_view(studio, project)
     rep.write_s = time.perf_counter() - t
     rep.ranked, rep.unranked, rep.top = len(ordered_ids), len(unranked_ids), ordered_ids[:10].tolist()
@@ -337,14 +384,19 @@ def republish(studio: Studio, project: int, model_dir: Path, strategy: str = DEF
     state = QueueState.load(path)
     if not len(state.ids):
         raise StudioError(f"no queue state for project {project} yet: run labeler preannotate --project {project}")
-    resp = studio.request("GET", "api/tasks/", params={
-        "project": project, "page_size": 1_000_000, "fields": "task_only", "include": "id,total_annotations"})
-    if resp.status_code >= 400:
-        raise StudioError(f"listing tasks of project {project} failed: HTTP {resp.status_code}")
-    annotated = {int(t["id"]): bool(t.get("total_annotations")) for t in resp.json().get("tasks", [])}
+    annotated = annotated_tasks(studio, project)
     state.drop_missing(annotated)
     state.mark(annotated)
     state.save(path)
     known = set(state.ids.tolist())
     unranked = sorted(i for i, a in annotated.items() if not a and i not in known)
     return publish(studio, project, state, strategy, batch, seed, unranked)
+
+
+def annotated_tasks(studio: Studio, project: int) -> dict[int, bool]:
+    """Every task id of ``project``: annotated or not (one narrow listing)."""
+    resp = studio.request("GET", "api/tasks/", params={
+        "project": project, "page_size": 1_000_000, "fields": "task_only", "include": "id,total_annotations"})
+    if resp.status_code >= 400:
+        raise StudioError(f"listing tasks of project {project} failed: HTTP {resp.status_code}")
+    return {int(t["id"]): bool(t.get("total_annotations")) for t in resp.json().get("tasks", [])}

@@ -215,30 +215,43 @@ def ensure_view(studio: Studio, project: int, title: str, ordering: Sequence[str
     return studio.views.create(project=project, data=data).id
 
 
-# Columns of Label Studio's own tabs that the queue hides. What stays visible, left to right:
-# ID, Completed, annotation counts, Annotated by, Annotation results, the score, the model's
-# answer, then the image (Label Studio puts data columns last), so score, answer and image sit
-# side by side. The model version is hidden: after a refresh every task holds only the serving
-# version's prediction (see delete_stale_predictions), and the model card names that version.
+# The model's answer as a plain column: the chosen class ("a;b" multi-label, "(none)" for none ticked),
+# written into each task's data by the queue's publish (labeler.studio.queue.write_answers), since Label
+# Studio shows a prediction only as its raw JSON ("[{from_name: choice, ... value: {choices: [closed]}}]").
+ANSWER_FIELD = "labeler_answer"
+ANSWER_COLUMN = f"tasks:data.{ANSWER_FIELD}"
+NO_ANSWER = "(none)"
+
+# Columns of Label Studio's own tabs that the queue hides. What stays visible, left to right: ID, the
+# annotation count, the prediction score (the stored confidence), then the data columns (Label Studio
+# puts them last, in the order they first appeared): the image, the model's answer (and in "Next to
+# label" the rank), so score, image and answer sit side by side. Hidden: the raw JSON of predictions
+# and annotations, and columns a fresh project leaves empty (Completed, Annotated by); the Columns menu
+# shows any of them again. The model version is hidden: after a refresh every task holds only the
+# serving version's prediction (see delete_stale_predictions), and the model card names that version.
+# The narrow column at the right with a "{}" button is Label Studio's "View Task Source", which its
+# Data Manager always adds (1.23: no tab setting hides it).
 _ALWAYS_HIDDEN = ["tasks:inner_id", "tasks:annotations_ids", "tasks:predictions_model_versions",
                   "tasks:file_upload", "tasks:storage_filename", "tasks:created_at", "tasks:updated_at",
                   "tasks:updated_by", "tasks:avg_lead_time", "tasks:draft_exists",
-                  "tasks:cancelled_annotations", "tasks:total_predictions"]
+                  "tasks:cancelled_annotations", "tasks:total_predictions", "tasks:completed_at",
+                  "tasks:annotators", "tasks:annotations_results", "tasks:predictions_results",
+                  "tasks:data.labeler_priority"]  # the queue's rank: shown in "Next to label" only
 QUEUE_HIDDEN_COLUMNS = {
     "explore": _ALWAYS_HIDDEN,
-    "labeling": _ALWAYS_HIDDEN + ["tasks:id", "tasks:completed_at", "tasks:annotators",
-                                  "tasks:annotations_results", "tasks:predictions_results"],
+    "labeling": _ALWAYS_HIDDEN + ["tasks:id"],
 }
 
-# The model's answer is Label Studio's JSON of the choice ("... value: {choices: [closed]}}]"): wide
-# enough to show it whole, narrow enough for the image to stay on a 1400-pixel screen.
-QUEUE_COLUMN_WIDTHS = {"tasks:id": 70, "tasks:completed_at": 120, "tasks:annotators": 100,
-                       "tasks:annotations_results": 180, "tasks:predictions_results": 300}
+QUEUE_COLUMN_WIDTHS = {"tasks:id": 70, "tasks:total_annotations": 60, "tasks:predictions_score": 140,
+                       ANSWER_COLUMN: 160}
+
+
+UNCERTAINTY_VIEW = "Least confident first"
 
 
 def uncertainty_view(studio: Studio, project: int) -> int:
     """The "Least confident first" tab, and uncertainty sampling for "Label All Tasks"."""
-    vid = ensure_view(studio, project, "Least confident first", ["tasks:predictions_score"])
+    vid = ensure_view(studio, project, UNCERTAINTY_VIEW, ["tasks:predictions_score"])
     studio.projects.update(id=project, sampling="Uncertainty sampling")
     return vid
 
