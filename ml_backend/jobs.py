@@ -303,7 +303,12 @@ class PreannotateJobs:
 
     def _set(self, project: str, **values) -> dict:
         with self._lock:
-            st = self._states.setdefault(project, {})
+            if project not in self._states:  # the last process's record, so a restart keeps what it said
+                try:
+                    self._states[project] = json.loads(self._file(project).read_text())
+                except (FileNotFoundError, ValueError):
+                    self._states[project] = {}
+            st = self._states[project]
             st.update(values, updated=time.time())
             snapshot = dict(st)
         atomic_write_text(self._file(project), json.dumps(snapshot, indent=2))

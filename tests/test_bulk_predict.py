@@ -111,6 +111,19 @@ def test_admin_page_and_metrics_show_progress_and_estimate(tmp_path):
     assert client.get("/metrics").json["projects"]["7"]["preannotation"]["progress"]["done"] == 320
 
 
+def test_a_restart_marks_an_interrupted_preannotation_failed_and_keeps_its_progress(tmp_path):
+    import json
+
+    reg = Registry(tmp_path)
+    progress = Progress(done=30, total=90, elapsed_s=10.0).as_dict()
+    (reg.project_dir("5", create=True) / "preannotate.json").write_text(
+        json.dumps({"status": "running", "requested": 90, "progress": progress}))
+    app = create_app(Settings(model_dir=tmp_path, zeroshot_model=None), load_in_background=False)
+    st = app.extensions["labeler"].preannotations.state("5")
+    assert st["status"] == "failed" and st["error"].startswith("interrupted")
+    assert st["requested"] == 90 and st["progress"]["done"] == 30
+
+
 # -- first use of the real model --------------------------------------------------------------------------
 
 def test_a_download_the_disk_cannot_hold_is_refused(tmp_path):
