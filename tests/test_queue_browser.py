@@ -87,3 +87,75 @@ def test_label_all_tasks_serves_by_the_project_sampling_not_the_tab(queue_page, 
     least_confident = min(tasks, key=lambda t: t["predictions"][0]["score"])["id"]
     shot(page, "queue-label-all-tasks")
     assert nxt.value.json()["id"] == least_confident
+
+
+def _columns(page) -> list[tuple[str, list[str]]]:
+    """(header, cells' contents top to bottom) per column of the Data Manager's table, the row-select column
+    left out; a cell with an image or a button reads "<img>"/"<button>"."""
+    heads = page.locator(".lsf-table-head .lsf-table__cell").evaluate_all(
+        "es => es.map(e => [e.getAttribute('data-id') || e.className, e.innerText.trim()])")
+    rows = page.locator("[class*=table__row]").evaluate_all("""rs => rs.map(r => Array.from(
+        r.querySelectorAll('.lsf-table__cell')).map(c => c.innerText.trim()
+        || (c.querySelector('img') ? '<img>' : c.querySelector('button') ? '<button>' : '')))""")
+    cols = [(f"{cid} {text}".strip(), [r[i] for r in rows if i < len(r)]) for i, (cid, text) in enumerate(heads)]
+    return [c for c in cols if "select-all" not in c[0]]
+
+
+def test_the_demo_opens_next_to_label_with_readable_answers(browser, label_studio, backend, tmp_path, capsys):  # noqa: F811
+    """As a new user of `labeler demo`: the project pre-annotated through Label Studio's "Retrieve predictions"
+    (the demo's own steps), the printed URL opens "Next to label", the first tab, "Least confident first"
+    beside it; its rows follow the queue, its answer column shows class names, no column is empty and the raw
+    prediction JSON is not shown."""
+    from labeler.dev.demo import _demo_project, _print_ready, synthetic_eyes
+    from labeler.studio.queue import FIELD, VIEW
+    from labeler.studio.tasks import ANSWER_FIELD, UNCERTAINTY_VIEW
+
+    url, token = label_studio
+    files = sorted(synthetic_eyes(tmp_path / "eyes", n=14, seed=5).iterdir())
+    info = _demo_project(url, token, backend[0], files, "binary")
+    assert info["queue"], "the backend published the queue after Retrieve predictions"
+    _print_ready({**info, "label_studio": url, "username": "admin@example.com", "password": "test-pass-123",
+                  "token": token, "admin_token": "admin-secret", "backend": backend[0], "tasks": len(files),
+                  "env_file": "labeler.env"}, tmp_path)
+    printed = capsys.readouterr().out
+    link = re.search(r"Label Studio\s+(\S+)", printed)[1]
+    assert link.endswith(f"?tab={info['view']}") and f'Label from the "{VIEW}" tab' in printed, printed
+
+    ls = Studio(url, token)
+    pid = info["project"]
+    queue = tasks_of(ls, pid, info["view"])
+    assert [t["data"][FIELD] for t in queue] == list(range(len(files))), "the tab's order is the queue's"
+    chosen = {t["id"]: t["predictions"][0]["result"][0]["value"]["choices"][0] for t in queue}
+    assert all(t["data"][ANSWER_FIELD] == chosen[t["id"]] for t in queue)
+
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    ctx.add_cookies(login_cookies(url, "admin@example.com", "test-pass-123"))
+    page = ctx.new_page()
+    page.goto(link)
+    page.wait_for_selector("[class*=table__row]", timeout=60_000)
+    page.wait_for_timeout(500)
+    assert page.get_by_role("tab").all_inner_texts()[:2] == [VIEW, UNCERTAINTY_VIEW]
+    shot(page, "demo-next-to-label")
+    cols = _columns(page)
+    headers = [h for h, _ in cols]
+    assert not any("Prediction results" in h or "Annotation results" in h for h in headers), headers
+    empty = [h for h, cells in cols if not any(cells)]
+    assert not empty, f"empty columns: {empty}"
+    ids = next(cells for h, cells in cols if h.startswith("tasks:id"))
+    assert [int(i) for i in ids] == [t["id"] for t in queue[:len(ids)]], "rows in queue order"
+    answers = next(cells for h, cells in cols if ANSWER_FIELD in h)
+    assert answers == [chosen[int(i)] for i in ids] and set(answers) <= {"open", "closed"}, answers
+    scores = next(cells for h, cells in cols if "Prediction score" in h)
+    assert scores == [f"{t['predictions'][0]['score']:.3f}" for t in queue[:len(ids)]], "the score, honest"
+
+    page.get_by_role("tab", name=UNCERTAINTY_VIEW).click()
+    page.wait_for_url(re.compile(rf"tab={info['least_confident_view']}\b"), timeout=30_000)
+    page.wait_for_timeout(1000)
+    cols = _columns(page)
+    shot(page, "demo-least-confident-first")
+    assert not [h for h, cells in cols if not any(cells)], [h for h, _ in cols]
+    answers = next(cells for h, cells in cols if ANSWER_FIELD in h)
+    assert set(answers) <= {"open", "closed"} and answers, answers
+    scores = [float(s) for s in next(cells for h, cells in cols if "Prediction score" in h)]
+    assert scores == sorted(scores), "least confident first"
+    ctx.close()
