@@ -1,6 +1,7 @@
 """The labelling queue: every unlabelled task's priority, by the strategy ``labeler simulate`` measures.
 
-After each prediction refresh (``labeler preannotate``, a promoted retraining)
+After each prediction refresh (``labeler preannotate``, a promoted retraining, and
+Label Studio's "Retrieve predictions" through ``/predict``: :mod:`labeler.studio.autoqueue`)
 :func:`publish` orders the project's unlabelled tasks with
 :func:`labeler.models.strategies.queue_order` (``margin_diverse`` by default: the
 same shortlist and k-center batch logic as the simulation) and writes the
