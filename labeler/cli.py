@@ -239,7 +239,8 @@ def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, finished, u
 @click.option("--eps", type=float, help="Target: at most EPS wrong among the tasks the model labels [default: 0.02].")
 @click.option("--delta", type=float, help="The guarantee holds with probability 1 - DELTA [default: 0.05].")
 @click.option("--per-class", is_flag=True, help="Bound every predicted class's error, not only the overall one.")
-@click.option("--seed", default=0, show_default=True, help="Seeds the draw (with the round number).")
+@click.option("--seed", type=int, help="Seeds the draw (with the round number) [default: from the OS, recorded in the "
+                                       "round file].")
 @click.option("--new-round", is_flag=True, help="Draw a new audit round from the tasks unlabelled now.")
 @with_studio
 def audit(project, eps, delta, per_class, seed, new_round, url, api_key, model_dir) -> None:

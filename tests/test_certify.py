@@ -242,3 +242,22 @@ def test_a_rare_class_the_model_gets_wrong_is_left_to_people():
     assert cert.classes["common"]["accepted"] > 3500 and truth[acc].mean() <= 0.02
     unguarded, acc = _certify(scores, predicted, truth, rates, np.random.default_rng(22), hold_back=False)
     assert (acc & (predicted == "rare")).sum() > 20  # what the screen prevents
+
+
+def test_errors_people_found_can_disprove_a_prefix():
+    """People labelled, after the draw, more errors inside the prefix than its null allows: the data
+    prove the hypothesis, so the prefix is not certified however clean the audit looked."""
+    rng = np.random.default_rng(30)
+    n = 3000
+    scores = rng.uniform(0.5, 1, n)
+    audited = C.draw_audit(["all"] * n, {"all": 0.15}, rng)
+    wrong = np.where(audited, 0.0, np.nan)  # a clean audit
+    top = np.argsort(-scores)[:2000]
+    human = np.zeros(n, bool)
+    human[top[~audited[top]][:300]] = True  # later labels: 300 errors among the most confident
+    wrong[human] = 1.0
+    cert, acc = C.certify(scores, ["a"] * n, audited, wrong, human, {"all": 0.15})
+    assert not acc.any() and not cert.certified
+    clean, acc = C.certify(scores, ["a"] * n, audited, np.where(audited, 0.0, np.nan), np.zeros(n, bool),
+                           {"all": 0.15})
+    assert clean.certified  # the same audit alone would have certified

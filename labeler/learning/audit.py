@@ -23,6 +23,7 @@ labels exported for accepted tasks are the frozen ones, whatever model serves la
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,7 +170,8 @@ def _same_design(rnd: dict, eps: float | None, delta: float | None, per_class: b
 
 
 def draw_round(studio: Studio, project: int | str, predictor: Predictor, eps: float | None = None,
-               delta: float | None = None, per_class: bool = False, seed: int = 0, new_round: bool = False) -> dict:
+               delta: float | None = None, per_class: bool = False, seed: int | None = None,
+               new_round: bool = False) -> dict:
     """The project's audit round: the latest one as drawn (marked in Label Studio again), or, with
     ``new_round`` or when there is none, a new one drawn from the pool as it is now.
 
@@ -177,10 +179,12 @@ def draw_round(studio: Studio, project: int | str, predictor: Predictor, eps: fl
     scored by the serving model version only: the last pre-annotation's ``queue.npz`` when it is that
     version's for every pool task, else scored here. Tasks the model cannot score stay out of the pool
     (listed in the round as ``unscored``; they need a person). ``eps``/``delta`` default to
-    :data:`~labeler.learning.certify.DEFAULT_EPS`/``DEFAULT_DELTA``; ``seed`` and the round number seed
-    the draw, so rounds are independent. Raises :class:`CertificateError` when there is no serving model
-    or no prediction, when ``eps``/``delta`` are not in (0, 1), when the pool is empty, and when the
-    latest round was drawn with other settings than those given and no ``new_round``.
+    :data:`~labeler.learning.certify.DEFAULT_EPS`/``DEFAULT_DELTA``; ``seed`` (default: from the OS,
+    so nobody can know the draw before it is made; recorded in the round) and the round number seed
+    the draw, so rounds are independent. Later rounds keep round 1's ``delta``: the rounds share it.
+    Raises :class:`CertificateError` when there is no serving model or no prediction, when
+    ``eps``/``delta`` are not in (0, 1), when the pool is empty, when the latest round was drawn with
+    other settings than those given and no ``new_round``, and when a new round asks another ``delta``.
     """
     key = check_project(project)
     model_dir = predictor.settings.model_dir
@@ -190,8 +194,13 @@ def draw_round(studio: Studio, project: int | str, predictor: Predictor, eps: fl
         publish_round(studio, int(key), latest)
         return latest
     eps = DEFAULT_EPS if eps is None else eps
-    delta = DEFAULT_DELTA if delta is None else delta
+    first = load_round(model_dir, key, 1) if latest is not None else None
+    if first is not None and delta is not None and delta != first["delta"]:
+        raise CertificateError(f"the audit rounds of project {key} share round 1's delta {first['delta']} "
+                               f"(round r spends its share of it); a new round cannot use delta {delta}")
+    delta = first["delta"] if first is not None else DEFAULT_DELTA if delta is None else delta
     check_levels(eps, delta)
+    seed = secrets.randbits(63) if seed is None else seed
     config = project_config(studio, int(key))
     version = _serving_version(predictor, key, config, per_class)
     pool, P, errors, source = _pool_scores(studio, predictor, key, config, version)

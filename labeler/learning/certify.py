@@ -23,14 +23,17 @@ The design.
    2021): test ``j`` from a start outwards, in 1 % steps, and stop at the first ``p_j > delta'``.
    Fixed-sequence testing controls the family-wise error at ``delta'`` with no multiplicity
    penalty: every rejected ``H_j`` is false (``E_j < E0_j``) with probability ``>= 1 - delta'``.
-   The start is the smallest prefix that could pass with one audit error (:func:`first_prefix`;
-   it depends on counts only, never on labels).
+   The start is the plan's (:class:`AuditPlan`, from the scores) and never before the smallest
+   prefix that could pass with one audit error (:func:`first_prefix`): both are fixed before the
+   draw and read no label. Prefixes are exact counts, ties in score split by task order.
 4. **The bound actually achieved** on the accepted tasks (the prefix minus every task a person
    labelled, audit or not) is then ``(E0_j - 1 - k_known) / m``: the errors left after those
    people found (audit or later labels, ``k_known``), over the ``m`` tasks that keep the model's
-   label. The certified prefix is the largest rejected one whose bound is ``<= eps`` (it fails only
-   where the audit took an unusually large share of the prefix); choosing among rejected
-   hypotheses keeps the error control.
+   label. The certified prefix is the largest rejected one whose bound is ``<= eps`` (it fails where
+   the audit took an unusually large share of the prefix, or where held-back classes or later
+   labels leave few tasks to the model); choosing among rejected hypotheses keeps the error control.
+   A prefix where people have already found ``E0_j`` errors or more is not rejected: the data
+   prove its hypothesis.
 5. **Per class** (``per_class=True``) the pool is stratified by the model's predicted class: each
    class gets its own audit rate, prefix search and level ``delta' / K``; by Bonferroni every
    class's claim holds at once with probability ``>= 1 - delta'``, and so does the overall one (a
@@ -157,7 +160,7 @@ class StratumResult:
     audit_labelled: int
     audit_errors: int         # among the labelled audit tasks (all of them, in or out of the prefix)
     prefix: int               # tasks of the stratum in the certified prefix (0: none)
-    threshold: float | None   # lowest confidence accepted (None: nothing accepted)
+    threshold: float | None   # lowest confidence in the prefix (ties split by task order; None: none)
     accepted: int             # prefix tasks that keep the model's label
     bound: float | None       # certified upper bound on their error rate
     estimate: float | None    # audit estimate of the error rate in the prefix (not a bound)
@@ -197,7 +200,8 @@ def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: n
         t = res.tests[0]
         res.blocked = (f"{t['audit_errors']} audit error(s) (or unlabelled audit tasks) among the "
                        f"{start} most confident tasks: p = {t['p_value']:.3g} > {level:.3g}"
-                       if not t["rejected"] else "the audit took more of every passing prefix than planned")
+                       if not t["rejected"] else "no passing prefix leaves its tasks to the model within eps "
+                       "(the audit or people's labels took too large a share of them)")
         return res, np.zeros(n, bool)
     mask = np.zeros(n, bool)
     mask[order[:best]] = True
@@ -276,12 +280,16 @@ def _search(c: _PrefixCounts, eps: float, level: float, rate: float, start: int,
         p = float(error_count_pvalue(int(c.k_test[j - 1]), e0, rate))
         held = c.held(j, eps, delta)
         m = c.kept(j, held)
+        known = int(c.k_known[j - 1])
         # rejecting H_j means E_j <= e0 - 1; the errors left to the model are at most those minus the
         # known ones, over the tasks that keep the model's label
-        bound = max(0, e0 - 1 - int(c.k_known[j - 1])) / m if m else 0.0
+        bound = (e0 - 1 - known) / m if m else 0.0
+        # people have found e0 errors or more in the prefix: H_j is proven true, never rejected (keeping
+        # a subset of the rejections keeps the error control)
+        rejected = p <= level and known < e0
         tests.append({"prefix": j, "p_value": p, "audit_errors": int(c.k_test[j - 1]), "bound": bound,
-                      "rejected": p <= level})
-        if p > level:
+                      "rejected": rejected})
+        if not rejected:
             break  # fixed sequence: no further test
         if m and bound <= eps:  # the audit took no more of the prefix than the null allowed for
             best, best_bound, best_held = j, bound, held
@@ -343,7 +351,7 @@ def certify(scores: np.ndarray, predicted: Sequence[str], audited: np.ndarray, w
     """Certify one audit round; returns the certificate and the mask of tasks accepted.
 
     All arrays are over the pool as it was when the round was drawn, in one order.
-    ``predicted``: the model's label per task (for multi-label, the label set joined, e.g. ``"a|b"``);
+    ``predicted``: the model's label per task (for multi-label, the label set joined, e.g. ``"a;b"``);
     ``rates``: audit inclusion probability per stratum (``{"all": f}``, or one per class with
     ``per_class``); ``starts``: the prefix each stratum's search starts at (:class:`AuditPlan`);
     ``hold_back``: in overall mode, leave to people the predicted classes the audit does not vouch

@@ -46,7 +46,8 @@ class FinishResult:
     coverage: float             # accepted / (pool - audit)
     claimed_bound: float | None
     realized_error: float | None
-    violated: bool
+    violated: bool               # realized error above eps
+    exceeded_bound: bool         # realized error above the claimed bound (what the method controls directly)
     certificate: cert.Certificate | None    # None: the audit could back none (``blocked`` says why)
     eps: float
     delta: float
@@ -55,6 +56,7 @@ class FinishResult:
     predicted: np.ndarray = field(repr=False)   # class index per image (meaningful where accepted)
     redraws: int = 0
     redraw_violations: int = 0
+    redraw_exceeded: int = 0
     redraw_coverage: float | None = None
     redraw_people: float | None = None   # mean human share of the images over the redraws
 
@@ -70,8 +72,8 @@ class FinishResult:
                 "coverage": round(self.coverage, 4),
                 "claimed_bound": None if self.claimed_bound is None else round(self.claimed_bound, 5),
                 "realized_error": None if self.realized_error is None else round(self.realized_error, 5),
-                "violated": self.violated, "eps": self.eps, "delta": self.delta,
-                "redraws": self.redraws, "redraw_violations": self.redraw_violations,
+                "violated": self.violated, "exceeded_bound": self.exceeded_bound, "eps": self.eps, "delta": self.delta,
+                "redraws": self.redraws, "redraw_violations": self.redraw_violations, "redraw_exceeded": self.redraw_exceeded,
                 "redraw_coverage": None if self.redraw_coverage is None else round(self.redraw_coverage, 4),
                 "redraw_people": None if self.redraw_people is None else round(self.redraw_people, 4)}
 
@@ -139,17 +141,19 @@ def certify_phase(q: QueueOutcome, y: np.ndarray, classes: Sequence[str], eps: f
     c = certificate if isinstance(certificate, cert.Certificate) else None
     out = FinishResult(q.strategy, q.seed, len(y), len(q.queried), int(audited.sum()),
                        int(len(pool) - audited.sum() - acc.sum()), int(acc.sum()), c.coverage if c else 0.0,
-                       c.bound if c else None, realized, bool(realized is not None and realized > eps), c, eps, delta,
+                       c.bound if c else None, realized, bool(realized is not None and realized > eps),
+                       bool(realized is not None and c is not None and realized > (c.bound or 0) + 1e-12), c, eps, delta,
                        c.blocked if c else [str(certificate)], pool[acc], np.full(len(y), -1))
     out.predicted[pool] = pred
     if redraws:
-        violations, coverage, people = 0, [], []
+        violations, exceeded, coverage, people = 0, 0, [], []
         for _ in range(redraws):
             got, a, drawn = one_audit()
             violations += bool(a.any() and wrong_truth[a].mean() > eps)
+            exceeded += bool(a.any() and isinstance(got, cert.Certificate) and wrong_truth[a].mean() > (got.bound or 0) + 1e-12)
             coverage.append(got.coverage if isinstance(got, cert.Certificate) else 0.0)
             people.append((len(q.queried) + len(pool) - a.sum()) / len(y))
-        out.redraws, out.redraw_violations = redraws, violations
+        out.redraws, out.redraw_violations, out.redraw_exceeded = redraws, violations, exceeded
         out.redraw_coverage, out.redraw_people = float(np.mean(coverage)), float(np.mean(people))
     return out
 
