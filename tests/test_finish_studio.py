@@ -77,7 +77,7 @@ def test_finish_a_project_through_label_studio(label_studio, tiny_model, tmp_pat
     for tid in queued:
         ls.annotations.create(id=tid, result=choice(truth(tasks[tid])))
 
-    r = cli(env, "audit", "--project", p, "--eps", "0.3")
+    r = cli(env, "audit", "--project", p, "--eps", "0.3", "--seed", "0")
     assert "unlabelled tasks; then about" in r.output and "drawn:" in r.output
     rnd = load_round(tmp_path / "md", pid)
     assert rnd is not None and rnd["round"] == 1 and rnd["scores_from"] == "queue"
@@ -144,7 +144,7 @@ def test_finish_a_project_through_label_studio(label_studio, tiny_model, tmp_pat
     # a new round, asked for: from the pool as it is now, scored here when queue.npz is not the serving
     # version's (the same version gives the same scores); it has no audit label yet, so no new certificate
     state_path(tmp_path / "md", pid).unlink()
-    r = cli(env, "audit", "--project", p, "--eps", "0.3", "--new-round")
+    r = cli(env, "audit", "--project", p, "--eps", "0.3", "--seed", "0", "--new-round")
     rnd2 = load_round(tmp_path / "md", pid)
     assert rnd2["round"] == 2 and rnd2["scores_from"] == "scored" and rnd2["version"] == rnd["version"]
     pool2 = {t["id"]: t for t in rnd2["tasks"]}
