@@ -68,20 +68,54 @@ def make_jobs(settings: Settings, predictor: Predictor, studio: Callable[[str], 
     return TrainingJobs(settings, predictor, studio)
 
 
-class TrainingJobs:
+class _JobRecords:
+    """A job's state per project: in memory, and in ``MODEL_DIR/projects/<p>/<FILE>`` (crash-safe
+    writes), so a restart sees what the last process said. Subclasses set ``FILE`` and ``predictor``."""
+
+    FILE = ""
+    predictor: Predictor
+
+    def __init__(self) -> None:
+        self._states: dict[str, dict] = {}
+        self._lock = threading.Lock()
+
+    def _file(self, project: str) -> Path:
+        return self.predictor.registry.project_dir(project) / self.FILE
+
+    def state(self, project: str) -> dict:
+        with self._lock:
+            if project in self._states:
+                return dict(self._states[project])
+        return self.state_from_disk(project) or {"status": "none"}
+
+    def state_from_disk(self, project: str) -> dict:
+        try:
+            return json.loads(self._file(project).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _set(self, project: str, **values) -> dict:
+        with self._lock:
+            # the first change starts from the last process's record, so a restart keeps what it said
+            st = self._states.setdefault(project, self.state_from_disk(project))
+            st.update(values, updated=time.time())
+            snapshot = dict(st)
+        atomic_write_text(self._file(project), json.dumps(snapshot, indent=2))
+        return snapshot
+
+
+class TrainingJobs(_JobRecords):
+    FILE = "job.json"
+
     def __init__(self, settings: Settings, predictor: Predictor,
                  studio: Callable[[str], Studio | None]) -> None:
+        super().__init__()
         self.settings = settings
         self.predictor = predictor
         self.studio = studio
-        self._states: dict[str, dict] = {}
         self._rerun: set[str] = set()
-        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=settings.train_workers, thread_name_prefix="train")
         self._recover()
-
-    def _file(self, project: str) -> Path:
-        return self.predictor.registry.project_dir(project) / "job.json"
 
     def _recover(self) -> None:
         """Jobs a previous process left active did not finish: say so instead of 'running' forever."""
@@ -98,31 +132,8 @@ class TrainingJobs:
         """Projects whose last promotion was not followed by a finished prediction refresh."""
         return [p for p in self.predictor.registry.projects() if self.state(p).get("refresh_pending")]
 
-    def state(self, project: str) -> dict:
-        with self._lock:
-            if project in self._states:
-                return dict(self._states[project])
-        try:
-            return json.loads(self._file(project).read_text())
-        except (FileNotFoundError, ValueError):
-            return {"status": "none"}
-
-    def _set(self, project: str, **values) -> dict:
-        with self._lock:
-            st = self._states.setdefault(project, self.state_from_disk(project))
-            st.update(values, updated=time.time())
-            snapshot = dict(st)
-        atomic_write_text(self._file(project), json.dumps(snapshot, indent=2))
-        return snapshot
-
     def _step(self, project: str, step: str) -> None:
         self._set(project, step=step)
-
-    def state_from_disk(self, project: str) -> dict:
-        try:
-            return json.loads(self._file(project).read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
 
     def refresh_serving(self, project: str, trigger: str) -> dict:
         """Re-predict every task with whatever serves now (after a promotion or rollback by an admin),
@@ -257,7 +268,7 @@ class RayTrainingJobs:
         return []  # a refresh job that failed says so on the job; the next promotion or rollback runs another
 
 
-class PreannotateJobs:
+class PreannotateJobs(_JobRecords):
     """Bulk pre-annotation in the background: the tasks of a "Retrieve predictions" selection that did not
     fit one ``/predict`` (``LABELER_MAX_TASKS_PER_PREDICT``), scored as ``labeler preannotate`` scores them
     (:func:`labeler.studio.preannotate.preannotate`, whose lock under ``MODEL_DIR`` keeps one pre-annotation
@@ -270,49 +281,24 @@ class PreannotateJobs:
     ``MODEL_DIR/projects/<p>/preannotate.json``, and shown on Label Studio's model card while it runs.
     """
 
+    FILE = "preannotate.json"
     CARD_EVERY_S = 1.0  # model card updates while running (Label Studio re-validates the backend on each)
 
     def __init__(self, settings: Settings, predictor: Predictor, studio: Callable[[str], Studio | None],
                  training_state: Callable[[str], dict] | None = None) -> None:
+        super().__init__()
         self.settings = settings
         self.predictor = predictor
         self.studio = studio
         self.training_state = training_state
-        self._states: dict[str, dict] = {}
         self._pending: dict[str, set[int]] = {}
         self._active: set[str] = set()
-        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preannotate")
         for project in predictor.registry.projects():
             if self.state(project).get("status") in ACTIVE:
                 self._set(project, status="failed", finished=time.time(),
                           error="interrupted: the backend stopped while this pre-annotation ran "
                                 "(ask again, or run labeler preannotate)")
-
-    def _file(self, project: str) -> Path:
-        return self.predictor.registry.project_dir(project) / "preannotate.json"
-
-    def state(self, project: str) -> dict:
-        with self._lock:
-            if project in self._states:
-                return dict(self._states[project])
-        try:
-            return json.loads(self._file(project).read_text())
-        except (FileNotFoundError, ValueError):
-            return {"status": "none"}
-
-    def _set(self, project: str, **values) -> dict:
-        with self._lock:
-            if project not in self._states:  # the last process's record, so a restart keeps what it said
-                try:
-                    self._states[project] = json.loads(self._file(project).read_text())
-                except (FileNotFoundError, ValueError):
-                    self._states[project] = {}
-            st = self._states[project]
-            st.update(values, updated=time.time())
-            snapshot = dict(st)
-        atomic_write_text(self._file(project), json.dumps(snapshot, indent=2))
-        return snapshot
 
     def submit(self, project: str, task_ids: set[int], trigger: str) -> dict:
         """Pre-annotate ``task_ids`` of ``project`` (ids not in the project are ignored); returns the state.
