@@ -142,6 +142,16 @@ def main() -> None:
         scaling(args, cache, [float(f) for f in args.pool_subsample.split(",")] + [1.0])
 
 
+def _cached(cache: Path, set_name: str, fraction: float, strategy: str, seeds: int):
+    """(seed, queue outcome, labels) of each cached queue phase of that set, pool fraction and strategy."""
+    from labeler.learning.simulate_finish import QueueOutcome
+
+    for seed in range(seeds):
+        path = cache / f"{set_name}-x{fraction:g}-{strategy}-s{seed}.npz"
+        if path.exists():
+            yield seed, QueueOutcome.load(path), np.load(path.with_suffix(".y.npy"))
+
+
 def scaling(args, cache: Path, parts: list[float]) -> None:
     """The same models on random parts of their pools: how the audit and the human share scale."""
     from labeler.learning.datasets import read_labels
@@ -154,11 +164,7 @@ def scaling(args, cache: Path, parts: list[float]) -> None:
             print(f"\n{set_name}, {strategy}, eps {eps:g}: the same models on part of their pools")
             for part in parts:
                 rows = []
-                for seed in range(args.seeds):
-                    path = cache / f"{set_name}-x1-{strategy}-s{seed}.npz"
-                    if not path.exists():
-                        continue
-                    q, y = QueueOutcome.load(path), np.load(path.with_suffix(".y.npy"))
+                for seed, q, y in _cached(cache, set_name, 1.0, strategy, args.seeds):
                     rng = np.random.default_rng(seed)  # above 1: the pool resampled to that size (same error profile)
                     keep = np.sort(rng.choice(len(q.pool), int(part * len(q.pool)), replace=part > 1))
                     idx = np.r_[q.queried, q.pool[keep]]
@@ -177,7 +183,7 @@ def scaling(args, cache: Path, parts: list[float]) -> None:
 
 def report(args, cache: Path, strategies: list[str], fractions: list[float]) -> None:
     from labeler.learning.datasets import read_labels
-    from labeler.learning.simulate_finish import QueueOutcome, certify_phase
+    from labeler.learning.simulate_finish import certify_phase
 
     rows = []
     for set_name in args.sets.split(","):
@@ -188,13 +194,8 @@ def report(args, cache: Path, strategies: list[str], fractions: list[float]) -> 
                       f"{', per class' if args.per_class else ''}:")
                 for strategy in strategies:
                     sel = []
-                    for seed in range(args.seeds):
-                        path = cache / f"{set_name}-x{fraction:g}-{strategy}-s{seed}.npz"
-                        if not path.exists():
-                            continue
-                        y = np.load(path.with_suffix(".y.npy"))
-                        r = certify_phase(QueueOutcome.load(path), y, classes, eps, args.delta, args.per_class,
-                                          args.redraws)
+                    for _, q, y in _cached(cache, set_name, fraction, strategy, args.seeds):
+                        r = certify_phase(q, y, classes, eps, args.delta, args.per_class, args.redraws)
                         sel.append({**r.row(), "set": set_name, "fraction": fraction})
                     if not sel:
                         continue
