@@ -36,14 +36,14 @@ def test_error_count_pvalue_is_the_binomial_cdf():
     assert np.all(np.diff(C.error_count_pvalue(2, np.arange(3, 40), 0.1)) < 0)
 
 
-def test_clopper_pearson_upper_known_cases():
-    # no success in n: 1 - delta^(1/n)
-    assert float(C.clopper_pearson_upper(0, 100, 0.05)) == pytest.approx(1 - 0.05 ** (1 / 100))
-    # by definition P(Bin(n, U) <= k) = delta
+def test_clopper_pearson_lower_known_cases():
+    # all n wrong: delta^(1/n); none wrong: 0
+    assert float(C.clopper_pearson_lower(100, 100, 0.05)) == pytest.approx(0.05 ** (1 / 100))
+    assert float(C.clopper_pearson_lower(0, 100, 0.05)) == 0.0
+    # by definition P(Bin(n, L) >= k) = delta
     for k, n in [(1, 50), (3, 200), (10, 300)]:
-        u = float(C.clopper_pearson_upper(k, n, 0.05))
-        assert binom.cdf(k, n, u) == pytest.approx(0.05, abs=1e-9)
-    assert float(C.clopper_pearson_upper(5, 5, 0.05)) == 1.0
+        low = float(C.clopper_pearson_lower(k, n, 0.05))
+        assert binom.sf(k - 1, n, low) == pytest.approx(0.05, abs=1e-9)
 
 
 def test_round_levels_sum_to_delta():

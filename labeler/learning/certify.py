@@ -92,16 +92,15 @@ def round_delta(delta: float, round_no: int) -> float:
     return delta * (FIRST_ROUND_SHARE if round_no == 1 else (1 - FIRST_ROUND_SHARE) / 2 ** (round_no - 1))
 
 
-def clopper_pearson_upper(k: int | np.ndarray, n: int | np.ndarray, delta: float) -> np.ndarray:
-    """One-sided Clopper-Pearson upper bound on a binomial proportion at level ``delta``.
+def clopper_pearson_lower(k: int | np.ndarray, n: int | np.ndarray, delta: float) -> np.ndarray:
+    """One-sided Clopper-Pearson lower bound on a binomial proportion at level ``delta``.
 
-    ``U = Beta.ppf(1 - delta, k + 1, n - k)`` (1 when ``k = n``): the largest ``p`` with
-    ``P(Binomial(n, p) <= k) >= delta``.
+    ``L = Beta.ppf(delta, k, n - k + 1)`` (0 when ``k = 0``): the smallest ``p`` with
+    ``P(Binomial(n, p) >= k) >= delta``.
     """
     k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        u = beta.ppf(1 - delta, k + 1, np.maximum(n - k, 1e-300))
-    return np.where(k >= n, 1.0, u)
+    with np.errstate(invalid="ignore"):
+        return np.where(k > 0, beta.ppf(delta, np.maximum(k, 1e-300), np.maximum(n - k + 1, 1e-300)), 0.0)
 
 
 def null_errors(eps: float, prefix: np.ndarray | int, f: float) -> np.ndarray:
@@ -263,10 +262,8 @@ def held_back(errors: np.ndarray, audited: np.ndarray, eps: float, delta: float)
     other classes' good record, and its few tasks cost little to label. Leaving tasks to people never
     weakens the overall guarantee: the bound is recomputed over the tasks that remain.
     """
-    errors, audited = np.asarray(errors, float), np.asarray(audited, float)
-    with np.errstate(invalid="ignore"):
-        lower = np.where(errors > 0, beta.ppf(delta, errors, np.maximum(audited - errors + 1, 1e-300)), 0.0)
-    return (audited < 1) | (lower > eps)
+    audited = np.asarray(audited, float)
+    return (audited < 1) | (clopper_pearson_lower(errors, audited, delta) > eps)
 
 
 def _search(c: _PrefixCounts, eps: float, level: float, rate: float, start: int, tests: list[dict],
