@@ -1,0 +1,133 @@
+"""The annotator model on known cases (issue 22): labeler.models.consensus and labeler.learning.annotators."""
+
+import numpy as np
+import pytest
+
+from labeler.learning.annotators import automation_bias, krippendorff_alpha, pairwise_kappa, quality_report, speed
+from labeler.models.consensus import MISSING, crowdlab, dawid_skene, majority_vote, relabel_scores
+
+
+def simulate(y: np.ndarray, accuracies: list[float], n_classes: int, seed: int, share: float = 1.0) -> np.ndarray:
+    """Each annotator labels a ``share`` of the tasks, right with its accuracy, else a uniformly wrong class."""
+    rng = np.random.default_rng(seed)
+    out = np.full((len(y), len(accuracies)), MISSING)
+    for j, acc in enumerate(accuracies):
+        wrong = (y + rng.integers(1, n_classes, len(y))) % n_classes
+        given = np.where(rng.random(len(y)) < acc, y, wrong)
+        pick = rng.random(len(y)) < share
+        out[pick, j] = given[pick]
+    return out
+
+
+def test_a_perfect_and_a_random_annotator_are_told_apart():
+    y = np.random.default_rng(0).integers(0, 3, 600)
+    # a random annotator says nothing of the truth: two informative ones besides the perfect one are needed
+    # to tell, where the perfect one and another disagree, which is right
+    labels = simulate(y, [1.0, 1 / 3, 0.85, 0.8], 3, seed=1)
+    c = dawid_skene(labels, 3)
+    assert c.accuracy[0] > 0.98 and abs(c.accuracy[1] - 1 / 3) < 0.06 and abs(c.accuracy[2] - 0.85) < 0.04
+    assert (c.accuracy_low <= c.accuracy).all() and (c.accuracy <= c.accuracy_high).all()
+    assert c.accuracy_source == ["consensus model"] * 4
+    assert (c.label == y).mean() >= 0.985  # the perfect annotator is found and followed
+    assert (c.label == y).mean() > (majority_vote(labels, 3) == y).mean()
+
+
+def test_accuracies_are_ranked_and_close_with_partial_overlap():
+    y = np.random.default_rng(2).integers(0, 2, 2000)
+    truth = [0.97, 0.90, 0.70]
+    labels = simulate(y, truth, 2, seed=3, share=0.6)
+    c = dawid_skene(labels, 2)
+    assert list(np.argsort(-c.accuracy)) == [0, 1, 2]
+    assert np.abs(c.accuracy - truth).max() < 0.05
+    has = c.label != MISSING
+    assert (c.label[has] == y[has]).mean() > (majority_vote(labels, 2)[has] == y[has]).mean()
+    assert ((c.confidence[has] > 0.5) & (c.confidence[has] <= 1)).all()
+
+
+def test_a_class_no_annotator_confuses_has_a_diagonal_confusion_row():
+    y = np.repeat([0, 1, 2], 200)
+    labels = simulate(y, [0.9, 0.8, 0.85], 3, seed=4)
+    labels[y == 2] = 2  # everybody always recognises class 2, and nobody says 2 for another class
+    labels[(y != 2)[:, None] & (labels == 2)] = 0
+    c = dawid_skene(labels, 3)
+    assert np.allclose(c.confusion[:, 2, 2], 1.0, atol=1e-6)
+    assert np.allclose(c.confusion[:, :2, 2], 0.0, atol=1e-6)
+    assert (c.label[y == 2] == 2).all() and (c.confidence[y == 2] > 0.999).all()
+
+
+def test_ground_truth_wins_and_gives_honeypot_accuracy():
+    y = np.random.default_rng(5).integers(0, 2, 300)
+    labels = simulate(y, [0.95, 0.8], 2, seed=6)
+    gold = np.full(300, MISSING)
+    gold[:40] = y[:40]
+    gold[0] = 1 - labels[0, 0] if labels[0, 0] == labels[0, 1] else gold[0]  # both annotators outvoted by truth
+    c = dawid_skene(labels, 2, gold=gold)
+    assert c.label[0] == gold[0] and c.confidence[0] == 1.0
+    assert c.accuracy_source == ["honeypots", "honeypots"] and list(c.honeypots) == [40, 40]
+    expected = [(labels[:40, j] == gold[:40]).mean() for j in range(2)]
+    assert np.allclose(c.accuracy, expected)
+    assert "accuracy from honeypots: no task has a known label" not in c.unavailable
+
+
+def test_one_annotator_one_label_no_honeypot_says_what_it_cannot_give():
+    labels = np.array([[0], [1], [1], [MISSING]])
+    c = dawid_skene(labels, 2)
+    assert list(c.label) == [0, 1, 1, MISSING] and np.isnan(c.confidence).all() and np.isnan(c.accuracy).all()
+    assert c.method == "majority vote" and any("annotator accuracy" in u for u in c.unavailable)
+    report = quality_report(["ann"], ["a", "b"], labels, c, np.full((4, 1), np.nan), np.full(4, MISSING),
+                            np.zeros(4, bool), np.full(4, MISSING))
+    assert report["annotators"][0]["accuracy"] is None and report["krippendorff_alpha"] is None
+    assert any("Krippendorff" in u for u in report["unavailable"])
+    assert any("control" in u for u in report["unavailable"])
+    label, score = crowdlab(labels[:3], np.array([[0.8, 0.2], [0.3, 0.7], [0.9, 0.1]]))
+    assert list(label) == [0, 1, 1] and score[2] < score[1]  # one annotator: cleanlab's single-label score
+
+
+def test_the_model_as_a_voter_settles_one_label_tasks():
+    y = np.random.default_rng(7).integers(0, 2, 400)
+    labels = simulate(y, [0.8], 2, seed=8)
+    rng = np.random.default_rng(9)
+    says = np.where(rng.random(400) < 0.9, y, 1 - y)
+    probs = np.where(np.eye(2)[says] == 1, 0.9, 0.1)  # calibrated: right 90 % of the time, and says 0.9
+    c = dawid_skene(labels, 2, pred_probs=probs)
+    assert c.method == "dawid-skene + model" and abs(c.accuracy[0] - 0.8) < 0.06
+    assert (c.label == y).mean() > 0.85  # the model outvotes the annotator where it is surer
+    cl_label, cl_score = crowdlab(np.c_[labels, simulate(y, [0.8], 2, seed=10)], probs)
+    assert (cl_label == y).mean() > 0.75 and np.isfinite(cl_score).all()
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError):
+        dawid_skene(np.array([[0, 3]]), 2)
+    with pytest.raises(ValueError):
+        dawid_skene(np.array([[0, 1]]), 2, pred_probs=np.ones((2, 2)) / 2)
+
+
+def test_kappa_and_alpha_on_known_tables():
+    labels = np.array([[0, 0, 1], [1, 1, 0], [0, 0, 0], [1, 1, 1], [0, MISSING, 1]])
+    k = pairwise_kappa(labels)
+    assert k[0, 1] == pytest.approx(1.0) and k[1, 0] == k[0, 1]
+    assert k[0, 2] == pytest.approx((0.4 - 0.48) / (1 - 0.48))  # 0,1,0,1,0 vs 1,0,0,1,1: p_o = 0.4, p_e = 0.48
+    assert krippendorff_alpha(np.array([[0, 0], [1, 1], [0, 0]])) == pytest.approx(1.0)
+    assert krippendorff_alpha(np.array([[0, MISSING], [1, MISSING]])) is None
+    assert np.isnan(pairwise_kappa(np.array([[0, 0], [0, 0]]))[0, 1])  # one class only: undefined
+
+
+def test_speed_and_automation_bias():
+    sp = speed(np.array([[3.0, np.nan], [5.0, np.nan], [10.0, 2.0]]))
+    assert list(sp["median_s"][:1]) == [5.0] and sp["median_s"][1] == 2.0 and list(sp["timed"]) == [3, 1]
+    ref = np.array([0, 1, 0, 1, 0, 1])
+    shown = np.array([MISSING, MISSING, 1, 1, 1, 0])  # tasks 0, 1 blind; 2, 4, 5 show a wrong answer
+    control = shown == MISSING
+    gold = np.array([MISSING, MISSING, 0, 1, 0, 1])
+    labels = np.array([[0], [1], [1], [1], [1], [1]])  # right when blind, takes the wrong answer on 2 and 4
+    b = automation_bias(labels, ref, shown, control, gold)[0]
+    assert b["blind"]["rate"] == 1.0 and b["preannotated"]["rate"] == 0.5 and b["gap"] == -0.5
+    assert b["accepted_wrong"]["rate"] == pytest.approx(2 / 3) and b["accepted_wrong"]["n"] == 3
+
+
+def test_activelab_scores_a_disputed_task_before_a_settled_one():
+    labels = np.array([[0, 0], [0, 1], [1, 1]])
+    probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.1, 0.9]])
+    labelled, unlabelled = relabel_scores(labels, probs, np.array([[0.95, 0.05]]))
+    assert labelled[1] < labelled[0] and labelled[1] < labelled[2] and len(unlabelled) == 1
