@@ -83,17 +83,33 @@ def test_one_annotator_one_label_no_honeypot_says_what_it_cannot_give():
     assert list(label) == [0, 1, 1] and score[2] < score[1]  # one annotator: cleanlab's single-label score
 
 
-def test_the_model_as_a_voter_settles_one_label_tasks():
-    y = np.random.default_rng(7).integers(0, 2, 400)
-    labels = simulate(y, [0.8], 2, seed=8)
-    rng = np.random.default_rng(9)
-    says = np.where(rng.random(400) < 0.9, y, 1 - y)
-    probs = np.where(np.eye(2)[says] == 1, 0.9, 0.1)  # calibrated: right 90 % of the time, and says 0.9
+def calibrated_model(y: np.ndarray, right: float, seed: int) -> np.ndarray:
+    """Probabilities of a model that is right ``right`` of the time and says so (binary)."""
+    says = np.where(np.random.default_rng(seed).random(len(y)) < right, y, 1 - y)
+    return np.where(np.eye(2)[says] == 1, right, 1 - right)
+
+
+def test_the_model_as_a_voter_settles_disagreements():
+    y = np.random.default_rng(7).integers(0, 2, 600)
+    labels = simulate(y, [0.8, 0.8], 2, seed=8)
+    probs = calibrated_model(y, 0.9, seed=9)
     c = dawid_skene(labels, 2, pred_probs=probs)
-    assert c.method == "dawid-skene + model" and abs(c.accuracy[0] - 0.8) < 0.06
-    assert (c.label == y).mean() > 0.85  # the model outvotes the annotator where it is surer
-    cl_label, cl_score = crowdlab(np.c_[labels, simulate(y, [0.8], 2, seed=10)], probs)
-    assert (cl_label == y).mean() > 0.75 and np.isfinite(cl_score).all()
+    empirical = (labels == y[:, None]).mean(axis=0)
+    assert c.method == "dawid-skene + model" and np.abs(c.accuracy - empirical).max() < 0.05, (c.accuracy, empirical)
+    vote = majority_vote(labels, 2)
+    split = labels[:, 0] != labels[:, 1]
+    assert (c.label[split] == y[split]).mean() > 0.8  # a tie between the people: the model decides
+    assert (c.label == y).mean() > (vote == y).mean() + 0.05
+    cl_label, cl_score = crowdlab(labels, probs)
+    assert (cl_label == y).mean() > 0.85 and np.isfinite(cl_score).all()
+
+
+def test_a_model_alone_does_not_overrule_a_single_annotator():
+    y = np.random.default_rng(7).integers(0, 2, 200)
+    labels = simulate(y, [0.8], 2, seed=8)
+    c = dawid_skene(labels, 2, pred_probs=calibrated_model(y, 0.9, seed=9))
+    # one label per task fits any accuracy: the person's label stands, and nothing is estimated
+    assert (c.label == labels[:, 0]).all() and np.isnan(c.accuracy).all() and c.method == "majority vote"
 
 
 def test_bad_inputs_are_refused():

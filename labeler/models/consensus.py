@@ -9,11 +9,15 @@ Each annotator ``j`` has a confusion matrix ``pi_j[k, l] = P(j says l | true cla
     E:  T_ik  ∝  base_ik * prod_{j labelled i} pi_j[k, l_ij]
     M:  pi_j[k, l] = (a + sum_i T_ik [l_ij = l]) / (K a + sum_i T_ik [j labelled i])
 
-where ``base_i`` is the class prior ``rho`` (the mean of ``T``) without a model, and the model's calibrated
-``p(k | x_i)`` with one: its probability already holds the prior, so it enters as the task's prior, the
-calibrated voter CROWDLAB describes. Known labels fix ``T_i`` to their class (ground truth wins) and teach
-``pi`` the most. ``a`` (0.5) keeps an unseen (true, given) pair from a zero that no later evidence could
-move. The consensus label is ``argmax_k T_ik`` and its confidence ``max_k T_ik``.
+where ``base`` is the class prior ``rho`` (the mean of ``T``). The classifier's answer
+``argmax_k p(k | x_i)`` (out-of-fold) is one more voter whose confusion matrix EM fits like a person's:
+a weak model earns little weight, a good one settles the tasks where people split. (Its probabilities as
+the task's prior, CROWDLAB's choice, let a confident but wrong model outvote people once the annotators'
+accuracy drifted; :func:`crowdlab` runs that for comparison.) Known labels fix ``T_i`` to their class
+(ground truth wins) and teach ``pi`` the most. ``a`` keeps an unseen (true, given) pair from a zero that
+no later evidence could move; each annotator's matrix is shrunk toward a one-coin matrix of its own
+accuracy (:func:`fit_confusion`) and fitted only on tasks that identify it (:func:`informative`).
+The consensus label is ``argmax_k T_ik`` and its confidence ``max_k T_ik``.
 
 This module is pure (numpy in, numpy out) and below :mod:`labeler.studio`, whose label rule uses it.
 """
@@ -27,7 +31,7 @@ from scipy import stats
 
 MISSING = -1
 SMOOTHING = 0.5       # Dirichlet pseudo-count per (true, given) cell of a confusion matrix
-MODEL_FLOOR = 0.02    # the model's probabilities are clipped here: an over-confident model cannot outvote two people
+SHRINK = 5.0          # pseudo-labels per true class that pull an annotator's confusion toward the team's
 INTERVAL = 0.95       # level of the accuracy intervals
 
 
@@ -52,6 +56,7 @@ class Consensus:
     honeypots: np.ndarray
     method: str
     unavailable: list[str] = field(default_factory=list)
+    model_accuracy: float | None = None  # the classifier's, when its answers voted
 
 
 def majority_vote(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -84,12 +89,6 @@ def _check(labels: np.ndarray, n_classes: int, pred_probs: np.ndarray | None, go
     return labels, g
 
 
-def _model_prior(pred_probs: np.ndarray) -> np.ndarray:
-    """The model's probabilities clipped at MODEL_FLOOR and renormalised: ``max(p, f) / sum_k max(p_k, f)``."""
-    p = np.maximum(np.asarray(pred_probs, dtype=np.float64), MODEL_FLOOR)
-    return p / p.sum(axis=1, keepdims=True)
-
-
 def _e_step(labels: np.ndarray, log_pi: np.ndarray, base: np.ndarray, gold: np.ndarray) -> np.ndarray:
     """``T_ik ∝ base_ik prod_j pi_j[k, l_ij]`` in logs; known labels are one-hot."""
     logt = np.log(base).copy()
@@ -104,64 +103,115 @@ def _e_step(labels: np.ndarray, log_pi: np.ndarray, base: np.ndarray, gold: np.n
     return t
 
 
-def soft_confusion(labels: np.ndarray, posterior: np.ndarray, smoothing: float = 0.0) -> np.ndarray:
-    """(M, K, K) ``C_j[k, l] = (a + sum_i T_ik [l_ij = l]) / row sum``; rows without mass are nan (a = 0)."""
+def confusion_counts(labels: np.ndarray, posterior: np.ndarray) -> np.ndarray:
+    """(M, K, K) expected counts ``sum_i T_ik [l_ij = l]`` of (true k, given l) per annotator."""
     n_classes = posterior.shape[1]
-    out = np.full((labels.shape[1], n_classes, n_classes), np.nan)
+    out = np.zeros((labels.shape[1], n_classes, n_classes))
     for j in range(labels.shape[1]):
         seen = labels[:, j] != MISSING
-        counts = smoothing + posterior[seen].T @ np.eye(n_classes)[labels[seen, j]]
-        rows = counts.sum(axis=1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[j] = np.where(rows > 0, counts / np.where(rows > 0, rows, 1), np.nan)
+        out[j] = posterior[seen].T @ np.eye(n_classes)[labels[seen, j]]
     return out
 
 
-def _identifiable(labels: np.ndarray, pred_probs: np.ndarray | None, gold: np.ndarray) -> bool:
-    """A model of the annotators can be fitted with two labels of a task, a model, or a labelled honeypot."""
+def soft_confusion(labels: np.ndarray, posterior: np.ndarray) -> np.ndarray:
+    """(M, K, K) ``C_j[k, l] = sum_i T_ik [l_ij = l] / sum_i T_ik [j labelled i]``; rows without mass are nan."""
+    counts = confusion_counts(labels, posterior)
+    rows = counts.sum(axis=2, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rows > 0, counts / np.where(rows > 0, rows, 1), np.nan)
+
+
+def informative(labels: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """The tasks that say something of the annotators: two labels or more, or a labelled honeypot.
+
+    A task one person labelled fits any accuracy (its label can be right or wrong with any prior), so
+    EM on such tasks drifts; the confusion matrices are fitted on informative tasks only.
+    """
     per_task = (labels != MISSING).sum(axis=1)
-    return bool((per_task >= 2).any() or pred_probs is not None or ((gold != MISSING) & (per_task > 0)).any())
+    return (per_task >= 2) | ((gold != MISSING) & (per_task > 0))
+
+
+def one_coin(accuracy: np.ndarray, n_classes: int) -> np.ndarray:
+    """(M, K, K) matrices of annotators right with ``accuracy``, else any wrong class alike:
+    ``a`` on the diagonal, ``(1 - a) / (K - 1)`` off it."""
+    acc = np.asarray(accuracy, dtype=np.float64)[:, None, None]
+    eye = np.eye(n_classes)[None]
+    return acc * eye + (1 - acc) / max(n_classes - 1, 1) * (1 - eye)
+
+
+def fit_confusion(labels: np.ndarray, posterior: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(M, K, K) confusion matrices fitted on ``rows``, each shrunk toward a one-coin matrix:
+
+        a_j = (sum_k C_j[k, k] + S a) / (n_j + S),      a = the team's pooled accuracy
+        pi_j[k, l] = (C_j[k, l] + S one_coin(a_j)[k, l] + eps) / row sum
+
+    with ``C_j`` the expected counts on ``rows`` and ``S`` = :data:`SHRINK` pseudo-labels: a true class
+    an annotator was seldom seen on (with ten classes and a few overlapping tasks, most) is taken to be
+    labelled with that annotator's overall accuracy, not like a coin toss.
+    """
+    counts = confusion_counts(labels[rows], posterior[rows])
+    n_classes = posterior.shape[1]
+    right, seen = np.trace(counts, axis1=1, axis2=2), counts.sum(axis=(1, 2))
+    team = (right.sum() + SMOOTHING) / (seen.sum() + 2 * SMOOTHING)
+    own = (right + SHRINK * team) / (seen + SHRINK)
+    pi = counts + SHRINK * one_coin(own, n_classes) + 1e-3
+    return pi / pi.sum(axis=2, keepdims=True)
 
 
 def dawid_skene(labels: np.ndarray, n_classes: int, pred_probs: np.ndarray | None = None,
                 gold: np.ndarray | None = None, max_iter: int = 100, tol: float = 1e-6) -> Consensus:
     """Consensus labels and annotator quality by Dawid-Skene EM (see the module's docstring).
 
-    Starts from the majority vote (with the model's probabilities as one more vote). Degenerate
-    inputs still answer: with one label per task, no model and no honeypot, nothing tells a good
-    annotator from a bad one, so the label is the majority vote and confidence and accuracy are nan,
-    and ``unavailable`` says so.
+    Starts from the majority vote (the model's answer one more vote); the confusion
+    matrices are fitted on the :func:`informative` tasks. Degenerate inputs still answer: with no task
+    of two labels and no labelled honeypot, nothing tells a good annotator from a bad one, so the
+    label is the majority vote (one label: that label), confidence and accuracy are nan, and
+    ``unavailable`` says so.
     """
     labels, g = _check(labels, n_classes, pred_probs, gold)
-    if not _identifiable(labels, pred_probs, g):
+    rows = informative(labels, g)
+    if not rows.any():
         return _unfitted(labels, n_classes, g)
-    counts = vote_counts(labels, n_classes).astype(np.float64)
-    base = _model_prior(pred_probs) if pred_probs is not None else None
-    t = counts + (base if base is not None else 0) + 1e-9
+    people = labels.shape[1]
+    if pred_probs is not None:  # the model's answer is one more column, its confusion fitted like a person's
+        answer = np.asarray(pred_probs).argmax(axis=1)
+        labels = np.c_[labels, np.where((labels != MISSING).any(axis=1) | (g != MISSING), answer, MISSING)]
+    # start from the people's vote, the model's only breaking ties: starting with it as an equal lets EM
+    # settle on "the model is right, the people are noise"
+    t = vote_counts(labels[:, :people], n_classes) + 0.5 * vote_counts(labels[:, people:], n_classes) + 1e-9
     t /= t.sum(axis=1, keepdims=True)
     known = g != MISSING
     t[known] = np.eye(n_classes)[g[known]]
+    has = (labels[:, :people] != MISSING).any(axis=1) | known
     for _ in range(max_iter):
-        log_pi = np.log(soft_confusion(labels, t, SMOOTHING))
-        prior = base if base is not None else np.broadcast_to(t.mean(axis=0), t.shape)
-        new = _e_step(labels, log_pi, prior, g)
+        log_pi = np.log(fit_confusion(labels, t, rows))
+        prior = (t[has].sum(axis=0) + 1) / (has.sum() + n_classes)  # rho over every labelled task, Laplace
+        new = _e_step(labels, log_pi, np.broadcast_to(prior, t.shape), g)
         done = np.abs(new - t).max() < tol
         t = new
         if done:
             break
-    return _result(labels, t, g, "dawid-skene" + (" + model" if base is not None else ""))
+    result = _result(labels[:, :people], t, g, rows, "dawid-skene" + (" + model" if pred_probs is not None else ""))
+    if pred_probs is not None:
+        result.model_accuracy = annotator_accuracy(np.where(rows[:, None], labels[:, people:], MISSING), t, g)[0][0]
+    return result
 
 
-def _result(labels: np.ndarray, t: np.ndarray, gold: np.ndarray, method: str) -> Consensus:
-    """The fitted posterior turned into labels, confidences and per-annotator figures."""
+def _result(labels: np.ndarray, t: np.ndarray, gold: np.ndarray, rows: np.ndarray, method: str) -> Consensus:
+    """The fitted posterior turned into labels, confidences and per-annotator figures (accuracy and
+    confusion from the informative ``rows``: elsewhere an annotator's own label sways the posterior)."""
     has = ((labels != MISSING).sum(axis=1) > 0) | (gold != MISSING)
     label = np.where(has, t.argmax(axis=1), MISSING)
     confidence = np.where(has, t.max(axis=1), np.nan)
-    acc, low, high, source = annotator_accuracy(labels, t, gold)
+    acc, low, high, source = annotator_accuracy(np.where(rows[:, None], labels, MISSING), t, gold)
     unavailable = [] if (gold != MISSING).any() else ["accuracy from honeypots: no task has a known label"]
     if (labels != MISSING).sum(axis=1).max(initial=0) < 2:
         unavailable.append("agreement between annotators: no task has two annotations")
-    return Consensus(label, confidence, t, acc, low, high, source, soft_confusion(labels, t),
+    unseen = [j for j in range(labels.shape[1]) if not np.isfinite(acc[j]) and (labels[:, j] != MISSING).any()]
+    if unseen:
+        unavailable.append(f"accuracy of annotators {unseen} (columns): none of their tasks has a second label or a "
+                           "known one")
+    return Consensus(label, confidence, t, acc, low, high, source, soft_confusion(np.where(rows[:, None], labels, MISSING), t),
                      (labels != MISSING).sum(axis=0), ((labels != MISSING) & (gold != MISSING)[:, None]).sum(axis=0),
                      method, unavailable)
 

@@ -1,0 +1,146 @@
+"""A team of simulated annotators of known accuracies (``labeler simulate --annotators``, issue 22).
+
+Two questions, on a labelled folder whose labels are the truth:
+
+1. Consensus: every task gets ``per_task`` labels from distinct, randomly drawn annotators (right with
+   their accuracy, else a uniformly drawn wrong class). Measured against the truth: the majority vote
+   (ties broken at random), Dawid-Skene, Dawid-Skene with the classifier's out-of-fold probabilities as
+   one more voter, CROWDLAB (cleanlab), and the best annotator alone on the tasks it labelled; and how far
+   the estimated accuracies are from the true ones.
+2. Relabel or label new, at equal clicks: from ``start`` tasks labelled once, each round spends ``batch``
+   clicks on the tasks ActiveLab scores lowest (cleanlab ``get_active_learning_scores``), either among
+   labelled and unlabelled tasks (a labelled one goes to an annotator who has not seen it) or among the
+   unlabelled only. The same score ranks both, so the difference is the relabelling. Measured: the
+   accuracy of a classifier trained on the consensus labels, on a held-out part no one labels, and the
+   accuracy of the consensus labels themselves.
+
+The classifier is a logistic regression on frozen ImageNet features (:func:`imagenet_features`): the
+benchmark is about labels, not about the model, and it must run on a CPU in minutes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+
+from labeler.models.consensus import MISSING, crowdlab, dawid_skene, relabel_scores, vote_counts
+
+
+def annotate(y: np.ndarray, annotator: np.ndarray, accuracies: np.ndarray, n_classes: int,
+             rng: np.random.Generator) -> np.ndarray:
+    """The labels ``annotator[i]`` gives task ``i``: the truth with its accuracy, else a uniformly wrong class."""
+    wrong = (y + rng.integers(1, n_classes, len(y))) % n_classes
+    return np.where(rng.random(len(y)) < accuracies[annotator], y, wrong)
+
+
+def team_labels(y: np.ndarray, accuracies: list[float], per_task: int, n_classes: int, seed: int) -> np.ndarray:
+    """(N, M) labels: each task labelled by ``per_task`` distinct annotators drawn at random."""
+    rng = np.random.default_rng(seed)
+    acc = np.asarray(accuracies)
+    out = np.full((len(y), len(acc)), MISSING)
+    for i in range(len(y)):
+        who = rng.choice(len(acc), size=min(per_task, len(acc)), replace=False)
+        out[i, who] = annotate(np.full(len(who), y[i]), who, acc, n_classes, rng)
+    return out
+
+
+def random_tie_vote(labels: np.ndarray, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """The majority vote with ties broken at random (the fair baseline: a fixed tie rule favours a class)."""
+    counts = vote_counts(labels, n_classes) + rng.random((len(labels), n_classes)) * 0.5
+    out = counts.argmax(axis=1)
+    out[(labels != MISSING).sum(axis=1) == 0] = MISSING
+    return out
+
+
+def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, seed: int, folds: int = 5) -> np.ndarray:
+    """(N, K) probabilities of a logistic regression for each task from the folds it was not trained on."""
+    out = np.full((len(y), n_classes), 1 / n_classes)
+    k = min(folds, int(np.bincount(y, minlength=n_classes)[np.bincount(y, minlength=n_classes) > 0].min()))
+    if k < 2 or len(np.unique(y)) < 2:
+        return out
+    for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(features, y):
+        out[test] = _proba(_fit(features[train], y[train], seed), features[test], n_classes)
+    return out
+
+
+def _fit(x: np.ndarray, y: np.ndarray, seed: int) -> LogisticRegression:
+    return LogisticRegression(max_iter=2000, random_state=seed).fit(x, y)
+
+
+def _proba(model: LogisticRegression, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities over all ``n_classes`` (a class the fit never saw gets 0)."""
+    out = np.zeros((len(x), n_classes))
+    out[:, model.classes_] = model.predict_proba(x)
+    return out
+
+
+def compare_consensus(features: np.ndarray, y: np.ndarray, accuracies: list[float], per_task: int,
+                      n_classes: int, seed: int) -> dict:
+    """Question 1 for one seed: accuracy of each way to a label, and the estimated accuracies' error."""
+    labels = team_labels(y, accuracies, per_task, n_classes, seed)
+    rng = np.random.default_rng(seed)
+    vote = random_tie_vote(labels, n_classes, rng)
+    probs = out_of_fold(features, vote, n_classes, seed)
+    ds, ds_model = dawid_skene(labels, n_classes), dawid_skene(labels, n_classes, pred_probs=probs)
+    best = int(np.argmax(accuracies))
+    seen = labels[:, best] != MISSING
+    return {"seed": seed, "majority": float((vote == y).mean()), "dawid_skene": float((ds.label == y).mean()),
+            "dawid_skene_model": float((ds_model.label == y).mean()),
+            "crowdlab": float((crowdlab(labels, probs)[0] == y).mean()),
+            "best_single": float((labels[seen, best] == y[seen]).mean()),
+            "model_alone": float((probs.argmax(axis=1) == y).mean()),
+            "accuracy_error": float(np.abs(ds.accuracy - np.asarray(accuracies)).max()),
+            "accuracy_error_model": float(np.abs(ds_model.accuracy - np.asarray(accuracies)).max()),
+            "estimated": [round(float(a), 4) for a in ds_model.accuracy]}
+
+
+def consensus_of(features: np.ndarray, labels: np.ndarray, n_classes: int, seed: int,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(consensus labels, out-of-fold probabilities) of labelled tasks: the vote trains the out-of-fold
+    model, whose probabilities then vote in Dawid-Skene, as the service does with its classifier."""
+    vote = random_tie_vote(labels, n_classes, np.random.default_rng(seed))
+    probs = out_of_fold(features, vote, n_classes, seed)
+    return dawid_skene(labels, n_classes, pred_probs=probs).label, probs
+
+
+def _pick(labels: np.ndarray, pool: np.ndarray, features: np.ndarray, n_classes: int, k: int, relabel: bool,
+          seed: int) -> np.ndarray:
+    """The ``k`` tasks of ``pool`` whose next label ActiveLab values most (lowest score): unlabelled ones,
+    and with ``relabel`` also labelled ones that an annotator has not seen yet."""
+    done = (labels[pool] != MISSING).any(axis=1)
+    lab, unl = pool[done], pool[~done]
+    cons, oof = consensus_of(features[lab], labels[lab], n_classes, seed)
+    model = _fit(features[lab], cons, seed) if len(np.unique(cons)) > 1 else None
+    unl_probs = _proba(model, features[unl], n_classes) if model is not None else np.full((len(unl), n_classes), 1 / n_classes)
+    score_lab, score_unl = relabel_scores(labels[lab], oof, unl_probs)
+    open_lab = (labels[lab] == MISSING).any(axis=1) if relabel else np.zeros(len(lab), bool)
+    tasks = np.concatenate([lab[open_lab], unl])
+    scores = np.concatenate([score_lab[open_lab], score_unl])
+    return tasks[np.argsort(scores, kind="stable")[:k]]
+
+
+def relabel_run(features: np.ndarray, y: np.ndarray, accuracies: list[float], n_classes: int, clicks: int, start: int,
+                batch: int, test: np.ndarray, relabel: bool, seed: int) -> dict:
+    """Question 2 for one seed and one queue: ``clicks`` labels in all, ``start`` of them on random tasks."""
+    rng = np.random.default_rng(seed)
+    acc = np.asarray(accuracies)
+    pool = np.setdiff1d(np.arange(len(y)), test)
+    labels = np.full((len(y), len(acc)), MISSING)
+    used = 0
+    picked = rng.choice(pool, size=min(start, clicks), replace=False)
+    while len(picked):
+        for i in picked:
+            free = np.flatnonzero(labels[i] == MISSING)
+            j = int(rng.choice(free))
+            labels[i, j] = annotate(y[i:i + 1], np.array([j]), acc, n_classes, rng)[0]
+        used += len(picked)
+        k = min(batch, clicks - used)
+        picked = _pick(labels, pool, features, n_classes, k, relabel, seed) if k > 0 else np.zeros(0, int)
+    lab = pool[(labels[pool] != MISSING).any(axis=1)]
+    cons, _ = consensus_of(features[lab], labels[lab], n_classes, seed)
+    model = _fit(features[lab], cons, seed)
+    return {"queue": "relabel_or_new" if relabel else "new_only", "seed": seed, "clicks": used,
+            "tasks": len(lab), "second_opinions": used - len(lab),
+            "test_accuracy": float((model.predict(features[test]) == y[test]).mean()),
+            "label_accuracy": float((cons == y[lab]).mean())}
