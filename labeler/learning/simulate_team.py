@@ -139,8 +139,11 @@ def relabel_run(features: np.ndarray, y: np.ndarray, accuracies: list[float], n_
         picked = _pick(labels, pool, features, n_classes, k, relabel, seed) if k > 0 else np.zeros(0, int)
     lab = pool[(labels[pool] != MISSING).any(axis=1)]
     cons, _ = consensus_of(features[lab], labels[lab], n_classes, seed)
-    model = _fit(features[lab], cons, seed)
+    if len(np.unique(cons)) < 2:  # the consensus collapsed to one class: the classifier is that constant
+        test_accuracy = float((y[test] == cons[0]).mean())
+    else:
+        test_accuracy = float((_fit(features[lab], cons, seed).predict(features[test]) == y[test]).mean())
     return {"queue": "relabel_or_new" if relabel else "new_only", "seed": seed, "clicks": used,
             "tasks": len(lab), "second_opinions": used - len(lab),
-            "test_accuracy": float((model.predict(features[test]) == y[test]).mean()),
+            "test_accuracy": test_accuracy,
             "label_accuracy": float((cons == y[lab]).mean())}

@@ -31,6 +31,9 @@ from scipy import stats
 
 MISSING = -1
 SMOOTHING = 0.5       # Dirichlet pseudo-count per (true, given) cell of a confusion matrix
+# People are taken to be better than chance: without it EM on a few disputed tasks (those a relabelling
+# queue picks) can settle on the mirror image, every label flipped and every annotator "below chance".
+PRIOR_ACCURACY, PRIOR_LABELS = 0.8, 10.0
 SHRINK = 5.0          # pseudo-labels per true class that pull an annotator's confusion toward the team's
 INTERVAL = 0.95       # level of the accuracy intervals
 
@@ -142,7 +145,7 @@ def one_coin(accuracy: np.ndarray, n_classes: int) -> np.ndarray:
 def fit_confusion(labels: np.ndarray, posterior: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """(M, K, K) confusion matrices fitted on ``rows``, each shrunk toward a one-coin matrix:
 
-        a_j = (sum_k C_j[k, k] + S a) / (n_j + S),      a = the team's pooled accuracy
+        a_j = max((sum_k C_j[k, k] + S a) / (n_j + S), 1/K + 0.01),   a = (sum_j tr C_j + 10 * 0.8) / (n + 10)
         pi_j[k, l] = (C_j[k, l] + S one_coin(a_j)[k, l] + eps) / row sum
 
     with ``C_j`` the expected counts on ``rows`` and ``S`` = :data:`SHRINK` pseudo-labels: a true class
@@ -152,8 +155,8 @@ def fit_confusion(labels: np.ndarray, posterior: np.ndarray, rows: np.ndarray) -
     counts = confusion_counts(labels[rows], posterior[rows])
     n_classes = posterior.shape[1]
     right, seen = np.trace(counts, axis1=1, axis2=2), counts.sum(axis=(1, 2))
-    team = (right.sum() + SMOOTHING) / (seen.sum() + 2 * SMOOTHING)
-    own = (right + SHRINK * team) / (seen + SHRINK)
+    team = (right.sum() + PRIOR_LABELS * PRIOR_ACCURACY) / (seen.sum() + PRIOR_LABELS)
+    own = np.maximum((right + SHRINK * team) / (seen + SHRINK), 1 / n_classes + 0.01)  # better than chance
     pi = counts + SHRINK * one_coin(own, n_classes) + 1e-3
     return pi / pi.sum(axis=2, keepdims=True)
 
