@@ -72,6 +72,9 @@ class Settings:
     ray_address: str = ""                      # RAY_ADDRESS: the cluster a driver joins (head:6379, ray://..., auto)
     ray_api_server_address: str = ""           # RAY_API_SERVER_ADDRESS: its job server (http://head:8265)
     ray_train_gpus: float = 0.0                # LABELER_RAY_TRAIN_GPUS: GPUs a training job asks for (1: on a GPU worker)
+    # -- teams of annotators (README "Teams") --
+    control_rate: float = 0.0                  # LABELER_CONTROL_RATE: share of tasks the backend leaves blind (no prediction)
+    consensus_min_confidence: float = 0.7      # LABELER_CONSENSUS_MIN_CONFIDENCE: below it a consensus label is not clean
 
     _ENV = {
         "label_studio_url": "LABEL_STUDIO_URL", "label_studio_api_key": "LABEL_STUDIO_API_KEY",
@@ -93,7 +96,8 @@ class Settings:
         "keep_versions": "LABELER_KEEP_VERSIONS", "image_cache_mb": "LABELER_IMAGE_CACHE_MB",
         "image_ttl_s": "LABELER_IMAGE_TTL_S", "gpu_tier_gb": "LABELER_GPU_TIER_GB",
         "ray_address": "RAY_ADDRESS", "ray_api_server_address": "RAY_API_SERVER_ADDRESS",
-        "ray_train_gpus": "LABELER_RAY_TRAIN_GPUS",
+        "ray_train_gpus": "LABELER_RAY_TRAIN_GPUS", "control_rate": "LABELER_CONTROL_RATE",
+        "consensus_min_confidence": "LABELER_CONSENSUS_MIN_CONFIDENCE",
     }
 
     @classmethod
@@ -142,6 +146,8 @@ class Settings:
             ("max_request_mb", self.max_request_mb > 0, "positive"),
             ("max_tasks_per_predict", self.max_tasks_per_predict >= 1, "at least 1"),
             ("ray_train_gpus", self.ray_train_gpus >= 0, "0 or more"),
+            ("control_rate", 0 <= self.control_rate < 1, "in [0, 1)"),
+            ("consensus_min_confidence", 0 <= self.consensus_min_confidence <= 1, "in [0, 1]"),
         ]
         for name, ok, want in checks:
             if not ok:

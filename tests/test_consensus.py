@@ -147,3 +147,32 @@ def test_activelab_scores_a_disputed_task_before_a_settled_one():
     probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.1, 0.9]])
     labelled, unlabelled = relabel_scores(labels, probs, np.array([[0.95, 0.05]]))
     assert labelled[1] < labelled[0] and labelled[1] < labelled[2] and len(unlabelled) == 1
+
+
+def test_team_of_label_studio_tasks_ground_truth_wins_and_is_no_vote():
+    from labeler.labelconfig import parse_label_config
+    from labeler.studio.team import consensus_of, is_control, team_of
+
+    config = parse_label_config("<View><Image name='img' value='$image'/><Choices name='label' toName='img'>"
+                                "<Choice value='open'/><Choice value='closed'/></Choices></View>")
+
+    def ann(label, who, at, gt=False, lead=None):
+        return {"result": [{"type": "choices", "from_name": "label", "value": {"choices": [label]}}],
+                "completed_by": {"id": who, "email": f"{who}@x"}, "updated_at": at, "ground_truth": gt,
+                "lead_time": lead}
+
+    pred = {"result": [{"type": "choices", "from_name": "label", "value": {"choices": ["open"]}}]}
+    tasks = [{"id": 1, "annotations": [ann("open", "a", "1", lead=2.0), ann("closed", "a", "2", lead=4.0),
+                                       ann("open", "b", "1")], "predictions": [pred]},
+             {"id": 2, "annotations": [ann("open", "a", "1"), ann("open", "b", "1"), ann("closed", "lead", "3", gt=True)]},
+             {"id": 3, "annotations": []}]
+    team = team_of(tasks, config, known={3: "closed"})
+    assert team.names == ["a@x", "b@x"]  # the ground-truth annotation is the key, not a vote
+    assert team.labels.tolist() == [[1, 0], [0, 0], [MISSING, MISSING]]  # a's newest label of task 1 counts
+    assert team.lead_times[0, 0] == 4.0 and team.gold.tolist() == [MISSING, 1, 1] and team.shown.tolist() == [0, -1, -1]
+    by_task, c = consensus_of(team)
+    assert by_task[2].label == "closed" and by_task[2].known and by_task[2].annotators == ("a@x", "b@x")
+    assert by_task[3].label == "closed"  # a honeypot from the CSV, nobody labelled it yet
+    assert c.method == "dawid-skene"
+    share = np.mean([is_control(i, 0.1) for i in range(5000)])
+    assert 0.08 < share < 0.12 and is_control(17, 0.1) == is_control(17, 0.1) and not is_control(17, 0.0)

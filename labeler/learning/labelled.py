@@ -13,7 +13,8 @@ from labeler.labelconfig import LabelConfig
 from labeler.models.classifiers import Sample
 from labeler.models.predictor import Predictor, Scored
 from labeler.studio.client import Studio
-from labeler.studio.tasks import Labelled, labelled_tasks
+from labeler.studio.tasks import Labelled
+from labeler.studio.team import consensus_labelled
 
 
 @dataclass
@@ -28,8 +29,14 @@ class LabelledSet:
 
 
 def load_labelled(predictor: Predictor, studio: Studio, project: int, config: LabelConfig) -> LabelledSet:
-    """Fetch the labelled tasks, download and embed their images, attach zero-shot evidence."""
-    labelled, skipped, unlabelled = labelled_tasks(studio, project, config)
+    """Fetch the labelled tasks, download and embed their images, attach zero-shot evidence.
+
+    A task's label is its consensus (:mod:`labeler.studio.team`); one below the setting
+    ``consensus_min_confidence`` is not a clean label and counts as skipped."""
+    settings = getattr(predictor, "settings", None)
+    labelled, skipped, unlabelled = consensus_labelled(studio, project, config,
+                                                       getattr(settings, "consensus_min_confidence", 0.0),
+                                                       getattr(settings, "control_rate", 0.0))
     items = predictor.samples([lab.url for lab in labelled], studio.conn)
     bad = [(lab.task_id, it.error or "unreadable") for lab, it in zip(labelled, items) if it.sample is None]
     keep = [(lab, it) for lab, it in zip(labelled, items) if it.sample is not None]

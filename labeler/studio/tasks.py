@@ -136,6 +136,8 @@ class Labelled:
     url: str
     label: str                    # multi-label: the classes joined, "a;b" ("" for none of them)
     labels: tuple[str, ...] = ()  # the chosen classes (single choice: the one class)
+    confidence: float | None = None  # the consensus's (labeler.studio.team); None: not estimable
+    annotators: tuple[str, ...] = ()  # who labelled the task
 
 
 def labelled_tasks(studio: Studio, project: int, config: LabelConfig,

@@ -1,0 +1,142 @@
+"""A project's annotations as a team's: who labelled what, known labels, what was preselected (issue 22).
+
+Turns Label Studio tasks into the matrices :mod:`labeler.models.consensus` reads, and gives each task
+its consensus label, confidence and contributing annotators. Single-choice projects only: a multi-label
+project keeps :func:`labeler.studio.tasks.winning_annotation` (a label set per vote would make a class
+of every combination).
+
+Known labels: Label Studio's ``ground_truth`` annotations (set in its UI or API) and, optionally, a
+``known`` mapping of task id to class (a honeypot CSV). A ground-truth annotation is the key, not a
+vote: it is left out of the annotators' matrix. Control tasks (:func:`is_control`) are the ones the
+backend gives no pre-annotation, so the people label them blind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from labeler.labelconfig import LabelConfig
+from labeler.models.consensus import MISSING, Consensus, dawid_skene
+from labeler.studio.client import Studio
+from labeler.studio.tasks import Labelled, annotation_labels, iter_tasks, labelled_tasks
+
+
+def is_control(task_id: int, rate: float, salt: str = "control") -> bool:
+    """Whether a task is a blind control task: a stable hash of its id below ``rate`` (the backend and
+    the reports agree without keeping a list; a new rate changes which tasks are controls)."""
+    if rate <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(f"{salt}:{task_id}".encode()).digest()[:8], "big")
+    return h / 2**64 < rate
+
+
+def annotator_name(annotation: dict) -> str:
+    """Who made an annotation: the e-mail where Label Studio gives one, else the user id."""
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        return str(who.get("email") or who.get("id"))
+    return str(who) if who is not None else "unknown"
+
+
+@dataclass
+class Team:
+    """N tasks x M annotators: ``labels`` (class index or MISSING), ``lead_times`` (s, nan), per task the
+    ``gold`` class (MISSING), the ``shown`` (preselected) class, ``control`` flag, and task ``ids``."""
+
+    ids: list[int]
+    names: list[str]
+    classes: list[str]
+    labels: np.ndarray
+    lead_times: np.ndarray
+    gold: np.ndarray
+    shown: np.ndarray
+    control: np.ndarray
+
+
+def _shown(task: dict, config: LabelConfig) -> str | None:
+    """The class preselected on a task: its newest prediction's choice (None: no prediction)."""
+    preds = [p for p in task.get("predictions") or [] if isinstance(p, dict) and p.get("result")]
+    if not preds:
+        return None
+    choices = ((preds[-1]["result"][0] or {}).get("value") or {}).get("choices") or []
+    return choices[0] if len(choices) == 1 else None
+
+
+def team_of(tasks: Sequence[dict], config: LabelConfig, control_rate: float = 0.0,
+            known: Mapping[int, str] | None = None) -> Team:
+    """The team matrices of ``tasks`` (every annotation of each; an annotator's newest one per task)."""
+    classes, index = list(config.classes), {c: k for k, c in enumerate(config.classes)}
+    names: dict[str, int] = {}
+    cells: list[tuple[int, int, int, float]] = []
+    gold = np.full(len(tasks), MISSING)
+    shown = np.full(len(tasks), MISSING)
+    for i, t in enumerate(tasks):
+        for a in sorted(t.get("annotations") or [], key=lambda a: (a.get("updated_at") or "", a.get("id") or 0)):
+            lab = annotation_labels(a, config)
+            if lab is None or len(lab) != 1:
+                continue
+            if a.get("ground_truth"):
+                gold[i] = index[lab[0]]
+                continue
+            j = names.setdefault(annotator_name(a), len(names))
+            lead = a.get("lead_time")
+            cells.append((i, j, index[lab[0]], float(lead) if isinstance(lead, (int, float)) else np.nan))
+        if known and t.get("id") in known and known[t["id"]] in index:
+            gold[i] = index[known[t["id"]]]
+        s = _shown(t, config)
+        shown[i] = index.get(s, MISSING) if s is not None else MISSING
+    labels, lead_times = np.full((len(tasks), len(names)), MISSING), np.full((len(tasks), len(names)), np.nan)
+    for i, j, k, lead in cells:  # sorted by time: an annotator's newest label of a task wins
+        labels[i, j], lead_times[i, j] = k, lead
+    control = np.array([is_control(int(t["id"]), control_rate) for t in tasks], dtype=bool)
+    return Team([int(t["id"]) for t in tasks], list(names), classes, labels, lead_times, gold, shown, control)
+
+
+@dataclass
+class TaskConsensus:
+    label: str | None             # None: no usable label
+    confidence: float | None      # None: not estimable (one label per task, no model, no honeypot) or known label
+    annotators: tuple[str, ...]   # who labelled the task (ground truth not counted)
+    known: bool = False           # the label is a known one (ground truth or honeypot CSV)
+
+
+def consensus_of(team: Team, pred_probs: np.ndarray | None = None) -> tuple[dict[int, TaskConsensus], Consensus]:
+    """Each task's consensus (ground truth wins), and the fitted model of the annotators."""
+    c = dawid_skene(team.labels, len(team.classes), pred_probs=pred_probs, gold=team.gold)
+    out = {}
+    for i, tid in enumerate(team.ids):
+        who = tuple(team.names[j] for j in np.flatnonzero(team.labels[i] != MISSING))
+        k = int(c.label[i])
+        conf = float(c.confidence[i]) if np.isfinite(c.confidence[i]) else None
+        out[tid] = TaskConsensus(team.classes[k] if k != MISSING else None, conf, who, bool(team.gold[i] != MISSING))
+    return out, c
+
+
+def consensus_labelled(studio: Studio, project: int, config: LabelConfig, min_confidence: float = 0.0,
+                       control_rate: float = 0.0) -> tuple[list[Labelled], int, list[tuple[int, str]]]:
+    """:func:`labeler.studio.tasks.labelled_tasks` with the consensus as each task's label: (tasks with a
+    clean label, annotated tasks skipped (cancelled/empty, or a consensus below ``min_confidence``),
+    (task id, image URL) of the tasks nobody annotated). Multi-label projects keep the majority rule."""
+    if config.multiple:
+        return labelled_tasks(studio, project, config)
+    tasks = list(iter_tasks(studio, project))
+    by_task, _ = consensus_of(team_of(tasks, config, control_rate))
+    out, skipped, unlabelled = [], 0, []
+    for t in tasks:
+        ref = config.image_ref(t)
+        url = ref if isinstance(ref, str) else ""
+        if not t.get("total_annotations", 0):
+            if url:
+                unlabelled.append((t["id"], url))
+            continue
+        c = by_task[int(t["id"])]
+        low = not c.known and c.confidence is not None and c.confidence < min_confidence
+        if c.label is None or not url or low:
+            skipped += 1
+            continue
+        out.append(Labelled(t["id"], url, c.label, (c.label,), c.confidence, c.annotators))
+    return out, skipped, unlabelled
