@@ -284,6 +284,23 @@ def certify(project, url, api_key, model_dir) -> None:
 
 @main.command()
 @click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
+@click.option("--honeypots", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV of task_id,label known labels (besides Label Studio's ground-truth annotations).")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON (the admin page's data).")
+@with_studio
+def annotators(project, honeypots, as_json, url, api_key, model_dir) -> None:
+    """Annotator quality: accuracy with its interval, confusion, kappa, speed, automation bias."""
+    import json
+
+    from labeler.learning.team_report import project_report, read_known, report_text
+
+    s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
+    report = project_report(_studio(s), project, s.control_rate, read_known(honeypots))
+    click.echo(json.dumps(report, indent=2) if as_json else "\n".join(report_text(report)))
+
+
+@main.command()
+@click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
 @click.option("--no-publish", is_flag=True, help="Only print; do not create the Label Studio tab.")
 @with_studio
 def review(project, no_publish, url, api_key, model_dir) -> None:

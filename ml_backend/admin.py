@@ -65,3 +65,16 @@ def data_map(project: str):
     resp.headers["Content-Security-Policy"] = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
                                                "script-src 'unsafe-inline'")
     return resp
+
+
+@bp.get("/projects/<project>/annotators")
+def annotators(project: str):
+    """Annotator quality (``labeler annotators --json``): accuracy, confusion, kappa, speed, automation bias."""
+    from labeler.learning.team_report import project_report
+
+    st = state()
+    key = check_project(project)
+    studio = st.studio(key)
+    if studio is None:
+        return bad_request(f"project {key} has no known Label Studio (connect the backend, or set LABEL_STUDIO_URL)", 409)
+    return jsonify(project_report(studio, int(key), st.settings.control_rate))

@@ -176,3 +176,17 @@ def test_team_of_label_studio_tasks_ground_truth_wins_and_is_no_vote():
     assert c.method == "dawid-skene"
     share = np.mean([is_control(i, 0.1) for i in range(5000)])
     assert 0.08 < share < 0.12 and is_control(17, 0.1) == is_control(17, 0.1) and not is_control(17, 0.0)
+
+
+def test_report_text_names_what_is_missing():
+    from labeler.learning.team_report import report_text
+
+    y = np.random.default_rng(11).integers(0, 2, 200)
+    labels = simulate(y, [0.95, 0.85, 0.75], 2, seed=12)
+    c = dawid_skene(labels, 2)
+    report = quality_report(["a", "b", "c"], ["open", "closed"], labels, c, np.full(labels.shape, 3.0),
+                            np.full(200, MISSING), np.zeros(200, bool), np.full(200, MISSING))
+    text = "\n".join(report_text(report))
+    assert "consensus model" in text and "kappa a: b" in text and "Krippendorff's alpha: 0." in text
+    assert "not available: accuracy on blind control tasks" in text
+    assert report["annotators"][0]["median_lead_time_s"] == 3.0 and report["tasks_with_overlap"] == 200
