@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, jsonify, render_template_string, reque
 from labeler.errors import LabelerError
 from labeler.labelconfig import LabelConfigError, parse_label_config
 from labeler.models.predictor import project_key
+from labeler.studio.team import is_control
 
 from .auth import admin_ok, webhook_ok
 from .queuehook import after_predict
@@ -99,12 +100,19 @@ def predict():
     if not st.predict_slots.acquire(timeout=PREDICT_QUEUE_WAIT_S):
         st.counters["predict_busy"] += 1
         return bad_request("busy: too many predictions at once, retry", 503)
+    # Blind control tasks (LABELER_CONTROL_RATE) get an empty entry, as deferred ones do: Label Studio stores
+    # no prediction, so people label them with nothing preselected (automation bias is measured on them).
+    blind = [isinstance(t, dict) and isinstance(t.get("id"), int) and is_control(t["id"], st.settings.control_rate)
+             for t in tasks]
     try:
-        results = st.predictor.predictions(tasks, config, project, st.connection(project))
+        results = st.predictor.predictions([t for t, b in zip(tasks, blind) if not b], config, project,
+                                           st.connection(project))
     except ValueError as exc:
         return bad_request(str(exc), 409)
     finally:
         st.predict_slots.release()
+    st.counters["tasks_blind_controls"] += sum(blind)
+    tasks = [t for t, b in zip(tasks, blind) if not b]
     st.counters["predict_requests"] += 1
     st.counters["tasks_predicted"] += sum(1 for r in results if r["result"])
     st.counters["tasks_failed"] += sum(1 for r in results if not r["result"])
@@ -114,7 +122,8 @@ def predict():
     after_predict(st, project, tasks, config, results)  # the "Next to label" tab, in the background
     if rest:
         st.preannotate_later(project, rest)
-    return jsonify({"results": results + [[] for _ in rest]})
+    answers = iter(results)
+    return jsonify({"results": [[] if b else next(answers) for b in blind] + [[] for _ in rest]})
 
 
 @bp.post("/webhook")

@@ -62,6 +62,7 @@ class BackendState:
         self.synced_versions: dict[str, str] = {}
         self.latencies: deque[float] = deque(maxlen=1000)
         self.counters = {"predict_requests": 0, "tasks_predicted": 0, "tasks_failed": 0, "predict_busy": 0,
+                         "tasks_blind_controls": 0,
                          "tasks_deferred": 0, "tasks_not_deferred": 0}
         self.started = time.time()
         self.predict_slots = threading.BoundedSemaphore(settings.max_concurrent_predicts)

@@ -190,3 +190,23 @@ def test_report_text_names_what_is_missing():
     assert "consensus model" in text and "kappa a: b" in text and "Krippendorff's alpha: 0." in text
     assert "not available: accuracy on blind control tasks" in text
     assert report["annotators"][0]["median_lead_time_s"] == 3.0 and report["tasks_with_overlap"] == 200
+
+
+def test_predict_leaves_blind_control_tasks_without_a_prediction(tmp_path):
+    import base64
+
+    from labeler.config import Settings
+    from labeler.dev.demo import template
+    from labeler.studio.team import is_control
+    from ml_backend import create_app
+
+    app = create_app(Settings(model_dir=tmp_path, zeroshot_model=None, control_rate=0.3, basic_auth_user="ls",
+                              basic_auth_pass="pw"), load_in_background=False)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"ls:pw").decode()}
+    tasks = [{"id": i, "data": {"image": "data:image/png;base64,AAAA"}} for i in range(40)]
+    r = app.test_client().post("/predict", headers=auth, json={"tasks": tasks, "label_config": template("binary"),
+                                                               "project": "1.1"})
+    controls = [is_control(i, 0.3) for i in range(40)]
+    assert 0 < sum(controls) < 40
+    assert [res == [] for res in r.json["results"]] == controls  # nothing for Label Studio to store on a control
+    assert all(res["result"] == [] for res, c in zip(r.json["results"], controls) if not c)  # (no model here)

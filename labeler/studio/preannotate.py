@@ -33,6 +33,7 @@ from labeler.studio.tasks import (
     set_model_version,
     uncertainty_view,
 )
+from labeler.studio.team import is_control
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,8 @@ def _preannotate(studio: Studio, project: int, predictor: Predictor, only_missin
     if task_ids is not None:
         wanted = set(task_ids)
         todo = [t for t in todo if t.get("id") in wanted]
+    rate = getattr(predictor.settings, "control_rate", 0.0)
+    todo = [t for t in todo if not is_control(int(t["id"]), rate)]  # blind controls: never pre-annotated
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     urls = lambda b: [config.image_ref(t) for t in b]  # noqa: E731
     bar = tqdm(total=len(todo), desc=f"pre-annotating project {project}", unit="task", disable=not progress)
