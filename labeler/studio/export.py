@@ -55,6 +55,7 @@ from labeler.studio.tasks import (
     project_config,
     winning_annotation,
 )
+from labeler.studio.team import annotator_name, consensus_of, team_of
 
 STUDIO_FORMATS = {"JSON", "JSON_MIN", "CSV", "COCO"}
 FORMATS = ("imagefolder", "csv", "jsonl", *sorted(STUDIO_FORMATS))
@@ -98,6 +99,9 @@ class Row:
     predicted: tuple[str, ...] | None = None  # multi-label: the predicted classes (None: no prediction)
     source: str | None = None                 # finished exports: person, model or needs_person
     model_version: str | None = None          # finished exports: the version of prediction and score
+    consensus_confidence: float | None = None  # the consensus's (labeler.studio.team); None: not estimable
+    annotators: tuple[str, ...] = ()          # everyone who labelled the task (ground truth not counted)
+    annotations: list[dict] | None = None     # jsonl: every annotation (annotator, label, ground truth, lead time)
 
     def record(self, multilabel: bool = False) -> dict:
         """The manifest record; multi-label rows carry ``labels`` and ``prediction`` as lists."""
@@ -113,6 +117,9 @@ class Row:
             rec = {"task_id": self.task_id, "image": self.image, "label": self.label, "annotator": self.annotator,
                    "annotated_at": self.annotated_at, "prediction": self.prediction, "score": self.score,
                    "agree": agree}
+        extra: dict = {"consensus_confidence": self.consensus_confidence, "annotators": list(self.annotators),
+                       "annotations": self.annotations or []}
+        rec.update(extra)
         if self.source is not None:
             rec.update(source=self.source, model_version=self.model_version)
             if self.source == "model":
@@ -163,9 +170,15 @@ def _rows(studio: Studio, project: int, config: LabelConfig, only_annotated: boo
           summary: ExportSummary, finished: Finished | None = None) -> list[Row]:
     version = studio.projects.get(id=project).model_version
     rows = []
-    for t in iter_tasks(studio, project):
+    tasks = list(iter_tasks(studio, project))
+    consensus = {} if config.multiple else consensus_of(team_of(tasks, config))[0]  # the label of every task
+    for t in tasks:
         anns = t.get("annotations") or []
         winner = winning_annotation(anns, config)
+        agreed = consensus.get(int(t["id"]))
+        if agreed is not None and agreed.label is not None:  # a winner that gave the consensus label
+            winner = max((a for a in anns if annotation_label(a, config) == agreed.label), default=winner,
+                         key=lambda a: (bool(a.get("ground_truth")), a.get("updated_at") or "", a.get("id") or 0))
         label = annotation_label(winner, config) if winner is not None else None
         labels = annotation_labels(winner, config) if winner is not None and config.multiple else None
         preds = [p for p in t.get("predictions") or [] if p.get("result")]
@@ -191,10 +204,19 @@ def _rows(studio: Studio, project: int, config: LabelConfig, only_annotated: boo
         ref = config.image_ref(t)
         rows.append(Row(t["id"], ref if isinstance(ref, str) else None, label, annotator,
                         (winner or {}).get("updated_at"), pred_label, score, labels, predicted, source,
-                        pred_version if source is not None else None))
+                        pred_version if source is not None else None,
+                        agreed.confidence if agreed is not None else None,
+                        agreed.annotators if agreed is not None else (), _annotations(anns, config)))
         if source is not None:
             summary.sources[source] += 1
     return rows
+
+
+def _annotations(anns: list[dict], config: LabelConfig) -> list[dict]:
+    """Every annotation of a task, as the jsonl keeps it (cancelled ones too, with label None)."""
+    return [{"annotator": annotator_name(a), "label": annotation_label(a, config), "ground_truth": bool(a.get("ground_truth")),
+             "lead_time": a.get("lead_time"), "updated_at": a.get("updated_at"), "cancelled": bool(a.get("was_cancelled"))}
+            for a in anns]
 
 
 def _split(labels: list[str], fractions: tuple[float, float, float], seed: int) -> list[str]:
@@ -356,8 +378,10 @@ def _imagefolder(rows: list[Row], tmp: Path, fetcher: Fetcher, split, seed, work
     bar.close()
 
 
-SINGLE_COLUMNS = ["task_id", "image", "label", "annotator", "annotated_at", "prediction", "score", "agree"]
-MULTI_COLUMNS = ["task_id", "image", "labels", "annotator", "annotated_at", "prediction", "score", "agree"]
+SINGLE_COLUMNS = ["task_id", "image", "label", "annotator", "annotated_at", "prediction", "score", "agree",
+                  "consensus_confidence", "annotators"]
+MULTI_COLUMNS = ["task_id", "image", "labels", "annotator", "annotated_at", "prediction", "score", "agree",
+                 "consensus_confidence", "annotators"]
 FINISHED_COLUMNS = ["source", "model_version"]
 
 
@@ -371,7 +395,8 @@ def _manifest(rows: list[Row], tmp: Path, fmt: str, multilabel: bool = False, na
         return
     columns = MULTI_COLUMNS if multilabel else SINGLE_COLUMNS
     with (tmp / f"{name}.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns + FINISHED_COLUMNS if provenance else columns)
+        writer = csv.DictWriter(f, fieldnames=columns + FINISHED_COLUMNS if provenance else columns,
+                                extrasaction="ignore")  # every annotation is the jsonl's
         writer.writeheader()
         writer.writerows({k: join_labels(v) if isinstance(v, list) else v for k, v in rec.items()}
                          for rec in records)
