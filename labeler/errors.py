@@ -76,3 +76,9 @@ class SetupRefused(LabelerError):
 class NoRoomForModel(LabelerError):
     """The disk of the model hub's cache cannot hold a model download (refused before it starts)."""
     status = 507
+
+
+class DiskFull(LabelerError, OSError):
+    """A write ran out of disk space or quota; the message says what was being written and where.
+    The write's partial files are removed before this is raised (:func:`labeler.fsutil.disk_full_says`)."""
+    status = 507

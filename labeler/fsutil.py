@@ -1,13 +1,53 @@
 """Crash-safe file writes: write a temp file, fsync it, rename it into place, fsync the folder.
 
-The one home of atomic writes (registry pointers, job state, version metadata).
+The one home of atomic writes (registry pointers, job state, version metadata), and of what a full
+disk means (:func:`is_disk_full`, :func:`disk_full_says`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import sqlite3
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from labeler.errors import DiskFull
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for a write that ran out of space or quota (an OSError, or SQLite's "disk is full")."""
+    if isinstance(exc, OSError):
+        return isinstance(exc, DiskFull) or exc.errno in _NO_SPACE
+    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
+
+
+def _free(where: Path) -> str:
+    for p in (where, *where.parents):
+        try:
+            return f"{shutil.disk_usage(p).free / 2**20:.1f} MiB free"
+        except OSError:
+            continue
+    return "free space unknown"
+
+
+@contextmanager
+def disk_full_says(what: str, where: str | Path) -> Iterator[None]:
+    """Raise a write that ran out of space as :class:`DiskFull`: "disk full: <what> could not be
+    written to <where> (N MiB free)". The caller removes its partial files (its own ``except``/``finally``)."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFull(f"disk full: {what} could not be written to {where} ({_free(Path(where))})") from exc
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -34,18 +74,19 @@ def fsync_tree(folder: str | Path) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace ``path`` with ``text`` so that readers see the old or the new content, never a mix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with disk_full_says(path.name, path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
 
 
 def remove_temp_files(folder: str | Path) -> int:

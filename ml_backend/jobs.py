@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Protocol
 
 from labeler.config import Settings
+from labeler.errors import DiskFull, StudioError
 from labeler.fsutil import atomic_write_text
 from labeler.ids import check_project
 from labeler.models.predictor import Predictor
-from labeler.studio.client import Studio
+from labeler.studio.client import Studio, unreachable
 from labeler.studio.tasks import report_to_model_card
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,17 @@ class _JobRecords:
             st = self._states.setdefault(project, self.state_from_disk(project))
             st.update(values, updated=time.time())
             snapshot = dict(st)
-        atomic_write_text(self._file(project), json.dumps(snapshot, indent=2))
+        try:
+            atomic_write_text(self._file(project), json.dumps(snapshot, indent=2))
+        except DiskFull as exc:  # the job goes on: its state is in memory, only a restart would lose it
+            log.warning("project %s: %s", project, exc)
         return snapshot
 
 
 class TrainingJobs(_JobRecords):
     FILE = "job.json"
+    RESUME_POLL_S = 5.0        # a job that failed on an unreachable Label Studio checks it this often
+    RESUME_FOR_S = 15 * 60.0   # and runs again when it answers within this long
 
     def __init__(self, settings: Settings, predictor: Predictor,
                  studio: Callable[[str], Studio | None]) -> None:
@@ -114,6 +120,7 @@ class TrainingJobs(_JobRecords):
         self.predictor = predictor
         self.studio = studio
         self._rerun: set[str] = set()
+        self._resuming: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=settings.train_workers, thread_name_prefix="train")
         self._recover()
 
@@ -176,8 +183,10 @@ class TrainingJobs(_JobRecords):
                 self._train_and_refresh(project, trigger, train)
             except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never fatal
                 log.error("training project %s failed: %s\n%s", project, exc, traceback.format_exc())
-                self._set(project, status="failed", error=f"{type(exc).__name__}: {exc}", step=None,
-                          finished=time.time())
+                error = f"{type(exc).__name__}: {exc}"
+                if unreachable(exc):
+                    error = self._resume_when_back(project, train, exc)
+                self._set(project, status="failed", error=error, step=None, finished=time.time())
             report_to_model_card(self.studio(project), project, self.state(project), self.predictor)
             with self._lock:
                 if project not in self._rerun:
@@ -185,6 +194,39 @@ class TrainingJobs(_JobRecords):
                 self._rerun.discard(project)
             trigger, train = "queued while a job was running", True
             self._set(project, status="queued", trigger=trigger, job_id=uuid.uuid4().hex[:12])
+
+    def _resume_when_back(self, project: str, train: bool, exc: BaseException) -> str:
+        """The job failed because Label Studio did not answer: watch its ``/health`` and run the job
+        again when it answers (a pending refresh first), for up to ``RESUME_FOR_S``; returns the job's error."""
+        studio = self.studio(project)
+        where = studio.url if studio is not None else "the project's Label Studio"
+        with self._lock:
+            if project in self._resuming:
+                return f"Label Studio at {where} is unreachable ({exc}); waiting for it to answer"
+            self._resuming.add(project)
+
+        def watch() -> None:
+            end = time.monotonic() + self.RESUME_FOR_S
+            try:
+                while time.monotonic() < end:
+                    time.sleep(self.RESUME_POLL_S)
+                    found = self.studio(project)
+                    if found is None:
+                        return
+                    try:
+                        found.check()
+                    except StudioError:
+                        continue
+                    log.info("project %s: Label Studio answers again: resuming the failed job", project)
+                    self.submit(project, "resumed: Label Studio answers again", train=train)
+                    return
+            finally:
+                with self._lock:
+                    self._resuming.discard(project)
+
+        threading.Thread(target=watch, name=f"resume-{project}", daemon=True).start()
+        return (f"Label Studio at {where} is unreachable ({type(exc).__name__}: {exc}); the job runs again "
+                f"when it answers (checked every {self.RESUME_POLL_S:g} s for {self.RESUME_FOR_S / 60:g} min)")
 
     def _train_and_refresh(self, project: str, trigger: str, train: bool) -> None:
         from labeler.learning.training import train_project
@@ -212,7 +254,8 @@ class TrainingJobs(_JobRecords):
         from labeler.studio.preannotate import preannotate
 
         self._set(project, step="refreshing predictions", refresh_pending=version)
-        rep = preannotate(studio, int(project), self.predictor, progress=False)
+        rep = preannotate(studio, int(project), self.predictor, progress=False,
+                          batch_size=self.predictor.settings.batch_size)
         self._set(project, refresh_pending=None, refreshed_version=version)
         return {"predicted": rep.predicted, "failed": len(rep.failed)}
 

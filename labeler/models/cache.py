@@ -34,12 +34,14 @@ file at all.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -47,12 +49,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from labeler.errors import DiskFull
+from labeler.fsutil import disk_full_says
 from labeler.media.images import content_key  # noqa: F401 - imported from here too
 
 if TYPE_CHECKING:
     from labeler.models.devicetier import DeviceTier
     from labeler.models.zeroshot import ImageEmbeddings
 
+log = logging.getLogger(__name__)
 _MAGIC = b"\x93NUMPY"
 _HEADER = re.compile(r"^\{'descr': '<f2', 'fortran_order': False, 'shape': \((\d+), (\d+)\), \}\s*$")
 
@@ -83,6 +88,16 @@ def read_entry(path: str | Path) -> np.memmap:
     if os.path.getsize(path) != start + hlen + 2 * shape[0] * shape[1] or shape[0] < 2:
         raise ValueError(f"{path}: truncated or malformed entry")
     return np.memmap(path, dtype="<f2", mode="r", offset=start + hlen, shape=shape)
+
+
+_last_warning = [0.0]
+
+
+def warn_disk_full(exc: DiskFull, every_s: float = 60.0) -> None:
+    """Log a skipped cache write, at most once per ``every_s`` (a full disk fails every write)."""
+    if time.monotonic() - _last_warning[0] >= every_s:
+        _last_warning[0] = time.monotonic()
+        log.warning("%s; predictions go on without caching until there is room", exc)
 
 
 class EmbeddingCache:
@@ -207,13 +222,23 @@ class EmbeddingCache:
         self._pending = []
 
     def _write(self, key: str, row: np.ndarray) -> None:
-        """Atomically (temp file + rename): a crash never leaves a torn entry."""
+        """Atomically (temp file + rename): a crash never leaves a torn entry. A full disk skips the
+        entry (its temp file removed, a warning logged): the cache saves work, it is never the answer."""
         path = self._path(key)
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, row)
-        os.replace(tmp, path)
+        try:
+            with disk_full_says("the embedding cache", self.dir):
+                path.parent.mkdir(exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        np.save(f, row)
+                    os.replace(tmp, path)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+        except DiskFull as exc:
+            warn_disk_full(exc)
+            return
         with self._lock:
             if self._size is None:
                 self._size = self.size_bytes()
@@ -245,6 +270,7 @@ class _SqliteMemo:
     _CHUNK = 400  # keys per query, under SQLite's bound-variable limit
 
     def __init__(self, path: str | Path, schema: str) -> None:
+        self.path = Path(path)
         self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
@@ -261,10 +287,17 @@ class _SqliteMemo:
         return out
 
     def _write(self, sql: str, rows: list[tuple]) -> None:
+        """One transaction; a full disk rolls it back and skips the rows (a warning logged)."""
         with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(sql, rows)
-            self._db.execute("COMMIT")
+            try:
+                with disk_full_says("the score memo", self.path):
+                    self._db.execute("BEGIN")
+                    self._db.executemany(sql, rows)
+                    self._db.execute("COMMIT")
+            except DiskFull as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                warn_disk_full(exc)
 
 
 class LogitCache(_SqliteMemo):

@@ -34,7 +34,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from labeler.errors import RegistryError
-from labeler.fsutil import atomic_write_text, fsync_dir, fsync_tree, remove_temp_files
+from labeler.fsutil import atomic_write_text, disk_full_says, fsync_dir, fsync_tree, remove_temp_files
 from labeler.ids import PROJECT_RE, VERSION_RE, check_project, check_version  # noqa: F401 - imported from here too
 
 
@@ -70,8 +70,15 @@ class Registry:
         visible until ``write`` has returned and the folder is renamed in place.
         """
         vdir = self.versions_dir(project)
-        vdir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=vdir, prefix=".tmp-"))
+        with disk_full_says(f"a new model version of project {project}", vdir):
+            vdir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=vdir, prefix=".tmp-"))
+            name = self._add(project, write, prefix, vdir, tmp)
+        self.prune(project)
+        return name
+
+    def _add(self, project: str, write: Callable[[Path], dict], prefix: str, vdir: Path, tmp: Path) -> str:
+        """:meth:`add` in the temp folder ``tmp``: removed on any failure, renamed into place on success."""
         try:
             meta = dict(write(tmp) or {})
             kind = version_kind(meta)
@@ -87,7 +94,6 @@ class Registry:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self.prune(project)
         return name
 
     def prune(self, project: str) -> list[str]:

@@ -15,7 +15,9 @@ for a task ``/predict`` just scored), records what the queue needs (:class:`~lab
 makes the "Least confident first" tab and publishes "Next to label" first with the model's answers
 (:func:`~labeler.studio.queue.refresh`). It holds the project's pre-annotation lock, the one
 ``labeler preannotate`` holds, so the two never write the queue's state at once; a busy lock puts
-the publish off. A failed publish is logged, never raised: predictions matter more than the tab.
+the publish off, and so does an unreachable Label Studio (it may be restarting: the publish is tried again
+every ``UNREACHABLE_RETRY_S``). Any other failed publish is logged, never raised: predictions matter more than
+the tab.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from filelock import FileLock, Timeout
 
 from labeler.labelconfig import LabelConfig
 from labeler.models.predictor import Predictor
-from labeler.studio.client import Studio
+from labeler.studio.client import Studio, unreachable
 from labeler.studio.queue import QueueReport, Recorder, annotated_tasks, refresh
 from labeler.studio.tasks import uncertainty_view
 
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 QUIET_S = 2.0          # publish this long after the last /predict of a project
 MIN_INTERVAL_S = 15.0  # and at most once per this long per project
 BUSY_RETRY_S = 30.0    # a pre-annotation holds the project's lock: try again after this
+UNREACHABLE_RETRY_S = 10.0  # Label Studio did not answer: try again after this (until it does)
 SCORE_BATCH = 64
 
 
@@ -166,10 +169,18 @@ class QueuePublisher:
             log.info("project %s: queue published after /predict of %d tasks in %.1f s", project,
                      len(pending.refs), time.perf_counter() - t)
         except Timeout:  # a pre-annotation runs: put the publish off, merged with what came since
-            with self._cond:
-                later = self._pending.setdefault(project, _Pending(pending.config))
-                later.refs = {**pending.refs, **later.refs}
-                later.due = max(later.due, time.monotonic() + BUSY_RETRY_S)
+            self._put_off(project, pending, BUSY_RETRY_S)
             log.info("project %s: a pre-annotation holds the project: publishing the queue later", project)
         except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors; never fatal
+            if unreachable(exc):  # Label Studio restarts: publish again later, merged with what came since
+                self._put_off(project, pending, UNREACHABLE_RETRY_S)
+                log.warning("project %s: Label Studio is unreachable: publishing the queue again in %g s (%s)",
+                            project, UNREACHABLE_RETRY_S, exc)
+                return
             log.error("project %s: could not publish the labelling queue after /predict: %s", project, exc)
+
+    def _put_off(self, project: str, pending: _Pending, delay_s: float) -> None:
+        with self._cond:
+            later = self._pending.setdefault(project, _Pending(pending.config))
+            later.refs = {**pending.refs, **later.refs}
+            later.due = max(later.due, time.monotonic() + delay_s)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import requests
 from label_studio_sdk import LabelStudio
 
@@ -87,3 +88,15 @@ class Studio(LabelStudio):
         if resp.status_code >= 400:
             raise StudioError(f"{what or 'GET ' + path} failed: HTTP {resp.status_code} {resp.text[:200]}")
         return resp.json()
+
+
+def unreachable(exc: BaseException | None) -> bool:
+    """True when ``exc``, or an exception it was raised from, is a failure to reach a server at all
+    (refused, reset, timed out), as opposed to an answer that refused the request. The SDK raises
+    httpx's errors and :meth:`Studio.request` wraps requests' in :class:`StudioError`."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, (httpx.TransportError, requests.ConnectionError, requests.Timeout)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

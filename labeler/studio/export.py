@@ -41,7 +41,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from labeler.errors import LabelConfigError
-from labeler.fsutil import fsync_dir
+from labeler.fsutil import disk_full_says, fsync_dir
 from labeler.labelconfig import LabelConfig
 from labeler.media.fetching import Fetcher, FetchPolicy
 from labeler.media.images import ImageError, open_checked
@@ -290,10 +290,7 @@ def export(studio: Studio, project: int, fmt: str, out: Path,
     ``data:`` URLs only) and decoded; what is not an image is skipped.
     ``finished``: the finished dataset, every task with its provenance (see the module docstring).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if finished is not None and fmt in STUDIO_FORMATS:
-        raise ValueError(f"a finished export is csv, jsonl or imagefolder, not Label Studio's {fmt}")
+    _check_format(fmt, finished)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _recover(out)
@@ -327,9 +324,17 @@ def export(studio: Studio, project: int, fmt: str, out: Path,
         _describe(tmp, project, fmt, only_annotated and finished is None, split, summary, finished)
         _swap_in(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk, a failed download: nothing half-written stays
+        with disk_full_says(f"the export of project {project} (the partial files are removed)", out.parent):
+            raise
     return summary
+
+
+def _check_format(fmt: str, finished: Finished | None) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if finished is not None and fmt in STUDIO_FORMATS:
+        raise ValueError(f"a finished export is csv, jsonl or imagefolder, not Label Studio's {fmt}")
 
 
 def _describe(tmp: Path, project: int, fmt: str, only_annotated: bool, split: tuple[float, float, float] | None,

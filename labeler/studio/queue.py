@@ -47,7 +47,7 @@ import numpy as np
 from labeler.errors import StudioError
 from labeler.models.strategies import DEFAULT_STRATEGY, check_strategy, imagenet_features, queue_order
 from labeler.models.uncertainty import centred
-from labeler.studio.client import Studio
+from labeler.studio.client import Studio, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -364,15 +364,20 @@ def publish(studio: Studio, project: int, state: QueueState, strategy: str = DEF
 
 def refresh(studio: Studio, project: int, recorder: Recorder, strategy: str = DEFAULT_STRATEGY, batch: int = 25,
             seed: int = 0) -> QueueReport | None:
-    """After a prediction refresh: save what was scored, then publish. Never raises (logged):
-    the predictions are written already, and a stale queue is better than a failed refresh."""
+    """After a prediction refresh: save what was scored, then publish. A refused write is logged, not
+    raised: the predictions are written already, and a stale queue is better than a failed refresh. An
+    unreachable Label Studio raises :class:`StudioError`, so the caller can publish again when it answers
+    (a half-written queue is rewritten whole by the next publish)."""
+    state = recorder.save()
     try:
-        state = recorder.save()
         unranked = sorted(i for i, a in recorder.annotated.items() if not a and i not in set(state.ids.tolist()))
         rep = publish(studio, project, state, strategy, batch, seed, unranked)
         log.info("project %s: %s", project, rep.summary())
         return rep
     except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
+        if unreachable(exc):
+            raise StudioError(f"Label Studio at {studio.url} is unreachable: the labelling queue of project "
+                              f"{project} was not published ({exc})") from exc
         log.error("project %s: could not publish the labelling queue: %s", project, exc)
         return None
 

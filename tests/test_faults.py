@@ -1,0 +1,202 @@
+"""Faults an operator meets, with real servers: each test states the promise it checks (README "Reliability").
+
+Label Studio is stopped and started again (same data, same port) while the backend trains, refreshes
+predictions and publishes the queue; the disk fills up (a size-limited tmpfs) while a version, the embedding
+cache and an export are written; the object store fails or is slow (a moto server behind a proxy that
+injects faults) while replicas promote and serve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from labeler.dev.demo import template
+
+from .conftest import eyes_project, start_tiny_backend
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+ADMIN = {"Authorization": "Bearer admin-secret"}
+TOKEN = "labeler-faults-token-0123456789"
+
+
+class RestartableStudio:
+    """A real Label Studio that a test can stop and start again on the same port, with the same data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from labeler.dev.localserver import free_port
+
+        self.data_dir, self.port = data_dir, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = None
+
+    def start(self) -> None:
+        from labeler.dev.localserver import start_label_studio
+
+        self.server = start_label_studio(self.data_dir, "admin@example.com", "test-pass-123", TOKEN, port=self.port)
+
+    def kill_mid_request(self) -> None:
+        """Freeze Label Studio (SIGSTOP: requests in flight hang), then kill -9 it: a crash at that point."""
+        assert self.server is not None
+        os.killpg(self.server.proc.pid, signal.SIGSTOP)
+        os.killpg(self.server.proc.pid, signal.SIGKILL)
+        self.server.proc.wait(10)
+        self.server = None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        with contextlib.suppress(requests.RequestException):
+            requests.get(f"{self.url}/health", timeout=2)
+            raise AssertionError("Label Studio still answers after stop()")
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory) -> Iterator[RestartableStudio]:
+    if shutil.which("label-studio") is None and not (Path(sys.executable).parent / "label-studio").exists():
+        pytest.skip("the label-studio server is not installed (pip install -e '.[test]')")
+    ls = RestartableStudio(tmp_path_factory.mktemp("ls-restartable"))
+    ls.start()
+    yield ls
+    ls.stop()
+
+
+@pytest.fixture(scope="module")
+def backend(studio, tmp_path_factory, tiny_model):
+    """The real backend (gunicorn, the tiny model), small batches so that a refresh takes many requests."""
+    model_dir = tmp_path_factory.mktemp("faults-model-dir")
+    server = start_tiny_backend(model_dir, tiny_model, LABELER_MIN_PER_CLASS="3", LABELER_BATCH_SIZE="4",
+                                LABELER_SELF_TRAIN_POOL="0")
+    yield server.url, model_dir
+    server.stop()
+
+
+def job(url: str, pid: int) -> dict:
+    return requests.get(f"{url}/admin/projects/{pid}/job", headers=ADMIN, timeout=10).json()
+
+
+def wait_for(what: Callable[[], object], timeout: float, every: float = 0.25, message: str = "") -> object:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if got := what():
+            return got
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout} s: {message}")
+
+
+def finished(url: str, pid: int, timeout: float = 240) -> dict:
+    return wait_for(lambda: (st := job(url, pid))["status"] in {"done", "failed"} and st, timeout,
+                    message=f"job of project {pid} did not end")  # type: ignore[return-value]
+
+
+def predictions_per_task(ls, pid: int) -> dict[int, list[str]]:
+    tasks = ls.request("GET", "api/tasks/", params={"project": pid, "fields": "all", "page_size": 1000}).json()["tasks"]
+    return {t["id"]: sorted(p["model_version"] for p in t["predictions"]) for t in tasks}
+
+
+def annotate(ls, task: dict, label: str) -> None:
+    ls.annotations.create(id=task["id"], result=[{"from_name": "choice", "to_name": "image", "type": "choices",
+                                                  "value": {"choices": [label]}}])
+
+
+@pytest.fixture(scope="module")
+def project(studio, backend, tmp_path_factory):
+    """120 eye images, pre-annotated through Label Studio's "Retrieve predictions", 24 of them labelled."""
+    ls, pid = eyes_project((studio.url, TOKEN), tmp_path_factory.mktemp("eyes"), 120, "faults")
+    ls.ml.create(project=pid, url=backend[0], title="labeler")
+    ls.actions.create(id="retrieve_tasks_predictions", project=pid, selected_items={"all": True, "excluded": []})
+    tasks = ls.request("GET", "api/tasks/", params={"project": pid, "page_size": 1000}).json()["tasks"]
+    for label in ("open", "closed"):
+        for t in [t for t in tasks if f"{label}_" in t["data"]["image"]][:12]:
+            annotate(ls, t, label)
+    return ls, pid
+
+
+def one_prediction_each(ls, pid: int, version: str) -> None:
+    held = predictions_per_task(ls, pid)
+    assert len(held) == 120
+    wrong = {t: v for t, v in held.items() if v != [version]}
+    assert not wrong, f"tasks without exactly one prediction of {version}: {dict(list(wrong.items())[:5])}"
+
+
+def test_studio_down_when_training_starts_fails_plainly_then_resumes(studio, backend, project):
+    """Promise: a training that cannot reach Label Studio fails with a reason that names it, and runs again
+    by itself when Label Studio answers; then every task holds exactly one prediction, the new version's."""
+    url, _ = backend
+    ls, pid = project
+    studio.stop()
+    try:
+        assert requests.post(f"{url}/admin/projects/{pid}/train", headers=ADMIN, timeout=10).status_code in (200, 202)
+        st = finished(url, pid)
+        assert st["status"] == "failed", st
+        assert f"Label Studio at {studio.url} is unreachable" in st["error"] and "runs again when it answers" in st["error"]
+        assert requests.get(f"{url}/health", timeout=10).json()["status"] == "UP"
+    finally:
+        studio.start()
+    st = wait_for(lambda: (s := job(url, pid))["status"] == "done" and s, 240, 1.0, "the job did not resume")
+    assert st["trigger"] == "resumed: Label Studio answers again" and st["promoted"], st
+    one_prediction_each(ls, pid, st["version"])
+
+
+def test_studio_stopped_during_a_refresh_resumes_and_leaves_one_prediction_per_task(studio, backend, project):
+    """Promise: Label Studio stopping in the middle of a prediction refresh fails the job plainly; the refresh
+    resumes when it answers, and no task is left with two predictions of different versions, or none."""
+    url, _ = backend
+    ls, pid = project
+    r = requests.post(f"{url}/admin/projects/{pid}/promote", json={"version": None}, headers=ADMIN, timeout=10)
+    assert r.status_code == 200, r.text
+    wait_for(lambda: job(url, pid).get("step") == "refreshing predictions", 60, 0.02, "no refresh started")
+
+    def new_ones() -> int:
+        held = ls.request("GET", "api/predictions/", params={"project": pid}).json()
+        return sum(p["model_version"].startswith("zeroshot-") for p in held)
+
+    wait_for(lambda: 0 < new_ones() < 100, 30, 0.02, "no task got its new prediction")
+    studio.kill_mid_request()  # some tasks hold the new version now, the rest the old one (or none, mid-batch)
+    try:
+        st = finished(url, pid)
+        assert st["status"] == "failed" and "unreachable" in st["error"], st
+        assert st["refresh_pending"] == "zero-shot", st
+    finally:
+        studio.start()
+    st = wait_for(lambda: (s := job(url, pid))["status"] == "done" and s, 240, 1.0, "the refresh did not resume")
+    zeroshot = ls.projects.get(id=pid).model_version
+    assert zeroshot.startswith("zeroshot-") and not st.get("refresh_pending"), st
+    one_prediction_each(ls, pid, zeroshot)
+
+
+def test_studio_down_during_a_queue_publish_publishes_when_back(studio, backend, project):
+    """Promise: a queue publish that finds Label Studio down is tried again until it answers, and then the
+    tasks that ``/predict`` scored meanwhile carry the model's answer in the "Next to label" tab."""
+    url, _ = backend
+    ls, pid = project
+    tasks = ls.request("GET", "api/tasks/", params={"project": pid, "page_size": 1000}).json()["tasks"]
+    fresh = [t for t in tasks if not t["total_annotations"]][:6]
+    ls.projects.import_tasks(id=pid, request=[{"image": t["data"]["image"]} for t in fresh])  # no answer yet
+    new = [t for t in ls.request("GET", "api/tasks/", params={"project": pid, "page_size": 1000}).json()["tasks"]
+           if t["id"] > max(x["id"] for x in tasks)]
+    assert len(new) == 6 and not any("labeler_answer" in t["data"] for t in new)
+    studio.stop()
+    try:  # the images were downloaded before (uploads are reused): /predict answers, the publish cannot
+        body = {"tasks": new, "label_config": template("binary"), "project": f"{pid}.0"}
+        results = requests.post(f"{url}/predict", json=body, timeout=60).json()["results"]
+        assert len(results) == 6 and all(r["result"] for r in results), results
+        time.sleep(14)  # the first try (after 2 s) and a retry (10 s later) find Label Studio down
+    finally:
+        studio.start()
+
+    def answered() -> bool:
+        data = [ls.tasks.get(id=t["id"]).data for t in new]
+        return all("labeler_answer" in d for d in data)
+
+    wait_for(answered, 60, 1.0, "the queue was not published after Label Studio came back")
