@@ -7,17 +7,21 @@ disk means (:func:`is_disk_full`, :func:`disk_full_says`).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from labeler.errors import DiskFull
 
+log = logging.getLogger(__name__)
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_last_warning = [0.0]
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -69,6 +73,13 @@ def fsync_tree(folder: str | Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(root)
+
+
+def warn_disk_full(exc: DiskFull, every_s: float = 60.0) -> None:
+    """Log a skipped cache write, at most once per ``every_s`` (a full disk fails every write)."""
+    if time.monotonic() - _last_warning[0] >= every_s:
+        _last_warning[0] = time.monotonic()
+        log.warning("%s; predictions go on without caching until there is room", exc)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -200,3 +201,89 @@ def test_studio_down_during_a_queue_publish_publishes_when_back(studio, backend,
         return all("labeler_answer" in d for d in data)
 
     wait_for(answered, 60, 1.0, "the queue was not published after Label Studio came back")
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 48 MiB tmpfs (needs root: CI and this project's machines run tests as root)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one ballast file; returns it (delete it to make room again)."""
+    ballast = disk / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (2**20, 4096, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
+    assert shutil.disk_usage(disk).free < 8192
+    return ballast
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if ".tmp" in p.name or ".partial-" in p.name]
+
+
+def test_full_disk_keeps_the_serving_version_and_removes_partial_files(studio, tiny_model, small_disk, tmp_path):
+    """Promise: when the disk fills up, a training fails with "disk full" and the folder, leaving no partial
+    version; the serving version still serves, also new images (their embeddings are not cached, with a
+    warning); an export fails the same way and leaves nothing behind; with room again, training works."""
+    from labeler.dev.demo import synthetic_eyes, upload_images
+
+    from labeler.dev.localserver import start_backend
+
+    model_dir = small_disk / "model_dir"  # the log goes to tmp_path: a full disk cannot take it
+    server = start_backend({"MODEL_DIR": str(model_dir), "LABELER_ZEROSHOT_MODEL": str(tiny_model), "HF_HUB_OFFLINE": "1",
+                            "LABELER_ADMIN_TOKEN": "admin-secret", "LABELER_MIN_PER_CLASS": "3",
+                            "LABELER_SELF_TRAIN_POOL": "0"}, log_dir=tmp_path)
+    try:
+        ls, pid = eyes_project((studio.url, TOKEN), tmp_path / "eyes", 30, "disk full")
+        ls.ml.create(project=pid, url=server.url, title="labeler")
+        tasks = ls.request("GET", "api/tasks/", params={"project": pid, "page_size": 100}).json()["tasks"]
+        for label in ("open", "closed"):
+            for t in [t for t in tasks if f"{label}_" in t["data"]["image"]][:8]:
+                annotate(ls, t, label)
+        train = lambda: requests.post(f"{server.url}/admin/projects/{pid}/train", headers=ADMIN, timeout=10)  # noqa: E731
+        assert train().status_code in (200, 202) and finished(server.url, pid)["status"] == "done"
+        serving = requests.get(f"{server.url}/metrics", timeout=10).json()["projects"][str(pid)]["serving"]
+
+        ballast = fill(small_disk)
+        assert train().status_code in (200, 202)
+        st = finished(server.url, pid)
+        versions = model_dir / "projects" / str(pid) / "versions"
+        assert st["status"] == "failed" and "disk full: a new model version" in st["error"], st
+        assert str(versions) in st["error"] and not leftovers(model_dir), leftovers(model_dir)
+
+        upload_images(studio.url, TOKEN, pid, sorted(synthetic_eyes(tmp_path / "new", n=4, seed=9).iterdir()))
+        new = ls.request("GET", "api/tasks/", params={"project": pid, "page_size": 100}).json()["tasks"][-4:]
+        body = {"tasks": new, "label_config": template("binary"), "project": f"{pid}.0"}
+        r = requests.post(f"{server.url}/predict", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [r["model_version"] for r in results] == [serving] * 4 and all(r["result"] for r in results)
+        assert not leftovers(model_dir)
+        assert "predictions go on without caching" in (tmp_path / "backend.log").read_text()
+
+        env = {**os.environ, "LABEL_STUDIO_URL": studio.url, "LABEL_STUDIO_API_KEY": TOKEN}
+        out = small_disk / "export"
+        cli = subprocess.run([str(Path(sys.executable).with_name("labeler")), "export", "--project", str(pid),
+                              "--format", "imagefolder", "--out", str(out)], env=env, capture_output=True, text=True)
+        assert cli.returncode != 0 and f"disk full: the export of project {pid}" in cli.stderr, cli.stderr[-2000:]
+        assert not out.exists() and not leftovers(small_disk), leftovers(small_disk)
+
+        ballast.unlink()
+        assert train().status_code in (200, 202) and finished(server.url, pid)["status"] == "done"
+    finally:
+        server.stop()

@@ -20,17 +20,19 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from labeler.connection import Connection
+from labeler.errors import DiskFull
+from labeler.fsutil import disk_full_says, warn_disk_full
 from labeler.media.images import content_key
 
 
 class ImageStore:
     def __init__(self, path: str | Path, max_bytes: int, ttl_s: float = 600.0) -> None:
-        path = Path(path)
+        self.path = path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
@@ -75,14 +77,29 @@ class ImageStore:
                     "WHERE r.scope = ? AND r.ref = ?", (scope[0], ref)).fetchone()
                 if row and (row[1] or now - row[2] < self.ttl_s):
                     out[i] = row[0]
-                    self._db.execute("UPDATE blobs SET used = ? WHERE key = ?", (now, row[3]))
+                    self._write(lambda: self._db.execute("UPDATE blobs SET used = ? WHERE key = ?", (now, row[3])))
         return out
+
+    def _write(self, work: Callable[[], object]) -> bool:
+        """``work`` in one transaction (the lock held); False when a full disk rolled it back (a warning
+        logged): the store saves downloads, it is never the answer."""
+        try:
+            with disk_full_says("the image cache", self.path):
+                self._db.execute("BEGIN")
+                work()
+                self._db.execute("COMMIT")
+            return True
+        except DiskFull as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            warn_disk_full(exc)
+            return False
 
     def put_many(self, conn: Connection, items: Sequence[tuple[object, bytes]]) -> None:
         """Remember what each reference gave."""
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN")
+
+        def insert() -> None:
             for ref, data in items:
                 scope = self._scope(conn, ref)
                 if scope is None or len(data) > self.max_bytes:
@@ -93,21 +110,28 @@ class ImageStore:
                 self._size += len(data) if added else 0
                 self._db.execute("INSERT OR REPLACE INTO refs VALUES (?, ?, ?, ?, ?)",
                                  (scope[0], ref, key, int(scope[1]), now))
-            self._db.execute("COMMIT")
-            if self._size > self.max_bytes:
+
+        with self._lock:
+            size = self._size
+            if not self._write(insert):
+                self._size = size  # rolled back
+            elif self._size > self.max_bytes:
                 self._evict()
 
     def _evict(self) -> None:
         """Drop least recently used blobs down to 90 % of the bound (their refs go with them)."""
-        target = int(self.max_bytes * 0.9)
-        self._db.execute("BEGIN")
-        for key, size in self._db.execute("SELECT key, size FROM blobs ORDER BY used").fetchall():
-            if self._size <= target:
-                break
-            self._db.execute("DELETE FROM blobs WHERE key = ?", (key,))
-            self._db.execute("DELETE FROM refs WHERE key = ?", (key,))
-            self._size -= size
-        self._db.execute("COMMIT")
+        target, size = int(self.max_bytes * 0.9), self._size
+
+        def delete() -> None:
+            for key, blob in self._db.execute("SELECT key, size FROM blobs ORDER BY used").fetchall():
+                if self._size <= target:
+                    break
+                self._db.execute("DELETE FROM blobs WHERE key = ?", (key,))
+                self._db.execute("DELETE FROM refs WHERE key = ?", (key,))
+                self._size -= blob
+
+        if not self._write(delete):
+            self._size = size
 
     def __len__(self) -> int:
         with self._lock:

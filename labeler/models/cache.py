@@ -34,14 +34,12 @@ file at all.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sqlite3
 import struct
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -50,14 +48,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from labeler.errors import DiskFull
-from labeler.fsutil import disk_full_says
+from labeler.fsutil import disk_full_says, warn_disk_full
 from labeler.media.images import content_key  # noqa: F401 - imported from here too
 
 if TYPE_CHECKING:
     from labeler.models.devicetier import DeviceTier
     from labeler.models.zeroshot import ImageEmbeddings
 
-log = logging.getLogger(__name__)
 _MAGIC = b"\x93NUMPY"
 _HEADER = re.compile(r"^\{'descr': '<f2', 'fortran_order': False, 'shape': \((\d+), (\d+)\), \}\s*$")
 
@@ -88,16 +85,6 @@ def read_entry(path: str | Path) -> np.memmap:
     if os.path.getsize(path) != start + hlen + 2 * shape[0] * shape[1] or shape[0] < 2:
         raise ValueError(f"{path}: truncated or malformed entry")
     return np.memmap(path, dtype="<f2", mode="r", offset=start + hlen, shape=shape)
-
-
-_last_warning = [0.0]
-
-
-def warn_disk_full(exc: DiskFull, every_s: float = 60.0) -> None:
-    """Log a skipped cache write, at most once per ``every_s`` (a full disk fails every write)."""
-    if time.monotonic() - _last_warning[0] >= every_s:
-        _last_warning[0] = time.monotonic()
-        log.warning("%s; predictions go on without caching until there is room", exc)
 
 
 class EmbeddingCache:
