@@ -241,7 +241,6 @@ def test_full_disk_keeps_the_serving_version_and_removes_partial_files(studio, t
     version; the serving version still serves, also new images (their embeddings are not cached, with a
     warning); an export fails the same way and leaves nothing behind; with room again, training works."""
     from labeler.dev.demo import synthetic_eyes, upload_images
-
     from labeler.dev.localserver import start_backend
 
     model_dir = small_disk / "model_dir"  # the log goes to tmp_path: a full disk cannot take it
@@ -287,3 +286,177 @@ def test_full_disk_keeps_the_serving_version_and_removes_partial_files(studio, t
         assert train().status_code in (200, 202) and finished(server.url, pid)["status"] == "done"
     finally:
         server.stop()
+
+
+class FaultyProxy:
+    """An HTTP proxy in front of a moto S3 server that injects faults: ``down`` (every request answered 503),
+    ``fail_puts_after`` (PUTs after the first N answered 503) and ``delay_s`` (each request held that long)."""
+
+    def __init__(self, target: str) -> None:
+        import http.server
+        import threading
+
+        self.target, self.down, self.fail_puts_after, self.delay_s, self.puts = target, False, None, 0.0, 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                time.sleep(proxy.delay_s)
+                if self.command == "PUT":
+                    proxy.puts += 1
+                failing = proxy.fail_puts_after is not None and self.command == "PUT" and \
+                    proxy.puts > proxy.fail_puts_after
+                if proxy.down or failing:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                r = requests.request(self.command, proxy.target + self.path, data=body, headers=headers, timeout=30)
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any  # noqa: N815 - http.server's names
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def s3(tmp_path):
+    """(proxy, url, make_replica): a moto S3 server behind a :class:`FaultyProxy`, a fresh bucket, and a
+    factory of registries on it, each with its own MODEL_DIR as a replica has."""
+    pytest.importorskip("s3fs", reason="object storage needs pip install 'labeler[cloud]'")
+    import uuid
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from labeler.dev.localserver import free_port
+    from labeler.models.objectregistry import ObjectRegistry
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    proxy = FaultyProxy(f"http://127.0.0.1:{port}")
+    bucket = f"faults-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    options = {"key": "testing", "secret": "testing", "endpoint_url": proxy.url, "skip_instance_cache": True,
+               "client_kwargs": {"region_name": "us-east-1"}}
+    yield proxy, lambda name: ObjectRegistry(tmp_path / name, f"s3://{bucket}/labeler", storage_options=options)
+    proxy.close()
+    moto.stop()
+
+
+def version_of(files: int) -> Callable[[Path], dict]:
+    def write(folder: Path) -> dict:
+        for i in range(files):
+            (folder / f"part{i}.bin").write_bytes(os.urandom(1000) * (i + 1))
+        return {"kind": "head"}
+    return write
+
+
+def test_store_failing_mid_upload_never_shows_a_half_version(s3):
+    """Promise: an upload cut short by a failing object store fails plainly and is never listed, served or
+    promotable on any replica; the serving version stays; once the store answers, the next upload works."""
+    from labeler.errors import RegistryError, RegistryStoreError
+
+    proxy, replica = s3
+    a, b = replica("a"), replica("b")
+    v1 = a.add("1", version_of(2))
+    a.promote("1", v1)
+    proxy.fail_puts_after = proxy.puts + 2  # the claim and one file go through, the rest fail
+    with pytest.raises(RegistryStoreError, match="failed"):
+        a.add("1", version_of(4))
+    proxy.fail_puts_after = None
+    assert [m["version"] for m in b.list("1")] == [v1] and [m["version"] for m in a.list("1")] == [v1]
+    assert not leftovers(a.versions_dir("1"))
+    with pytest.raises(RegistryError):
+        b.promote("1", "v2-head")
+    time.sleep(b.current_ttl_s)
+    assert (a.current("1"), b.current("1")) == (v1, v1)
+    v3 = a.add("1", version_of(4))
+    assert v3 == "v3-head" and [m["version"] for m in b.list("1")] == [v1, v3]
+
+
+def test_store_down_promotion_is_all_or_nothing_and_replicas_keep_serving(s3):
+    """Promise: with the object store down, a promotion fails plainly and changes nothing; replicas keep
+    serving the version they last read; when the store is back they all see the same serving version."""
+    from labeler.errors import RegistryStoreError
+
+    proxy, replica = s3
+    a, b = replica("a"), replica("b")
+    v1, v2 = a.add("1", version_of(1)), a.add("1", version_of(1))
+    a.promote("1", v1)
+    time.sleep(b.current_ttl_s)
+    assert b.current("1") == v1
+    proxy.down = True
+    with pytest.raises(RegistryStoreError):
+        a.promote("1", v2)
+    time.sleep(b.current_ttl_s)
+    assert b.current("1") == v1, "a replica keeps serving through an outage"
+    proxy.down = False
+    time.sleep(max(a.current_ttl_s, b.current_ttl_s))
+    assert (a.current("1"), b.current("1")) == (v1, v1)
+
+
+def test_slow_store_replicas_see_a_version_only_when_complete(s3):
+    """Promise: with a slow object store (0.2 s a request), a replica polling while another uploads never lists
+    or downloads a version before all of its files are there, and then gets every byte."""
+    import threading
+
+    proxy, replica = s3
+    a, b = replica("a"), replica("b")
+    proxy.delay_s = 0.2
+    made: list[str] = []
+    upload = threading.Thread(target=lambda: made.append(a.add("1", version_of(5))))
+    upload.start()
+    seen_early = []
+    while upload.is_alive():
+        listed = [m["version"] for m in b.list("1")]
+        if listed and upload.is_alive():
+            seen_early.append(listed)
+        time.sleep(0.05)
+    upload.join()
+    assert not seen_early or all(len(list(b.path("1", v).glob("part*.bin"))) == 5 for v in seen_early[0])
+    folder = b.path("1", made[0])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*(f"part{i}.bin" for i in range(5)), "meta.json"])
+    assert [(folder / f"part{i}.bin").stat().st_size for i in range(5)] == [1000 * (i + 1) for i in range(5)]
+
+
+def test_two_replicas_promoting_at_once_agree_on_one_winner(s3):
+    """Promise: two replicas promoting different versions at the same moment end with one winner, and both
+    serve it within about a second (the serving pointer's cache time)."""
+    import threading
+
+    proxy, replica = s3
+    a, b = replica("a"), replica("b")
+    v1, v2 = a.add("1", version_of(1)), b.add("1", version_of(1))
+    for _ in range(5):
+        go = threading.Barrier(2)
+        threads = [threading.Thread(target=lambda r=r, v=v: (go.wait(), r.promote("1", v))) for r, v in ((a, v1), (b, v2))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        t0 = time.monotonic()
+        while (a.current("1"), b.current("1")) != (winner := replica("probe").current("1"),) * 2:
+            assert time.monotonic() - t0 < 2.5, (a.current("1"), b.current("1"), winner)
+            time.sleep(0.1)
+        assert winner in (v1, v2)

@@ -29,6 +29,7 @@ import builtins
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -38,10 +39,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from labeler.errors import RegistryError, RegistryStoreError
-from labeler.fsutil import fsync_tree
+from labeler.fsutil import disk_full_says, fsync_tree
 from labeler.ids import PROJECT_RE, VERSION_RE, check_project, check_version
 from labeler.models.registry import Registry, version_kind
 
+log = logging.getLogger(__name__)
 ORPHAN_AGE_S = 3600.0  # an upload without meta.json this old was cut short (uploads take seconds)
 
 
@@ -89,9 +91,12 @@ class ObjectRegistry(Registry):
 
     # -- writing ----------------------------------------------------------------------
     def add(self, project: str, write: Callable[[Path], dict], prefix: str = "v") -> str:
+        """Write the version locally, claim a number, upload its files and then its meta.json: a failed or
+        cut-short upload is never listed (no meta.json), and its local copy is removed."""
         vdir = self.versions_dir(project)
-        vdir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=vdir, prefix=".tmp-"))
+        with disk_full_says(f"a new model version of project {project}", vdir):
+            vdir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=vdir, prefix=".tmp-"))
         try:
             meta = dict(write(tmp) or {})
             name = self._claim(project, prefix, version_kind(meta))
@@ -232,6 +237,13 @@ class ObjectRegistry(Registry):
                 name = self.fs.cat_file(self._key(project, "CURRENT")).decode().strip()
         except FileNotFoundError:
             name = ""
+        except RegistryStoreError as exc:
+            if hit is None:
+                raise
+            # the store is down or slow: keep serving what served (asked again after the next TTL)
+            log.warning("project %s: %s; serving %s, the last version read", project, exc, hit[1] or "zero-shot")
+            self._current[key] = (time.monotonic(), hit[1])
+            return hit[1]
         value = name if VERSION_RE.fullmatch(name) else None
         self._current[key] = (time.monotonic(), value)
         return value
