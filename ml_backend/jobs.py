@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Protocol
 
 from labeler.config import Settings
-from labeler.errors import DiskFull, StudioError
+from labeler.errors import ClusterError, DiskFull, StudioError
 from labeler.fsutil import atomic_write_text
 from labeler.ids import check_project
 from labeler.models.predictor import Predictor
@@ -272,6 +272,7 @@ class RayTrainingJobs:
         from labeler.distributed.rayjobs import RayJobs
 
         self.ray = RayJobs(str(settings.ray_jobs_address), gpus=settings.ray_train_gpus)
+        self._seen: dict[str, dict] = {}  # per project, the last state read: a job the cluster forgot was lost
         self.predictor = predictor
         self.studio = studio
 
@@ -290,7 +291,15 @@ class RayTrainingJobs:
         listing of the cluster's jobs up to a few seconds old, so /metrics lists them once for all projects."""
         from labeler.distributed.rayjobs import LISTING_MAX_AGE_S
 
-        st = self.ray.state(check_project(project), max_age=LISTING_MAX_AGE_S)
+        project = check_project(project)
+        try:
+            st = self.ray.state(project, max_age=LISTING_MAX_AGE_S)
+        except ClusterError as exc:
+            return self._lost(project, f"{exc}; the job's outcome is unknown")
+        if st["status"] == "none" and project in self._seen:
+            return self._lost(project, f"the Ray cluster at {self.ray.address} no longer knows this job "
+                                       "(its head was restarted); start it again")
+        self._seen[project] = st
         if st.get("kind") == "train" and st["status"] == "done":
             made = [m for m in self.predictor.registry.list(project)
                     if m.get("created", 0) >= (st.get("started") or 0)]
@@ -299,6 +308,13 @@ class RayTrainingJobs:
                 st.update(version=m.get("version"), promoted=m.get("promoted"), reason=m.get("promotion_reason"),
                           metrics=m.get("metrics"))
         return st
+
+    def _lost(self, project: str, why: str) -> dict:
+        """The last job seen of ``project``, reported lost when it was queued or running (else as it was)."""
+        last = self._seen.get(project)
+        if last is None or last.get("status") not in ACTIVE:
+            return {**(last or {"status": "none"}), "cluster_error": why}
+        return {**last, "status": "lost", "error": f"job {last.get('job_id')} was lost: {why}"}
 
     def wait(self, project: str, timeout: float = 600) -> dict:
         self.ray.wait(check_project(project), timeout)

@@ -460,3 +460,76 @@ def test_two_replicas_promoting_at_once_agree_on_one_winner(s3):
             assert time.monotonic() - t0 < 2.5, (a.current("1"), b.current("1"), winner)
             time.sleep(0.1)
         assert winner in (v1, v2)
+
+
+class RayHead:
+    """``ray start --head --block`` on fixed ports with Ray's token auth, killable (-9) and startable again
+    at the same address (the backend's RAY_API_SERVER_ADDRESS); as tests/test_ray.py starts its cluster."""
+
+    def __init__(self, log_dir: Path) -> None:
+        import secrets
+
+        from labeler.dev.localserver import free_port
+
+        self.port, self.dash, self.agent = free_port(), free_port(), free_port()
+        self.address, self.token, self.log_dir = f"http://127.0.0.1:{self.dash}", secrets.token_hex(32), log_dir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import tempfile
+
+        from labeler.dev.localserver import wait_http
+
+        exe = os.path.join(os.path.dirname(sys.executable), "ray")
+        env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        self.temp = tempfile.mkdtemp(prefix="rayf-")
+        self.proc = subprocess.Popen(
+            [exe, "start", "--head", "--block", "--num-cpus=1", "--num-gpus=0", f"--port={self.port}",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}",
+             f"--dashboard-agent-listen-port={self.agent}", "--disable-usage-stats", f"--temp-dir={self.temp}"],
+            stdout=(self.log_dir / "ray.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        wait_http(f"{self.address}/api/gcs_healthz", 120, self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+            self.proc = None
+            shutil.rmtree(self.temp, ignore_errors=True)
+            time.sleep(2)  # the ports are freed
+
+
+def test_ray_head_killed_during_a_training_job_is_reported_lost_and_a_new_start_works(studio, tiny_model, tmp_path):
+    """Promise: when the Ray head dies under a training job, the backend answers for the job (status "lost",
+    with the reason) instead of an error, and once a head is back at the same address a new start trains."""
+    pytest.importorskip("ray.job_submission", reason="Ray is not installed (pip install 'labeler[ray]')")
+    head = RayHead(tmp_path)
+    head.start()
+    server = start_tiny_backend(tmp_path / "md", tiny_model, LABELER_MIN_PER_CLASS="3", LABELER_SELF_TRAIN_POOL="0",
+                                RAY_API_SERVER_ADDRESS=head.address, RAY_AUTH_TOKEN=head.token)
+    try:
+        ls, pid = eyes_project((studio.url, TOKEN), tmp_path / "eyes", 16, "ray head killed")
+        ls.ml.create(project=pid, url=server.url, title="labeler")
+        for t in ls.request("GET", "api/tasks/", params={"project": pid, "page_size": 100}).json()["tasks"]:
+            annotate(ls, t, "open" if "open_" in t["data"]["image"] else "closed")
+        train = lambda: requests.post(f"{server.url}/admin/projects/{pid}/train", headers=ADMIN, timeout=120)  # noqa: E731
+        r = train()
+        if "No available agent" in r.text:
+            pytest.skip(f"Ray's job agent did not start on this machine: {r.text}")
+        assert r.status_code in (200, 202), r.text
+        wait_for(lambda: job(server.url, pid)["status"] == "running", 120, 0.5, "the Ray job did not start")
+        head.kill()
+        st = wait_for(lambda: (s := job(server.url, pid))["status"] == "lost" and s, 60, 1.0, "no 'lost' job")
+        assert st["job_id"] == f"labeler-p{pid}-1" and "was lost" in st["error"] and head.address in st["error"], st
+        head.start()
+        st = job(server.url, pid)
+        assert st["status"] == "lost" and "no longer knows this job" in st["error"], st
+        r = train()
+        assert r.status_code in (200, 202), r.text
+        st = wait_for(lambda: (s := job(server.url, pid))["status"] in ("done", "failed") and s, 300, 1.0, "no end")
+        assert st["status"] == "done" and st["version"], st
+    finally:
+        server.stop()
+        head.kill()
