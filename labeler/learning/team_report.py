@@ -8,7 +8,7 @@ from pathlib import Path
 from labeler.learning.annotators import quality_report
 from labeler.studio.client import Studio
 from labeler.studio.tasks import iter_tasks, project_config
-from labeler.studio.team import consensus_of, team_of
+from labeler.studio.team import consensus_of, team_of, user_emails
 
 
 def read_known(path: Path | None) -> dict[int, str]:
@@ -30,7 +30,7 @@ def project_report(studio: Studio, project: int, control_rate: float = 0.0, know
     if config.multiple:
         return {"project": project, "annotators": [], "unavailable": [
             "annotator quality: multi-label projects are not modelled yet (one class per annotation only)"]}
-    team = team_of(list(iter_tasks(studio, project)), config, control_rate, known)
+    team = team_of(list(iter_tasks(studio, project)), config, control_rate, known, user_emails(studio))
     _, c = consensus_of(team)
     report = quality_report(team.names, team.classes, team.labels, c, team.lead_times, team.shown, team.control,
                             team.gold)

@@ -34,12 +34,20 @@ def is_control(task_id: int, rate: float, salt: str = "control") -> bool:
     return h / 2**64 < rate
 
 
-def annotator_name(annotation: dict) -> str:
-    """Who made an annotation: the e-mail where Label Studio gives one, else the user id."""
+def annotator_name(annotation: dict, users: Mapping[int, str] | None = None) -> str:
+    """Who made an annotation: the e-mail where Label Studio gives one (task listings give the user id:
+    ``users`` maps ids to e-mails, :func:`user_emails`), else the user id."""
     who = annotation.get("completed_by")
     if isinstance(who, dict):
         return str(who.get("email") or who.get("id"))
+    if users and isinstance(who, int) and who in users:
+        return users[who]
     return str(who) if who is not None else "unknown"
+
+
+def user_emails(studio: Studio) -> dict[int, str]:
+    """Label Studio's users, id to e-mail (every member of the organisation)."""
+    return {int(u.id): str(u.email or u.id) for u in studio.users.list() if u.id is not None}
 
 
 @dataclass
@@ -67,8 +75,9 @@ def _shown(task: dict, config: LabelConfig) -> str | None:
 
 
 def team_of(tasks: Sequence[dict], config: LabelConfig, control_rate: float = 0.0,
-            known: Mapping[int, str] | None = None) -> Team:
-    """The team matrices of ``tasks`` (every annotation of each; an annotator's newest one per task)."""
+            known: Mapping[int, str] | None = None, users: Mapping[int, str] | None = None) -> Team:
+    """The team matrices of ``tasks`` (every annotation of each; an annotator's newest one per task;
+    ``users``: id to e-mail, for the names)."""
     classes, index = list(config.classes), {c: k for k, c in enumerate(config.classes)}
     names: dict[str, int] = {}
     cells: list[tuple[int, int, int, float]] = []
@@ -82,7 +91,7 @@ def team_of(tasks: Sequence[dict], config: LabelConfig, control_rate: float = 0.
             if a.get("ground_truth"):
                 gold[i] = index[lab[0]]
                 continue
-            j = names.setdefault(annotator_name(a), len(names))
+            j = names.setdefault(annotator_name(a, users), len(names))
             lead = a.get("lead_time")
             cells.append((i, j, index[lab[0]], float(lead) if isinstance(lead, (int, float)) else np.nan))
         if known and t.get("id") in known and known[t["id"]] in index:
