@@ -210,3 +210,9 @@ def test_predict_leaves_blind_control_tasks_without_a_prediction(tmp_path):
     assert 0 < sum(controls) < 40
     assert [res == [] for res in r.json["results"]] == controls  # nothing for Label Studio to store on a control
     assert all(res["result"] == [] for res, c in zip(r.json["results"], controls) if not c)  # (no model here)
+
+
+def test_no_task_or_no_annotator_still_answers():
+    for labels in (np.zeros((0, 0), int), np.zeros((0, 2), int), np.full((3, 0), MISSING)):
+        c = dawid_skene(labels, 2)
+        assert len(c.label) == labels.shape[0] and (c.label == MISSING).all() and len(c.accuracy) == labels.shape[1]

@@ -62,6 +62,12 @@ class Consensus:
     model_accuracy: float | None = None  # the classifier's, when its answers voted
 
 
+def as_matrix(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as an (N, M) int matrix (one column: a vector; N or M may be 0)."""
+    out = np.asarray(labels, dtype=int)
+    return out[:, None] if out.ndim == 1 else out.reshape(out.shape[0], -1) if out.ndim != 2 else out
+
+
 def majority_vote(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """The most frequent label per task (ties: the lowest class index; MISSING where none).
 
@@ -75,13 +81,13 @@ def majority_vote(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 def vote_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """(N, K) how many annotators gave each class to each task."""
-    labels = np.asarray(labels, dtype=int).reshape(len(labels), -1)
+    labels = as_matrix(labels)
     return np.stack([(labels == k).sum(axis=1) for k in range(n_classes)], axis=1)
 
 
 def _check(labels: np.ndarray, n_classes: int, pred_probs: np.ndarray | None, gold: np.ndarray | None,
            ) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.asarray(labels, dtype=int).reshape(len(labels), -1)
+    labels = as_matrix(labels)
     if ((labels < MISSING) | (labels >= n_classes)).any():
         raise ValueError(f"labels must be class indices 0..{n_classes - 1} or {MISSING}")
     if pred_probs is not None and np.shape(pred_probs) != (len(labels), n_classes):
@@ -266,7 +272,7 @@ def crowdlab(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np
     from cleanlab.multiannotator import get_label_quality_multiannotator
     from cleanlab.rank import get_label_quality_scores
 
-    labels = np.asarray(labels, dtype=int).reshape(len(labels), -1)
+    labels = as_matrix(labels)
     has = (labels != MISSING).any(axis=1)
     if labels.shape[1] == 1:
         label, score = labels[:, 0].copy(), np.full(len(labels), np.nan)
@@ -288,6 +294,6 @@ def relabel_scores(labels: np.ndarray, pred_probs: np.ndarray, pred_probs_unlabe
     second opinion on a labelled one)."""
     from cleanlab.multiannotator import get_active_learning_scores
 
-    labels = np.asarray(labels, dtype=int).reshape(len(labels), -1)
+    labels = as_matrix(labels)
     wide = np.where(labels == MISSING, np.nan, labels.astype(float))
     return get_active_learning_scores(wide, np.asarray(pred_probs), np.asarray(pred_probs_unlabelled))

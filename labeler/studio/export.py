@@ -400,11 +400,10 @@ def _manifest(rows: list[Row], tmp: Path, fmt: str, multilabel: bool = False, na
         return
     columns = MULTI_COLUMNS if multilabel else SINGLE_COLUMNS
     with (tmp / f"{name}.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns + FINISHED_COLUMNS if provenance else columns,
-                                extrasaction="ignore")  # every annotation is the jsonl's
+        writer = csv.DictWriter(f, fieldnames=columns + FINISHED_COLUMNS if provenance else columns)
         writer.writeheader()
-        writer.writerows({k: join_labels(v) if isinstance(v, list) else v for k, v in rec.items()}
-                         for rec in records)
+        writer.writerows({k: join_labels(v) if isinstance(v, list) else v for k, v in rec.items() if k != "annotations"}
+                         for rec in records)  # every annotation is the jsonl's
 
 
 def _studio_export(studio: Studio, project: int, fmt: str, tmp: Path, only_annotated: bool) -> None:
