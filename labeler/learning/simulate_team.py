@@ -71,7 +71,8 @@ def _fit(x: np.ndarray, y: np.ndarray, seed: int) -> LogisticRegression:
 def _proba(model: LogisticRegression, x: np.ndarray, n_classes: int) -> np.ndarray:
     """Probabilities over all ``n_classes`` (a class the fit never saw gets 0)."""
     out = np.zeros((len(x), n_classes))
-    out[:, model.classes_] = model.predict_proba(x)
+    if len(x):
+        out[:, model.classes_] = model.predict_proba(x)
     return out
 
 
