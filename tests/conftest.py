@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +96,26 @@ def backend(tmp_path_factory, tiny_model):
     server = start_tiny_backend(model_dir, tiny_model, LABELER_MIN_PER_CLASS="3", LABELER_LOG_REQUESTS="1")
     yield server.url, model_dir
     server.stop()
+
+
+class _SlowImages(http.server.SimpleHTTPRequestHandler):
+    """Serves the test images, each after a delay, so a run is still going when it is killed."""
+
+    delay_s = 0.6
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        time.sleep(self.delay_s)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def slow_image_server(image_dir):
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_SlowImages, directory=str(image_dir)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

@@ -533,3 +533,50 @@ def test_ray_head_killed_during_a_training_job_is_reported_lost_and_a_new_start_
     finally:
         server.stop()
         head.kill()
+
+
+_BULK_DRIVER = """
+import sys
+from pathlib import Path
+from labeler.config import Settings
+from labeler.distributed.bulk import preannotate_ray
+from labeler.studio.client import Studio
+url, token, project, model_dir, tiny = sys.argv[1:6]
+s = Settings(model_dir=Path(model_dir), zeroshot_model=tiny, local_files_only=True, allowed_hosts="127.0.0.1")
+rep = preannotate_ray(Studio.connect(url, token), int(project), s, batch_size=2, import_batch=2, progress=False)
+print("REPORT", rep.skipped_existing, rep.predicted, len(rep.failed))
+"""
+
+
+def test_ray_head_killed_during_bulk_preannotation_resumes_where_it_stopped(studio, tiny_model, image_dir,
+                                                                           slow_image_server, tmp_path):
+    """Promise: a bulk pre-annotation on Ray whose head dies mid-run ends with an error (never hangs); run again
+    on a new head, it skips the tasks already written and predicts the rest, no task twice."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'labeler[ray]')")
+    from labeler.studio.client import Studio
+
+    head = RayHead(tmp_path)
+    head.start()
+    ls = Studio(studio.url, TOKEN)
+    pid = ls.projects.create(title="ray head killed in bulk", label_config=template("binary")).id
+    files = [f"{slow_image_server}/{f.name}?copy={k}" for k in range(3) for f in sorted(image_dir.iterdir())]
+    ls.projects.import_tasks(id=pid, request=[{"image": f} for f in files])
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{head.port}", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": head.token}
+    args = [sys.executable, "-c", _BULK_DRIVER, studio.url, TOKEN, str(pid), str(tmp_path / "md"), str(tiny_model)]
+    count = lambda: sum(len(v) for v in predictions_per_task(ls, pid).values())  # noqa: E731
+    try:
+        driver = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: count() > 0 or driver.poll() is not None, 300, 0.1, "no prediction arrived")
+        head.kill()
+        out = driver.communicate(timeout=180)[0].decode()
+        assert driver.returncode != 0 and "REPORT" not in out, out[-3000:]
+        done = count()
+        assert 0 < done < len(files), f"the run was not cut mid-way ({done} of {len(files)})"
+        head.start()
+        again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        report = [line.split()[1:] for line in again.stdout.splitlines() if line.startswith("REPORT")]
+        assert report == [[str(done), str(len(files) - done), "0"]], again.stdout[-2000:] + again.stderr[-3000:]
+        held = predictions_per_task(ls, pid)
+        assert len(held) == len(files) and all(len(v) == 1 for v in held.values()), held
+    finally:
+        head.kill()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import secrets
 import shlex
@@ -13,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -95,29 +92,6 @@ def test_ray_predictions_equal_in_process_ones(ray_cluster, label_studio, tmp_pa
     a, b = _predictions(ls_a, local_project), _predictions(ls_b, ray_project)
     assert a == b, "same tasks, same predictions, task for task"
     assert sum(len(p) for p in b.values()) == len(files)
-
-
-class _SlowImages(http.server.SimpleHTTPRequestHandler):
-    """Serves the test images, each after a delay, so a run is still going when it is killed."""
-
-    delay_s = 0.6
-
-    def do_GET(self):  # noqa: N802 - http.server's name
-        time.sleep(self.delay_s)
-        super().do_GET()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture()
-def slow_image_server(image_dir):
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_SlowImages, directory=str(image_dir)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 _DRIVER = """
