@@ -155,11 +155,9 @@ def _preannotate(studio: Studio, project: int, predictor: Predictor, only_missin
     report = Report(version)
     recorder = Recorder(predictor.settings.model_dir, project, len(config.classes), config.multiple)  # the queue's inputs
     todo = tasks_to_predict(studio, project, version, only_missing, max_tasks, recorder, report)
-    if task_ids is not None:
-        wanted = set(task_ids)
-        todo = [t for t in todo if t.get("id") in wanted]
-    rate = getattr(predictor.settings, "control_rate", 0.0)
-    todo = [t for t in todo if not is_control(int(t["id"]), rate)]  # blind controls: never pre-annotated
+    wanted, rate = (None if task_ids is None else set(task_ids)), getattr(predictor.settings, "control_rate", 0.0)
+    todo = [t for t in todo if (wanted is None or t.get("id") in wanted)
+            and not is_control(int(t["id"]), rate)]  # blind controls: never pre-annotated
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     urls = lambda b: [config.image_ref(t) for t in b]  # noqa: E731
     bar = tqdm(total=len(todo), desc=f"pre-annotating project {project}", unit="task", disable=not progress)
