@@ -284,6 +284,24 @@ def certify(project, url, api_key, model_dir) -> None:
 
 @main.command()
 @click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
+@click.option("--annotations", default=3, show_default=True, help="People per overlapping task.")
+@click.option("--share", default=0.1, show_default=True, help="Share of the tasks that overlap (0.1: 10 %).")
+@with_studio
+def overlap(project, annotations, share, url, api_key, model_dir) -> None:
+    """Let SHARE of the tasks be labelled by ANNOTATIONS people (Label Studio's own overlap setting)."""
+    from labeler.studio.team import set_overlap
+
+    s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
+    try:
+        set_overlap(_studio(s), project, annotations, share)
+    except ValueError as exc:
+        _fail(str(exc))
+    click.echo(f"project {project}: {share:.0%} of the tasks go to {annotations} people in Label Studio's "
+               "\"Label All Tasks\" stream, those first")
+
+
+@main.command()
+@click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
 @click.option("--honeypots", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV of task_id,label known labels (besides Label Studio's ground-truth annotations).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (the admin page's data).")

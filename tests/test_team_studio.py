@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from labeler.models.consensus import MISSING, dawid_skene, majority_vote
-from labeler.studio.team import consensus_of, is_control, team_of, user_emails
+from labeler.studio.team import consensus_of, is_control, set_overlap, team_of, user_emails
 
 EYES24 = Path(__file__).resolve().parents[2] / "shared/datasets/eyes24"
 ACCURACIES = {"ann97@example.com": 0.97, "ann90@example.com": 0.90, "ann70@example.com": 0.70}
@@ -104,6 +104,9 @@ def test_a_team_of_real_users_consensus_and_blind_controls(label_studio, tiny_mo
     assert all(not t.get("predictions") for t in tasks if t["id"] in controls), "a control task got a prediction"
     assert all(t.get("predictions") for t in tasks if t["id"] not in controls), "a task missed its prediction"
 
+    set_overlap(ls, pid, 3, 0.1)  # Label Studio's own overlap setting, open source included
+    got = ls.projects.get(id=pid)
+    assert (got.maximum_annotations, got.overlap_cohort_percentage, got.show_overlap_first) == (3, 10, True)
     tokens = {email: sign_up(url, admin_token, email, "pass-word-123") for email in ACCURACIES}
     config = project_config(ls, pid)
     label_as_team(url, tasks, truth, tokens, config)

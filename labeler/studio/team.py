@@ -149,3 +149,14 @@ def consensus_labelled(studio: Studio, project: int, config: LabelConfig, min_co
             continue
         out.append(Labelled(t["id"], url, c.label, (c.label,), c.confidence, c.annotators))
     return out, skipped, unlabelled
+
+
+def set_overlap(studio: Studio, project: int, annotations: int, share: float) -> None:
+    """Label Studio's own overlap (open source too): ``share`` of the tasks go to ``annotations`` people
+    in its "Label All Tasks" stream (``maximum_annotations``, ``overlap_cohort_percentage``), overlapping
+    tasks first (``show_overlap_first``). Who gets which task stays Label Studio's: its API has no
+    per-user assignment outside Enterprise."""
+    if annotations < 1 or not 0 <= share <= 1:
+        raise ValueError(f"annotations must be 1 or more and share in [0, 1], got {annotations} and {share}")
+    studio.projects.update(id=project, maximum_annotations=annotations, overlap_cohort_percentage=round(share * 100),
+                           show_overlap_first=True)
