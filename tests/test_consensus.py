@@ -216,3 +216,22 @@ def test_no_task_or_no_annotator_still_answers():
     for labels in (np.zeros((0, 0), int), np.zeros((0, 2), int), np.full((3, 0), MISSING)):
         c = dawid_skene(labels, 2)
         assert len(c.label) == labels.shape[0] and (c.label == MISSING).all() and len(c.accuracy) == labels.shape[1]
+
+
+def test_simulated_team_spends_the_clicks_and_beats_the_vote():
+    from labeler.learning.simulate_team import compare_consensus, relabel_run, team_labels
+
+    rng = np.random.default_rng(13)
+    y = rng.integers(0, 2, 400)
+    x = rng.normal(0, 1, (400, 5)) + y[:, None] * 1.5  # a separable toy feature space
+    labels = team_labels(y, [0.97, 0.9, 0.7], 2, 2, seed=0)
+    assert ((labels != MISSING).sum(axis=1) == 2).all()
+    r = compare_consensus(x, y, [0.97, 0.9, 0.7], 2, 2, seed=0)
+    # two of three labels per task on 400 tasks: each pair shares ~130, so the accuracies are sized to ~0.1
+    assert r["dawid_skene"] > r["majority"] + 0.03 and r["accuracy_error"] < 0.1
+    test = np.arange(300, 400)
+    for relabel in (True, False):
+        run = relabel_run(x, y, [0.97, 0.9, 0.7], 2, clicks=150, start=60, batch=30, test=test, relabel=relabel, seed=0)
+        assert run["clicks"] == 150 and run["tasks"] + run["second_opinions"] == 150
+        if not relabel:
+            assert run["second_opinions"] == 0
