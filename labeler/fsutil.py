@@ -13,7 +13,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -80,6 +80,22 @@ def warn_disk_full(exc: DiskFull, every_s: float = 60.0) -> None:
     if time.monotonic() - _last_warning[0] >= every_s:
         _last_warning[0] = time.monotonic()
         log.warning("%s; predictions go on without caching until there is room", exc)
+
+
+def cache_transaction(db: sqlite3.Connection, work: Callable[[], object], what: str, where: str | Path) -> bool:
+    """``work`` in one transaction of ``db`` (opened with ``isolation_level=None``). A full disk rolls it
+    back, logs (:func:`warn_disk_full`) and returns False: a cache skips what it cannot store."""
+    try:
+        with disk_full_says(what, where):
+            db.execute("BEGIN")
+            work()
+            db.execute("COMMIT")
+        return True
+    except DiskFull as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        warn_disk_full(exc)
+        return False
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

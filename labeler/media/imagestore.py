@@ -25,8 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from labeler.connection import Connection
-from labeler.errors import DiskFull
-from labeler.fsutil import disk_full_says, warn_disk_full
+from labeler.fsutil import cache_transaction
 from labeler.media.images import content_key
 
 
@@ -67,6 +66,7 @@ class ImageStore:
         """The stored bytes of each reference that may be reused, else None."""
         out: list[bytes | None] = [None] * len(refs)
         now = time.time()
+        used: list[tuple[float, str]] = []
         with self._lock:
             for i, ref in enumerate(refs):
                 scope = self._scope(conn, ref)
@@ -77,23 +77,15 @@ class ImageStore:
                     "WHERE r.scope = ? AND r.ref = ?", (scope[0], ref)).fetchone()
                 if row and (row[1] or now - row[2] < self.ttl_s):
                     out[i] = row[0]
-                    self._write(lambda: self._db.execute("UPDATE blobs SET used = ? WHERE key = ?", (now, row[3])))
+                    used.append((now, row[3]))
+            if used:  # one transaction for every hit, not one per image
+                self._write(lambda: self._db.executemany("UPDATE blobs SET used = ? WHERE key = ?", used))
         return out
 
     def _write(self, work: Callable[[], object]) -> bool:
-        """``work`` in one transaction (the lock held); False when a full disk rolled it back (a warning
-        logged): the store saves downloads, it is never the answer."""
-        try:
-            with disk_full_says("the image cache", self.path):
-                self._db.execute("BEGIN")
-                work()
-                self._db.execute("COMMIT")
-            return True
-        except DiskFull as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            warn_disk_full(exc)
-            return False
+        """``work`` in one transaction (the lock held); False when a full disk rolled it back: the store
+        saves downloads, it is never the answer."""
+        return cache_transaction(self._db, work, "the image cache", self.path)
 
     def put_many(self, conn: Connection, items: Sequence[tuple[object, bytes]]) -> None:
         """Remember what each reference gave."""

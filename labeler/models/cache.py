@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from labeler.errors import DiskFull
-from labeler.fsutil import disk_full_says, warn_disk_full
+from labeler.fsutil import cache_transaction, disk_full_says, warn_disk_full
 from labeler.media.images import content_key  # noqa: F401 - imported from here too
 
 if TYPE_CHECKING:
@@ -276,15 +276,7 @@ class _SqliteMemo:
     def _write(self, sql: str, rows: list[tuple]) -> None:
         """One transaction; a full disk rolls it back and skips the rows (a warning logged)."""
         with self._lock:
-            try:
-                with disk_full_says("the score memo", self.path):
-                    self._db.execute("BEGIN")
-                    self._db.executemany(sql, rows)
-                    self._db.execute("COMMIT")
-            except DiskFull as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                warn_disk_full(exc)
+            cache_transaction(self._db, lambda: self._db.executemany(sql, rows), "the score memo", self.path)
 
 
 class LogitCache(_SqliteMemo):
