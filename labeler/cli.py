@@ -310,7 +310,8 @@ def annotators(project, honeypots, as_json, url, api_key, model_dir) -> None:
     """Annotator quality: accuracy with its interval, confusion, kappa, speed, automation bias."""
     import json
 
-    from labeler.learning.team_report import project_report, read_known, report_text
+    from labeler.learning.team_report import project_report, report_text
+    from labeler.studio.team import read_known
 
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
     report = project_report(_studio(s), project, s.control_rate, read_known(honeypots))
@@ -640,9 +641,11 @@ def evaluate_cmd(model_ref, images, labels_csv, model_dir, as_json) -> None:
 def queue_cmd(project, strategy, batch, url, api_key, model_dir) -> None:
     """Re-rank the "Next to label" tab from the last pre-annotation's scores (no re-scoring)."""
     from labeler.studio.queue import republish
+    from labeler.studio.teamqueue import TeamQueue
 
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
-    rep = republish(_studio(s), project, s.model_dir, strategy, batch or s.train_every or 25, s.seed)
+    rep = republish(_studio(s), project, s.model_dir, strategy, batch or s.train_every or 25, s.seed,
+                    TeamQueue.from_settings(s))
     click.echo(rep.summary())
 
 

@@ -75,6 +75,9 @@ class Settings:
     # -- teams of annotators (README "Teams") --
     control_rate: float = 0.0                  # LABELER_CONTROL_RATE: share of tasks the backend leaves blind (no prediction)
     consensus_min_confidence: float = 0.7      # LABELER_CONSENSUS_MIN_CONFIDENCE: below it a consensus label is not clean
+    honeypot_rate: float = 0.0                 # LABELER_HONEYPOT_RATE: share of "Next to label" slots given to known-label tasks
+    honeypots: str = ""                        # LABELER_HONEYPOTS: CSV of task_id,label known labels (besides ground truth)
+    relabel: bool = False                      # LABELER_RELABEL: the queue may ask a second person (ActiveLab); off: it lost
 
     _ENV = {
         "label_studio_url": "LABEL_STUDIO_URL", "label_studio_api_key": "LABEL_STUDIO_API_KEY",
@@ -97,7 +100,8 @@ class Settings:
         "image_ttl_s": "LABELER_IMAGE_TTL_S", "gpu_tier_gb": "LABELER_GPU_TIER_GB",
         "ray_address": "RAY_ADDRESS", "ray_api_server_address": "RAY_API_SERVER_ADDRESS",
         "ray_train_gpus": "LABELER_RAY_TRAIN_GPUS", "control_rate": "LABELER_CONTROL_RATE",
-        "consensus_min_confidence": "LABELER_CONSENSUS_MIN_CONFIDENCE",
+        "consensus_min_confidence": "LABELER_CONSENSUS_MIN_CONFIDENCE", "honeypot_rate": "LABELER_HONEYPOT_RATE",
+        "honeypots": "LABELER_HONEYPOTS", "relabel": "LABELER_RELABEL",
     }
 
     @classmethod
@@ -148,6 +152,7 @@ class Settings:
             ("ray_train_gpus", self.ray_train_gpus >= 0, "0 or more"),
             ("control_rate", 0 <= self.control_rate < 1, "in [0, 1)"),
             ("consensus_min_confidence", 0 <= self.consensus_min_confidence <= 1, "in [0, 1]"),
+            ("honeypot_rate", 0 <= self.honeypot_rate < 1, "in [0, 1)"),
         ]
         for name, ok, want in checks:
             if not ok:

@@ -235,3 +235,53 @@ def test_simulated_team_spends_the_clicks_and_beats_the_vote():
         assert run["clicks"] == 150 and run["tasks"] + run["second_opinions"] == 150
         if not relabel:
             assert run["second_opinions"] == 0
+
+
+def test_the_classifiers_out_of_fold_vote_enters_the_training_consensus():
+    """labeler.learning.labelled._model_votes: the people's consensus trains a cross-fitted classifier whose
+    probabilities then vote; a task whose image could not be read gets no model vote."""
+    from PIL import Image
+
+    from labeler.learning.labelled import _model_votes
+    from labeler.learning.simulate_team import out_of_fold
+    from labeler.models.classifiers import Sample
+    from labeler.models.predictor import Scored
+    from labeler.studio.tasks import Labelled
+    from labeler.studio.team import clean_labels, team_of
+
+    config = _config()
+    rng = np.random.default_rng(13)
+    y = rng.integers(0, 2, 300)
+    labels = simulate(y, [0.75, 0.7, 0.65], 2, seed=14)
+    for i in range(300):  # two of the three label each task
+        labels[i, rng.integers(0, 3)] = MISSING
+    tasks = [{"id": i, "data": {"image": f"/data/{i}.png"}, "total_annotations": int((labels[i] != MISSING).sum()),
+              "annotations": [{"result": [{"type": "choices", "from_name": "label",
+                                           "value": {"choices": [config.classes[labels[i, j]]]}}],
+                               "completed_by": {"id": j, "email": f"{j}@x"}} for j in range(3) if labels[i, j] != MISSING]}
+             for i in range(300)]
+    team = team_of(tasks, config)
+    people, _, _ = clean_labels(tasks, team, config)
+    image = Image.new("L", (4, 4))
+    feats = y[:, None] * 1.5 + rng.normal(0, 0.5, (300, 4))  # a classifier about 93 % right on these
+    keep = [(lab, Scored(sample=Sample(image, features=feats[lab.task_id]))) for lab in people]
+
+    def voter(samples, labels_given):
+        return out_of_fold(np.stack([s.features for s in samples]), labels_given, 2, seed=0)
+
+    voted, skipped = _model_votes(keep, tasks, team, config, 0.0, voter)
+    right = {lab.task_id: lab.label == config.classes[y[lab.task_id]] for lab, _ in voted}
+    before = np.mean([lab.label == config.classes[y[lab.task_id]] for lab in people])
+    assert len(voted) == 300 and skipped == 0 and np.mean(list(right.values())) > before + 0.03, before
+    cut, skipped = _model_votes(keep, tasks, team, config, 0.99, voter)
+    assert skipped == 300 - len(cut) and 0 < len(cut) < 300, "a consensus below the cut is not a clean label"
+    assert np.mean([lab.label == config.classes[y[lab.task_id]] for lab, _ in cut]) > np.mean(list(right.values()))
+    alone, _ = _model_votes(keep, tasks, team, config, 0.0, lambda s, lab: None)  # no vote possible: the people's
+    assert [lab.label for lab, _ in alone] == [lab.label for lab in people]
+
+
+def _config():
+    from labeler.labelconfig import parse_label_config
+
+    return parse_label_config("<View><Image name='img' value='$image'/><Choices name='label' toName='img'>"
+                              "<Choice value='open'/><Choice value='closed'/></Choices></View>")

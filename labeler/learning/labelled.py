@@ -5,16 +5,19 @@ self-training draws on."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from labeler.labelconfig import LabelConfig
 from labeler.models.classifiers import Sample
+from labeler.models.consensus import informative
 from labeler.models.predictor import Predictor, Scored
 from labeler.studio.client import Studio
 from labeler.studio.tasks import Labelled
-from labeler.studio.team import consensus_labelled
+from labeler.studio.team import Team, clean_labels, consensus_labelled, project_team, read_known
 
 
 @dataclass
@@ -28,25 +31,58 @@ class LabelledSet:
     unlabelled: list[tuple[int, str]]    # (task id, image URL) of tasks nobody annotated
 
 
-def load_labelled(predictor: Predictor, studio: Studio, project: int, config: LabelConfig) -> LabelledSet:
+# The classifier as one more voter (issue 22): its out-of-fold probabilities for the given samples and
+# consensus labels, or None where it cannot give them (too few labels per class).
+Voter = Callable[[list[Sample], np.ndarray], "np.ndarray | None"]
+
+
+def load_labelled(predictor: Predictor, studio: Studio, project: int, config: LabelConfig,
+                  voter: Voter | None = None) -> LabelledSet:
     """Fetch the labelled tasks, download and embed their images, attach zero-shot evidence.
 
-    A task's label is its consensus (:mod:`labeler.studio.team`); one below the setting
-    ``consensus_min_confidence`` is not a clean label and counts as skipped."""
+    A task's label is its consensus (:mod:`labeler.studio.team`; honeypot CSV ``LABELER_HONEYPOTS`` as known
+    labels); one below the setting ``consensus_min_confidence`` is not a clean label and counts as skipped.
+    With ``voter``, where some task has two labels or a known one, the consensus is fitted again with the
+    classifier's out-of-fold probabilities as one more annotator (:func:`_model_votes`)."""
     settings = getattr(predictor, "settings", None)
-    labelled, skipped, unlabelled = consensus_labelled(studio, project, config,
-                                                       getattr(settings, "consensus_min_confidence", 0.0),
-                                                       getattr(settings, "control_rate", 0.0))
+    min_conf = getattr(settings, "consensus_min_confidence", 0.0)
+    if config.multiple:
+        labelled, skipped, unlabelled = consensus_labelled(studio, project, config)
+        tasks, team = None, None
+    else:
+        path = getattr(settings, "honeypots", "")
+        tasks, team = project_team(studio, project, config, getattr(settings, "control_rate", 0.0),
+                                   read_known(Path(path)) if path else None)
+        votes = voter is not None and informative(team.labels, team.gold).any()
+        labelled, skipped, unlabelled = clean_labels(tasks, team, config, 0.0 if votes else min_conf)
     items = predictor.samples([lab.url for lab in labelled], studio.conn)
     bad = [(lab.task_id, it.error or "unreadable") for lab, it in zip(labelled, items) if it.sample is None]
     keep = [(lab, it) for lab, it in zip(labelled, items) if it.sample is not None]
     predictor.zeroshot_scores([it for _, it in keep], config)
+    if tasks is not None and team is not None and voter is not None and informative(team.labels, team.gold).any():
+        keep, skipped = _model_votes(keep, tasks, team, config, min_conf, voter)
     y: np.ndarray
     if config.multiple:
         y = np.array([[c in lab.labels for c in config.classes] for lab, _ in keep], dtype=int).reshape(-1, len(config.classes))
     else:
         y = np.array([config.classes.index(lab.label) for lab, _ in keep], dtype=int)
     return LabelledSet(keep, bad, y, skipped, unlabelled)
+
+
+def _model_votes(keep: list[tuple[Labelled, Scored]], tasks: list[dict], team: Team, config: LabelConfig,
+                 min_conf: float, voter: Voter) -> tuple[list[tuple[Labelled, Scored]], int]:
+    """The people's consensus (every annotated task) trains the out-of-fold model; its probabilities then
+    vote in the consensus (tasks whose image could not be read: no model vote), which is cut at ``min_conf``
+    again. Returns (the kept tasks with their new labels, annotated tasks skipped)."""
+    y = np.array([config.classes.index(lab.label) for lab, _ in keep], dtype=int)
+    proba = voter([it.decoded for _, it in keep], y) if len(keep) else None
+    if proba is None:  # no model vote: the people's consensus, cut as without a voter
+        labelled, skipped, _ = clean_labels(tasks, team, config, min_conf)
+    else:
+        labelled, skipped, _ = clean_labels(tasks, team, config, min_conf,
+                                            {lab.task_id: p for (lab, _), p in zip(keep, proba)})
+    by_id = {lab.task_id: lab for lab in labelled}
+    return [(by_id[lab.task_id], it) for lab, it in keep if lab.task_id in by_id], skipped
 
 
 def self_training_pool(predictor: Predictor, data: LabelledSet, config: LabelConfig, studio: Studio,

@@ -17,7 +17,7 @@ import numpy as np
 from labeler.errors import TrainingError
 from labeler.learning.label_errors import find_label_issues
 from labeler.learning.labelled import load_labelled
-from labeler.learning.training import choose_kind, cross_val_proba
+from labeler.learning.training import choose_kind, cross_val_proba, model_voter
 from labeler.models.classifiers import KINDS
 from labeler.models.predictor import Predictor
 from labeler.studio.client import Studio
@@ -40,7 +40,7 @@ def review(studio: Studio, project: int, predictor: Predictor, publish: bool = T
     config = project_config(studio, project)
     if config.multiple:  # confident learning is defined for one class per image
         raise TrainingError(f"project {project} is multi-label: label-error review supports single-choice projects only")
-    data = load_labelled(predictor, studio, project, config)
+    data = load_labelled(predictor, studio, project, config, model_voter(predictor, list(config.classes)))
     keep, y = data.keep, data.y
     classes = list(config.classes)
     counts = np.bincount(y, minlength=len(classes))

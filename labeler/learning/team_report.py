@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 from labeler.learning.annotators import quality_report
 from labeler.studio.client import Studio
 from labeler.studio.tasks import iter_tasks, project_config
 from labeler.studio.team import consensus_of, team_of, user_emails
-
-
-def read_known(path: Path | None) -> dict[int, str]:
-    """A honeypot CSV: ``task_id,label`` rows (a header row is skipped)."""
-    if path is None:
-        return {}
-    out = {}
-    with Path(path).open(newline="") as f:
-        for row in csv.reader(f):
-            if len(row) >= 2 and row[0].strip().isdigit():
-                out[int(row[0])] = row[1].strip()
-    return out
 
 
 def project_report(studio: Studio, project: int, control_rate: float = 0.0, known: dict[int, str] | None = None) -> dict:

@@ -23,7 +23,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from labeler.errors import TrainingError
 from labeler.labelconfig import LabelConfig
 from labeler.learning import multilabel
-from labeler.learning.labelled import LabelledSet, load_labelled, self_training_pool
+from labeler.learning.labelled import LabelledSet, Voter, load_labelled, self_training_pool
 from labeler.learning.metrics import evaluate
 from labeler.learning.promotion import HOLDOUT_MIN, METRIC_NAMES, Split, choose_split, decide_promotion, is_holdout, unseen_by  # noqa: F401 - imported from here too
 from labeler.models.calibration import fit_temperature
@@ -59,6 +59,23 @@ def choose_kind(setting: str, has_zeroshot: bool) -> str:
     if KINDS[setting].needs_features and not has_zeroshot:
         raise TrainingError(f"classifier {setting!r} needs the zero-shot model, which is not loaded")
     return setting
+
+
+def model_voter(predictor: Predictor, classes: list[str]) -> Voter | None:
+    """The classifier kind training fits, as one more voter in the consensus (issue 22): its out-of-fold
+    probabilities (stratified folds, at most 5; None with fewer than 2 labels of a class). None for the
+    ``cnn`` kind: five more CNN fits per training; there the consensus is the people's alone."""
+    s = predictor.settings
+    kind = choose_kind(s.classifier, predictor.scorer is not None)
+    if kind == "cnn":
+        return None
+
+    def vote(samples: list[Sample], y: np.ndarray) -> np.ndarray | None:
+        counts = np.bincount(y, minlength=len(classes))
+        if counts.min() < 2:
+            return None
+        return cross_val_proba(KINDS[kind](classes, seed=s.seed), samples, y, folds=int(min(5, counts.min())), seed=s.seed)
+    return vote
 
 
 def check_counts(y: np.ndarray, classes: list[str], min_per_class: int, n_bad: int) -> dict[str, int]:
@@ -198,7 +215,8 @@ def train_project(predictor: Predictor, project: str, studio: Studio, trigger: s
     """
     config = project_config(studio, int(project))
     report("fetching annotations and images")
-    data = load_labelled(predictor, studio, int(project), config)
+    data = load_labelled(predictor, studio, int(project), config,
+                         None if config.multiple else model_voter(predictor, list(config.classes)))
     if config.multiple:
         kind = choose_kind(predictor.settings.classifier, predictor.scorer is not None)
         clf, meta = multilabel.train(predictor, project, data, list(config.classes), kind, report)

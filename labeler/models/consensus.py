@@ -1,7 +1,8 @@
 """Consensus labels from a model of the annotators (Dawid & Skene, 1979), the classifier as one more voter.
 
 Input: ``labels`` (N tasks, M annotators) of class indices, :data:`MISSING` where an annotator did not
-label a task; optionally the classifier's out-of-fold probabilities ``pred_probs`` (N, K) and known
+label a task; optionally the classifier's out-of-fold probabilities ``pred_probs`` (N, K; a nan row: no
+answer for that task) and known
 labels ``gold`` (N,) (Label Studio ``ground_truth`` annotations or a CSV of honeypots).
 
 Each annotator ``j`` has a confusion matrix ``pi_j[k, l] = P(j says l | true class k)``. EM alternates
@@ -183,7 +184,9 @@ def dawid_skene(labels: np.ndarray, n_classes: int, pred_probs: np.ndarray | Non
         return _unfitted(labels, n_classes, g)
     people = labels.shape[1]
     if pred_probs is not None:  # the model's answer is one more column, its confusion fitted like a person's
-        answer = np.asarray(pred_probs).argmax(axis=1)
+        p = np.asarray(pred_probs, dtype=np.float64)
+        scored = np.isfinite(p).all(axis=1)  # a nan row: the model abstains on that task
+        answer = np.where(scored, np.nan_to_num(p).argmax(axis=1), MISSING)
         labels = np.c_[labels, np.where((labels != MISSING).any(axis=1) | (g != MISSING), answer, MISSING)]
     # start from the people's vote, the model's only breaking ties: starting with it as an equal lets EM
     # settle on "the model is right, the people are noise"

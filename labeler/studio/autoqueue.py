@@ -35,6 +35,7 @@ from labeler.models.predictor import Predictor
 from labeler.studio.client import Studio, unreachable
 from labeler.studio.queue import QueueReport, Recorder, annotated_tasks, refresh
 from labeler.studio.tasks import uncertainty_view
+from labeler.studio.teamqueue import TeamQueue
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def publish_after_predict(studio: Studio, predictor: Predictor, project: int, re
             version, items = predictor.score_items(str(project), items, config)
             recorder.add([{"id": i} for i in chunk], items, version)
         uncertainty_view(studio, project)
-        return refresh(studio, project, recorder, batch=settings.train_every or 25, seed=settings.seed)
+        return refresh(studio, project, recorder, batch=settings.train_every or 25, seed=settings.seed,
+                       team=TeamQueue.from_settings(settings))
 
 
 @dataclass

@@ -34,6 +34,7 @@ from labeler.studio.tasks import (
     uncertainty_view,
 )
 from labeler.studio.team import is_control
+from labeler.studio.teamqueue import TeamQueue
 
 log = logging.getLogger(__name__)
 
@@ -226,5 +227,6 @@ def finish(studio: Studio, project: int, report: Report, recorder: Recorder, set
         uncertainty_view(studio, project)
         delete_stale_predictions(studio, project, report.version)
     # The queue (labeler.studio.queue) is published also before any model exists (a k-center cold start).
-    report.queue = refresh_queue(studio, project, recorder, batch=settings.train_every or 25, seed=settings.seed)
+    report.queue = refresh_queue(studio, project, recorder, batch=settings.train_every or 25, seed=settings.seed,
+                                 team=TeamQueue.from_settings(settings))
     return report

@@ -48,6 +48,7 @@ from labeler.errors import StudioError
 from labeler.models.strategies import DEFAULT_STRATEGY, check_strategy, imagenet_features, queue_order
 from labeler.models.uncertainty import centred
 from labeler.studio.client import Studio, unreachable
+from labeler.studio.teamqueue import OPEN_FIELD, Opened, TeamQueue, interleave, open_now, plan, set_overlap
 
 log = logging.getLogger(__name__)
 
@@ -276,8 +277,9 @@ def write_answers(studio: Studio, project: int, state: QueueState, classes: Sequ
     return sum(write_field(studio, project, ids, text, ANSWER_FIELD) for text, ids in answers(state, classes).items())
 
 
-def ensure_queue_view(studio: Studio, project: int) -> int:
-    """The "Next to label" tab: unannotated tasks by ``labeler_priority``, first among the tabs, with
+def ensure_queue_view(studio: Studio, project: int, with_open: bool = False) -> int:
+    """The "Next to label" tab: unannotated tasks (``with_open``: and the open ones of
+    :mod:`~labeler.studio.teamqueue`) by ``labeler_priority``, first among the tabs, with
     "Least confident first" (:func:`~labeler.studio.tasks.uncertainty_view`) second where it exists.
 
     The project's sampling is left as it is (``uncertainty_view`` sets "Uncertainty sampling"):
@@ -290,10 +292,13 @@ def ensure_queue_view(studio: Studio, project: int) -> int:
 
     column = f"tasks:data.{FIELD}"
     # Only unannotated tasks: the annotation count would read 0 on every row. The rank shows here only.
-    hidden = {k: [*(c for c in v if c != column), "tasks:total_annotations"] for k, v in QUEUE_HIDDEN_COLUMNS.items()}
-    data = {"title": VIEW, "ordering": [column],
-            "filters": {"conjunction": "and", "items": [
-                {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]},
+    # The open flag is hidden too: a honeypot must not look like one.
+    hidden = {k: [*(c for c in v if c != column), "tasks:total_annotations", f"tasks:data.{OPEN_FIELD}"]
+              for k, v in QUEUE_HIDDEN_COLUMNS.items()}
+    items = [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]
+    if with_open:
+        items.append({"filter": f"filter:tasks:data.{OPEN_FIELD}", "operator": "equal", "type": "Number", "value": 1})
+    data = {"title": VIEW, "ordering": [column], "filters": {"conjunction": "or", "items": items},
             "columnsDisplayType": {column: "Number"},  # numeric, not text, ordering of the field
             "hiddenColumns": hidden, "columnsWidth": QUEUE_COLUMN_WIDTHS}
     views = list(studio.views.list(project=project))
@@ -319,32 +324,71 @@ class QueueReport:
     write_s: float = 0.0
     view: int | None = None
     top: list[int] = field(default_factory=list)
+    honeypots: int = 0  # known-label tasks interleaved (LABELER_HONEYPOT_RATE)
+    relabel: int = 0    # annotated tasks put in front for one more person (LABELER_RELABEL)
 
     def summary(self) -> str:
-        return (f'queue "{VIEW}": {self.ranked} unlabelled tasks ranked ({self.order_s:.1f} s), '
+        team = f", {self.honeypots} honeypots mixed in, {self.relabel} second opinions first" \
+            if self.honeypots or self.relabel else ""
+        return (f'queue "{VIEW}": {self.ranked} tasks ranked ({self.order_s:.1f} s){team}, '
                 f"{self.unranked} without scores last; {self.requests} bulk writes in {self.write_s:.1f} s")
 
 
-def publish(studio: Studio, project: int, state: QueueState, strategy: str = DEFAULT_STRATEGY, batch: int = 25,
-            seed: int = 0, unranked_ids: Sequence[int] = (), exact: int = 200,
-            classes: Sequence[str] | None = None) -> QueueReport:
-    """Rank the unannotated tasks of ``state`` with ``strategy`` and write the ranks to Label Studio, then
-    the model's answers (``classes``: the label config's, read from the project when not given)."""
-    check_strategy(strategy)
-    rep = QueueReport()
-    t = time.perf_counter()
+def _rank(state: QueueState, strategy: str, batch: int, seed: int, exact: int, leave_out: Sequence[int] = (),
+          ) -> tuple[np.ndarray, list[int]]:
+    """The unannotated tasks of ``state`` in queue order (``leave_out``: placed by the team queue instead),
+    and those left unranked (no scores while others have some)."""
     scored = np.isfinite(state.proba).all(1) if state.proba.size else np.zeros(len(state.ids), bool)
-    unlabelled = ~state.annotated
+    unlabelled = ~state.annotated & ~np.isin(state.ids, np.asarray(leave_out, dtype=np.int64))
     labelled = np.flatnonzero(state.annotated)
     feats = state.features.astype(np.float32) if state.features.size else None
+    unranked: list[int] = []
     if (unlabelled & scored).any():  # a model has scored them: unscored ones go last
         pool, proba = np.flatnonzero(unlabelled & scored), state.proba[unlabelled & scored]
-        unranked_ids = [*unranked_ids, *state.ids[unlabelled & ~scored].tolist()]
+        unranked = state.ids[unlabelled & ~scored].tolist()
     else:  # cold start, no model yet: k-center batches that cover the pool
         pool, proba = np.flatnonzero(unlabelled), None
     order = queue_order(strategy, proba, pool, labelled, batch, feats, seed, diverse_top=max(exact, 4 * batch),
                         multilabel=state.multilabel)
-    ordered_ids = state.ids[order]
+    return state.ids[order], unranked
+
+
+def _team_plan(studio: Studio, project: int, state: QueueState, team: TeamQueue, batch: int, seed: int) -> Opened:
+    """The honeypots and second opinions the queue keeps open (:mod:`labeler.studio.teamqueue`)."""
+    from labeler.studio.tasks import project_config
+
+    if not team.active:
+        return Opened()
+    scored = np.isfinite(state.proba).all(1) if state.proba.size else np.zeros(len(state.ids), bool)
+    proba = {int(i): p for i, p in zip(state.ids[scored & state.annotated], state.proba[scored & state.annotated])}
+    new = state.proba[scored & ~state.annotated & ~np.isin(state.ids, list(team.known))]
+    return plan(studio, project, project_config(studio, project), team, proba, new, batch, seed)
+
+
+def _write_open(studio: Studio, project: int, opened: Opened) -> int:
+    """``data.labeler_open`` and the overlap of the tasks opened now, and of those no longer open."""
+    was = open_now(studio, project)
+    closed = {t: n for t, n in was.items() if t not in set(opened.ids)}
+    requests = write_field(studio, project, opened.ids, 1, OPEN_FIELD) + write_field(studio, project, list(closed), 0,
+                                                                                       OPEN_FIELD)
+    set_overlap(studio, project, opened.overlap, closed)
+    return requests + len(opened.overlap) + len(closed)
+
+
+def publish(studio: Studio, project: int, state: QueueState, strategy: str = DEFAULT_STRATEGY, batch: int = 25,
+            seed: int = 0, unranked_ids: Sequence[int] = (), exact: int = 200,
+            classes: Sequence[str] | None = None, team: TeamQueue | None = None) -> QueueReport:
+    """Rank the unannotated tasks of ``state`` with ``strategy`` and write the ranks to Label Studio, then
+    the model's answers (``classes``: the label config's, read from the project when not given). ``team``:
+    honeypots interleaved and second opinions in front (:mod:`labeler.studio.teamqueue`)."""
+    check_strategy(strategy)
+    team = team or TeamQueue()
+    rep = QueueReport()
+    t = time.perf_counter()
+    opened = _team_plan(studio, project, state, team, batch, seed)
+    new_ids, more_unranked = _rank(state, strategy, batch, seed, exact, opened.honeypots)
+    unranked_ids = [i for i in [*unranked_ids, *more_unranked] if i not in set(opened.ids)]
+    ordered_ids = [*opened.relabel, *interleave(new_ids.tolist(), opened.honeypots, team.honeypot_rate)]
     rep.order_s = time.perf_counter() - t
     t = time.perf_counter()
     if classes is None:
@@ -355,15 +399,17 @@ def publish(studio: Studio, project: int, state: QueueState, strategy: str = DEF
     # sits next to the image, the rank after it.
     rep.requests = write_answers(studio, project, state, classes)
     rep.requests += write_priorities(studio, project, ordered_ids, unranked_ids, exact=max(exact, batch))
+    rep.requests += _write_open(studio, project, opened)
     rep.answers = int(np.isfinite(state.proba).all(1).sum()) if state.proba.size else 0
-    rep.view = ensure_queue_view(studio, project)
+    rep.view = ensure_queue_view(studio, project, with_open=bool(opened.ids))
     rep.write_s = time.perf_counter() - t
-    rep.ranked, rep.unranked, rep.top = len(ordered_ids), len(unranked_ids), ordered_ids[:10].tolist()
+    rep.ranked, rep.unranked, rep.top = len(ordered_ids), len(unranked_ids), ordered_ids[:10]
+    rep.honeypots, rep.relabel = len(opened.honeypots), len(opened.relabel)
     return rep
 
 
 def refresh(studio: Studio, project: int, recorder: Recorder, strategy: str = DEFAULT_STRATEGY, batch: int = 25,
-            seed: int = 0) -> QueueReport | None:
+            seed: int = 0, team: TeamQueue | None = None) -> QueueReport | None:
     """After a prediction refresh: save what was scored, then publish. A refused write is logged, not
     raised: the predictions are written already, and a stale queue is better than a failed refresh. An
     unreachable Label Studio raises :class:`StudioError`, so the caller can publish again when it answers
@@ -371,7 +417,7 @@ def refresh(studio: Studio, project: int, recorder: Recorder, strategy: str = DE
     state = recorder.save()
     try:
         unranked = sorted(i for i, a in recorder.annotated.items() if not a and i not in set(state.ids.tolist()))
-        rep = publish(studio, project, state, strategy, batch, seed, unranked)
+        rep = publish(studio, project, state, strategy, batch, seed, unranked, team=team)
         log.info("project %s: %s", project, rep.summary())
         return rep
     except Exception as exc:  # noqa: BLE001 - the SDK raises ApiError and httpx errors
@@ -383,7 +429,7 @@ def refresh(studio: Studio, project: int, recorder: Recorder, strategy: str = DE
 
 
 def republish(studio: Studio, project: int, model_dir: Path, strategy: str = DEFAULT_STRATEGY, batch: int = 25,
-              seed: int = 0) -> QueueReport:
+              seed: int = 0, team: TeamQueue | None = None) -> QueueReport:
     """Re-rank from the stored state without scoring anything (e.g. another strategy or batch size);
     which tasks are annotated is read from Label Studio first."""
     path = state_path(model_dir, project)
@@ -396,7 +442,7 @@ def republish(studio: Studio, project: int, model_dir: Path, strategy: str = DEF
     state.save(path)
     known = set(state.ids.tolist())
     unranked = sorted(i for i, a in annotated.items() if not a and i not in known)
-    return publish(studio, project, state, strategy, batch, seed, unranked)
+    return publish(studio, project, state, strategy, batch, seed, unranked, team=team)
 
 
 def annotated_tasks(studio: Studio, project: int) -> dict[int, bool]:

@@ -13,9 +13,11 @@ backend gives no pre-annotation, so the people label them blind.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -48,6 +50,18 @@ def annotator_name(annotation: dict, users: Mapping[int, str] | None = None) -> 
 def user_emails(studio: Studio) -> dict[int, str]:
     """Label Studio's users, id to e-mail (every member of the organisation)."""
     return {int(u.id): str(u.email or u.id) for u in studio.users.list() if u.id is not None}
+
+
+def read_known(path: Path | None) -> dict[int, str]:
+    """A honeypot CSV: ``task_id,label`` rows (a header row is skipped)."""
+    if path is None:
+        return {}
+    out = {}
+    with Path(path).open(newline="") as f:
+        for row in csv.reader(f):
+            if len(row) >= 2 and row[0].strip().isdigit():
+                out[int(row[0])] = row[1].strip()
+    return out
 
 
 @dataclass
@@ -113,8 +127,15 @@ class TaskConsensus:
     known: bool = False           # the label is a known one (ground truth or honeypot CSV)
 
 
-def consensus_of(team: Team, pred_probs: np.ndarray | None = None) -> tuple[dict[int, TaskConsensus], Consensus]:
-    """Each task's consensus (ground truth wins), and the fitted model of the annotators."""
+def consensus_of(team: Team, pred_probs: Mapping[int, np.ndarray] | np.ndarray | None = None,
+                 ) -> tuple[dict[int, TaskConsensus], Consensus]:
+    """Each task's consensus (ground truth wins), and the fitted model of the annotators. ``pred_probs``:
+    the classifier's out-of-fold probabilities as one more voter, (N, K) or task id to (K,) (a task
+    without them: the model does not vote on it)."""
+    if isinstance(pred_probs, Mapping):
+        rows = [pred_probs.get(tid) for tid in team.ids]
+        pred_probs = np.array([np.full(len(team.classes), np.nan) if r is None else r for r in rows]) \
+            if any(r is not None for r in rows) else None
     c = dawid_skene(team.labels, len(team.classes), pred_probs=pred_probs, gold=team.gold)
     out = {}
     for i, tid in enumerate(team.ids):
@@ -125,15 +146,20 @@ def consensus_of(team: Team, pred_probs: np.ndarray | None = None) -> tuple[dict
     return out, c
 
 
-def consensus_labelled(studio: Studio, project: int, config: LabelConfig, min_confidence: float = 0.0,
-                       control_rate: float = 0.0) -> tuple[list[Labelled], int, list[tuple[int, str]]]:
-    """:func:`labeler.studio.tasks.labelled_tasks` with the consensus as each task's label: (tasks with a
-    clean label, annotated tasks skipped (cancelled/empty, or a consensus below ``min_confidence``),
-    (task id, image URL) of the tasks nobody annotated). Multi-label projects keep the majority rule."""
-    if config.multiple:
-        return labelled_tasks(studio, project, config)
+def project_team(studio: Studio, project: int, config: LabelConfig, control_rate: float = 0.0,
+                 known: Mapping[int, str] | None = None) -> tuple[list[dict], Team]:
+    """Every task of ``project`` (one listing) and its team matrices."""
     tasks = list(iter_tasks(studio, project))
-    by_task, _ = consensus_of(team_of(tasks, config, control_rate))
+    return tasks, team_of(tasks, config, control_rate, known)
+
+
+def clean_labels(tasks: Sequence[dict], team: Team, config: LabelConfig, min_confidence: float = 0.0,
+                 pred_probs: Mapping[int, np.ndarray] | None = None,
+                 ) -> tuple[list[Labelled], int, list[tuple[int, str]]]:
+    """(tasks with a clean consensus label, annotated tasks skipped (cancelled/empty, or a consensus below
+    ``min_confidence``), (task id, image URL) of the tasks nobody annotated). ``pred_probs``: see
+    :func:`consensus_of`."""
+    by_task, _ = consensus_of(team, pred_probs)
     out, skipped, unlabelled = [], 0, []
     for t in tasks:
         ref = config.image_ref(t)
@@ -149,6 +175,17 @@ def consensus_labelled(studio: Studio, project: int, config: LabelConfig, min_co
             continue
         out.append(Labelled(t["id"], url, c.label, (c.label,), c.confidence, c.annotators))
     return out, skipped, unlabelled
+
+
+def consensus_labelled(studio: Studio, project: int, config: LabelConfig, min_confidence: float = 0.0,
+                       control_rate: float = 0.0, known: Mapping[int, str] | None = None,
+                       ) -> tuple[list[Labelled], int, list[tuple[int, str]]]:
+    """:func:`labeler.studio.tasks.labelled_tasks` with the people's consensus as each task's label
+    (:func:`clean_labels`). Multi-label projects keep the majority rule."""
+    if config.multiple:
+        return labelled_tasks(studio, project, config)
+    tasks, team = project_team(studio, project, config, control_rate, known)
+    return clean_labels(tasks, team, config, min_confidence)
 
 
 def set_overlap(studio: Studio, project: int, annotations: int, share: float) -> None:
