@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Blueprint, abort, jsonify, request, send_file
 
 from labeler.ids import check_project, check_version
@@ -67,14 +69,24 @@ def data_map(project: str):
     return resp
 
 
-@bp.get("/projects/<project>/annotators")
-def annotators(project: str):
-    """Annotator quality (``labeler annotators --json``): accuracy, confusion, kappa, speed, automation bias."""
+def annotator_report(project: str) -> tuple[dict | None, str | None]:
+    """``labeler annotators --json`` as this backend sees the project (known labels: ground truth and
+    ``LABELER_HONEYPOTS``): (the report, None), or (None, why not). The admin JSON and the admin page's
+    table and plot both show it."""
     from labeler.learning.team_report import project_report
+    from labeler.studio.team import read_known
 
     st = state()
     key = check_project(project)
     studio = st.studio(key)
     if studio is None:
-        return bad_request(f"project {key} has no known Label Studio (connect the backend, or set LABEL_STUDIO_URL)", 409)
-    return jsonify(project_report(studio, int(key), st.settings.control_rate))
+        return None, f"project {key} has no known Label Studio (connect the backend, or set LABEL_STUDIO_URL)"
+    known = read_known(Path(st.settings.honeypots)) if st.settings.honeypots else None
+    return project_report(studio, int(key), st.settings.control_rate, known), None
+
+
+@bp.get("/projects/<project>/annotators")
+def annotators(project: str):
+    """Annotator quality (``labeler annotators --json``): accuracy, confusion, kappa, speed, automation bias."""
+    report, why = annotator_report(project)
+    return bad_request(why or "no report", 409) if report is None else jsonify(report)

@@ -171,6 +171,24 @@ def train(project: str):
     return _done(f"training of project {project}: {job.get('status')}", {"job": job}, 202)
 
 
+@bp.get("/projects/<project>/annotators")
+def annotators(project: str):
+    """The annotators of a project: table and plot for a logged-in browser, the admin JSON
+    (``/admin/projects/<p>/annotators``, the same report) for API clients."""
+    from .admin import annotator_report
+
+    if not wants_html():
+        if not admin_ok(request, state().settings):
+            return jsonify({"status": "error", "error": "admin token required (Authorization: Bearer ...)"}), 401
+        report, why = annotator_report(project)
+        return (jsonify(report), 200) if report is not None else (jsonify({"status": "error", "error": why}), 409)
+    if not _logged_in():
+        return render_template_string(_LOGIN, error=None, csrf=_csrf_token()), 401
+    report, why = annotator_report(project)
+    return render_template_string(_ANNOTATORS, p=check_project(project), r=report or {}, error=why,
+                                  plot=annotators_svg(report or {}), fmt=_fmt), 200 if report is not None else 409
+
+
 # -- rendering ----------------------------------------------------------------------------------------
 
 def _fmt(value, digits: int = 4) -> str:
@@ -255,6 +273,39 @@ def finishing_svg(fin: dict) -> str | None:
     return _svg(fig)
 
 
+def _interval(x: dict | None) -> tuple[float, float, float] | None:
+    """(rate, low, high) of a rate with its interval, None where there is none."""
+    return None if not x or x.get("rate") is None else (x["rate"], x["low"], x["high"])
+
+
+def annotators_svg(report: dict) -> str | None:
+    """Inline SVG: per annotator, the estimated accuracy with its 95 % interval, and beside it the accuracy
+    on blind control tasks and on pre-annotated ones (automation bias). None with no annotator."""
+    rows = report.get("annotators") or []
+    if not rows:
+        return None
+    series = [("accuracy (honeypots or consensus model)", "o",
+               lambda r: None if r["accuracy"] is None else (r["accuracy"], r["accuracy_low"], r["accuracy_high"])),
+              ("blind controls", "s", lambda r: _interval(r["automation_bias"]["blind"])),
+              ("pre-annotated", "^", lambda r: _interval(r["automation_bias"]["preannotated"]))]
+    fig, ax = _figure()
+    fig.set_size_inches(6.4, 1.2 + 0.45 * len(rows))
+    for k, (name, marker, get) in enumerate(series):
+        pts = [(i, v) for i, r in enumerate(rows) if (v := get(r)) is not None]
+        if pts:
+            x = [v[0] for _, v in pts]
+            ax.errorbar(x, [i + (k - 1) * 0.22 for i, _ in pts], fmt=marker, capsize=3, label=name,
+                        xerr=[[v[0] - v[1] for _, v in pts], [v[2] - v[0] for _, v in pts]])
+    ax.set_yticks(range(len(rows)), [r["annotator"] for r in rows], fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("accuracy (95 % interval)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("annotators: accuracy, blind vs pre-annotated", fontsize=10)
+    return _svg(fig)
+
+
 _STYLE = """<style>
 body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em}td,th{padding:3px 9px;border-bottom:1px solid #ddd;text-align:right}
@@ -316,6 +367,8 @@ _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lab
 <input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="version" value="zero-shot">
 <button>roll back to zero-shot</button></form>{% endif %}</td></tr></table>
 {% if plots[p] %}<div class="learning-curve">{{ plots[p]|safe }}</div>{% endif %}
+<p><a href="{{ url_for('dashboard.annotators', project=p) }}">Annotators</a>: accuracy, agreement, speed and
+automation bias of the people labelling project {{ p }}.</p>
 {% set fin = info.finishing %}<h3>Finishing</h3>
 {% if fin.error %}<p class="failed">The finishing report failed: {{ fin.error }}</p>{% else %}
 <ul class="finishing"><li>Forecast ({{ fin.metric_name }}): {{ fin.forecast.line }}</li>
@@ -330,3 +383,23 @@ five is held out). Other targets and audit levels: <code>labeler status --projec
 {% for c, row in zip((m.per_class or {}).keys(), m.confusion_matrix) %}<tr><th>{{ c }}</th>{% for n in row %}<td>{{ n }}</td>{% endfor %}</tr>{% endfor %}
 </table>{% endif %}{% endfor %}</section>
 {% endfor %}</body></html>"""
+
+_ANNOTATORS = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>labeler admin: annotators of project {{ p }}</title>
+""" + _STYLE + """</head><body><h1>Annotators of project {{ p }}</h1>
+<p class="small"><a href="{{ url_for('dashboard.index') }}">admin page</a> · the same data as JSON:
+<code>GET /admin/projects/{{ p }}/annotators</code> or <code>labeler annotators --project {{ p }} --json</code></p>
+{% if error %}<p class="failed">{{ error }}</p>{% else %}
+<table class="annotators"><tr><th>annotator</th><th>labels</th><th>honeypots</th><th>accuracy</th><th>95 % interval</th>
+<th>from</th><th>median s</th><th>blind controls</th><th>pre-annotated</th><th>took a wrong preselected answer</th><th>Cohen's kappa</th></tr>
+{% for a in r.annotators %}{% set b = a.automation_bias %}
+<tr><td>{{ a.annotator }}</td><td>{{ a.labels }}</td><td>{{ a.honeypots }}</td><td>{{ fmt(a.accuracy, 3) }}</td>
+<td>{% if a.accuracy is not none %}{{ fmt(a.accuracy_low, 3) }}–{{ fmt(a.accuracy_high, 3) }}{% else %}–{% endif %}</td>
+<td>{{ a.accuracy_source or '–' }}</td><td>{{ fmt(a.median_lead_time_s, 1) }}</td>
+{% for x in (b.blind, b.preannotated, b.accepted_wrong) %}<td>{% if x.rate is not none %}{{ fmt(x.rate, 2) }} of {{ x.n }}{% else %}–{% endif %}</td>{% endfor %}
+<td>{% for o, k in a.kappa.items() %}{{ o }} {{ fmt(k, 2) }}{% if not loop.last %}<br>{% endif %}{% endfor %}</td></tr>{% endfor %}
+</table>
+<p>Krippendorff's alpha: {{ fmt(r.krippendorff_alpha, 3) }} · consensus: {{ r.method }} · {{ r.tasks }} tasks,
+{{ r.tasks_with_overlap }} with two labels or more, {{ r.honeypot_tasks }} honeypots, {{ r.control_tasks }} blind controls</p>
+{% if plot %}<div class="annotator-plot">{{ plot|safe }}</div>{% endif %}
+{% if r.unavailable %}<h3>Not available</h3><ul class="unavailable">{% for u in r.unavailable %}<li>{{ u }}</li>{% endfor %}</ul>{% endif %}
+{% endif %}</body></html>"""

@@ -246,7 +246,6 @@ def test_the_classifiers_out_of_fold_vote_enters_the_training_consensus():
     from labeler.learning.simulate_team import out_of_fold
     from labeler.models.classifiers import Sample
     from labeler.models.predictor import Scored
-    from labeler.studio.tasks import Labelled
     from labeler.studio.team import clean_labels, team_of
 
     config = _config()

@@ -165,3 +165,20 @@ def test_finishing_section_and_its_json(app):
     text = client.get("/dashboard", headers=HTML).text
     assert "<h3>Finishing</h3>" in text and fin["forecast"]["line"] in text and fin["plateau"]["line"] in text
     assert "learning curve and forecast" in text and "training labels" in text  # the forecast plot, inline SVG
+
+
+def test_annotator_plot_shows_each_person_with_intervals_and_says_nothing_without_any():
+    from labeler.learning.annotators import quality_report
+    from labeler.models.consensus import MISSING, dawid_skene
+    from ml_backend.dashboard import annotators_svg
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    labels = np.where(rng.random((300, 3)) < [0.95, 0.85, 0.7], y[:, None], 1 - y[:, None])
+    control = rng.random(300) < 0.2
+    shown = np.where(control, MISSING, y)
+    report = quality_report(["ann-a", "ann-b", "ann-c"], ["open", "closed"], labels, dawid_skene(labels, 2),
+                            np.full(labels.shape, 2.0), shown, control, np.full(300, MISSING))
+    svg = annotators_svg(report)
+    assert svg.startswith("<svg") and all(n in svg for n in ("ann-a", "ann-b", "ann-c", "blind controls", "pre-annotated"))
+    assert annotators_svg({"annotators": []}) is None

@@ -132,3 +132,26 @@ def test_honeypots_reach_each_annotator_once_in_their_queue_share_and_second_opi
     for t in [*honey, disputed]:
         task = ls.request("GET", f"api/tasks/{t}/").json()
         assert task["overlap"] == 1 and task["data"][OPEN_FIELD] == 0 and task["is_labeled"] is True
+    _admin_page_shows_the_team(url, admin, pid, tmp_path, honey)
+
+
+def _admin_page_shows_the_team(url: str, token: str, pid: int, tmp_path, honey: list[int]) -> None:
+    """The admin JSON and the admin page's table and plot, from one report: A's accuracy from the honeypots."""
+    from labeler.config import Settings
+    from ml_backend import create_app
+
+    from .test_dashboard import BEARER, HTML, _login
+
+    app = create_app(Settings(model_dir=tmp_path / "md", zeroshot_model=None, admin_token="t0k", label_studio_url=url,
+                              label_studio_api_key=token), load_in_background=False)
+    client = app.test_client()
+    report = client.get(f"/admin/projects/{pid}/annotators", headers=BEARER).get_json()
+    rows = {r["annotator"]: r for r in report["annotators"]}
+    assert set(rows) == {"hp-a@example.com", "hp-b@example.com", "hp-c@example.com"}, rows.keys()
+    assert rows["hp-a@example.com"]["honeypots"] == len(honey) and rows["hp-a@example.com"]["accuracy_source"] == "honeypots"
+    assert client.get(f"/dashboard/projects/{pid}/annotators", headers=BEARER).get_json() == report
+    assert client.get(f"/dashboard/projects/{pid}/annotators", headers=HTML).status_code == 401, "the page needs a login"
+    _login(client)
+    page = client.get(f"/dashboard/projects/{pid}/annotators", headers=HTML)
+    assert page.status_code == 200 and "<svg" in page.text and page.text.count("@example.com</td>") == 3
+    assert "honeypots</td>" in page.text and "Krippendorff" in page.text
