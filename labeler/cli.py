@@ -271,9 +271,11 @@ def audit(project, eps, delta, per_class, seed, new_round, url, api_key, model_d
 def certify(project, url, api_key, model_dir) -> None:
     """Certify the latest audit round with the labels given so far; tabs mark what needs a person."""
     from labeler.learning.audit import NEEDS_VIEW, certify_project
+    from labeler.studio.team import read_known
 
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
-    cert = certify_project(_studio(s), project, s.model_dir)
+    cert = certify_project(_studio(s), project, s.model_dir, s.consensus_min_confidence, s.control_rate,
+                           read_known(Path(s.honeypots)) if s.honeypots else None)
     click.echo(cert.summary())
     left = cert.audited - cert.audit_labelled
     click.echo(f"{left} audit task(s) still unlabelled (counted as errors until labelled)" if left

@@ -59,6 +59,7 @@ from labeler.studio.tasks import (
     pick_label,
     project_config,
 )
+from labeler.studio.team import consensus_of, team_of
 
 AUDIT_FIELD, ORDER_FIELD = "labeler_audit", "labeler_audit_order"
 ACCEPTED_FIELD, NEEDS_FIELD = "labeler_accepted", "labeler_needs_person"
@@ -287,13 +288,16 @@ def _field_filter(field: str, value: float, *more: dict) -> dict:
 
 
 # -- the certificate -----------------------------------------------------------------------------
-def certify_project(studio: Studio, project: int | str, model_dir: str | Path) -> Certificate:
+def certify_project(studio: Studio, project: int | str, model_dir: str | Path, min_confidence: float = 0.0,
+                    control_rate: float = 0.0, known: dict[int, str] | None = None) -> Certificate:
     """Certify the latest audit round with the labels people have given by now; save ``certificate.json``
     and ``DATASHEET.md`` and mark the accepted and the needs-a-person tasks in Label Studio.
 
     A pool task's label is wrong (1) when a person's label differs from the frozen prediction, right (0)
     when it agrees, unknown (NaN) while nobody labelled it; a task deleted since the draw counts as
-    labelled by a person with its label unknown (never accepted). Raises :class:`CertificateError`
+    labelled by a person with its label unknown (never accepted). A task's label is its consensus
+    (:func:`people_labels`): one below ``min_confidence`` is no clean label, so an audit task with it
+    counts as not yet labelled (an error in the test) and no task with it is accepted. Raises :class:`CertificateError`
     (certify's message) when there is no round, too few audit labels, or a class without audit tasks;
     nothing is written then.
     """
@@ -303,10 +307,10 @@ def certify_project(studio: Studio, project: int | str, model_dir: str | Path) -
         raise CertificateError(f"project {key} has no audit round: run labeler audit --project {key} first")
     config = project_config(studio, int(key))
     tasks = {t["id"]: t for t in iter_tasks(studio, int(key))}
-    labels = {i: pick_label(t.get("annotations") or [], config) for i, t in tasks.items()}
+    labels, unclean = people_labels(list(tasks.values()), config, min_confidence, control_rate, known)
     pool = rnd["tasks"]
     ids = np.array([t["id"] for t in pool], dtype=np.int64)
-    wrong, human = outcomes(pool, labels)
+    wrong, human = outcomes(pool, labels, unclean)
     cert, mask = certify(np.array([t["score"] for t in pool], dtype=float), [t["predicted"] for t in pool],
                          np.array([t["drawn"] for t in pool], dtype=bool), wrong, human, rnd["rates"], rnd["eps"],
                          rnd["delta"], rnd["round"], rnd["per_class"], starts=rnd.get("starts"),
@@ -323,13 +327,30 @@ def certify_project(studio: Studio, project: int | str, model_dir: str | Path) -
     return cert
 
 
-def outcomes(pool: Sequence[dict], labels: dict[int, str | None]) -> tuple[np.ndarray, np.ndarray]:
+def people_labels(tasks: Sequence[dict], config: LabelConfig, min_confidence: float = 0.0, control_rate: float = 0.0,
+                  known: dict[int, str] | None = None) -> tuple[dict[int, str | None], set[int]]:
+    """Every task's label from people (None: none usable) and the tasks whose label is not clean. Single
+    choice: the consensus of :mod:`labeler.studio.team` (several annotations weighed by the annotators'
+    estimated accuracy, ground truth first), not clean below ``min_confidence``; multi-label: the
+    majority rule of :func:`~labeler.studio.tasks.pick_label`, always clean."""
+    if config.multiple:
+        return {int(t["id"]): pick_label(t.get("annotations") or [], config) for t in tasks}, set()
+    by_task, _ = consensus_of(team_of(tasks, config, control_rate, known))
+    unclean = {i for i, c in by_task.items()
+               if c.label is not None and not c.known and c.confidence is not None and c.confidence < min_confidence}
+    return {i: None if i in unclean else c.label for i, c in by_task.items()}, unclean
+
+
+def outcomes(pool: Sequence[dict], labels: dict[int, str | None], unclean: set[int] | frozenset[int] = frozenset(),
+             ) -> tuple[np.ndarray, np.ndarray]:
     """(wrong, human) over a round's pool, from people's labels now (``labels``: every task of the project,
     None where it has no usable label). ``wrong``: 1 where the label differs from the frozen prediction, 0
-    where it agrees, NaN where there is none; ``human``: labelled since the draw, or deleted (never accepted)."""
+    where it agrees, NaN where there is none; ``human``: labelled since the draw, or deleted (never accepted),
+    or labelled with no clean label (``unclean``: people disagree, the task is theirs to settle)."""
     now = [labels.get(t["id"]) for t in pool]
     wrong = np.array([np.nan if lab is None else float(lab != t["predicted"]) for t, lab in zip(pool, now)])
-    human = np.array([t["id"] not in labels or lab is not None for t, lab in zip(pool, now)], dtype=bool)
+    human = np.array([t["id"] not in labels or lab is not None or t["id"] in unclean for t, lab in zip(pool, now)],
+                     dtype=bool)
     return wrong, human
 
 
