@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from labeler.learning.datasets import read_labels, synthetic_digits
-from labeler.learning.simulate_team import compare_consensus, relabel_run
+from labeler.learning.simulate_team import team_study
 from labeler.models.classifiers import Sample
 from labeler.models.strategies import imagenet_features
 
@@ -36,10 +36,6 @@ def load(name: str, tmp: Path) -> tuple[np.ndarray, np.ndarray, int] | None:
         return None
     data = read_labels(csv, progress=False)
     return imagenet_features([Sample(im) for im in data.images()]), data.targets(data.classes), len(data.classes)
-
-
-def summary(rows: list[dict], keys: list[str]) -> str:
-    return ", ".join(f"{k} {np.mean([r[k] for r in rows]):.4f} +- {np.std([r[k] for r in rows]):.4f}" for k in keys)
 
 
 def main() -> None:
@@ -61,20 +57,8 @@ def main() -> None:
             sys.exit(0)
         x, y, k = loaded
         print(f"{args.data}: {len(y)} tasks, {k} classes, annotators {acc}, features in {time.perf_counter() - t0:.0f} s")
-        cons = [compare_consensus(x, y, acc, args.per_task, k, s) for s in range(args.seeds)]
-        for r in cons:
-            print(f"  seed {r['seed']}: estimated accuracies {r['estimated']}")
-        print(f"consensus, {args.per_task} labels per task, {args.seeds} seeds (accuracy against the truth): "
-              + summary(cons, ["majority", "dawid_skene", "dawid_skene_model", "crowdlab", "best_single", "model_alone"]))
-        print("  max |estimated - true accuracy|: " + summary(cons, ["accuracy_error", "accuracy_error_model"]))
-        runs = []
-        for s in range(args.seeds):
-            test = np.random.default_rng(100 + s).choice(len(y), size=min(args.test, len(y) // 3), replace=False)
-            runs += [relabel_run(x, y, acc, k, args.clicks, args.start, args.batch, test, r, s) for r in (True, False)]
-        for queue in ("relabel_or_new", "new_only"):
-            sel = [r for r in runs if r["queue"] == queue]
-            print(f"{queue:>15}, {args.clicks} clicks: " + summary(sel, ["test_accuracy", "label_accuracy", "tasks",
-                                                                         "second_opinions"]))
+        for line in team_study(x, y, k, acc, args.per_task, args.seeds, args.clicks, args.start, args.batch, args.test):
+            print(line)
         print(f"done in {time.perf_counter() - t0:.0f} s")
 
 

@@ -371,11 +371,16 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
                    "other runs get .seedN/.STRATEGY suffixes).")
 @click.option("--redraws", default=0, show_default=True,
               help="With --certify: also re-draw the audit this many times per run and count violated claims.")
+@click.option("--annotators", help="A team of simulated annotators of these accuracies (e.g. 0.97,0.9,0.7): consensus "
+              "against majority vote and the best annotator, and relabel-or-new against new tasks only at --budget "
+              "clicks (--start first, --batch per round, --holdout held out); frozen ImageNet features + logistic regression.")
+@click.option("--per-task", default=2, show_default=True, help="With --annotators: labels per task in the consensus comparison.")
 def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
              cnn_steps, self_train, metric, targets, out, save_model, eps, delta, per_class, accepted_out,
-             redraws) -> None:
+             redraws, annotators, per_task) -> None:
     """Replay the annotation loop offline and write learning curves (CSV + PNG); with --certify, finish the
-    dataset (queue, audit, certified auto-accept) and check the claim against the known labels."""
+    dataset (queue, audit, certified auto-accept) and check the claim against the known labels; with
+    --annotators, a team of simulated annotators (issue 22)."""
     from labeler.learning.datasets import read_labels
     from labeler.learning.simulate import STRATEGIES, imagenet_features, make_classifier
     from labeler.models.classifiers import Sample
@@ -387,6 +392,8 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
         holdout = 0  # every image belongs to the finished dataset
     self_train, data = self_train or None, read_labels(labels_csv, images)
     classes, y = data.classes, _check_simulation(data, labels_csv, budget, holdout)
+    if annotators:
+        return _simulate_team(data, y, annotators, per_task, seeds, budget, start, batch, holdout)
     metric, goals = _simulation_metric(metric, targets, len(classes))
     strategies = list(STRATEGIES) if "all" in strategies else list(strategies)
     samples = [Sample(im) for im in data.images()]
@@ -401,6 +408,25 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
                                 self_train, eps, delta, per_class, accepted_out, redraws, out)
     _simulate_curves(samples, y, classes, strategies, budget, batch, start, seeds, holdout, make, zeroshot,
                      zeroshot_model, features, self_train, metric, goals, save_model, labels_csv, out)
+
+
+def _simulate_team(data, y, annotators: str, per_task: int, seeds: int, clicks: int, start: int | None, batch: int,
+                   holdout: int) -> None:
+    """``--annotators``: :func:`labeler.learning.simulate_team.team_study`, printed."""
+    from labeler.learning.simulate_team import team_study
+    from labeler.models.classifiers import Sample
+    from labeler.models.strategies import imagenet_features
+
+    try:
+        acc = [float(a) for a in annotators.split(",")]
+    except ValueError:
+        _fail(f"--annotators {annotators!r}: accuracies separated by commas, e.g. 0.97,0.9,0.7")
+    if not acc or not all(0 < a <= 1 for a in acc):
+        _fail(f"--annotators {annotators!r}: each accuracy must be in (0, 1]")
+    features = imagenet_features([Sample(im) for im in data.images()])
+    click.echo(f"{len(y)} tasks, {len(data.classes)} classes, annotators {acc}")
+    for line in team_study(features, y, len(data.classes), acc, per_task, seeds, clicks, start or batch, batch, holdout):
+        click.echo(line)
 
 
 def _simulate_curves(samples, y, classes, strategies, budget, batch, start, seeds, holdout, make, zeroshot,

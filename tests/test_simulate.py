@@ -130,3 +130,16 @@ def test_simulate_certify_writes_the_accepted_labels(tmp_path):
 def test_simulate_certify_refuses_levels_outside_0_1(tmp_path, args, message):
     r = CliRunner().invoke(main, ["simulate", "--labels", str(make_dataset(tmp_path)), *args])
     assert r.exit_code == 2 and message in r.output
+
+
+def test_simulate_with_a_team_of_annotators(tmp_path):
+    """`simulate --annotators`: the consensus comparison and relabel-or-new against new only, at equal clicks."""
+    labels = make_dataset(tmp_path, n=120)
+    r = CliRunner().invoke(main, ["simulate", "--labels", str(labels), "--annotators", "0.95,0.8,0.7", "--budget", "50",
+                                  "--start", "30", "--batch", "10", "--holdout", "30"])
+    assert r.exit_code == 0, r.output
+    assert "annotators [0.95, 0.8, 0.7]" in r.output and "dawid_skene" in r.output and "majority" in r.output
+    assert "relabel_or_new, 50 clicks" in r.output and "new_only, 50 clicks" in r.output
+    bad = CliRunner().invoke(main, ["simulate", "--labels", str(labels), "--annotators", "0.9,x", "--budget", "50",
+                                    "--holdout", "30"])
+    assert bad.exit_code == 1 and "accuracies separated by commas" in bad.output

@@ -109,7 +109,7 @@ def test_honeypots_reach_each_annotator_once_in_their_queue_share_and_second_opi
     served_b = [_next(url, pid, rep.view, b)]
     _label(url, served_b[0], b, "open")
     served_b.append(_next(url, pid, rep.view, b))
-    assert served_b == honey[:2], "B gets the honeypots A labelled: they stay open for everyone else"
+    assert served_b == [served_a[4], served_a[9]], "B gets the honeypots A labelled: they stay open for everyone else"
 
     # A second opinion: A and B split on a task the model cannot decide; the new tasks are confident. C, the
     # third member, is the one person left to ask.

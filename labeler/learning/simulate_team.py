@@ -148,3 +148,28 @@ def relabel_run(features: np.ndarray, y: np.ndarray, accuracies: list[float], n_
             "tasks": len(lab), "second_opinions": used - len(lab),
             "test_accuracy": test_accuracy,
             "label_accuracy": float((cons == y[lab]).mean())}
+
+
+def summary(rows: list[dict], keys: list[str]) -> str:
+    """Mean +- std over seeds of each of ``keys``."""
+    return ", ".join(f"{k} {np.mean([r[k] for r in rows]):.4f} +- {np.std([r[k] for r in rows]):.4f}" for k in keys)
+
+
+def team_study(features: np.ndarray, y: np.ndarray, n_classes: int, accuracies: list[float], per_task: int, seeds: int,
+               clicks: int, start: int, batch: int, test_size: int) -> list[str]:
+    """Both questions over ``seeds`` seeds, as lines to print (``labeler simulate --annotators`` and
+    ``benchmarks/team_bench.py``); ``test_size`` tasks per seed are held out of the relabelling runs."""
+    cons = [compare_consensus(features, y, accuracies, per_task, n_classes, s) for s in range(seeds)]
+    lines = [f"  seed {r['seed']}: estimated accuracies {r['estimated']}" for r in cons]
+    lines.append(f"consensus, {per_task} labels per task, {seeds} seeds (accuracy against the truth): "
+                 + summary(cons, ["majority", "dawid_skene", "dawid_skene_model", "crowdlab", "best_single", "model_alone"]))
+    lines.append("  max |estimated - true accuracy|: " + summary(cons, ["accuracy_error", "accuracy_error_model"]))
+    runs = []
+    for s in range(seeds):
+        test = np.random.default_rng(100 + s).choice(len(y), size=min(test_size, len(y) // 3), replace=False)
+        runs += [relabel_run(features, y, accuracies, n_classes, clicks, start, batch, test, r, s) for r in (True, False)]
+    for queue in ("relabel_or_new", "new_only"):
+        sel = [r for r in runs if r["queue"] == queue]
+        lines.append(f"{queue:>15}, {clicks} clicks: " + summary(sel, ["test_accuracy", "label_accuracy", "tasks",
+                                                                      "second_opinions"]))
+    return lines
