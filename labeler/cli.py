@@ -313,10 +313,11 @@ def annotators(project, honeypots, as_json, url, api_key, model_dir) -> None:
     import json
 
     from labeler.learning.team_report import project_report, report_text
-    from labeler.studio.team import read_known
+    from labeler.studio.team import load_votes, read_known
 
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
-    report = project_report(_studio(s), project, s.control_rate, read_known(honeypots))
+    known = read_known(honeypots or (Path(s.honeypots) if s.honeypots else None))
+    report = project_report(_studio(s), project, s.control_rate, known, load_votes(s.model_dir, project))
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(report_text(report)))
 
 

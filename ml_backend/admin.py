@@ -71,10 +71,10 @@ def data_map(project: str):
 
 def annotator_report(project: str) -> tuple[dict | None, str | None]:
     """``labeler annotators --json`` as this backend sees the project (known labels: ground truth and
-    ``LABELER_HONEYPOTS``): (the report, None), or (None, why not). The admin JSON and the admin page's
-    table and plot both show it."""
+    ``LABELER_HONEYPOTS``; the last training's classifier votes): (the report, None), or (None, why not).
+    The admin JSON and the admin page's table and plot both show it."""
     from labeler.learning.team_report import project_report
-    from labeler.studio.team import read_known
+    from labeler.studio.team import load_votes, read_known
 
     st = state()
     key = check_project(project)
@@ -82,7 +82,8 @@ def annotator_report(project: str) -> tuple[dict | None, str | None]:
     if studio is None:
         return None, f"project {key} has no known Label Studio (connect the backend, or set LABEL_STUDIO_URL)"
     known = read_known(Path(st.settings.honeypots)) if st.settings.honeypots else None
-    return project_report(studio, int(key), st.settings.control_rate, known), None
+    votes = load_votes(st.settings.model_dir, key)
+    return project_report(studio, int(key), st.settings.control_rate, known, votes), None
 
 
 @bp.get("/projects/<project>/annotators")

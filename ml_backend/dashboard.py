@@ -399,7 +399,8 @@ _ANNOTATORS = """<!doctype html><html lang="en"><head><meta charset="utf-8"><tit
 <td>{% for o, k in a.kappa.items() %}{{ o }} {{ fmt(k, 2) }}{% if not loop.last %}<br>{% endif %}{% endfor %}</td></tr>{% endfor %}
 </table>
 <p>Krippendorff's alpha: {{ fmt(r.krippendorff_alpha, 3) }} · consensus: {{ r.method }} · {{ r.tasks }} tasks,
-{{ r.tasks_with_overlap }} with two labels or more, {{ r.honeypot_tasks }} honeypots, {{ r.control_tasks }} blind controls</p>
+{{ r.tasks_with_overlap }} with two labels or more, {{ r.honeypot_tasks }} honeypots, {{ r.control_tasks }} blind controls
+{% if r.model_accuracy is not none %} · the classifier voted too (out-of-fold, last training): estimated accuracy {{ fmt(r.model_accuracy, 3) }}{% endif %}</p>
 {% if plot %}<div class="annotator-plot">{{ plot|safe }}</div>{% endif %}
 {% if r.unavailable %}<h3>Not available</h3><ul class="unavailable">{% for u in r.unavailable %}<li>{{ u }}</li>{% endfor %}</ul>{% endif %}
 {% endif %}</body></html>"""

@@ -268,15 +268,16 @@ def test_the_classifiers_out_of_fold_vote_enters_the_training_consensus():
     def voter(samples, labels_given):
         return out_of_fold(np.stack([s.features for s in samples]), labels_given, 2, seed=0)
 
-    voted, skipped = _model_votes(keep, tasks, team, config, 0.0, voter)
+    voted, skipped, votes = _model_votes(keep, tasks, team, config, 0.0, voter)
+    assert votes is not None and set(votes) == {lab.task_id for lab in people}
     right = {lab.task_id: lab.label == config.classes[y[lab.task_id]] for lab, _ in voted}
     before = np.mean([lab.label == config.classes[y[lab.task_id]] for lab in people])
     assert len(voted) == 300 and skipped == 0 and np.mean(list(right.values())) > before + 0.03, before
-    cut, skipped = _model_votes(keep, tasks, team, config, 0.99, voter)
+    cut, skipped, _ = _model_votes(keep, tasks, team, config, 0.99, voter)
     assert skipped == 300 - len(cut) and 0 < len(cut) < 300, "a consensus below the cut is not a clean label"
     assert np.mean([lab.label == config.classes[y[lab.task_id]] for lab, _ in cut]) > np.mean(list(right.values()))
-    alone, _ = _model_votes(keep, tasks, team, config, 0.0, lambda s, lab: None)  # no vote possible: the people's
-    assert [lab.label for lab, _ in alone] == [lab.label for lab in people]
+    alone, _, none = _model_votes(keep, tasks, team, config, 0.0, lambda s, lab: None)  # no vote possible: the people's
+    assert none is None and [lab.label for lab, _ in alone] == [lab.label for lab in people]
 
 
 def _config():
@@ -284,3 +285,26 @@ def _config():
 
     return parse_label_config("<View><Image name='img' value='$image'/><Choices name='label' toName='img'>"
                               "<Choice value='open'/><Choice value='closed'/></Choices></View>")
+
+
+def test_votes_kept_by_training_are_read_back(tmp_path):
+    from labeler.studio.team import load_votes, save_votes
+
+    assert load_votes(tmp_path, 7) is None
+    save_votes(tmp_path, 7, {3: np.array([0.25, 0.75]), 9: np.array([1.0, 0.0])}, "v2-head")
+    back = load_votes(tmp_path, 7)
+    assert set(back) == {3, 9} and np.allclose(back[3], [0.25, 0.75])
+
+
+def test_the_report_says_when_the_classifier_voted():
+    from labeler.learning.team_report import report_text
+
+    y = np.random.default_rng(15).integers(0, 2, 300)
+    labels = simulate(y, [0.9, 0.8], 2, seed=16)
+    args = (np.full(labels.shape, np.nan), np.full(300, MISSING), np.zeros(300, bool), np.full(300, MISSING))
+    voted = quality_report(["a", "b"], ["open", "closed"], labels,
+                           dawid_skene(labels, 2, pred_probs=calibrated_model(y, 0.85, seed=17)), *args)
+    assert voted["method"] == "dawid-skene + model" and abs(voted["model_accuracy"] - 0.85) < 0.06
+    assert any("the classifier voted too" in line for line in report_text(voted))
+    alone = quality_report(["a", "b"], ["open", "closed"], labels, dawid_skene(labels, 2), *args)
+    assert alone["model_accuracy"] is None and not any("classifier voted" in line for line in report_text(alone))

@@ -133,6 +133,7 @@ def quality_report(names: Sequence[str], classes: Sequence[str], labels: np.ndar
             "method": consensus.method, "tasks": int(labelled.sum()),
             "tasks_with_overlap": int(((labels != MISSING).sum(axis=1) >= 2).sum()),
             "honeypot_tasks": int((gold != MISSING).sum()), "control_tasks": int(np.sum(control)),
+            "model_accuracy": _num(consensus.model_accuracy) if consensus.model_accuracy is not None else None,
             "mean_consensus_confidence": _num(float(np.nanmean(consensus.confidence[labelled])))
             if labelled.any() and np.isfinite(consensus.confidence[labelled]).any() else None,
             "unavailable": unavailable}

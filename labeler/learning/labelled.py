@@ -29,6 +29,7 @@ class LabelledSet:
     y: np.ndarray                        # class indices of ``keep``; multi-label: (N, C) 0/1 label sets
     skipped_tasks: int                   # annotated tasks without a usable label
     unlabelled: list[tuple[int, str]]    # (task id, image URL) of tasks nobody annotated
+    votes: dict[int, np.ndarray] | None = None  # the classifier's out-of-fold probabilities, where it voted
 
 
 # The classifier as one more voter (issue 22): its out-of-fold probabilities for the given samples and
@@ -46,43 +47,42 @@ def load_labelled(predictor: Predictor, studio: Studio, project: int, config: La
     classifier's out-of-fold probabilities as one more annotator (:func:`_model_votes`)."""
     settings = getattr(predictor, "settings", None)
     min_conf = getattr(settings, "consensus_min_confidence", 0.0)
+    tasks, team, will_vote = None, None, False
     if config.multiple:
         labelled, skipped, unlabelled = consensus_labelled(studio, project, config)
-        tasks, team = None, None
     else:
         path = getattr(settings, "honeypots", "")
         tasks, team = project_team(studio, project, config, getattr(settings, "control_rate", 0.0),
                                    read_known(Path(path)) if path else None)
-        votes = voter is not None and informative(team.labels, team.gold).any()
-        labelled, skipped, unlabelled = clean_labels(tasks, team, config, 0.0 if votes else min_conf)
+        will_vote = voter is not None and bool(informative(team.labels, team.gold).any())
+        labelled, skipped, unlabelled = clean_labels(tasks, team, config, 0.0 if will_vote else min_conf)
     items = predictor.samples([lab.url for lab in labelled], studio.conn)
     bad = [(lab.task_id, it.error or "unreadable") for lab, it in zip(labelled, items) if it.sample is None]
     keep = [(lab, it) for lab, it in zip(labelled, items) if it.sample is not None]
     predictor.zeroshot_scores([it for _, it in keep], config)
-    if tasks is not None and team is not None and voter is not None and informative(team.labels, team.gold).any():
-        keep, skipped = _model_votes(keep, tasks, team, config, min_conf, voter)
+    votes = None
+    if will_vote and tasks is not None and team is not None and voter is not None:
+        keep, skipped, votes = _model_votes(keep, tasks, team, config, min_conf, voter)
     y: np.ndarray
     if config.multiple:
         y = np.array([[c in lab.labels for c in config.classes] for lab, _ in keep], dtype=int).reshape(-1, len(config.classes))
     else:
         y = np.array([config.classes.index(lab.label) for lab, _ in keep], dtype=int)
-    return LabelledSet(keep, bad, y, skipped, unlabelled)
+    return LabelledSet(keep, bad, y, skipped, unlabelled, votes)
 
 
 def _model_votes(keep: list[tuple[Labelled, Scored]], tasks: list[dict], team: Team, config: LabelConfig,
-                 min_conf: float, voter: Voter) -> tuple[list[tuple[Labelled, Scored]], int]:
+                 min_conf: float, voter: Voter,
+                 ) -> tuple[list[tuple[Labelled, Scored]], int, dict[int, np.ndarray] | None]:
     """The people's consensus (every annotated task) trains the out-of-fold model; its probabilities then
     vote in the consensus (tasks whose image could not be read: no model vote), which is cut at ``min_conf``
-    again. Returns (the kept tasks with their new labels, annotated tasks skipped)."""
+    again. Returns (the kept tasks with their new labels, annotated tasks skipped, the votes or None)."""
     y = np.array([config.classes.index(lab.label) for lab, _ in keep], dtype=int)
     proba = voter([it.decoded for _, it in keep], y) if len(keep) else None
-    if proba is None:  # no model vote: the people's consensus, cut as without a voter
-        labelled, skipped, _ = clean_labels(tasks, team, config, min_conf)
-    else:
-        labelled, skipped, _ = clean_labels(tasks, team, config, min_conf,
-                                            {lab.task_id: p for (lab, _), p in zip(keep, proba)})
+    votes = None if proba is None else {lab.task_id: p for (lab, _), p in zip(keep, proba)}
+    labelled, skipped, _ = clean_labels(tasks, team, config, min_conf, votes)  # no votes: the people's alone
     by_id = {lab.task_id: lab for lab in labelled}
-    return [(by_id[lab.task_id], it) for lab, it in keep if lab.task_id in by_id], skipped
+    return [(by_id[lab.task_id], it) for lab, it in keep if lab.task_id in by_id], skipped, votes
 
 
 def self_training_pool(predictor: Predictor, data: LabelledSet, config: LabelConfig, studio: Studio,

@@ -34,6 +34,7 @@ from labeler.models.selftrain import Frozen, SelfTrained
 from labeler.models.zeroshot import softmax
 from labeler.studio.client import Studio
 from labeler.studio.tasks import project_config
+from labeler.studio.team import save_votes
 
 log = logging.getLogger(__name__)
 @dataclass
@@ -225,6 +226,8 @@ def train_project(predictor: Predictor, project: str, studio: Studio, trigger: s
     else:
         clf, meta = train_single(predictor, project, studio, config, data, trigger, report)
     version = register(predictor, project, clf, meta, len(data.y))
+    if data.votes:  # the annotator report weighs the same voters (labeler.studio.team.load_votes)
+        save_votes(predictor.settings.model_dir, project, data.votes, version)
     log.info("project %s: trained %s (%s): %s", project, version, trigger, meta["promotion_reason"])
     return Outcome(version, meta["promoted"], predictor.registry.meta(project, version))
 

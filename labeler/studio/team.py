@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +187,31 @@ def consensus_labelled(studio: Studio, project: int, config: LabelConfig, min_co
         return labelled_tasks(studio, project, config)
     tasks, team = project_team(studio, project, config, control_rate, known)
     return clean_labels(tasks, team, config, min_confidence)
+
+
+def votes_path(model_dir: str | Path, project: int | str) -> Path:
+    """Where the last training left the classifier's out-of-fold probabilities of the labelled tasks."""
+    from labeler.models.registry import Registry
+
+    return Registry(Path(model_dir)).project_dir(str(project), create=True) / "model_votes.json"
+
+
+def save_votes(model_dir: str | Path, project: int | str, votes: Mapping[int, np.ndarray], version: str = "") -> None:
+    """Keep ``votes`` (task id to out-of-fold probabilities), so that the reports weigh the same voters as
+    training did without fitting anything."""
+    from labeler.fsutil import atomic_write_text
+
+    atomic_write_text(votes_path(model_dir, project), json.dumps(
+        {"trained": version, "tasks": [int(t) for t in votes], "proba": [np.round(p, 5).tolist() for p in votes.values()]}))
+
+
+def load_votes(model_dir: str | Path, project: int | str) -> dict[int, np.ndarray] | None:
+    """The votes :func:`save_votes` kept (None: none, or an unreadable file)."""
+    try:
+        raw = json.loads(votes_path(model_dir, project).read_text())
+        return {int(t): np.asarray(p, dtype=float) for t, p in zip(raw["tasks"], raw["proba"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def set_overlap(studio: Studio, project: int, annotations: int, share: float) -> None:
