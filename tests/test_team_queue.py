@@ -155,3 +155,41 @@ def _admin_page_shows_the_team(url: str, token: str, pid: int, tmp_path, honey: 
     page = client.get(f"/dashboard/projects/{pid}/annotators", headers=HTML)
     assert page.status_code == 200 and "<svg" in page.text and page.text.count("@example.com</td>") == 3
     assert "honeypots</td>" in page.text and "Krippendorff" in page.text
+
+
+@pytest.mark.integration
+def test_training_on_a_team_lets_the_classifier_vote_and_the_report_reads_its_votes(label_studio, tiny_model, tmp_path):
+    """Two people label every task (one careless); training fits the consensus again with the head classifier's
+    out-of-fold probabilities (tiny BLIP-2 features), keeps them, and the annotator report votes with them."""
+    import re
+    from pathlib import Path
+
+    from labeler.config import Settings
+    from labeler.learning.team_report import project_report
+    from labeler.learning.training import train_project
+    from labeler.models.predictor import Predictor
+    from labeler.studio.tasks import iter_tasks
+    from labeler.studio.team import load_votes
+
+    from .conftest import eyes_project
+    from .test_team_studio import sign_up
+
+    url, admin = label_studio
+    ls, pid = eyes_project(label_studio, tmp_path / "imgs", 40, "team training")
+    careless = sign_up(url, admin, "careless@example.com", "pass-word-123")
+    rng = np.random.default_rng(2)
+    for t in iter_tasks(ls, pid):
+        right = re.sub(r"^[0-9a-f]{8}-", "", Path(t["data"]["image"]).name).split("_")[0]
+        _label(url, t["id"], admin, right)
+        _label(url, t["id"], careless, right if rng.random() < 0.75 else ("closed" if right == "open" else "open"))
+    predictor = Predictor(Settings(model_dir=tmp_path / "md", zeroshot_model=str(tiny_model), local_files_only=True,
+                                   classifier="head", min_per_class=2, consensus_min_confidence=0.0))
+    predictor.load_scorer()
+    outcome = train_project(predictor, str(pid), ls)
+    votes = load_votes(tmp_path / "md", pid)
+    assert outcome.version and votes is not None and len(votes) == 40
+    assert all(v.shape == (2,) and abs(v.sum() - 1) < 1e-3 for v in votes.values())
+    report = project_report(ls, pid, votes=votes)
+    assert report["method"] == "dawid-skene + model" and report["model_accuracy"] is not None
+    rows = {r["annotator"]: r for r in report["annotators"]}
+    assert rows["admin@example.com"]["accuracy"] > rows["careless@example.com"]["accuracy"], rows

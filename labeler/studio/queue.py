@@ -368,7 +368,8 @@ def _team_plan(studio: Studio, project: int, state: QueueState, team: TeamQueue,
 def _write_open(studio: Studio, project: int, opened: Opened) -> int:
     """``data.labeler_open`` and the overlap of the tasks opened now, and of those no longer open."""
     was = open_now(studio, project)
-    closed = {t: n for t, n in was.items() if t not in set(opened.ids)}
+    still = set(opened.ids)
+    closed = {t: n for t, n in was.items() if t not in still}
     requests = write_field(studio, project, opened.ids, 1, OPEN_FIELD) + write_field(studio, project, list(closed), 0,
                                                                                        OPEN_FIELD)
     set_overlap(studio, project, opened.overlap, closed)
@@ -387,7 +388,8 @@ def publish(studio: Studio, project: int, state: QueueState, strategy: str = DEF
     t = time.perf_counter()
     opened = _team_plan(studio, project, state, team, batch, seed)
     new_ids, more_unranked = _rank(state, strategy, batch, seed, exact, opened.honeypots)
-    unranked_ids = [i for i in [*unranked_ids, *more_unranked] if i not in set(opened.ids)]
+    placed = set(opened.ids)
+    unranked_ids = [i for i in [*unranked_ids, *more_unranked] if i not in placed]
     ordered_ids = [*opened.relabel, *interleave(new_ids.tolist(), opened.honeypots, team.honeypot_rate)]
     rep.order_s = time.perf_counter() - t
     t = time.perf_counter()
