@@ -217,6 +217,7 @@ def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, finished, u
     """Export the labelled dataset (written to a temp folder, renamed into place when complete)."""
     from labeler.media.fetching import fetch_policy
     from labeler.studio.export import export
+    from labeler.studio.team import load_votes
 
     fractions = _fractions(split) if split else None
     s = _settings(label_studio_url=url, label_studio_api_key=api_key, model_dir=model_dir)
@@ -228,7 +229,7 @@ def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, finished, u
     try:
         summary = export(studio, project, fmt, out,
                          only_annotated=not all_tasks, split=fractions, seed=seed, overwrite=overwrite,
-                         policy=fetch_policy(s), finished=finished or None)
+                         policy=fetch_policy(s), finished=finished or None, votes=load_votes(s.model_dir, project))
     except (FileExistsError, ValueError) as exc:
         _fail(str(exc))
     click.echo(summary.text())
@@ -376,9 +377,14 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
               "against majority vote and the best annotator, and relabel-or-new against new tasks only at --budget "
               "clicks (--start first, --batch per round, --holdout held out); frozen ImageNet features + logistic regression.")
 @click.option("--per-task", default=2, show_default=True, help="With --annotators: labels per task in the consensus comparison.")
+@click.option("--levers", help="Compare issue 23's levers instead of --strategy, each on and off in the same run: "
+                               "comma-separated from pretrain (self-supervised encoder), typiclust (cold start).")
+@click.option("--pretrain-steps", default=300, show_default=True, help="With --levers pretrain: SimCLR steps.")
+@click.option("--typical-per-class", default=10, show_default=True,
+              help="With --levers typiclust: typical images until this many labels per class.")
 def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
              cnn_steps, self_train, metric, targets, out, save_model, eps, delta, per_class, accepted_out,
-             redraws, annotators, per_task) -> None:
+             redraws, annotators, per_task, levers, pretrain_steps, typical_per_class) -> None:
     """Replay the annotation loop offline and write learning curves (CSV + PNG); with --certify, finish the
     dataset (queue, audit, certified auto-accept) and check the claim against the known labels; with
     --annotators, a team of simulated annotators (issue 22)."""
@@ -407,8 +413,36 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
     if eps is not None:
         return _simulate_finish(samples, y, data, strategies, budget, batch, start, seeds, make, zeroshot, features,
                                 self_train, eps, delta, per_class, accepted_out, redraws, out)
-    _simulate_curves(samples, y, classes, strategies, budget, batch, start, seeds, holdout, make, zeroshot,
-                     zeroshot_model, features, self_train, metric, goals, save_model, labels_csv, out)
+    runs = _simulation_runs(strategies, levers, samples, make, features, out, pretrain_steps, cnn_options)
+    _simulate_curves(samples, y, classes, runs, budget, batch, start, seeds, holdout, zeroshot,
+                     zeroshot_model, self_train, metric, goals, save_model, labels_csv, out, typical_per_class)
+
+
+def _simulation_runs(strategies, levers, samples, make, features, out: Path, pretrain_steps: int, cnn_options):
+    """(variant, its estimator, its diversity features) per curve: the strategies as they are, or with
+    ``--levers`` the variants of :func:`labeler.learning.levers.variants` (pretraining once, if asked)."""
+    from labeler.errors import LabelerError
+    from labeler.learning.levers import Variant, check_levers, simulation_encoder, variants
+    from labeler.learning.simulate import make_classifier
+    from labeler.models.classifiers import CNNClassifier
+    from labeler.models.strategies import encoder_features
+
+    if not levers:
+        return [(Variant(s, s, frozenset()), make, features) for s in strategies]
+    try:
+        chosen = variants(check_levers([lev.strip() for lev in levers.split(",") if lev.strip()]))
+    except LabelerError as exc:
+        _fail(str(exc))
+    if not any("pretrain" in v.levers for v in chosen):
+        return [(v, make, features) for v in chosen]
+    if not isinstance(make, CNNClassifier):
+        _fail("--levers pretrain needs --classifier cnn (the encoder seeds the CNN)")
+    encoder, info = simulation_encoder(samples, Path(out), pretrain_steps)
+    click.echo(f"self-supervised encoder: {encoder} ({'reused' if info.get('reused') else 'pretrained'}, "
+               f"{info['steps']} steps, {info['pretrain_seconds']} s, final loss {info['final_loss']})")
+    make_enc = make_classifier("cnn", list(make.classes), encoder=str(encoder), **cnn_options)
+    feats_enc = encoder_features(samples, encoder)
+    return [(v, make_enc, feats_enc) if "pretrain" in v.levers else (v, make, features) for v in chosen]
 
 
 def _simulate_team(data, y, annotators: str, per_task: int, seeds: int, clicks: int, start: int | None, batch: int,
@@ -430,19 +464,21 @@ def _simulate_team(data, y, annotators: str, per_task: int, seeds: int, clicks: 
         click.echo(line)
 
 
-def _simulate_curves(samples, y, classes, strategies, budget, batch, start, seeds, holdout, make, zeroshot,
-                     zeroshot_model, features, self_train, metric, goals, save_model, labels_csv, out) -> None:
-    """Learning curves: per seed and strategy, the held-out metric after each round."""
+def _simulate_curves(samples, y, classes, runs, budget, batch, start, seeds, holdout, zeroshot,
+                     zeroshot_model, self_train, metric, goals, save_model, labels_csv, out, typical_per_class) -> None:
+    """Learning curves: per seed and strategy (or lever variant), the held-out metric after each round."""
     from labeler.learning.simulate import run, write_outputs
 
     rows, saved = [], False
     t0 = time.perf_counter()
+    strategies = [v.name for v, _, _ in runs]
     for seed in range(seeds):
         test = _holdout(y, holdout, seed)
-        for strategy in strategies:
-            t = time.perf_counter()
-            res, annotator = run(samples, y, classes, strategy, budget, batch, test, seed, make,
-                                 zeroshot=zeroshot, features=features, start=start, self_train=self_train)
+        for variant, make, features in runs:
+            t, strategy = time.perf_counter(), variant.name
+            res, annotator = run(samples, y, classes, variant.strategy, budget, batch, test, seed, make,
+                                 zeroshot=zeroshot, features=features, start=start, self_train=self_train,
+                                 name=strategy, **variant.select_options(len(classes), typical_per_class))
             assert not annotator.queried & set(test.tolist()), "held-out images must never be queried"
             rows += res.rows
             last = res.rows[-1] if res.rows else {}

@@ -193,3 +193,15 @@ def test_training_on_a_team_lets_the_classifier_vote_and_the_report_reads_its_vo
     assert report["method"] == "dawid-skene + model" and report["model_accuracy"] is not None
     rows = {r["annotator"]: r for r in report["annotators"]}
     assert rows["admin@example.com"]["accuracy"] > rows["careless@example.com"]["accuracy"], rows
+    # the export's labels are training's: the consensus with the same votes
+    import json
+
+    from labeler.studio.export import export
+    from labeler.studio.tasks import project_config
+    from labeler.studio.team import consensus_of, team_of
+
+    export(ls, pid, "jsonl", tmp_path / "out", progress=False, votes=votes)
+    exported = {r["task_id"]: r["label"] for r in map(json.loads, (tmp_path / "out" / "labels.jsonl").open())}
+    team = team_of(list(iter_tasks(ls, pid)), project_config(ls, pid))
+    agreed = consensus_of(team, votes)[0]
+    assert len(exported) == 40 and all(exported[t] == agreed[t].label for t in exported)

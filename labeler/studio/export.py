@@ -32,6 +32,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -167,11 +168,13 @@ class Finished:
 
 
 def _rows(studio: Studio, project: int, config: LabelConfig, only_annotated: bool,
-          summary: ExportSummary, finished: Finished | None = None) -> list[Row]:
+          summary: ExportSummary, finished: Finished | None = None,
+          votes: Mapping[int, np.ndarray] | None = None) -> list[Row]:
     version = studio.projects.get(id=project).model_version
     rows = []
     tasks = list(iter_tasks(studio, project))
-    consensus = {} if config.multiple else consensus_of(team_of(tasks, config))[0]  # the label of every task
+    # the label of every task: the consensus, with the classifier's votes where training kept them
+    consensus = {} if config.multiple else consensus_of(team_of(tasks, config), votes)[0]
     for t in tasks:
         anns = t.get("annotations") or []
         winner = winning_annotation(anns, config)
@@ -283,12 +286,14 @@ def _swap_in(tmp: Path, out: Path) -> None:
 def export(studio: Studio, project: int, fmt: str, out: Path,
            only_annotated: bool = True, split: tuple[float, float, float] | None = None,
            seed: int = 0, workers: int = 8, progress: bool = True, overwrite: bool = False,
-           policy: FetchPolicy | None = None, finished: Finished | None = None) -> ExportSummary:
+           policy: FetchPolicy | None = None, finished: Finished | None = None,
+           votes: Mapping[int, np.ndarray] | None = None) -> ExportSummary:
     """Export ``project`` to ``out`` in ``fmt``; returns counts and what was skipped.
 
     Images are fetched under ``policy`` (default: Label Studio's files and
     ``data:`` URLs only) and decoded; what is not an image is skipped.
     ``finished``: the finished dataset, every task with its provenance (see the module docstring).
+    ``votes``: the classifier's votes training kept (:func:`labeler.studio.team.load_votes`).
     """
     _check_format(fmt, finished)
     out = Path(out)
@@ -308,7 +313,7 @@ def export(studio: Studio, project: int, fmt: str, out: Path,
                 raise LabelConfigError(
                     f"project {project} is multi-label (<Choices choice=\"multiple\">): an image folder per class "
                     "cannot hold a label set; export --format csv or jsonl (labels a;b or lists) instead")
-            rows = _rows(studio, project, config, only_annotated and finished is None, summary, finished)
+            rows = _rows(studio, project, config, only_annotated and finished is None, summary, finished, votes)
             for r in rows:
                 summary.counts.update(r.count_as())
             if fmt == "imagefolder":
