@@ -192,9 +192,13 @@ def metrics_report(details: bool) -> dict:
             bulk = {k: v for k, v in bulk.items() if k != "error"}
         projects[p] = {"serving": reg.current(p) or "zero-shot", "job": job, "versions": versions,
                        "preannotation": bulk}
+    scorer = st.predictor.scorer if st.predictor.ready else None  # never wait for a loading model here
     return {"uptime_s": round(time.time() - st.started, 1), "counters": st.counters,
             "predict_latency_s": {"p50": _percentile(lat, 0.5), "p99": _percentile(lat, 0.99), "n": len(lat)},
-            "zeroshot_model": st.settings.zeroshot_model, "projects": projects}
+            "zeroshot_model": st.settings.zeroshot_model,
+            # how the vision tower computes (fp32, bf16, int8) and its measured top-1 agreement with fp32
+            "zeroshot_precision": scorer.precision.as_dict() if scorer is not None else None,
+            "projects": projects}
 
 
 _PAGE = """<!doctype html><title>labeler metrics</title>

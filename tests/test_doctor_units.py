@@ -23,9 +23,10 @@ def test_model_folder_without_weights(tmp_path):
 
 def test_model_folder_reports_what_would_load_without_loading(tiny_model):
     check = zeroshot_model(Settings(zeroshot_model=str(tiny_model), device="cpu", dtype="bfloat16"))
-    assert check.ok and "would load on cpu as bfloat16" in check.detail
+    assert check.ok and "would load on cpu as float32 (vision tower's linear layers in bf16" in check.detail
     loaded = zeroshot_model(Settings(zeroshot_model=str(tiny_model), device="cpu"), load=True)
-    assert loaded.ok and "loaded on cpu as float32" in loaded.detail
+    assert loaded.ok and "loaded on cpu" in loaded.detail
+    assert "vision tower fp32 (automatic): a small vision tower" in loaded.detail  # what ran, and why
 
 
 def test_hub_model_not_cached_while_offline(tmp_path, monkeypatch):

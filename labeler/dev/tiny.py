@@ -39,12 +39,18 @@ def make_processor(folder: str | Path, image_size: int) -> Blip2Processor:
     return Blip2Processor(image_processor, tokenizer, num_query_tokens=None)
 
 
-def full_size_random_blip2(folder: str | Path) -> tuple[Blip2ForImageTextRetrieval, Blip2Processor]:
+def full_size_random_blip2(folder: str | Path, seed: int = 0) -> tuple[Blip2ForImageTextRetrieval, Blip2Processor]:
     """The architecture of ``Salesforce/blip2-itm-vit-g`` (default ``Blip2Config``) with random
-    weights: the same compute as the real checkpoint, for throughput benchmarks."""
+    weights: the same compute as the real checkpoint, for throughput benchmarks and numeric checks (bf16 and
+    int8 against fp32). The query tokens are randomised (they start at zero), so scores differ between images."""
     processor = make_processor(folder, 224)
-    config = Blip2Config(qformer_config={"use_qformer_text_input": True})
-    return Blip2ForImageTextRetrieval(config).eval(), processor
+    # The vision tower's default init range (1e-10) would make every image look alike: a ViT's usual 0.02.
+    config = Blip2Config(vision_config={"initializer_range": 0.02}, qformer_config={"use_qformer_text_input": True})
+    torch.manual_seed(seed)
+    model = Blip2ForImageTextRetrieval(config).eval()
+    with torch.no_grad():
+        model.query_tokens.normal_(0.0, 1.0)
+    return model, processor
 
 
 def build_tiny_blip2(out_dir: str | Path, seed: int = 0) -> Path:

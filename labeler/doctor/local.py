@@ -21,7 +21,7 @@ def _device(settings: Settings) -> tuple[str, str] | Check:
     """(device, dtype) the model would load with, or a failed check naming the bad setting."""
     import torch
 
-    from labeler.models.zeroshot import pick_device, pick_dtype
+    from labeler.models.zeroshot import cpu_path, pick_device, pick_dtype
 
     try:
         device = pick_device(settings.device)
@@ -33,8 +33,13 @@ def _device(settings: Settings) -> tuple[str, str] | Check:
     try:
         dtype = pick_dtype(device, settings.dtype)
     except KeyError:
-        return failed("zero-shot model", f"LABELER_DTYPE={settings.dtype!r} is not a dtype labeler knows",
-                      "set LABELER_DTYPE to float32, bfloat16 or float16 (or unset it)")
+        return failed("zero-shot model", f"LABELER_DTYPE={settings.dtype!r} is not a dtype labeler knows here",
+                      "set LABELER_DTYPE to float32, bfloat16, float16, auto or (on a CPU) int8, or unset it")
+    path = cpu_path(device, settings.dtype)
+    if path == "auto":
+        return str(device), "float32 (vision tower in bf16 or int8 where this CPU gains and it agrees with fp32)"
+    if path in ("bf16", "int8"):
+        return str(device), f"float32 (vision tower's linear layers in {path}, LABELER_DTYPE)"
     return str(device), str(dtype).removeprefix("torch.")
 
 
@@ -97,9 +102,8 @@ def _load(settings: Settings, source: str) -> Check:
                                      local_files_only=settings.local_files_only)
     except Exception as exc:  # noqa: BLE001 - transformers and torch raise many kinds
         return failed("zero-shot model", f"{source} does not load: {str(exc)[:300]}", MODEL_FIX)
-    dtype = str(scorer.dtype).removeprefix("torch.")
-    return passed("zero-shot model", f"{source} loaded on {scorer.device} as {dtype} in "
-                                     f"{time.perf_counter() - t0:.1f} s")
+    return passed("zero-shot model", f"{source} loaded on {scorer.device} in {time.perf_counter() - t0:.1f} s, "
+                                     f"{scorer.precision.line()}")
 
 
 def loaded_model(ready: bool, error: str | None, scorer: object | None, model: str | None) -> Check:
@@ -111,8 +115,9 @@ def loaded_model(ready: bool, error: str | None, scorer: object | None, model: s
         return failed(name, error, MODEL_FIX + "; see the backend log, then restart it")
     if not ready or scorer is None:
         return warned(name, f"{model} is still loading", "wait; /health says model_ready when it is done")
-    dtype = str(getattr(scorer, "dtype", "?")).removeprefix("torch.")
-    return passed(name, f"{model} loaded on {getattr(scorer, 'device', '?')} as {dtype}")
+    precision = getattr(scorer, "precision", None)
+    how = precision.line() if precision is not None else "as " + str(getattr(scorer, "dtype", "?")).removeprefix("torch.")
+    return passed(name, f"{model} loaded on {getattr(scorer, 'device', '?')}, {how}")
 
 
 def _existing(path: Path) -> Path:

@@ -29,6 +29,12 @@ vision tower once per image and :meth:`ZeroShotScorer.match_logits` feeds the
 same hidden states to the Q-Former for every prompt; the result equals the
 model's own pairwise forward (a unit test checks this).
 
+On a CPU
+--------
+Unless ``LABELER_DTYPE`` says otherwise, the vision tower's linear layers run in
+bf16 (CPUs with AVX-512-bf16 or AMX) or int8 (other x86 CPUs with AVX2), if its
+answers on calibration images agree with fp32; see :mod:`labeler.models.cpufast`.
+
 On a GPU
 --------
 Hidden states to re-score may be device tensors (a
@@ -58,6 +64,8 @@ from torch import nn
 
 from labeler.config import DEFAULT_MODEL
 from labeler.errors import NoRoomForModel
+from labeler.models import cpufast
+from labeler.models.cpufast import Precision
 from labeler.models.devicetier import stage
 
 HiddenRow: TypeAlias = "torch.Tensor | np.ndarray"  # one image's (L, D) hidden states, on the device or the host
@@ -82,15 +90,33 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+# On a CPU the model loads in fp32 and LABELER_DTYPE names what the vision tower's linear layers become
+# (labeler.models.cpufast); "auto" (or unset) picks the CPU's fast path after a check against fp32.
+CPU_PATHS = {"auto": "auto", "float32": "fp32", "fp32": "fp32", "bfloat16": "bf16", "bf16": "bf16", "int8": "int8"}
+
+
 def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
-    """``dtype`` if given; bf16 (or fp16 where bf16 is missing) on CUDA; fp32 on CPU."""
-    if dtype:
-        return {"float32": torch.float32, "fp32": torch.float32,
-                "float16": torch.float16, "fp16": torch.float16,
-                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype.lower()]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    """The dtype the model loads in: ``dtype`` if given; bf16 (or fp16 where bf16 is missing) on CUDA; fp32 on
+    CPU, where :func:`cpu_path` then applies. KeyError for a name labeler does not know (int8 off a CPU)."""
+    name = (dtype or "auto").lower()
+    if device.type == "cpu" and name in CPU_PATHS:
+        return torch.float32
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return _DTYPES[name]
+
+
+_SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def cpu_path(device: torch.device, dtype: str | None = None) -> str | None:
+    """On a CPU, what the vision tower's linear layers become: ``auto`` (the CPU's fast path if it agrees with
+    fp32), ``fp32``, ``bf16`` or ``int8``; None off a CPU or for fp16 (the whole model in that dtype)."""
+    return CPU_PATHS.get((dtype or "auto").lower()) if device.type == "cpu" else None
 
 
 # What a first load downloads from the model hub (weights, fp32 safetensors, and the processor's files), for the
@@ -242,10 +268,32 @@ class ZeroShotScorer:
         self._std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1)
         self._rescale = float(ip.rescale_factor)
         self._resample = Image.Resampling(int(ip.resample))
-        # The cache key: same architecture and source give the same key.
         digest = hashlib.sha1(model.config.to_json_string().encode())
         digest.update(str(model_id).encode())
-        self.key = f"blip2itm-{digest.hexdigest()[:12]}"
+        self._base_key = f"blip2itm-{digest.hexdigest()[:12]}"
+        self.precision = Precision(_SHORT.get(self.dtype, str(self.dtype)), "as given")
+
+    @property
+    def key(self) -> str:
+        """The cache key: same architecture, source and vision precision give the same key.
+
+        bf16 and int8 hidden states differ slightly from fp32 ones: cached rows and memoised logits of one
+        precision are not served as another's (fp32 keeps the key it always had)."""
+        return self._base_key if self.precision.path == "fp32" else f"{self._base_key}-{self.precision.path}"
+
+    def set_precision(self, dtype: str | None = None) -> Precision:
+        """How the vision tower computes (``LABELER_DTYPE``, :mod:`labeler.models.cpufast`): on a CPU, unset or
+        ``auto`` picks the CPU's fast path if it agrees with fp32; elsewhere this records the loaded dtype."""
+        path = cpu_path(self.device, dtype)
+        if path == "auto":
+            self.precision = cpufast.automatic(self)
+        elif path is not None:
+            self.precision = cpufast.apply(self, path)
+        elif dtype and dtype.lower() != "auto":
+            self.precision = Precision(self.precision.path, "LABELER_DTYPE")
+        else:
+            self.precision = Precision(self.precision.path, "automatic")
+        return self.precision
 
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
@@ -267,7 +315,8 @@ class ZeroShotScorer:
             model, dtype=pick_dtype(dev, dtype), local_files_only=local_files_only)
         net = net.to(dev)
         scorer = cls(net, processor, model, batch_size)
-        log.info("zero-shot model %s on %s/%s (key %s)", model, scorer.device, scorer.dtype, scorer.key)
+        scorer.set_precision(dtype)
+        log.info("zero-shot model %s on %s, %s (key %s)", model, scorer.device, scorer.precision.line(), scorer.key)
         return scorer
 
     # -- images -------------------------------------------------------------
