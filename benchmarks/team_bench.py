@@ -3,6 +3,10 @@ and the relabel-or-new queue against new tasks only at equal clicks (labeler.lea
 
     python benchmarks/team_bench.py [--data eyes24|digits|PATH] [--annotators 0.97,0.9,0.7] [--per-task 2]
                                     [--seeds 5] [--clicks 600] [--start 200] [--batch 50] [--test 400]
+    python benchmarks/team_bench.py --honeypot-rates 0,0.02,0.05,0.1 [--tasks 2000] [--seeds 20]
+
+The second: one person per task, honeypots mixed into each person's queue at each rate (two classes,
+no images): how close the estimated accuracies come, and whether their intervals hold the true ones.
 
 Features: frozen ImageNet MobileNetV2 (labeler.models.strategies.imagenet_features); classifier: logistic
 regression. eyes24 is read from ../shared/datasets/eyes24 (skipped where absent); digits are generated
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from labeler.learning.datasets import read_labels, synthetic_digits
-from labeler.learning.simulate_team import team_study
+from labeler.learning.simulate_team import honeypot_study, team_study
 from labeler.models.classifiers import Sample
 from labeler.models.strategies import imagenet_features
 
@@ -48,8 +52,14 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=200)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--test", type=int, default=400, help="held-out tasks nobody labels (relabel comparison)")
+    ap.add_argument("--honeypot-rates", help="only the honeypot study: queue shares, e.g. 0,0.02,0.05,0.1 (no images)")
+    ap.add_argument("--tasks", type=int, default=2000, help="tasks of the honeypot study")
     args = ap.parse_args()
     acc = [float(a) for a in args.annotators.split(",")]
+    if args.honeypot_rates:
+        for line in honeypot_study(acc, args.tasks, [float(r) for r in args.honeypot_rates.split(",")], 2, args.seeds):
+            print(line)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         loaded = load(args.data, Path(tmp))

@@ -308,3 +308,11 @@ def test_the_report_says_when_the_classifier_voted():
     assert any("the classifier voted too" in line for line in report_text(voted))
     alone = quality_report(["a", "b"], ["open", "closed"], labels, dawid_skene(labels, 2), *args)
     assert alone["model_accuracy"] is None and not any("classifier voted" in line for line in report_text(alone))
+
+
+def test_honeypots_are_what_sizes_annotators_who_never_overlap():
+    from labeler.learning.simulate_team import honeypot_run
+
+    assert not honeypot_run([0.97, 0.9, 0.7], 600, 0.0, 2, seed=0)["fitted"], "one person per task: nothing to go on"
+    run = honeypot_run([0.97, 0.9, 0.7], 2000, 0.2, 2, seed=0)
+    assert run["fitted"] and run["honeypots"] > 100 and run["max_error"] < 0.08 and run["width"] < 0.15

@@ -173,3 +173,41 @@ def team_study(features: np.ndarray, y: np.ndarray, n_classes: int, accuracies: 
         lines.append(f"{queue:>15}, {clicks} clicks: " + summary(sel, ["test_accuracy", "label_accuracy", "tasks",
                                                                       "second_opinions"]))
     return lines
+
+
+def honeypot_run(accuracies: list[float], n_tasks: int, rate: float, n_classes: int, seed: int) -> dict:
+    """One person per task (no overlap) and honeypots at ``rate`` of each person's queue slots, as the
+    "Next to label" queue mixes them (the least-labelled first, so everyone meets the same ones): how close
+    the estimated accuracies come to the true ones, and whether their 95 % intervals hold them."""
+    rng = np.random.default_rng(seed)
+    acc = np.asarray(accuracies)
+    m = len(acc)
+    y = rng.integers(0, n_classes, n_tasks)
+    who = rng.integers(0, m, n_tasks)
+    honey = int(round(rate / (1 - rate) * n_tasks / m))  # honeypots each person meets beside n/m new tasks
+    y = np.r_[y, rng.integers(0, n_classes, honey)]
+    labels = np.full((n_tasks + honey, m), MISSING)
+    labels[np.arange(n_tasks), who] = annotate(y[:n_tasks], who, acc, n_classes, rng)
+    for j in range(m):
+        labels[n_tasks:, j] = annotate(y[n_tasks:], np.full(honey, j), acc, n_classes, rng)
+    gold = np.r_[np.full(n_tasks, MISSING), y[n_tasks:]]
+    c = dawid_skene(labels, n_classes, gold=gold)
+    fitted = bool(np.isfinite(c.accuracy).all())
+    return {"rate": rate, "seed": seed, "honeypots": honey, "fitted": fitted,
+            "max_error": float(np.abs(c.accuracy - acc).max()) if fitted else float("nan"),
+            "width": float(np.mean(c.accuracy_high - c.accuracy_low)) if fitted else float("nan"),
+            "covered": float(np.mean((c.accuracy_low <= acc) & (acc <= c.accuracy_high))) if fitted else float("nan")}
+
+
+def honeypot_study(accuracies: list[float], n_tasks: int, rates: list[float], n_classes: int, seeds: int) -> list[str]:
+    """:func:`honeypot_run` over ``seeds`` per rate, as lines to print."""
+    lines = []
+    for rate in rates:
+        runs = [honeypot_run(accuracies, n_tasks, rate, n_classes, s) for s in range(seeds)]
+        ok = [r for r in runs if r["fitted"]]
+        if not ok:
+            lines.append(f"honeypot rate {rate:g}: no accuracy can be estimated (one person per task, no honeypot)")
+            continue
+        lines.append(f"honeypot rate {rate:g} ({runs[0]['honeypots']} honeypots, each labelled by all), {n_tasks} tasks "
+                     f"one person each, {seeds} seeds: " + summary(ok, ["max_error", "width", "covered"]))
+    return lines
