@@ -64,27 +64,27 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         batch: int, test_idx: np.ndarray, seed: int, estimator: Classifier,
         zeroshot: np.ndarray | None = None, features: np.ndarray | None = None,
         start: int | None = None, progress: bool = True,
-        self_train: float | None = None, warm_start: bool = True) -> tuple[RunResult, Annotator]:
+        self_train: float | None = None, warm_start: bool = True, name: str | None = None,
+        **select_options) -> tuple[RunResult, Annotator]:
     """One simulated annotation run; returns metrics after each round and the annotator.
 
     Each round trains a clone of ``estimator`` (its ``seed`` set to ``seed``). With
     ``warm_start`` each round's model starts from the last round's
-    (:meth:`Classifier.init_from`), which needs fewer steps than a cold fit.
+    (:meth:`Classifier.init_from`), which needs fewer steps than a cold fit. ``name`` labels
+    the rows (default: ``strategy``); ``select_options`` go to :func:`select` (the cold start).
     """
     check_strategy(strategy)
-    rng = np.random.default_rng(seed)
-    annotator = Annotator(y)
-    test = np.asarray(test_idx)
+    rng, annotator, test = np.random.default_rng(seed), Annotator(y), np.asarray(test_idx)
     pool = np.setdiff1d(np.arange(len(y)), test)
     labelled: np.ndarray = np.zeros(0, dtype=int)
     got: np.ndarray = np.zeros(0, dtype=int)
-    result = RunResult(strategy, seed)
+    result = RunResult(name or strategy, seed)
     proba = zeroshot[pool] if zeroshot is not None else None
     first = start or batch
-    bar = tqdm(total=budget, desc=f"{strategy} seed {seed}", unit="label", disable=not progress)
+    bar = tqdm(total=budget, desc=f"{result.strategy} seed {seed}", unit="label", disable=not progress)
     while len(labelled) < budget and len(pool):
         k = min(first if not len(labelled) else batch, budget - len(labelled))
-        picked = select(strategy, proba, pool, labelled, k, rng, features)
+        picked = select(strategy, proba, pool, labelled, k, rng, features, **select_options)
         labelled = np.concatenate([labelled, picked])
         got = np.concatenate([got, annotator.label(picked)])
         left = ~np.isin(pool, picked)
@@ -101,7 +101,7 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         result.model = model
         if len(test):  # none when the whole set is the pool (``labeler simulate --certify``)
             m = evaluate(y[test], model.predict_proba([samples[i] for i in test]), classes)
-            result.rows.append(_row(strategy, seed, len(labelled), m, info, train_s))
+            result.rows.append(_row(result.strategy, seed, len(labelled), m, info, train_s))
             bar.set_postfix(acc=f"{m['accuracy']:.4f}", eer=m.get("eer"), pseudo=info.get("pseudo_labels", 0))
         proba = model.predict_proba([samples[i] for i in pool]) if len(pool) else None
     bar.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ STRATEGIES = ("random", *MEASURES, "margin_diverse")
 DEFAULT_STRATEGY = "margin_diverse"
 SHORTLIST = 4          # margin_diverse: k-center among the SHORTLIST * k most uncertain
 FEATURE_DIM = 256      # diversity features are randomly projected to this many dimensions
+COLD_START = "kcenter"  # the first batches, before a model is worth trusting (COLD_STARTS)
 
 
 def check_strategy(strategy: str) -> str:
@@ -47,7 +49,16 @@ def _frozen_mobilenet():
     return net.eval()
 
 
-@torch.inference_mode()
+@functools.lru_cache(maxsize=2)
+def _frozen_encoder(path: str, mtime: float):
+    """A self-supervised encoder (:mod:`labeler.models.pretrain`) on the MobileNetV2, loaded once per file version."""
+    from labeler.models.classifiers.mobilenet import mobilenet_v2
+
+    net, _ = mobilenet_v2(2, pretrained=False)
+    net.features.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
 def imagenet_features(samples: Sequence, size: int = 48, dim: int = FEATURE_DIM) -> np.ndarray:
     """L2-normalised pooled features of a frozen ImageNet MobileNetV2 (for diversity), (N, ``dim``).
 
@@ -56,14 +67,27 @@ def imagenet_features(samples: Sequence, size: int = 48, dim: int = FEATURE_DIM)
     distances are kept within a few percent while the service stores 5x less
     per task. ``samples`` are :class:`~labeler.models.classifiers.Sample` objects.
     """
-    from labeler.models.classifiers.cnn import _MEAN, _STD, _to_tensor
+    return _pooled_features(_frozen_mobilenet(), samples, size, dim)
+
+
+def encoder_features(samples: Sequence, encoder: str | Path | None, size: int = 48,
+                     dim: int = FEATURE_DIM) -> np.ndarray:
+    """:func:`imagenet_features` from the project's self-supervised encoder file (ImageNet's without one)."""
+    if encoder is None:
+        return imagenet_features(samples, size, dim)
+    path = Path(encoder)
+    return _pooled_features(_frozen_encoder(str(path), path.stat().st_mtime), samples, size, dim)
+
+
+@torch.inference_mode()
+def _pooled_features(net, samples: Sequence, size: int, dim: int) -> np.ndarray:
+    from labeler.models.classifiers.cnn import _logits_input, _to_tensor
 
     if not len(samples):
         return np.zeros((0, dim), dtype=np.float32)
-    net = _frozen_mobilenet()
     feats = []
     for start in range(0, len(samples), 256):
-        x = (_to_tensor(samples[start:start + 256], size) - _MEAN) / _STD
+        x = _logits_input(_to_tensor(samples[start:start + 256], size))
         feats.append(torch.nn.functional.adaptive_avg_pool2d(net.features(x), 1).flatten(1))
     f = torch.cat(feats).numpy().astype(np.float64)
     f /= np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12)
@@ -109,6 +133,53 @@ def k_center_greedy(features: np.ndarray, candidates: np.ndarray, chosen: np.nda
     return candidates[np.array(picks)]
 
 
+def typiclust(features: np.ndarray, candidates: np.ndarray, chosen: np.ndarray, k: int,
+              rng: np.random.Generator, neighbours: int = 20, max_clusters: int = 500) -> np.ndarray:
+    """TypiClust (Hacohen et al., 2022): the most typical image of each of the largest uncovered clusters.
+
+    The candidates and the chosen images are clustered (k-means) into
+    ``min(len(chosen) + k, max_clusters)`` clusters; clusters holding a chosen
+    image are covered. From the largest uncovered clusters, one image each, the
+    most typical: ``typicality(x) = 1 / mean_{z in kNN(x)} ||f_x - f_z||`` over
+    its ``neighbours`` nearest neighbours in its cluster. With few labels, typical
+    images teach more than the outliers k-center greedy favours; where clusters
+    run out the rest comes from :func:`k_center_greedy`.
+    """
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    candidates, chosen = np.asarray(candidates), np.asarray(chosen, dtype=int)
+    if k >= len(candidates):
+        return candidates
+    everything = np.concatenate([candidates, chosen])
+    n_clusters = min(len(chosen) + k, max_clusters, len(everything))
+    seed = int(rng.integers(2**31))
+    km = (KMeans(n_clusters, n_init=1, random_state=seed) if len(everything) <= 20_000
+          else MiniBatchKMeans(n_clusters, n_init=1, random_state=seed, batch_size=4096))
+    cluster = km.fit_predict(features[everything])
+    cand_cluster, covered = cluster[: len(candidates)], set(cluster[len(candidates):].tolist())
+    sizes = np.bincount(cluster, minlength=n_clusters)
+    picks: list[int] = []
+    for c in np.argsort(-sizes, kind="stable"):
+        if len(picks) == k:
+            break
+        members = np.flatnonzero(cand_cluster == c)
+        if int(c) in covered or not len(members):
+            continue
+        if len(members) > 2000:  # bounds the distance block at 32 MB; typicality is a density estimate
+            members = rng.choice(members, 2000, replace=False)
+        d = np.sqrt(_sq_dist(features[candidates[members]], features[candidates[members]]))
+        nn = np.sort(d, axis=1)[:, 1: neighbours + 1]
+        picks.append(int(members[np.argmax(1 / (nn.mean(1) + 1e-12))]) if nn.size else int(members[0]))
+    out = candidates[np.array(picks, dtype=int)]
+    if len(out) < k:
+        rest = candidates[~np.isin(candidates, out)]
+        out = np.concatenate([out, k_center_greedy(features, rest, np.concatenate([chosen, out]), k - len(out), rng)])
+    return out
+
+
+COLD_STARTS = {"kcenter": k_center_greedy, "typiclust": typiclust}
+
+
 def _uncertainty(proba: np.ndarray, measure: str, multilabel: bool) -> np.ndarray:
     """``measure`` of single-choice probabilities; for multi-label rows (threshold-centred, see
     :func:`labeler.studio.queue.queue_scores`) every measure is the least decided class's margin."""
@@ -116,16 +187,19 @@ def _uncertainty(proba: np.ndarray, measure: str, multilabel: bool) -> np.ndarra
 
 
 def select(strategy: str, proba: np.ndarray | None, pool: np.ndarray, labelled: np.ndarray, k: int,
-           rng: np.random.Generator, features: np.ndarray | None, multilabel: bool = False) -> np.ndarray:
+           rng: np.random.Generator, features: np.ndarray | None, multilabel: bool = False,
+           cold_start: str = COLD_START, typical_until: int = 0) -> np.ndarray:
     """The next ``k`` pool indices to label; ``proba`` is aligned with ``pool`` (None at cold start).
 
-    ``pool`` and ``labelled`` index rows of ``features``.
+    ``pool`` and ``labelled`` index rows of ``features``. Without a model, and while fewer than
+    ``typical_until`` images are labelled, the batch comes from ``cold_start`` (:data:`COLD_STARTS`).
     """
     if strategy == "random":
         return rng.permutation(pool)[:k]  # the head of a permutation: the queue's random order starts alike
-    if proba is None:  # cold start without a model
-        return k_center_greedy(features, pool, labelled, k, rng) if features is not None else \
-            rng.permutation(pool)[:k]
+    if proba is None or len(labelled) < typical_until:  # cold start: no model, or one not worth trusting yet
+        if features is None:
+            return rng.permutation(pool)[:k]
+        return COLD_STARTS[cold_start](features, pool, labelled, k, rng)
     if strategy == "margin_diverse":
         order = np.argsort(-_uncertainty(proba, "margin", multilabel), kind="stable")
         shortlist = pool[order[: SHORTLIST * k]]

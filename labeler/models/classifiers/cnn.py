@@ -101,6 +101,11 @@ def _to_tensor(samples: Sequence[Sample], size: int) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def _logits_input(x: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] as the network takes them: ImageNet-normalised, channels-last."""
+    return ((x - _MEAN.to(x.device)) / _STD.to(x.device)).contiguous(memory_format=torch.channels_last)
+
+
 def _augment(x: torch.Tensor, g: torch.Generator, shift: float = 0.1) -> torch.Tensor:
     """Random flip, shift (+-``shift`` of the width), zoom (0.9-1.1) and brightness/contrast."""
     n = x.shape[0]
@@ -126,8 +131,10 @@ class CNNClassifier(Classifier):
     def __init__(self, classes: Sequence[str], seed: int = 0, input_size: int = 48,
                  epochs: int = 15, batch_size: int = 32, lr: float = 1e-3,
                  max_steps: int = 400, min_steps: int = 150, pretrained: bool = True,
-                 progress: bool = True, warm_fraction: float = 0.35, warm_min_steps: int = 60) -> None:
+                 progress: bool = True, warm_fraction: float = 0.35, warm_min_steps: int = 60,
+                 encoder: str | None = None) -> None:
         super().__init__(classes, seed)
+        self.encoder = encoder  # a self-supervised encoder (labeler.models.pretrain) to start from
         self.input_size = input_size
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.max_steps, self.min_steps = max_steps, min_steps
@@ -170,8 +177,7 @@ class CNNClassifier(Classifier):
         return logits.softmax(-1)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = _MEAN.to(x.device), _STD.to(x.device)
-        return self.net_(((x - mean) / std).contiguous(memory_format=torch.channels_last))
+        return self.net_(_logits_input(x))
 
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
         with _threads():
@@ -185,6 +191,8 @@ class CNNClassifier(Classifier):
         self.net_, loaded = mobilenet_v2(len(self.classes), pretrained=self.pretrained and not warm)
         if self._init is not None:
             self.net_.load_state_dict(self._init)
+        elif self.encoder:
+            self.net_.features.load_state_dict(torch.load(self.encoder, map_location="cpu", weights_only=True))
         device = train_device()
         self.net_ = _channels_last(self.net_).to(device)
         x = _to_tensor(samples, self.input_size).to(device)
@@ -215,7 +223,8 @@ class CNNClassifier(Classifier):
         bar.close()
         self.net_.eval()
         return {"train_seconds": time.perf_counter() - t0, "steps": steps,
-                "epochs": round(steps / per_epoch, 2), "imagenet_init": loaded, "warm_start": warm}
+                "epochs": round(steps / per_epoch, 2), "imagenet_init": loaded, "warm_start": warm,
+                "encoder": bool(self.encoder) and not warm}
 
     @torch.inference_mode()
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:

@@ -1,0 +1,73 @@
+"""Self-supervised pretraining (SimCLR) and the TypiClust cold start (issue 23)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from labeler.dev.demo import synthetic_eyes
+from labeler.media.images import decode
+from labeler.models.classifiers import CNNClassifier, Sample
+from labeler.models.pretrain import load_encoder, nt_xent, pretrain_encoder, save_encoder, strong_augment
+from labeler.models.strategies import typiclust
+
+
+def test_nt_xent_is_small_for_matching_views_and_log_2n_minus_1_for_identical_rows():
+    z = torch.eye(4) * 10
+    assert float(nt_xent(z, z, temperature=0.1)) < 1e-3  # each row's only near twin is its pair
+    same = torch.ones(3, 8)  # every row alike: the pair is one of 2N - 1 equally likely others
+    assert math.isclose(float(nt_xent(same, same)), math.log(5), rel_tol=1e-5)
+
+
+def test_strong_augment_keeps_shape_and_range_and_differs_per_draw():
+    x = torch.rand(6, 3, 24, 24)
+    g = torch.Generator().manual_seed(0)
+    a, b = strong_augment(x, g), strong_augment(x, g)
+    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert not torch.allclose(a, b)
+
+
+def test_pretraining_changes_the_encoder_and_the_cnn_starts_from_it(tmp_path):
+    folder = synthetic_eyes(tmp_path / "images", n=24, size=24, seed=0)
+    paths = sorted(folder.iterdir())
+    samples = [Sample(decode(p.read_bytes())) for p in paths]
+    y = np.array([0 if p.name.startswith("open") else 1 for p in paths])
+    state, info = pretrain_encoder(samples, input_size=32, steps=3, batch=8, progress=False)
+    assert info["steps"] == 3 and info["images"] == 24 and np.isfinite(info["final_loss"])
+    path = save_encoder(state, tmp_path / "enc")
+    loaded = load_encoder(path)
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    from labeler.models.classifiers.mobilenet import mobilenet_v2
+
+    imagenet = mobilenet_v2(2)[0].features.state_dict()
+    assert any(not torch.equal(imagenet[k], state[k]) for k in state if state[k].is_floating_point())
+    cnn = CNNClassifier(["open", "closed"], encoder=str(path), max_steps=2, min_steps=2, input_size=32,
+                        progress=False)
+    cnn.fit(samples, y)
+    assert cnn.fit_info_["encoder"] is True
+    assert cnn.predict_proba(samples[:3]).shape == (3, 2)
+
+
+def test_typiclust_takes_the_dense_middle_of_each_uncovered_cluster():
+    rng = np.random.default_rng(0)
+    blobs = [rng.normal(c, 0.3, size=(40, 2)) for c in (0, 6, 12)]
+    outliers = np.array([[3.0, 3.0], [9.0, -3.0]])
+    f = np.concatenate([*blobs, outliers])
+    picks = typiclust(f, np.arange(len(f)), np.zeros(0, dtype=int), 3, rng)
+    assert sorted(int(p) // 40 for p in picks) == [0, 1, 2]  # one per blob, never an outlier
+    for p in picks:
+        centre = blobs[int(p) // 40].mean(0)
+        assert np.linalg.norm(f[p] - centre) < 0.5  # typical: near the blob's centre
+
+
+def test_typiclust_skips_covered_clusters_and_never_returns_a_chosen_item():
+    rng = np.random.default_rng(1)
+    f = np.concatenate([rng.normal(c, 0.2, size=(30, 2)) for c in (0, 5, 10)])
+    chosen = np.array([0])  # blob 0 is covered
+    candidates = np.arange(1, 90)
+    picks = typiclust(f, candidates, chosen, 2, rng)
+    assert sorted(int(p) // 30 for p in picks) == [1, 2]
+    more = typiclust(f, candidates, chosen, 10, rng)  # more picks than clusters: k-center fills in
+    assert len(set(more.tolist())) == 10 and 0 not in more
