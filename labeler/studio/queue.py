@@ -48,7 +48,7 @@ from labeler.errors import StudioError
 from labeler.models.strategies import DEFAULT_STRATEGY, check_strategy, imagenet_features, queue_order
 from labeler.models.uncertainty import centred
 from labeler.studio.client import Studio, unreachable
-from labeler.studio.teamqueue import OPEN_FIELD, Opened, TeamQueue, interleave, open_now, plan, set_overlap
+from labeler.studio.teamqueue import OPEN_FIELD, Opened, TeamQueue, interleave, open_now, plan, set_task_overlap
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ def _write_open(studio: Studio, project: int, opened: Opened) -> int:
     closed = {t: n for t, n in was.items() if t not in still}
     requests = write_field(studio, project, opened.ids, 1, OPEN_FIELD) + write_field(studio, project, list(closed), 0,
                                                                                        OPEN_FIELD)
-    set_overlap(studio, project, opened.overlap, closed)
+    set_task_overlap(studio, project, opened.overlap, closed)
     return requests + len(opened.overlap) + len(closed)
 
 

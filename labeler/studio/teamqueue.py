@@ -157,7 +157,7 @@ def open_now(studio: Studio, project: int) -> dict[int, int]:
     return {int(t["id"]): int(t.get("total_annotations") or 0) for t in resp.json().get("tasks", [])}
 
 
-def set_overlap(studio: Studio, project: int, overlap: Mapping[int, int], closed: Mapping[int, int]) -> None:
+def set_task_overlap(studio: Studio, project: int, overlap: Mapping[int, int], closed: Mapping[int, int]) -> None:
     """Open tasks get their ``overlap`` and ``is_labeled`` false (Label Studio recomputes it only on a new
     annotation); tasks no longer open go back to one person (``closed``: id to annotation count)."""
     bodies = {**{t: {"overlap": 1, "is_labeled": n > 0} for t, n in closed.items()},
