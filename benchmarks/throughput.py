@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import os
 import statistics
 import tempfile
 import threading
@@ -37,6 +38,7 @@ import torch
 from PIL import Image
 
 from labeler.dev.tiny import build_tiny_blip2, full_size_random_blip2
+from labeler.models import cpufast
 from labeler.models.cache import EmbeddingCache, content_key
 from labeler.models.devicetier import DeviceTier
 from labeler.models.zeroshot import ImageEmbeddings, ZeroShotScorer, pick_device, pick_dtype, softmax
@@ -82,7 +84,8 @@ def baseline(scorer: ZeroShotScorer, pngs: list[bytes], batch: int) -> float:
 
 
 def ours(scorer: ZeroShotScorer, pngs: list[bytes], cache: EmbeddingCache | None = None,
-         workers: int = 4) -> float:
+         workers: int = 4, top1: list[int] | None = None) -> float:
+    """Seconds for the labeler's path; ``top1`` (if given) receives each image's predicted class."""
     from concurrent.futures import ThreadPoolExecutor
 
     t = time.perf_counter()
@@ -95,7 +98,9 @@ def ours(scorer: ZeroShotScorer, pngs: list[bytes], cache: EmbeddingCache | None
             with torch.inference_mode():
                 out = scorer.model.vision_model(pixel_values=scorer.normalize(fut.result()))
             if cache is None:
-                softmax(scorer.class_scores(out.last_hidden_state, PROMPTS))
+                proba = softmax(scorer.class_scores(out.last_hidden_state, PROMPTS))
+                if top1 is not None:
+                    top1.extend(proba.argmax(axis=1).tolist())
             else:
                 keys = [content_key(b) for b in pngs[i * bs:(i + 1) * bs]]
                 softmax(scorer.class_scores(out.last_hidden_state, PROMPTS, keys, cache.logits))
@@ -114,6 +119,51 @@ def rescore_from_cache(scorer: ZeroShotScorer, pngs: list[bytes], cache: Embeddi
     softmax(scorer.class_scores(hidden, prompts, keys, cache.logits))
     sync(scorer.device)
     return time.perf_counter() - t
+
+
+def cpu_name() -> str:
+    """The CPU's model name and what matters here: torch's capability level and any bf16 instructions."""
+    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    bf16 = sorted(cpufast.BF16_FLAGS & cpufast.cpu_flags())
+    return (f"{name}, {os.cpu_count()} cores, torch capability {torch.backends.cpu.get_cpu_capability()}, "
+            f"bf16 instructions: {', '.join(bf16) or 'none'}")
+
+
+def timed_top1(scorer: ZeroShotScorer, pngs: list[bytes], workers: int) -> tuple[float, list[int]]:
+    ours(scorer, pngs[: scorer.batch_size], workers=workers)  # warm-up
+    top1: list[int] = []
+    return ours(scorer, pngs, workers=workers, top1=top1), top1
+
+
+def fast_paths(scorer: ZeroShotScorer, pngs: list[bytes], t_pairs: float | None, t_fp32: float,
+               fp32_top1: list[int], forced: list[str], workers: int) -> None:
+    """The CPU fast paths: each of ``forced`` whatever the CPU has, then the automatic choice (with its
+    calibration check against fp32); times, speed-ups and top-1 agreement with the fp32 pass."""
+    print(f"\nCPU fast paths (vision tower's linear layers) on {cpu_name()}", flush=True)
+    rows = [("fp32", t_fp32, fp32_top1)]
+    for path in forced:
+        swapped = cpufast.swap_linears(scorer.model.vision_model, cpufast.FAST_LINEARS[path])
+        rows.append((f"{path} (forced)", *timed_top1(scorer, pngs, workers)))
+        cpufast.restore(swapped)
+        print(f"measured {path} (forced)", flush=True)
+    t = time.perf_counter()
+    scorer.precision = cpufast.automatic(scorer)
+    print(f"automatic choice: {scorer.precision.line()} (calibration check: {time.perf_counter() - t:.1f} s, "
+          "once per load)", flush=True)
+    if scorer.precision.path != "fp32":
+        rows.append((f"{scorer.precision.path} (automatic)", *timed_top1(scorer, pngs, workers)))
+    print(f"{'labeler, vision tower':<26} {'seconds':>8} {'images/s':>9} {'vs pairwise':>12} {'vs fp32':>8} "
+          f"{'top-1 = fp32':>13}")
+    for name, secs, top1 in rows:
+        agree = np.mean(np.array(top1) == np.array(fp32_top1))
+        vs_pairs = f"{t_pairs / secs:.2f}x" if t_pairs else "-"
+        print(f"{name:<26} {secs:>8.2f} {len(pngs) / secs:>9.2f} {vs_pairs:>12} {t_fp32 / secs:>7.2f}x "
+              f"{100 * agree:>12.1f}%")
+    print(f"fp32 picked {list(PROMPTS)[0]!r} for {fp32_top1.count(0)} of {len(pngs)} images, "
+          f"{list(PROMPTS)[1]!r} for {fp32_top1.count(1)}")
+    print(f"top-1 agreement: the winning class of {len(pngs)} images (2 classes) against the fp32 pass. With "
+          "random weights it is a numeric check (does rounding change answers?), not a quality claim.")
 
 
 def predict_latency(model_dir: Path, model_path: str, n_tasks: int = 32, repeats: int = 30) -> list[float]:
@@ -156,6 +206,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also measure with the vision layers compiled")
     ap.add_argument("--tier-gb", type=float, default=0.0, help="GPU tier of hidden states (GiB); 0: none")
     ap.add_argument("--workers", type=int, default=4, help="decoding threads")
+    ap.add_argument("--cpu-paths", default="", help="on a CPU, also measure these vision paths whatever the CPU "
+                    "has, e.g. int8,bf16 (the automatic one is always measured)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     device = pick_device(args.device)
@@ -166,7 +218,8 @@ def main() -> None:
         scorer = ZeroShotScorer(model.to(device, dtype), processor, "full-size-random", args.batch)
     else:
         model_path = str(build_tiny_blip2(tmp / "tiny")) if args.model == "tiny" else args.model
-        scorer = ZeroShotScorer.load(model_path, device=args.device, dtype=args.dtype,
+        cpu_fp32 = "fp32" if device.type == "cpu" else None  # measured from fp32; fast paths come after
+        scorer = ZeroShotScorer.load(model_path, device=args.device, dtype=args.dtype or cpu_fp32,
                                      batch_size=args.batch, local_files_only=True)
     params = sum(p.numel() for p in scorer.model.parameters())
     print(f"model {args.model}: {params / 1e6:.1f} M parameters on {scorer.device}/{scorer.dtype}, "
@@ -175,8 +228,10 @@ def main() -> None:
     w = args.workers
     ours(scorer, pngs[: min(len(pngs), args.batch)], workers=w)  # warm-up
     cache = EmbeddingCache(tmp / "cache", scorer.key)
-    t_ours = ours(scorer, pngs, workers=w)
+    fp32_top1: list[int] = []
+    t_ours = ours(scorer, pngs, workers=w, top1=fp32_top1)
     rows = [("labeler (vision once per image)", t_ours)]
+    t_fp32 = t_ours
     if args.compile:
         t = time.perf_counter()
         try:
@@ -218,6 +273,9 @@ def main() -> None:
           f"{100 * t_one / t_ours:.2f}% (one new), {100 * t_same / t_ours:.2f}% (none new)")
     if cache.tier is None and args.tier_gb > 0:
         print(f"re-scoring from disk (pinned staging) costs {100 * t_disk / t_ours:.2f}% of the first pass")
+    if scorer.device.type == "cpu" and scorer.precision.path == "fp32":
+        t_pairs = None if args.skip_baseline else rows[0][1]
+        fast_paths(scorer, pngs, t_pairs, t_fp32, fp32_top1, [p for p in args.cpu_paths.split(",") if p], w)
     if args.latency and model_path:
         lat = sorted(predict_latency(tmp / "model_dir", model_path))
         p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]

@@ -35,7 +35,7 @@ class Settings:
     registry_url: str = ""
     zeroshot_model: str | None = DEFAULT_MODEL  # LABELER_ZEROSHOT_MODEL: hub id or folder; "none" disables
     device: str | None = None                  # LABELER_DEVICE: cpu, cuda, cuda:1 (default: CUDA if present)
-    dtype: str | None = None                   # LABELER_DTYPE: float32, bfloat16, float16
+    dtype: str | None = None                   # LABELER_DTYPE: auto (unset), float32, bfloat16, float16, int8 (CPU)
     batch_size: int = 32                       # LABELER_BATCH_SIZE: images per model batch
     local_files_only: bool = False             # LABELER_LOCAL_FILES_ONLY / HF_HUB_OFFLINE
     uncertainty: str = "least_confidence"      # LABELER_UNCERTAINTY: least_confidence, margin, entropy
@@ -45,6 +45,10 @@ class Settings:
     seed: int = 0                              # LABELER_SEED
     self_train: float = 0.9                    # LABELER_SELF_TRAIN: pseudo-label pool images predicted this surely
     self_train_pool: int = 2000                # LABELER_SELF_TRAIN_POOL: most unlabelled images (0 = off)
+    pretrain: str = "auto"                     # LABELER_PRETRAIN: auto (self-supervised encoder for the CNN), off
+    pretrain_steps: int = 300                  # LABELER_PRETRAIN_STEPS: SimCLR optimiser steps (128 images each)
+    pretrain_min_images: int = 200             # LABELER_PRETRAIN_MIN_IMAGES: fewer task images: ImageNet weights only
+    pretrain_max_images: int = 10_000          # LABELER_PRETRAIN_MAX_IMAGES: a stable sample of larger projects
     admin_token: str | None = None             # LABELER_ADMIN_TOKEN: Bearer token for /admin/* (unset = admin API off)
     basic_auth_user: str | None = None         # BASIC_AUTH_USER
     basic_auth_pass: str | None = None         # BASIC_AUTH_PASS
@@ -87,6 +91,8 @@ class Settings:
         "classifier": "LABELER_CLASSIFIER", "train_every": "LABELER_TRAIN_EVERY",
         "min_per_class": "LABELER_MIN_PER_CLASS", "seed": "LABELER_SEED",
         "self_train": "LABELER_SELF_TRAIN", "self_train_pool": "LABELER_SELF_TRAIN_POOL",
+        "pretrain": "LABELER_PRETRAIN", "pretrain_steps": "LABELER_PRETRAIN_STEPS",
+        "pretrain_min_images": "LABELER_PRETRAIN_MIN_IMAGES", "pretrain_max_images": "LABELER_PRETRAIN_MAX_IMAGES",
         "admin_token": "LABELER_ADMIN_TOKEN", "basic_auth_user": "BASIC_AUTH_USER",
         "basic_auth_pass": "BASIC_AUTH_PASS", "cache_max_gb": "LABELER_CACHE_MAX_GB",
         "predict_budget_s": "LABELER_PREDICT_BUDGET_S", "download_workers": "LABELER_DOWNLOAD_WORKERS",
@@ -145,6 +151,10 @@ class Settings:
             ("keep_versions", self.keep_versions >= 1, "at least 1"),
             ("max_concurrent_predicts", self.max_concurrent_predicts >= 1, "at least 1"),
             ("self_train", 0 < self.self_train <= 1, "in (0, 1]"),
+            ("pretrain", self.pretrain in {"auto", "off"}, "auto or off"),
+            ("pretrain_steps", self.pretrain_steps >= 1, "at least 1"),
+            ("pretrain_max_images", self.pretrain_max_images >= self.pretrain_min_images >= 2,
+             "at least LABELER_PRETRAIN_MIN_IMAGES (itself at least 2)"),
             ("max_image_bytes", self.max_image_bytes > 0, "positive"),
             ("max_image_pixels", self.max_image_pixels > 0, "positive"),
             ("max_request_mb", self.max_request_mb > 0, "positive"),

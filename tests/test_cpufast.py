@@ -115,3 +115,13 @@ def test_pairwise_agreement_is_top1_of_every_two_class_choice():
     ref = np.array([[3.0, 2.0, 1.0]])
     assert cpufast.pairwise_agreement(ref, ref) == (1.0, 3)
     assert cpufast.pairwise_agreement(ref, np.array([[2.0, 3.0, 1.0]])) == (pytest.approx(2 / 3), 3)
+
+
+def test_the_backend_reports_the_path_and_agreement(tiny_model, tmp_path):
+    from labeler.config import Settings
+    from ml_backend import create_app
+
+    app = create_app(Settings(model_dir=tmp_path, zeroshot_model=str(tiny_model), local_files_only=True, device="cpu",
+                              dtype="int8"), load_in_background=False)
+    precision = app.test_client().get("/metrics").json["zeroshot_precision"]
+    assert precision["path"] == "int8" and precision["how"] == "LABELER_DTYPE" and precision["agreement"] is None
