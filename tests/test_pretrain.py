@@ -71,3 +71,47 @@ def test_typiclust_skips_covered_clusters_and_never_returns_a_chosen_item():
     assert sorted(int(p) // 30 for p in picks) == [1, 2]
     more = typiclust(f, candidates, chosen, 10, rng)  # more picks than clusters: k-center fills in
     assert len(set(more.tolist())) == 10 and 0 not in more
+
+
+def test_pretraining_runs_once_per_project_until_it_doubles(tmp_path):
+    from labeler.config import Settings
+    from labeler.learning.pretraining import needs_pretraining
+    from labeler.models.encoders import current_encoder, encoder_registry, serving_encoder
+    from labeler.models.registry import Registry
+
+    s = Settings(model_dir=tmp_path, pretrain="auto", pretrain_min_images=50)
+    assert needs_pretraining(s, "7", 49) is None, "too few images: ImageNet weights"
+    assert "no encoder yet" in (needs_pretraining(s, "7", 50) or "")
+    reg = encoder_registry(s)
+    version = reg.add("7", lambda folder: (save_encoder({"w": torch.zeros(1)}, folder), {"kind": "simclr", "images": 80})[1])
+    reg.promote("7", version)
+    assert current_encoder(s, "7") == (version, reg.path("7", version) / "encoder.pt")
+    assert needs_pretraining(s, "7", 159) is None, "retraining reuses the encoder"
+    assert "grew from 80 to 160" in (needs_pretraining(s, "7", 160) or "")
+    assert needs_pretraining(Settings(model_dir=tmp_path, pretrain="off"), "7", 10_000) is None
+    assert current_encoder(Settings(model_dir=tmp_path, pretrain="off"), "7") is None
+
+    models = Registry(tmp_path)
+    assert serving_encoder(s, models, "7") is None, "nothing serves yet"
+    v = models.add("7", lambda folder: {"kind": "cnn", "encoder": version})
+    models.promote("7", v)
+    assert serving_encoder(s, models, "7") == (version, reg.path("7", version) / "encoder.pt")
+    v2 = models.add("7", lambda folder: {"kind": "cnn", "encoder": "v9-simclr"})  # pruned long ago
+    models.promote("7", v2)
+    assert serving_encoder(s, models, "7") is None
+
+
+def test_the_queue_keeps_features_of_one_encoder_only(tmp_path):
+    from pathlib import Path
+
+    from labeler.studio.queue import QueueState, Recorder, state_path
+
+    path = state_path(tmp_path, 7)
+    st = QueueState.empty()
+    st.update([1, 2], np.full((2, 2), 0.5), np.ones((2, 4)), "v1-cnn")
+    st.features_from = "v1-simclr"
+    st.save(path)
+    assert QueueState.load(path).features_from == "v1-simclr"
+    assert len(Recorder(tmp_path, 7, 2, encoder=("v1-simclr", Path("unused"))).state.ids) == 2
+    fresh = Recorder(tmp_path, 7, 2).state  # ImageNet features now: the old rows are not comparable
+    assert len(fresh.ids) == 0 and fresh.features_from == "imagenet"

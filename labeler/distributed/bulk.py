@@ -33,9 +33,11 @@ from labeler.config import Settings
 from labeler.distributed import require_ray
 from labeler.errors import SettingsError
 from labeler.models.classifiers import Sample
+from labeler.models.encoders import serving_encoder
+from labeler.models.openregistry import registry_for
 from labeler.models.predictor import Predictor, Scored, project_key, to_prediction
 from labeler.models.registry import Registry
-from labeler.models.strategies import FEATURE_DIM, imagenet_features
+from labeler.models.strategies import FEATURE_DIM, encoder_features
 from labeler.studio.client import Connection, Studio
 from labeler.studio.preannotate import PreannotateBusy, Report, finish, tasks_to_predict
 from labeler.studio.queue import Recorder, queue_scores
@@ -100,6 +102,7 @@ class ScoreActor:
         self.predictor.load_scorer()
         self.project, self.version = project, version
         self.config = parse_label_config(config_xml)
+        self.encoder = serving_encoder(settings, self.predictor.registry, project)  # as Recorder's: one feature space
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [Scored(error=str(err)) if err else
@@ -125,7 +128,8 @@ class ScoreActor:
         has = np.array([it.sample is not None for it in items])
         feats = np.zeros((len(items), FEATURE_DIM), dtype=np.float16)
         if has.any():
-            feats[has] = imagenet_features([it.sample for it in items if it.sample is not None])
+            feats[has] = encoder_features([it.sample for it in items if it.sample is not None],
+                                          self.encoder[1] if self.encoder else None)
         return {"id": batch["id"], "prediction": np.array(preds, dtype=object),
                 "error": np.array(errors, dtype=object), "proba": proba, "features": feats, "has_sample": has}
 
@@ -197,7 +201,8 @@ def _run(ray, studio, project, pkey, settings, only_missing, batch_size, import_
     if err:
         log.warning(err)
     report = Report(version)
-    recorder = Recorder(settings.model_dir, project, len(config.classes), config.multiple)
+    recorder = Recorder(settings.model_dir, project, len(config.classes), config.multiple,
+                        serving_encoder(settings, registry_for(settings), project))
     todo = tasks_to_predict(studio, project, version, only_missing, max_tasks, recorder, report)
     bar = tqdm(total=len(todo), desc=f"pre-annotating project {project} on Ray", unit="task", disable=not progress)
     if todo:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import clone
@@ -25,6 +26,7 @@ from labeler.labelconfig import LabelConfig
 from labeler.learning import multilabel
 from labeler.learning.labelled import LabelledSet, Voter, load_labelled, self_training_pool
 from labeler.learning.metrics import evaluate
+from labeler.learning.pretraining import ensure_encoder
 from labeler.learning.promotion import HOLDOUT_MIN, METRIC_NAMES, Split, choose_split, decide_promotion, is_holdout, unseen_by  # noqa: F401 - imported from here too
 from labeler.models.calibration import fit_temperature
 from labeler.models.classifiers import KINDS, Classifier, Sample
@@ -143,7 +145,8 @@ def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Samp
 
 
 def make_model(predictor: Predictor, project: str, data: LabelledSet, config: LabelConfig, studio: Studio,
-               split: Split, report: Callable[[str], None]) -> tuple[str, Classifier, Classifier, int]:
+               split: Split, report: Callable[[str], None],
+               encoder: tuple[str, Path] | None = None) -> tuple[str, Classifier, Classifier, int]:
     """(classifier kind, the estimator cross-validation evaluates, the estimator that is served,
     self-training pool size).
 
@@ -156,12 +159,15 @@ def make_model(predictor: Predictor, project: str, data: LabelledSet, config: La
     s = predictor.settings
     kind = choose_kind(s.classifier, predictor.scorer is not None)
     base = KINDS[kind](list(config.classes), seed=s.seed)
+    if encoder is not None:  # the project's self-supervised encoder (labeler.learning.pretraining)
+        base.set_params(encoder=str(encoder[1]))
     pool: list[Sample] = []
     if s.self_train_pool > 0 and data.unlabelled:
         report(f"fetching up to {s.self_train_pool} of {len(data.unlabelled)} unlabelled images for self-training")
         pool = self_training_pool(predictor, data, config, studio, s.self_train_pool)
-    safe = serving_teacher(predictor, project, base, split)
-    warm = safe or serving_teacher(predictor, project, base, None)
+    enc = encoder[0] if encoder else None
+    safe = serving_teacher(predictor, project, base, split, enc)
+    warm = safe or serving_teacher(predictor, project, base, None, enc)
 
     def procedure(teacher: Frozen | None) -> Classifier:
         # An empty pool with a teacher is a plain warm start from it.
@@ -171,7 +177,8 @@ def make_model(predictor: Predictor, project: str, data: LabelledSet, config: La
     return kind, evaluated, (evaluated if split.method == "holdout" else procedure(warm)), len(pool)
 
 
-def serving_teacher(predictor: Predictor, project: str, base: Classifier, split: Split | None) -> Frozen | None:
+def serving_teacher(predictor: Predictor, project: str, base: Classifier, split: Split | None,
+                    encoder: str | None = None) -> Frozen | None:
     """The serving version as the teacher (no teacher is fitted, and the new version starts from
     its weights), if it is of ``base``'s kind and classes.
 
@@ -182,8 +189,10 @@ def serving_teacher(predictor: Predictor, project: str, base: Classifier, split:
     serving, model = predictor.classifier(project)
     if model is None or serving is None or model.kind != base.kind or list(model.classes) != list(base.classes):
         return None
-    if split is not None and (split.method != "holdout"
-                              or predictor.registry.meta(project, serving).get("evaluation") != "holdout"):
+    meta = predictor.registry.meta(project, serving)
+    if meta.get("encoder") != encoder:  # a new encoder: start from it, not from weights that predate it
+        return None
+    if split is not None and (split.method != "holdout" or meta.get("evaluation") != "holdout"):
         return None
     return Frozen(model)
 
@@ -240,12 +249,15 @@ def train_single(predictor: Predictor, project: str, studio: Studio, config: Lab
     samples, y = [it.decoded for _, it in data.keep], data.y
     task_ids = [lab.task_id for lab, _ in data.keep]
     split = choose_split(task_ids, y, len(classes))
-    kind, evaluated, served, pool = make_model(predictor, project, data, config, studio, split, report)
+    kind = choose_kind(predictor.settings.classifier, predictor.scorer is not None)
+    encoder = ensure_encoder(predictor, project, data, studio.conn, kind, report)
+    kind, evaluated, served, pool = make_model(predictor, project, data, config, studio, split, report, encoder)
     clf, eval_proba = fit_and_evaluate(evaluated, served, samples, y, split, predictor.settings.seed,
                                        lambda step: report(f"{kind}: {step}"))
     meta: dict = {"kind": kind, "classes": classes, "prompts": {c: list(config.prompts[c]) for c in classes},
                   "class_counts": counts, "trigger": trigger, "skipped_tasks": data.skipped_tasks,
                   "self_training": {"pool": pool, "threshold": predictor.settings.self_train} if pool else None,
+                  "encoder": encoder[0] if encoder else None,
                   "unreadable_images": [{"task": t, "error": e} for t, e in data.bad][:100],
                   "train_info": clf.fit_info_, "evaluation": split.method, "n_train": int(len(split.train)),
                   "n_eval": int(len(split.evaluate)), "metrics": evaluate(y[split.evaluate], eval_proba, classes),

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from filelock import FileLock, Timeout
 
 from labeler.labelconfig import LabelConfig
+from labeler.models.encoders import serving_encoder
 from labeler.models.predictor import Predictor
 from labeler.studio.client import Studio, unreachable
 from labeler.studio.queue import QueueReport, Recorder, annotated_tasks, refresh
@@ -60,7 +61,8 @@ def publish_after_predict(studio: Studio, predictor: Predictor, project: int, re
     report (None when writing the queue failed, logged)."""
     settings = predictor.settings
     with preannotate_lock(predictor, project).acquire(timeout=lock_wait_s):
-        recorder = Recorder(settings.model_dir, project, len(config.classes), config.multiple)
+        recorder = Recorder(settings.model_dir, project, len(config.classes), config.multiple,
+                            serving_encoder(settings, predictor.registry, project))
         for tid, annotated in annotated_tasks(studio, project).items():
             recorder.saw({"id": tid, "total_annotations": annotated})
         ids = [i for i in refs if i in recorder.present]  # deleted since: forgotten

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from labeler.config import Settings
 from labeler.errors import Busy
+from labeler.models.encoders import serving_encoder
 from labeler.models.predictor import Predictor, to_prediction
 from labeler.studio.client import Studio
 from labeler.studio.queue import QueueReport, Recorder
@@ -154,7 +155,8 @@ def _preannotate(studio: Studio, project: int, predictor: Predictor, only_missin
     pkey = str(project)
     version = predictor.model_version(pkey, config)
     report = Report(version)
-    recorder = Recorder(predictor.settings.model_dir, project, len(config.classes), config.multiple)  # the queue's inputs
+    recorder = Recorder(predictor.settings.model_dir, project, len(config.classes), config.multiple,  # the queue's inputs
+                        serving_encoder(predictor.settings, predictor.registry, project))
     todo = tasks_to_predict(studio, project, version, only_missing, max_tasks, recorder, report)
     wanted, rate = (None if task_ids is None else set(task_ids)), getattr(predictor.settings, "control_rate", 0.0)
     todo = [t for t in todo if (wanted is None or t.get("id") in wanted)

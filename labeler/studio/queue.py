@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from labeler.errors import StudioError
-from labeler.models.strategies import DEFAULT_STRATEGY, check_strategy, imagenet_features, queue_order
+from labeler.models.strategies import DEFAULT_STRATEGY, check_strategy, encoder_features, queue_order
 from labeler.models.uncertainty import centred
 from labeler.studio.client import Studio, unreachable
 from labeler.studio.teamqueue import OPEN_FIELD, Opened, TeamQueue, interleave, open_now, plan, set_task_overlap
@@ -58,6 +58,8 @@ UNRANKED = 1e9  # tasks the queue has no scores for yet sort after every ranked 
 
 
 # -- what the strategy needs, per task ------------------------------------------------------
+IMAGENET = "imagenet"  # QueueState.features_from without a project encoder
+
 @dataclass
 class QueueState:
     """Per task: id, annotated?, class probabilities (N, C), diversity features (N, D).
@@ -72,6 +74,7 @@ class QueueState:
     features: np.ndarray
     version: str = ""
     multilabel: bool = False
+    features_from: str = IMAGENET  # the encoder the features came from: another one's are not comparable
 
     @classmethod
     def empty(cls) -> "QueueState":
@@ -83,7 +86,8 @@ class QueueState:
         try:
             with np.load(path, allow_pickle=False) as z:
                 multilabel = bool(z["multilabel"]) if "multilabel" in z.files else False
-                return cls(z["ids"], z["annotated"], z["proba"], z["features"], str(z["version"]), multilabel)
+                source = str(z["features_from"]) if "features_from" in z.files else IMAGENET
+                return cls(z["ids"], z["annotated"], z["proba"], z["features"], str(z["version"]), multilabel, source)
         except FileNotFoundError:
             return cls.empty()
         except (ValueError, KeyError, OSError) as exc:  # a torn or foreign file: start again, do not crash
@@ -98,7 +102,8 @@ class QueueState:
         try:
             with open(tmp, "wb") as f:
                 np.savez(f, ids=self.ids, annotated=self.annotated, proba=self.proba,
-                         features=self.features, version=np.array(self.version), multilabel=np.array(self.multilabel))
+                         features=self.features, version=np.array(self.version), multilabel=np.array(self.multilabel),
+                         features_from=np.array(self.features_from))
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -147,13 +152,16 @@ def state_path(model_dir: Path, project: int | str) -> Path:
 class Recorder:
     """Collects what pre-annotation scored, for :func:`publish`: ``add`` per batch, then ``save``."""
 
-    def __init__(self, model_dir: Path, project: int | str, n_classes: int, multilabel: bool = False) -> None:
+    def __init__(self, model_dir: Path, project: int | str, n_classes: int, multilabel: bool = False,
+                 encoder: tuple[str, Path] | None = None) -> None:
         self.path = state_path(model_dir, project)
         self.n_classes = n_classes
+        self.encoder = encoder  # (version, file) of the project's encoder (labeler.models.encoders); None: ImageNet
         self.state = QueueState.load(self.path)
-        if self.state.multilabel != multilabel:  # the config switched: old rows mean something else
-            self.state = QueueState.empty()
-            self.state.multilabel = multilabel
+        source = encoder[0] if encoder else IMAGENET
+        if self.state.multilabel != multilabel or self.state.features_from != source:
+            self.state = QueueState.empty()  # the config or the encoder changed: old rows mean something else
+            self.state.multilabel, self.state.features_from = multilabel, source
         self.annotated: dict[int, bool] = {}
         self.present: set[int] = set()
         self._saved = time.monotonic()
@@ -172,7 +180,7 @@ class Recorder:
         ok = [(t, it) for t, it in zip(tasks, items) if it.sample is not None]
         if not ok:
             return
-        feats = imagenet_features([it.sample for _, it in ok])
+        feats = encoder_features([it.sample for _, it in ok], self.encoder[1] if self.encoder else None)
         proba = np.stack([queue_scores(it.proba, it.thresholds) if it.proba is not None
                           else np.full(self.n_classes, np.nan) for _, it in ok])
         self.state.update([t["id"] for t, _ in ok], proba, feats, version)
