@@ -115,3 +115,19 @@ def test_the_queue_keeps_features_of_one_encoder_only(tmp_path):
     assert len(Recorder(tmp_path, 7, 2, encoder=("v1-simclr", Path("unused"))).state.ids) == 2
     fresh = Recorder(tmp_path, 7, 2).state  # ImageNet features now: the old rows are not comparable
     assert len(fresh.ids) == 0 and fresh.features_from == "imagenet"
+
+
+def test_the_queue_starts_with_typical_images_only_on_encoder_features():
+    from labeler.models.strategies import queue_order
+    from labeler.studio.queue import QueueState, cold_start
+
+    rng = np.random.default_rng(0)
+    feats = np.concatenate([rng.normal(c, 0.3, size=(30, 4)) for c in (0, 6, 12)]).astype(np.float32)
+    st = QueueState.empty()
+    st.update(list(range(90)), np.full((90, 2), np.nan), feats, "zero-shot")
+    assert cold_start(st) == {}, "ImageNet features: k-center greedy as before"
+    st.features_from = "v1-simclr"
+    assert cold_start(st) == {"cold_start": "typiclust", "typical_until": 20}
+    order = queue_order("margin_diverse", None, np.arange(90), np.zeros(0, dtype=int), 3, feats, **cold_start(st))
+    assert sorted(order.tolist()) == list(range(90))
+    assert sorted(int(i) // 30 for i in order[:3]) == [0, 1, 2], "the first batch: one typical image per cluster"

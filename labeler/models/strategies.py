@@ -31,7 +31,8 @@ STRATEGIES = ("random", *MEASURES, "margin_diverse")
 DEFAULT_STRATEGY = "margin_diverse"
 SHORTLIST = 4          # margin_diverse: k-center among the SHORTLIST * k most uncertain
 FEATURE_DIM = 256      # diversity features are randomly projected to this many dimensions
-COLD_START = "kcenter"  # the first batches, before a model is worth trusting (COLD_STARTS)
+COLD_START = "kcenter"  # the first batches, before a model is worth trusting (COLD_STARTS), on ImageNet features
+TYPICAL_PER_CLASS = 10  # with a self-supervised encoder: TypiClust until this many labels per class (measured)
 
 
 def check_strategy(strategy: str) -> str:
@@ -212,7 +213,7 @@ def select(strategy: str, proba: np.ndarray | None, pool: np.ndarray, labelled: 
 
 def queue_order(strategy: str, proba: np.ndarray | None, pool: np.ndarray, labelled: np.ndarray, batch: int,
                 features: np.ndarray | None, seed: int = 0, diverse_top: int = 1000,
-                multilabel: bool = False) -> np.ndarray:
+                multilabel: bool = False, **cold) -> np.ndarray:
     """All of ``pool`` in the order to label it: batch after batch of :func:`select`.
 
     Batch ``b`` is chosen as if batches ``0..b-1`` were labelled already
@@ -222,6 +223,7 @@ def queue_order(strategy: str, proba: np.ndarray | None, pool: np.ndarray, label
     uncertainty alone (margin for ``margin_diverse``; random stays random):
     the queue is recomputed at every retraining long before annotators get
     there, and k-center over tens of thousands of tasks would cost minutes.
+    ``cold`` (``cold_start``, ``typical_until``) goes to :func:`select`.
     """
     check_strategy(strategy)
     pool = np.asarray(pool, dtype=int)
@@ -236,7 +238,7 @@ def queue_order(strategy: str, proba: np.ndarray | None, pool: np.ndarray, label
     while n < min(diverse_top, len(pool)):
         ix = np.flatnonzero(left)
         picked = select(strategy, None if proba is None else proba[ix], pool[ix], chosen,
-                        min(batch, len(ix)), rng, features, multilabel)
+                        min(batch, len(ix)), rng, features, multilabel, **cold)
         out.append(picked)
         chosen = np.concatenate([chosen, picked])
         left[[index[int(t)] for t in picked]] = False
