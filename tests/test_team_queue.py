@@ -91,6 +91,11 @@ def test_honeypots_reach_each_annotator_once_in_their_queue_share_and_second_opi
     honey = state.ids[[3, 11, 20]].tolist()
     for t in honey:  # the team lead's known labels: Label Studio ground-truth annotations
         _label(url, t, admin, "open", ground_truth=True)
+    from labeler.studio.tasks import import_predictions
+
+    # the model preselects the wrong answer on the honeypots: who takes it?
+    import_predictions(ls, pid, [{"task": t, "model_version": "v1", "score": 0.9, "result": _choice("closed")}
+                                 for t in honey])
     state.mark(annotated_tasks(ls, pid))
     rep = publish(ls, pid, state, batch=5, team=TeamQueue(honeypot_rate=0.2))
     assert rep.honeypots == 3 and rep.ranked == 30, rep.summary()
@@ -149,6 +154,9 @@ def _admin_page_shows_the_team(url: str, token: str, pid: int, tmp_path, honey: 
     rows = {r["annotator"]: r for r in report["annotators"]}
     assert set(rows) == {"hp-a@example.com", "hp-b@example.com", "hp-c@example.com"}, rows.keys()
     assert rows["hp-a@example.com"]["honeypots"] == len(honey) and rows["hp-a@example.com"]["accuracy_source"] == "honeypots"
+    took = {n: rows[n]["automation_bias"]["accepted_wrong"] for n in ("hp-a@example.com", "hp-b@example.com")}
+    assert (took["hp-a@example.com"]["rate"], took["hp-a@example.com"]["n"]) == (1.0, len(honey)), took  # A: "closed"
+    assert took["hp-b@example.com"]["rate"] == 0.0, took  # B said "open" on the honeypot it labelled
     assert client.get(f"/dashboard/projects/{pid}/annotators", headers=BEARER).get_json() == report
     assert client.get(f"/dashboard/projects/{pid}/annotators", headers=HTML).status_code == 401, "the page needs a login"
     _login(client)
