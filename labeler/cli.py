@@ -380,8 +380,8 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
 @click.option("--levers", help="Compare issue 23's levers instead of --strategy, each on and off in the same run: "
                                "comma-separated from pretrain (self-supervised encoder), typiclust (cold start).")
 @click.option("--pretrain-steps", default=300, show_default=True, help="With --levers pretrain: SimCLR steps.")
-@click.option("--typical-per-class", default=10, show_default=True,  # strategies.TYPICAL_PER_CLASS
-              help="With --levers typiclust: typical images until this many labels per class.")
+@click.option("--typical-per-class", default=0, show_default=True,  # strategies.TYPICAL_PER_CLASS
+              help="With --levers typiclust: typical images while there is no model, then until this many labels per class.")
 def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
              cnn_steps, self_train, metric, targets, out, save_model, eps, delta, per_class, accepted_out,
              redraws, annotators, per_task, levers, pretrain_steps, typical_per_class) -> None:

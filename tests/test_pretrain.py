@@ -127,7 +127,7 @@ def test_the_queue_starts_with_typical_images_only_on_encoder_features():
     st.update(list(range(90)), np.full((90, 2), np.nan), feats, "zero-shot")
     assert cold_start(st) == {}, "ImageNet features: k-center greedy as before"
     st.features_from = "v1-simclr"
-    assert cold_start(st) == {"cold_start": "typiclust", "typical_until": 20}
+    assert cold_start(st) == {"cold_start": "typiclust", "typical_until": 0}, "TypiClust while no model scored"
     order = queue_order("margin_diverse", None, np.arange(90), np.zeros(0, dtype=int), 3, feats, **cold_start(st))
     assert sorted(order.tolist()) == list(range(90))
     assert sorted(int(i) // 30 for i in order[:3]) == [0, 1, 2], "the first batch: one typical image per cluster"

@@ -32,7 +32,9 @@ DEFAULT_STRATEGY = "margin_diverse"
 SHORTLIST = 4          # margin_diverse: k-center among the SHORTLIST * k most uncertain
 FEATURE_DIM = 256      # diversity features are randomly projected to this many dimensions
 COLD_START = "kcenter"  # the first batches, before a model is worth trusting (COLD_STARTS), on ImageNet features
-TYPICAL_PER_CLASS = 10  # with a self-supervised encoder: TypiClust until this many labels per class (measured)
+# With a self-supervised encoder, TypiClust chooses while there is no model and then until this many labels
+# per class: 0 measured best (10 per class lost to margin + diversity on ten-class digits, README).
+TYPICAL_PER_CLASS = 0
 
 
 def check_strategy(strategy: str) -> str:

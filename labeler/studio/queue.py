@@ -343,10 +343,10 @@ class QueueReport:
 
 
 def cold_start(state: QueueState) -> dict:
-    """How the first batches are chosen: TypiClust's typical images until ``TYPICAL_PER_CLASS`` labels per
-    class where the features come from the project's self-supervised encoder (on eyes24 that pair
-    halved the EER at 25 labels; neither helped alone, see README "Learning from few labels"), else
-    k-center greedy with no model."""
+    """How the first batches are chosen: where the features come from the project's self-supervised
+    encoder, TypiClust's typical images while there is no model (and until ``TYPICAL_PER_CLASS`` labels
+    per class; on eyes24 the pair halved the EER at 25 labels and neither helped alone, see README
+    "Learning from few labels"), else k-center greedy while there is no model."""
     if state.features_from == IMAGENET or not state.proba.size:
         return {}
     return {"cold_start": "typiclust", "typical_until": TYPICAL_PER_CLASS * state.proba.shape[1]}
