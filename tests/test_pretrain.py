@@ -10,7 +10,8 @@ import torch
 from labeler.dev.demo import synthetic_eyes
 from labeler.media.images import decode
 from labeler.models.classifiers import CNNClassifier, Sample
-from labeler.models.pretrain import load_encoder, nt_xent, pretrain_encoder, save_encoder, strong_augment
+from labeler.models.classifiers.pixels import strong_augment
+from labeler.models.pretrain import load_encoder, nt_xent, pretrain_encoder, save_encoder
 from labeler.models.strategies import typiclust
 
 

@@ -250,13 +250,13 @@ def cnn_features(model, samples: Sequence) -> np.ndarray:
     """Pooled features of a trained :class:`~labeler.models.classifiers.CNNClassifier` (before its last layer)."""
     import torch
 
-    from labeler.models.classifiers.cnn import _MEAN, _STD, _to_tensor
+    from labeler.models.classifiers.pixels import logits_input, to_tensor
 
     out = []
     device = next(model.net_.parameters()).device  # where it was trained (a GPU when there is one)
     with torch.inference_mode():
         for start in range(0, len(samples), 256):
-            x = ((_to_tensor(samples[start:start + 256], model.input_size) - _MEAN) / _STD).to(device)
+            x = logits_input(to_tensor(samples[start:start + 256], model.input_size)).to(device)
             out.append(torch.nn.functional.adaptive_avg_pool2d(model.net_.features(x), 1).flatten(1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 1280))
 

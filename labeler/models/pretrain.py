@@ -18,7 +18,6 @@ project (minutes on a CPU for a few thousand small images), not per fit.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,30 +28,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from labeler.models.classifiers.base import Sample
-from labeler.models.classifiers.cnn import _channels_last, _logits_input, _threads, _to_tensor, train_device
 from labeler.models.classifiers.mobilenet import MobileNetV2, mobilenet_v2
+from labeler.models.classifiers.pixels import channels_last, logits_input, strong_augment, threads, to_tensor, train_device
 
 ENCODER_FILE = "encoder.pt"
-
-
-def strong_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """SimCLR views of a batch in [0, 1]: crop to 55-100 % of the side, rotate +-20 degrees, flip,
-    shift, contrast 0.5-1.5, brightness +-0.25, gamma 0.7-1.4 and pixel noise, all batched."""
-    n = x.shape[0]
-    r = lambda *s: torch.rand(*s, generator=g).to(x.device)  # noqa: E731  # CPU stream: same draws anywhere
-    scale = 0.55 + 0.45 * r(n)
-    angle = (r(n) * 2 - 1) * math.radians(20)
-    flip = torch.where(r(n) < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, (r(n) * 2 - 1) * (1 - scale)], 1),
-                         torch.stack([sin * flip, cos, (r(n) * 2 - 1) * (1 - scale)], 1)], 1)
-    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    x = x.clamp(1e-4, 1).pow((0.7 + 0.7 * r(n)).view(n, 1, 1, 1))
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * (0.5 + r(n)).view(n, 1, 1, 1) + mean + (r(n) * 0.5 - 0.25).view(n, 1, 1, 1)
-    noise = torch.randn(x.shape, generator=g).to(x.device) * 0.04 * r(n).view(n, 1, 1, 1)
-    return (x + noise).clamp_(0, 1)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
@@ -81,7 +60,7 @@ def pretrain_encoder(samples: Sequence[Sample], input_size: int = 48, steps: int
                      progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """SimCLR on ``samples`` from the ImageNet MobileNetV2; returns (the encoder's ``features`` state
     dict, what it measured). ``steps`` optimiser steps of ``batch`` images (two views each)."""
-    with _threads():
+    with threads():
         return _pretrain(samples, input_size, steps, batch, lr, temperature, seed, progress)
 
 
@@ -92,8 +71,8 @@ def _pretrain(samples: Sequence[Sample], input_size: int, steps: int, batch: int
     g = torch.Generator().manual_seed(seed)
     net, imagenet = mobilenet_v2(2)
     device = train_device()
-    model = _channels_last(_SimCLR(net)).to(device)  # type: ignore[arg-type]
-    x = _to_tensor(samples, input_size).to(device)
+    model = channels_last(_SimCLR(net)).to(device)  # type: ignore[arg-type]
+    x = to_tensor(samples, input_size).to(device)
     batch = max(2, min(batch, len(x)))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -101,7 +80,7 @@ def _pretrain(samples: Sequence[Sample], input_size: int, steps: int, batch: int
     losses = []
     for _ in tqdm(range(steps), desc="self-supervised pretraining", unit="step", disable=not progress):
         idx = torch.randint(len(x), (batch,), generator=g)
-        views = [_logits_input(strong_augment(x[idx], g)) for _ in range(2)]
+        views = [logits_input(strong_augment(x[idx], g)) for _ in range(2)]
         loss = nt_xent(model(views[0]), model(views[1]), temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()

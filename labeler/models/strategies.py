@@ -84,13 +84,13 @@ def encoder_features(samples: Sequence, encoder: str | Path | None, size: int = 
 
 @torch.inference_mode()
 def _pooled_features(net, samples: Sequence, size: int, dim: int) -> np.ndarray:
-    from labeler.models.classifiers.cnn import _logits_input, _to_tensor
+    from labeler.models.classifiers.pixels import logits_input, to_tensor
 
     if not len(samples):
         return np.zeros((0, dim), dtype=np.float32)
     feats = []
     for start in range(0, len(samples), 256):
-        x = _logits_input(_to_tensor(samples[start:start + 256], size))
+        x = logits_input(to_tensor(samples[start:start + 256], size))
         feats.append(torch.nn.functional.adaptive_avg_pool2d(net.features(x), 1).flatten(1))
     f = torch.cat(feats).numpy().astype(np.float64)
     f /= np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12)

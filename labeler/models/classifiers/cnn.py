@@ -14,11 +14,7 @@ previous model of the same classes (last round's model in the simulation, the
 teacher in self-training) already knows most of the data, so it runs
 ``warm_fraction`` of the steps a cold fit would (at least ``warm_min_steps``).
 
-CPU threads: PyTorch's OpenMP threads spin while they wait for each other,
-so on a machine whose cores are busy with other work a two-thread training
-step was measured 5x slower than a one-thread step (2 cores, load average 7).
-Training and prediction use as many threads as cores are idle at the start
-(:func:`cpu_threads`), unless ``OMP_NUM_THREADS`` says otherwise.
+Pixels, augmentations and CPU threads: :mod:`labeler.models.classifiers.pixels`.
 
 Saved without pickle: the weights with ``torch.save`` of a plain state dict
 (loaded with ``weights_only=True``), the settings as JSON.
@@ -28,10 +24,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,88 +34,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from labeler.models.classifiers.base import Classifier, Sample, balanced_weights
-from labeler.models.classifiers.mobilenet import MobileNetV2, mobilenet_v2
-
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def _cpu_times() -> tuple[int, int]:
-    """(idle, total) jiffies of all CPUs from ``/proc/stat``."""
-    with open("/proc/stat") as f:
-        parts = [int(v) for v in f.readline().split()[1:]]
-    return parts[3] + parts[4], sum(parts[:8])
-
-
-def cpu_threads(window: float = 0.05) -> int:
-    """Threads worth using now: ``clip(round(cores * idle), 1, cores)``, ``idle`` the share of CPU
-    time that was idle during ``window`` seconds (sampled before this process starts working)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        idle0, total0 = _cpu_times()
-        time.sleep(window)
-        idle1, total1 = _cpu_times()
-    except (OSError, ValueError, IndexError):
-        return cores  # not Linux: leave PyTorch's choice alone
-    idle = (idle1 - idle0) / max(1, total1 - total0)
-    return int(min(cores, max(1, round(cores * idle))))
-
-
-@contextmanager
-def _threads() -> Iterator[None]:
-    """Run the block with :func:`cpu_threads` threads (CPU only; ``OMP_NUM_THREADS`` wins)."""
-    before = torch.get_num_threads()
-    if os.environ.get("OMP_NUM_THREADS"):
-        yield
-        return
-    torch.set_num_threads(min(before, cpu_threads()))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def train_device() -> torch.device:
-    """Where the CNN trains: a GPU when PyTorch sees one (a 24 px CNN is cheap, but a GPU still
-    trains it several times faster than a few CPU cores), else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _channels_last(net: MobileNetV2) -> MobileNetV2:
-    """NHWC weights: faster convolutions on CPU (oneDNN) and on tensor cores."""
-    return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
-
-
-def _to_tensor(samples: Sequence[Sample], size: int) -> torch.Tensor:
-    """(N, 3, size, size) floats in [0, 1]."""
-    from PIL import Image
-
-    arr = np.stack([np.asarray(s.image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
-                    for s in samples])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def _logits_input(x: torch.Tensor) -> torch.Tensor:
-    """Pixels in [0, 1] as the network takes them: ImageNet-normalised, channels-last."""
-    return ((x - _MEAN.to(x.device)) / _STD.to(x.device)).contiguous(memory_format=torch.channels_last)
-
-
-def _augment(x: torch.Tensor, g: torch.Generator, shift: float = 0.1) -> torch.Tensor:
-    """Random flip, shift (+-``shift`` of the width), zoom (0.9-1.1) and brightness/contrast."""
-    n = x.shape[0]
-    r = lambda *s: torch.rand(*s, generator=g).to(x.device)  # noqa: E731  # CPU stream: same draws on any device
-    scale = 0.9 + 0.2 * r(n)
-    flip = torch.where(r(n) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=x.device)
-    theta[:, 0, 0] = scale * flip
-    theta[:, 1, 1] = scale
-    theta[:, :, 2] = (r(n, 2) * 2 - 1) * 2 * shift
-    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    contrast = (0.8 + 0.4 * r(n)).view(n, 1, 1, 1)
-    bright = (r(n) * 0.2 - 0.1).view(n, 1, 1, 1)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return ((x - mean) * contrast + mean + bright).clamp_(0, 1)
+from labeler.models.classifiers.mobilenet import mobilenet_v2
+from labeler.models.classifiers.pixels import channels_last, logits_input, threads, to_tensor, train_device, weak_augment
 
 
 class CNNClassifier(Classifier):
@@ -177,10 +91,10 @@ class CNNClassifier(Classifier):
         return logits.softmax(-1)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net_(_logits_input(x))
+        return self.net_(logits_input(x))
 
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
-        with _threads():
+        with threads():
             return self._train(samples, y)
 
     def _train(self, samples: list[Sample], y: np.ndarray) -> dict:
@@ -194,8 +108,8 @@ class CNNClassifier(Classifier):
         elif self.encoder:
             self.net_.features.load_state_dict(torch.load(self.encoder, map_location="cpu", weights_only=True))
         device = train_device()
-        self.net_ = _channels_last(self.net_).to(device)
-        x = _to_tensor(samples, self.input_size).to(device)
+        self.net_ = channels_last(self.net_).to(device)
+        x = to_tensor(samples, self.input_size).to(device)
         yt = self._targets(y).to(device)
         n = len(yt)
         per_epoch = math.ceil(n / self.batch_size)
@@ -211,7 +125,7 @@ class CNNClassifier(Classifier):
             for idx in torch.randperm(n, generator=g).split(self.batch_size):
                 if len(idx) < 2:  # BatchNorm needs two samples
                     continue
-                loss = loss_fn(self._logits(_augment(x[idx], g)), yt[idx])
+                loss = loss_fn(self._logits(weak_augment(x[idx], g)), yt[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -230,14 +144,14 @@ class CNNClassifier(Classifier):
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
         if not samples:
             return np.zeros((0, len(self.classes)))
-        with _threads():
+        with threads():
             return self._predict(samples)
 
     def _predict(self, samples: Sequence[Sample]) -> np.ndarray:
         out = []
         device = next(self.net_.parameters()).device
         for start in range(0, len(samples), 256):
-            x = _to_tensor(samples[start:start + 256], self.input_size).to(device)
+            x = to_tensor(samples[start:start + 256], self.input_size).to(device)
             p = self._activate(self._logits(x)) + self._activate(self._logits(x.flip(-1)))
             out.append((p / 2).cpu())
         return torch.cat(out).numpy().astype(np.float64)
@@ -261,5 +175,5 @@ class CNNClassifier(Classifier):
         model = cls(classes, input_size=input_size, pretrained=False)
         model.net_, _ = mobilenet_v2(len(classes), pretrained=False)
         model.net_.load_state_dict(state)
-        model.net_ = _channels_last(model.net_).eval()
+        model.net_ = channels_last(model.net_).eval()
         return model
