@@ -378,13 +378,16 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
               "clicks (--start first, --batch per round, --holdout held out); frozen ImageNet features + logistic regression.")
 @click.option("--per-task", default=2, show_default=True, help="With --annotators: labels per task in the consensus comparison.")
 @click.option("--levers", help="Compare issue 23's levers instead of --strategy, each on and off in the same run: "
-                               "comma-separated from pretrain (self-supervised encoder), typiclust (cold start).")
+                               "comma-separated from pretrain (self-supervised encoder), typiclust (cold start), "
+                               "fixmatch (consistency training instead of self-training), ensemble (three seeds averaged).")
+@click.option("--variants", "variant_names", help="With --levers: only these variants (comma-separated names, "
+                                                  "e.g. all,all-fixmatch).")
 @click.option("--pretrain-steps", default=300, show_default=True, help="With --levers pretrain: SimCLR steps.")
 @click.option("--typical-per-class", default=0, show_default=True,  # strategies.TYPICAL_PER_CLASS
               help="With --levers typiclust: typical images while there is no model, then until this many labels per class.")
 def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
              cnn_steps, self_train, metric, targets, out, save_model, eps, delta, per_class, accepted_out,
-             redraws, annotators, per_task, levers, pretrain_steps, typical_per_class) -> None:
+             redraws, annotators, per_task, levers, variant_names, pretrain_steps, typical_per_class) -> None:
     """Replay the annotation loop offline and write learning curves (CSV + PNG); with --certify, finish the
     dataset (queue, audit, certified auto-accept) and check the claim against the known labels; with
     --annotators, a team of simulated annotators (issue 22)."""
@@ -413,16 +416,18 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
     if eps is not None:
         return _simulate_finish(samples, y, data, strategies, budget, batch, start, seeds, make, zeroshot, features,
                                 self_train, eps, delta, per_class, accepted_out, redraws, out)
-    runs = _simulation_runs(strategies, levers, samples, make, features, out, pretrain_steps, cnn_options)
+    runs = _simulation_runs(strategies, levers, variant_names, samples, make, features, out, pretrain_steps,
+                            cnn_options)
     _simulate_curves(samples, y, classes, runs, budget, batch, start, seeds, holdout, zeroshot,
                      zeroshot_model, self_train, metric, goals, save_model, labels_csv, out, typical_per_class)
 
 
-def _simulation_runs(strategies, levers, samples, make, features, out: Path, pretrain_steps: int, cnn_options):
+def _simulation_runs(strategies, levers, variant_names, samples, make, features, out: Path, pretrain_steps: int,
+                     cnn_options):
     """(variant, its estimator, its diversity features) per curve: the strategies as they are, or with
     ``--levers`` the variants of :func:`labeler.learning.levers.variants` (pretraining once, if asked)."""
     from labeler.errors import LabelerError
-    from labeler.learning.levers import Variant, check_levers, simulation_encoder, variants
+    from labeler.learning.levers import Variant, check_levers, pick_variants, simulation_encoder, variants
     from labeler.learning.simulate import make_classifier
     from labeler.models.classifiers import CNNClassifier
     from labeler.models.strategies import encoder_features
@@ -431,18 +436,20 @@ def _simulation_runs(strategies, levers, samples, make, features, out: Path, pre
         return [(Variant(s, s, frozenset()), make, features) for s in strategies]
     try:
         chosen = variants(check_levers([lev.strip() for lev in levers.split(",") if lev.strip()]))
+        chosen = pick_variants(chosen, [n.strip() for n in (variant_names or "").split(",") if n.strip()])
     except LabelerError as exc:
         _fail(str(exc))
+    if any(v.levers & {"pretrain", "fixmatch"} for v in chosen) and not isinstance(make, CNNClassifier):
+        _fail("--levers pretrain and fixmatch need --classifier cnn")
     if not any("pretrain" in v.levers for v in chosen):
-        return [(v, make, features) for v in chosen]
-    if not isinstance(make, CNNClassifier):
-        _fail("--levers pretrain needs --classifier cnn (the encoder seeds the CNN)")
+        return [(v, v.estimator(make), features) for v in chosen]
     encoder, info = simulation_encoder(samples, Path(out), pretrain_steps)
     click.echo(f"self-supervised encoder: {encoder} ({'reused' if info.get('reused') else 'pretrained'}, "
                f"{info['steps']} steps, {info['pretrain_seconds']} s, final loss {info['final_loss']})")
     make_enc = make_classifier("cnn", list(make.classes), encoder=str(encoder), **cnn_options)
     feats_enc = encoder_features(samples, encoder)
-    return [(v, make_enc, feats_enc) if "pretrain" in v.levers else (v, make, features) for v in chosen]
+    return [(v, v.estimator(make_enc), feats_enc) if "pretrain" in v.levers
+            else (v, v.estimator(make), features) for v in chosen]
 
 
 def _simulate_team(data, y, annotators: str, per_task: int, seeds: int, clicks: int, start: int | None, batch: int,
@@ -477,8 +484,10 @@ def _simulate_curves(samples, y, classes, runs, budget, batch, start, seeds, hol
         for variant, make, features in runs:
             t, strategy = time.perf_counter(), variant.name
             res, annotator = run(samples, y, classes, variant.strategy, budget, batch, test, seed, make,
-                                 zeroshot=zeroshot, features=features, start=start, self_train=self_train,
-                                 name=strategy, **variant.select_options(len(classes), typical_per_class))
+                                 zeroshot=zeroshot, features=features, start=start,
+                                 self_train=None if variant.consistency else self_train, name=strategy,
+                                 unlabelled=variant.consistency,
+                                 **variant.select_options(len(classes), typical_per_class))
             assert not annotator.queried & set(test.tolist()), "held-out images must never be queried"
             rows += res.rows
             last = res.rows[-1] if res.rows else {}

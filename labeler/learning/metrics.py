@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    brier_score_loss,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
 
 def eer(y_true: np.ndarray, score: np.ndarray) -> float:
@@ -49,6 +56,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> d
     """Accuracy, macro-F1, per-class precision/recall/F1 and one-vs-rest ROC AUC/EER, confusion matrix.
 
     ``y_true`` holds class indices into ``classes``; ``proba`` is (N, C).
+    ``log_loss`` and ``brier`` (scikit-learn's) measure calibration.
     Macro-F1 is ``1/C' sum_c F1_c`` over the C' classes present in ``y_true``
     or predicted (a class nobody has would otherwise count as 0).
     For two classes, ``roc_auc`` and ``eer`` are those of ``classes[0]`` (its
@@ -73,6 +81,10 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> d
                       for i, c in enumerate(classes)},
         "confusion_matrix": confusion_matrix(y_true, pred, labels=labels).tolist(),
     }
+    if len(y_true):  # calibration: what the scores are worth as probabilities (the queue and the certificate use them)
+        clipped = np.clip(proba, 1e-7, 1)
+        out["log_loss"] = float(log_loss(y_true, clipped / clipped.sum(1, keepdims=True), labels=labels))
+        out["brier"] = float(brier_score_loss(y_true, clipped / clipped.sum(1, keepdims=True), labels=labels))
     if len(classes) == 2 and len(set(y_true.tolist())) == 2:
         positive = (y_true == 0).astype(int)
         out["roc_auc"] = float(roc_auc_score(positive, proba[:, 0]))

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from labeler.learning.metrics import HIGHER_IS_BETTER, evaluate
 from labeler.models import selftrain
-from labeler.models.classifiers import KINDS, Classifier, CNNClassifier, Sample
+from labeler.models.classifiers import KINDS, Classifier, CNNClassifier, Ensemble, Sample
 from labeler.models.strategies import DEFAULT_STRATEGY, STRATEGIES, check_strategy, imagenet_features, k_center_greedy, select  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,14 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         zeroshot: np.ndarray | None = None, features: np.ndarray | None = None,
         start: int | None = None, progress: bool = True,
         self_train: float | None = None, warm_start: bool = True, name: str | None = None,
-        **select_options) -> tuple[RunResult, Annotator]:
+        unlabelled: bool = False, **select_options) -> tuple[RunResult, Annotator]:
     """One simulated annotation run; returns metrics after each round and the annotator.
 
     Each round trains a clone of ``estimator`` (its ``seed`` set to ``seed``). With
     ``warm_start`` each round's model starts from the last round's
     (:meth:`Classifier.init_from`), which needs fewer steps than a cold fit. ``name`` labels
-    the rows (default: ``strategy``); ``select_options`` go to :func:`select` (the cold start).
+    the rows (default: ``strategy``); ``select_options`` go to :func:`select` (the cold start). With
+    ``unlabelled`` each fit also gets the pool's images (consistency training: a CNN with ``consistency``).
     """
     check_strategy(strategy)
     rng, annotator, test = np.random.default_rng(seed), Annotator(y), np.asarray(test_idx)
@@ -97,7 +98,7 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         if warm_start and result.model is not None:
             model.init_from(result.model)
         teacher = proba[left] if self_train is not None and proba is not None and len(pool) else None
-        info, train_s = _train_round(model, samples, labelled, got, pool, teacher, self_train)
+        info, train_s = _train_round(model, samples, labelled, got, pool, teacher, self_train, unlabelled)
         result.model = model
         if len(test):  # none when the whole set is the pool (``labeler simulate --certify``)
             m = evaluate(y[test], model.predict_proba([samples[i] for i in test]), classes)
@@ -109,11 +110,15 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
 
 
 def _train_round(model: Classifier, samples: Sequence[Sample], labelled: np.ndarray, got: np.ndarray,
-                 pool: np.ndarray, teacher_proba: np.ndarray | None, threshold: float | None) -> tuple[dict, float]:
+                 pool: np.ndarray, teacher_proba: np.ndarray | None, threshold: float | None,
+                 unlabelled: bool = False) -> tuple[dict, float]:
     """Fit ``model`` on the labels so far; with ``teacher_proba`` (the last round's model, or the
-    zero-shot one, on ``pool``) also on the confident pool images: no extra fit per round."""
+    zero-shot one, on ``pool``) also on the confident pool images: no extra fit per round; with
+    ``unlabelled``, the pool's images go to the fit itself (consistency training)."""
     t = time.perf_counter()
-    if teacher_proba is not None and threshold is not None:  # a teacher only where self-training is on
+    if unlabelled and isinstance(model, (CNNClassifier, Ensemble)):
+        info = model.fit([samples[i] for i in labelled], got, unlabelled=[samples[i] for i in pool]).fit_info_
+    elif teacher_proba is not None and threshold is not None:  # a teacher only where self-training is on
         info = selftrain.self_train(model, [samples[i] for i in labelled], got, [samples[i] for i in pool],
                                     teacher_proba, threshold)
     else:
@@ -126,6 +131,7 @@ def _row(strategy: str, seed: int, labels: int, m: dict, info: dict, train_s: fl
     return {"strategy": strategy, "seed": seed, "labels": labels, "eer": m.get("eer"), "accuracy": m["accuracy"],
             "macro_f1": m["macro_f1"], "roc_auc": m.get("roc_auc", m.get("roc_auc_macro")),
             "eer_macro": m.get("eer_macro"), "pseudo_labels": info.get("pseudo_labels", 0),
+            "log_loss": m.get("log_loss"), "brier": m.get("brier"),
             "train_seconds": round(train_s, 2)}
 
 

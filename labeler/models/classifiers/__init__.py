@@ -2,6 +2,7 @@
 
 from labeler.models.classifiers.base import Classifier, Sample, load_classifier
 from labeler.models.classifiers.cnn import CNNClassifier
+from labeler.models.classifiers.ensemble import Ensemble
 from labeler.models.classifiers.head import EmbeddingHead
 from labeler.models.classifiers.multilabel import MultiLabelCNN, MultiLabelHead
 
@@ -10,6 +11,7 @@ KINDS: dict[str, type[Classifier]] = {"head": EmbeddingHead, "cnn": CNNClassifie
 MULTILABEL_KINDS: dict[str, type[Classifier]] = {"head": MultiLabelHead, "cnn": MultiLabelCNN}
 # Every kind a saved model may be (its classifier.json names it).
 ALL_KINDS: dict[str, type[Classifier]] = {k.kind: k for k in (*KINDS.values(), *MULTILABEL_KINDS.values())}
+ALL_KINDS[Ensemble.kind] = Ensemble
 
-__all__ = ["KINDS", "MULTILABEL_KINDS", "ALL_KINDS", "Classifier", "Sample", "load_classifier", "CNNClassifier",
+__all__ = ["KINDS", "MULTILABEL_KINDS", "ALL_KINDS", "Classifier", "Sample", "load_classifier", "CNNClassifier", "Ensemble",
            "EmbeddingHead", "MultiLabelCNN", "MultiLabelHead"]

@@ -14,6 +14,12 @@ previous model of the same classes (last round's model in the simulation, the
 teacher in self-training) already knows most of the data, so it runs
 ``warm_fraction`` of the steps a cold fit would (at least ``warm_min_steps``).
 
+Consistency training (FixMatch, Sohn et al., 2020; ``consistency > 0`` and ``fit(..., unlabelled=pool)``):
+each step also draws ``unlabelled_ratio`` times the batch from the unlabelled pool; where the
+network's answer on a weakly augmented view is at least ``consistency_threshold`` sure, that answer
+becomes the target of a strongly augmented view of the same image (:func:`fixmatch_loss`). The three
+batches go through the network together, so BatchNorm sees one distribution.
+
 Pixels, augmentations and CPU threads: :mod:`labeler.models.classifiers.pixels`.
 
 Saved without pickle: the weights with ``torch.save`` of a plain state dict
@@ -35,19 +41,42 @@ from tqdm.auto import tqdm
 
 from labeler.models.classifiers.base import Classifier, Sample, balanced_weights
 from labeler.models.classifiers.mobilenet import mobilenet_v2
-from labeler.models.classifiers.pixels import channels_last, logits_input, threads, to_tensor, train_device, weak_augment
+from labeler.models.classifiers.pixels import (
+    channels_last,
+    logits_input,
+    strong_augment,
+    threads,
+    to_tensor,
+    train_device,
+    weak_augment,
+)
+
+MAX_UNLABELLED = 4096  # pool images a consistency fit holds (a stable random subset of a larger pool)
+
+
+def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """FixMatch's unlabelled loss: ``mean_i 1[max_c p_ic >= t] * CE(strong_i, argmax_c p_ic)``, ``p`` the
+    softmax of the (detached) weak-view logits, ``t`` the threshold; rows below it add zero."""
+    conf, target = weak_logits.detach().softmax(-1).max(-1)
+    ce = nn.functional.cross_entropy(strong_logits, target, reduction="none")
+    return (ce * (conf >= threshold).float()).mean()
 
 
 class CNNClassifier(Classifier):
     kind = "cnn"
     _init: dict[str, torch.Tensor] | None = None  # weights the next fit starts from (init_from)
+    _pool: list[Sample] | None = None  # unlabelled images of the next fit (consistency training)
+    supports_consistency = True
 
     def __init__(self, classes: Sequence[str], seed: int = 0, input_size: int = 48,
                  epochs: int = 15, batch_size: int = 32, lr: float = 1e-3,
                  max_steps: int = 400, min_steps: int = 150, pretrained: bool = True,
                  progress: bool = True, warm_fraction: float = 0.35, warm_min_steps: int = 60,
-                 encoder: str | None = None) -> None:
+                 encoder: str | None = None, consistency: float = 0.0, consistency_threshold: float = 0.95,
+                 unlabelled_ratio: int = 2) -> None:
         super().__init__(classes, seed)
+        self.consistency, self.consistency_threshold = consistency, consistency_threshold
+        self.unlabelled_ratio = unlabelled_ratio
         self.encoder = encoder  # a self-supervised encoder (labeler.models.pretrain) to start from
         self.input_size = input_size
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
@@ -55,6 +84,16 @@ class CNNClassifier(Classifier):
         self.warm_fraction, self.warm_min_steps = warm_fraction, warm_min_steps
         self.pretrained = pretrained
         self.progress = progress
+
+    def fit(self, X: Sequence[Sample], y: np.ndarray, unlabelled: Sequence[Sample] | None = None) -> "CNNClassifier":
+        """Train on ``X``/``y``; with ``consistency > 0``, also on ``unlabelled`` (FixMatch)."""
+        use = self.consistency > 0 and self.supports_consistency and unlabelled is not None and len(unlabelled) > 1
+        self._pool = list(unlabelled) if use and unlabelled is not None else None
+        try:
+            super().fit(X, y)
+        finally:
+            self._pool = None
+        return self
 
     def init_from(self, previous: Classifier) -> bool:
         """Begin the next :meth:`fit` from ``previous``'s weights (a fitted CNN, same classes and size)."""
@@ -111,34 +150,61 @@ class CNNClassifier(Classifier):
         self.net_ = channels_last(self.net_).to(device)
         x = to_tensor(samples, self.input_size).to(device)
         yt = self._targets(y).to(device)
-        n = len(yt)
-        per_epoch = math.ceil(n / self.batch_size)
-        steps = self.steps_for(n)
+        pool = self._pool_tensor(g, device)
+        steps = self.steps_for(len(yt))
         self._init = None  # one warm start per call
-        loss_fn = self._loss_fn(y, device)
+        masked = self._optimise(x, yt, pool, self._loss_fn(y, device), steps, g)
+        self.net_.eval()
+        info = {"train_seconds": time.perf_counter() - t0, "steps": steps,
+                "epochs": round(steps / math.ceil(len(yt) / self.batch_size), 2), "imagenet_init": loaded,
+                "warm_start": warm, "encoder": bool(self.encoder) and not warm}
+        if pool is not None:
+            info.update(unlabelled=len(pool), confident_share=round(masked, 4))
+        return info
+
+    def _pool_tensor(self, g: torch.Generator, device: torch.device) -> torch.Tensor | None:
+        """The unlabelled images of a consistency fit (at most ``MAX_UNLABELLED``, drawn with the seed)."""
+        if not self._pool:
+            return None
+        pick = torch.randperm(len(self._pool), generator=g)[:MAX_UNLABELLED].tolist()
+        return to_tensor([self._pool[i] for i in sorted(pick)], self.input_size).to(device)
+
+    def _optimise(self, x: torch.Tensor, yt: torch.Tensor, pool: torch.Tensor | None, loss_fn, steps: int,
+                  g: torch.Generator) -> float:
+        """``steps`` AdamW steps (one-cycle schedule) over shuffled batches; returns the mean share of
+        unlabelled images confident enough to train on (0 without a pool)."""
         opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps, pct_start=0.15)
         self.net_.train()
-        step = 0
+        step, confident = 0, 0.0
         bar = tqdm(total=steps, desc="training CNN", unit="step", disable=not self.progress, leave=False)
         while step < steps:
-            for idx in torch.randperm(n, generator=g).split(self.batch_size):
+            for idx in torch.randperm(len(yt), generator=g).split(self.batch_size):
                 if len(idx) < 2:  # BatchNorm needs two samples
                     continue
-                loss = loss_fn(self._logits(weak_augment(x[idx], g)), yt[idx])
+                loss, share = self._batch_loss(x[idx], yt[idx], pool, loss_fn, g)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                step += 1
+                step, confident = step + 1, confident + share
                 bar.update(1)
                 if step >= steps:
                     break
         bar.close()
-        self.net_.eval()
-        return {"train_seconds": time.perf_counter() - t0, "steps": steps,
-                "epochs": round(steps / per_epoch, 2), "imagenet_init": loaded, "warm_start": warm,
-                "encoder": bool(self.encoder) and not warm}
+        return confident / max(1, steps)
+
+    def _batch_loss(self, xb: torch.Tensor, yb: torch.Tensor, pool: torch.Tensor | None, loss_fn,
+                    g: torch.Generator) -> tuple[torch.Tensor, float]:
+        """The supervised loss of a batch, plus ``consistency`` times :func:`fixmatch_loss` on
+        ``unlabelled_ratio`` times as many pool images; and the share of those above the threshold."""
+        if pool is None:
+            return loss_fn(self._logits(weak_augment(xb, g)), yb), 0.0
+        u = pool[torch.randint(len(pool), (self.unlabelled_ratio * len(xb),), generator=g).to(pool.device)]
+        logits = self._logits(torch.cat([weak_augment(xb, g), weak_augment(u, g), strong_augment(u, g)]))
+        lx, lw, ls = logits.split([len(xb), len(u), len(u)])
+        share = float((lw.detach().softmax(-1).max(-1).values >= self.consistency_threshold).float().mean())
+        return loss_fn(lx, yb) + self.consistency * fixmatch_loss(lw, ls, self.consistency_threshold), share
 
     @torch.inference_mode()
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:

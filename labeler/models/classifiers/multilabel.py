@@ -123,6 +123,7 @@ class MultiLabelCNN(MultiLabel, CNNClassifier):
     """MobileNetV2 fine-tuned with a sigmoid per class (binary cross-entropy on the logits)."""
 
     kind = "cnn_ml"
+    supports_consistency = False  # FixMatch's targets are one class per image
 
     def _targets(self, y: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(y).reshape(-1, len(self.classes)), dtype=torch.float32)

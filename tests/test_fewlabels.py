@@ -1,0 +1,89 @@
+"""Consistency training (FixMatch), small ensembles and the lever variants of ``labeler simulate`` (issue 23)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from labeler.dev.demo import synthetic_eyes
+from labeler.errors import LabelerError
+from labeler.learning.levers import pick_variants, variants
+from labeler.learning.metrics import evaluate
+from labeler.media.images import decode
+from labeler.models.classifiers import CNNClassifier, Ensemble, Sample, load_classifier
+from labeler.models.classifiers.cnn import fixmatch_loss
+from labeler.models.classifiers.multilabel import MultiLabelCNN
+
+
+@pytest.fixture(scope="module")
+def eyes(tmp_path_factory):
+    folder = synthetic_eyes(tmp_path_factory.mktemp("eyes"), n=24, size=24, seed=0)
+    paths = sorted(folder.iterdir())
+    paths = [p for pair in zip(paths[:12], paths[12:]) for p in pair]  # closed, open, closed, ...: both in any slice
+    return [Sample(decode(p.read_bytes())) for p in paths], np.array([0 if p.name.startswith("open") else 1 for p in paths])
+
+
+def test_fixmatch_loss_counts_only_confident_weak_answers():
+    weak = torch.tensor([[10.0, 0.0], [0.0, 0.1]])  # row 0 sure of class 0, row 1 unsure
+    strong = torch.tensor([[0.0, 0.0], [5.0, -5.0]])
+    expected = math.log(2) / 2  # row 0: CE of a uniform answer against class 0; row 1 masked; mean over 2 rows
+    assert math.isclose(float(fixmatch_loss(weak, strong, 0.95)), expected, rel_tol=1e-5)
+    assert float(fixmatch_loss(weak, strong, 1.0 + 1e-6)) == 0.0  # nobody above the threshold: no signal
+    strong.requires_grad_(True)
+    weak.requires_grad_(True)
+    fixmatch_loss(weak, strong, 0.5).backward()
+    assert weak.grad is None or not weak.grad.any()  # the weak view is the target: no gradient through it
+
+
+def test_consistency_fit_uses_the_pool_only_when_on(eyes):
+    samples, y = eyes
+    options = {"max_steps": 2, "min_steps": 2, "input_size": 32, "progress": False, "batch_size": 8}
+    on = CNNClassifier(["open", "closed"], consistency=1.0, consistency_threshold=0.0, **options)
+    on.fit(samples[:8], y[:8], unlabelled=samples[8:])
+    assert on.fit_info_["unlabelled"] == 16 and on.fit_info_["confident_share"] == 1.0  # threshold 0: all
+    assert on._pool is None  # the pool is not kept with the model
+    off = CNNClassifier(["open", "closed"], **options).fit(samples[:8], y[:8], unlabelled=samples[8:])
+    assert "unlabelled" not in off.fit_info_
+    multi = MultiLabelCNN(["open", "closed"], consistency=1.0, **options)
+    multi.fit(samples[:8], np.eye(2)[y[:8]].ravel(), unlabelled=samples[8:])
+    assert "unlabelled" not in multi.fit_info_  # FixMatch's targets are one class per image
+
+
+def test_ensemble_averages_its_members_and_round_trips(eyes, tmp_path):
+    samples, y = eyes
+    base = CNNClassifier(["open", "closed"], max_steps=2, min_steps=2, input_size=32, progress=False)
+    ens = Ensemble(base, members=2, seed=1).fit(samples, y)
+    assert [m.seed for m in ens.members_] == [2, 3] and ens.fit_info_["members"] == 2
+    p = ens.predict_proba(samples[:5])
+    assert np.allclose(p, np.mean([m.predict_proba(samples[:5]) for m in ens.members_], axis=0))
+    ens.save(tmp_path / "v1")
+    loaded = load_classifier(tmp_path / "v1")
+    assert isinstance(loaded, Ensemble) and np.allclose(loaded.predict_proba(samples[:5]), p, atol=1e-6)
+    nxt = Ensemble(base, members=2)
+    assert nxt.init_from(ens) and not Ensemble(base, members=3).init_from(ens)
+    nxt.fit(samples, y)
+    assert all(m.fit_info_["warm_start"] for m in nxt.members_)
+
+
+def test_lever_variants_and_their_estimators():
+    chosen = variants(["pretrain", "typiclust", "fixmatch", "ensemble"])
+    names = [v.name for v in chosen]
+    assert names[:2] == ["random+ensemble+fixmatch+pretrain", "default"] and "all-fixmatch" in names
+    picked = pick_variants(chosen, ["all-fixmatch", "default"])
+    assert [v.name for v in picked] == ["default", "all-fixmatch"]
+    with pytest.raises(LabelerError, match="unknown variant"):
+        pick_variants(chosen, ["nope"])
+    base = CNNClassifier(["a", "b"], progress=False)
+    full = next(v for v in chosen if v.name == "ensemble+fixmatch+pretrain+typiclust").estimator(base)
+    assert isinstance(full, Ensemble) and full.base.consistency == 1.0 and base.consistency == 0.0
+    assert picked[0].estimator(base) is base
+
+
+def test_evaluate_reports_calibration():
+    y = np.array([0, 1, 1])
+    sure, hedged = np.array([[0.99, 0.01], [0.01, 0.99], [0.01, 0.99]]), np.full((3, 2), 0.5)
+    assert evaluate(y, sure, ["a", "b"])["log_loss"] < evaluate(y, hedged, ["a", "b"])["log_loss"]
+    assert math.isclose(evaluate(y, hedged, ["a", "b"])["log_loss"], math.log(2))
