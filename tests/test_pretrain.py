@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 from labeler.dev.demo import synthetic_eyes
 from labeler.media.images import decode
@@ -132,3 +135,77 @@ def test_the_queue_starts_with_typical_images_only_on_encoder_features():
     order = queue_order("margin_diverse", None, np.arange(90), np.zeros(0, dtype=int), 3, feats, **cold_start(st))
     assert sorted(order.tolist()) == list(range(90))
     assert sorted(int(i) // 30 for i in order[:3]) == [0, 1, 2], "the first batch: one typical image per cluster"
+
+
+def test_stable_sample_is_one_hash_order_for_urls_and_task_ids():
+    import hashlib
+
+    from labeler.learning.labelled import stable_sample
+    from labeler.learning.pretraining import stable_sample as pretraining_sample
+
+    assert pretraining_sample is stable_sample, "one helper for both"
+    urls = [f"s3://b/{i}.png" for i in range(50)]
+    chosen = stable_sample(urls, 10)
+    assert chosen == sorted(urls, key=lambda u: hashlib.sha1(u.encode()).hexdigest())[:10]
+    assert stable_sample(urls[::-1], 10) == chosen, "the same whatever the order"
+    assert set(stable_sample(urls + ["s3://b/new.png"], 10)) - set(chosen) <= {"s3://b/new.png"}
+    tasks = [(i, f"u{i}") for i in range(30)]  # the self-training pool: by task id, as before
+    by_id = stable_sample(tasks, 7, key=lambda t: str(t[0]))
+    assert by_id == sorted(tasks, key=lambda t: hashlib.sha1(str(t[0]).encode()).hexdigest())[:7]
+    assert stable_sample(urls, 0) == [] and len(stable_sample(urls, 100)) == 50
+
+
+class _Item:
+    def __init__(self, sample):
+        self.sample = sample
+
+
+class _Predictor:
+    """What pretraining uses of a Predictor: its settings and ``samples`` (every ``readable``-th image reads)."""
+
+    def __init__(self, settings, readable: int = 1, fails: Exception | None = None):
+        self.settings, self.readable, self.fails, self.fetched = settings, readable, fails, 0
+
+    def samples(self, urls, conn):
+        if self.fails:
+            raise self.fails
+        self.fetched += len(urls)
+        return [_Item(Sample(Image.new("RGB", (8, 8))) if i % self.readable == 0 else None)
+                for i in range(len(urls))]
+
+
+@pytest.mark.parametrize("store", ["local", "memory"])
+def test_a_failed_pretraining_is_not_retried_until_the_project_grows(tmp_path, monkeypatch, store):
+    from types import SimpleNamespace
+
+    from labeler.config import Settings
+    from labeler.learning import pretraining
+    from labeler.models.encoders import encoder_registry
+
+    url = f"memory://enc-{tmp_path.name}" if store == "memory" else ""
+    s = Settings(model_dir=tmp_path, registry_url=url, pretrain="auto", pretrain_min_images=50)
+    data = SimpleNamespace(keep=[], unlabelled=[(i, f"u{i}") for i in range(100)])
+    half_unreadable = _Predictor(s, readable=2)  # 50 of 100 read, but 60 tasks read only 30
+    small = SimpleNamespace(keep=[], unlabelled=data.unlabelled[:60])
+    assert pretraining.ensure_encoder(half_unreadable, "7", small, None, "cnn") is None
+    assert half_unreadable.fetched == 60
+    assert encoder_registry(s).pretrain_failed("7") == {"tasks": 60, "readable": 30, "error": None,
+                                                        "at": pytest.approx(time.time(), abs=60)}
+    assert pretraining.needs_pretraining(s, "7", 60) is None, "the same project: not fetched again"
+    assert pretraining.needs_pretraining(s, "7", 119) is None
+    assert "no encoder yet" in (pretraining.needs_pretraining(s, "7", 120) or "")
+
+    raising = _Predictor(s, fails=OSError("store down"))  # an attempt that raised is recorded too
+    grown = SimpleNamespace(keep=[], unlabelled=[(i, f"u{i}") for i in range(120)])
+    assert pretraining.ensure_encoder(raising, "7", grown, None, "cnn") is None
+    failed = encoder_registry(s).pretrain_failed("7")
+    assert failed["tasks"] == 120 and failed["readable"] is None and "OSError: store down" in failed["error"]
+    assert pretraining.needs_pretraining(s, "7", 239) is None
+
+    monkeypatch.setattr(pretraining, "pretrain_encoder", lambda samples, **kw: (
+        {"w": torch.zeros(1)}, {"images": len(samples), "pretrain_seconds": 0.0}))
+    big = SimpleNamespace(keep=[], unlabelled=[(i, f"u{i}") for i in range(240)])
+    version, _ = pretraining.ensure_encoder(_Predictor(s), "7", big, None, "cnn")
+    assert encoder_registry(s).pretrain_failed("7") == {}, "a success clears the record"
+    assert encoder_registry(s).meta("7", version)["images"] == 240
+    assert pretraining.needs_pretraining(s, "7", 479) is None and pretraining.needs_pretraining(s, "7", 480)

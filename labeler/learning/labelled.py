@@ -5,9 +5,10 @@ self-training draws on."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -30,6 +31,16 @@ class LabelledSet:
     skipped_tasks: int                   # annotated tasks without a usable label
     unlabelled: list[tuple[int, str]]    # (task id, image URL) of tasks nobody annotated
     votes: dict[int, np.ndarray] | None = None  # the classifier's out-of-fold probabilities, where it voted
+
+
+T = TypeVar("T")
+
+
+def stable_sample(items: Iterable[T], limit: int, key: Callable[[T], str] = str) -> list[T]:
+    """At most ``limit`` of ``items``: those whose ``key`` has the smallest SHA-1, so a capped sample is
+    the same on every run whatever the items' order, and changes little as items are added. Used for
+    the pretraining images (key: the URL) and the self-training pool (key: the task id)."""
+    return sorted(items, key=lambda it: hashlib.sha1(key(it).encode()).hexdigest())[:limit]
 
 
 # The classifier as one more voter (issue 22): its out-of-fold probabilities for the given samples and
@@ -91,7 +102,7 @@ def self_training_pool(predictor: Predictor, data: LabelledSet, config: LabelCon
 
     Unreadable ones are left out: they only cost the pseudo-labels they would have given.
     """
-    chosen = sorted(data.unlabelled, key=lambda t: hashlib.sha1(str(t[0]).encode()).hexdigest())[:limit]
+    chosen = stable_sample(data.unlabelled, limit, key=lambda t: str(t[0]))
     items = predictor.samples([url for _, url in chosen], studio.conn)
     predictor.zeroshot_scores(items, config)
     return [it.sample for it in items if it.sample is not None]

@@ -183,6 +183,19 @@ class Registry:
     def set_trained_at(self, project: str, annotations: int) -> None:
         self._write_text(project, "train_every.json", json.dumps({"annotations": annotations, "at": time.time()}))
 
+    def pretrain_failed(self, project: str) -> dict:
+        """The failed self-supervised pretraining recorded for ``project`` (``tasks``, ``readable``,
+        ``error``, ``at``; see :mod:`labeler.learning.pretraining`), or {} (none since the last success)."""
+        try:
+            saved = json.loads(self._read_text(project, "pretrain_failed.json"))
+        except (FileNotFoundError, ValueError):
+            return {}
+        return saved if isinstance(saved, dict) and isinstance(saved.get("tasks"), int) else {}
+
+    def set_pretrain_failed(self, project: str, record: dict) -> None:
+        """Record a failed pretraining of ``project`` ({}: clear it)."""
+        self._write_text(project, "pretrain_failed.json", json.dumps(record))
+
     # Small per-project files shared by every process (an object store overrides these two).
     def _read_text(self, project: str, name: str) -> str:
         return (self._project(project) / name).read_text()
