@@ -15,6 +15,10 @@ With ``--baseline-src DIR`` (a checkout of an older commit, e.g. from
 code in a subprocess, so old and new compare in the same conditions:
 
     python benchmarks/train_eyes24.py --baseline-src /tmp/base [--seeds 3] [--data ../shared/datasets/eyes24]
+
+``--encoder PATH`` (a self-supervised encoder, e.g. the ``encoder.pt`` that ``labeler simulate --levers
+pretrain`` leaves in its --out folder) starts the CNN from it, as the backend does once a project has
+one: retraining costs the same with or without, the encoder being trained once per project.
 """
 
 from __future__ import annotations
@@ -46,15 +50,16 @@ POOL = 2000
 RETRAIN_EVERY = 25  # the backend's default LABELER_TRAIN_EVERY
 
 
-def measure(data_dir: str, seeds: int, holdout: int, sizes: list[int]) -> dict:
+def measure(data_dir: str, seeds: int, holdout: int, sizes: list[int], encoder: str | None = None) -> dict:
     data = read_labels(Path(data_dir) / "labels.csv")
     classes = ["open", "closed"]
     y = data.targets(classes)
     samples = [Sample(im) for im in data.images()]
     def cnn(seed: int) -> CNNClassifier:
-        return CNNClassifier(classes, seed=seed, progress=False)
+        return CNNClassifier(classes, seed=seed, progress=False, encoder=encoder)
 
-    print(f"eyes24: {len(y)} images; torch threads {torch.get_num_threads()}", flush=True)
+    print(f"eyes24: {len(y)} images; torch threads {torch.get_num_threads()}; CNN from "
+          f"{encoder or 'ImageNet weights'}", flush=True)
     out: dict = {"quality": []}
     t = time.perf_counter()
     first = SelfTrained(cnn(0), samples[:POOL], THRESHOLD).fit(samples, y)
@@ -122,6 +127,7 @@ def main() -> None:
     ap.add_argument("--holdout", type=int, default=600)
     ap.add_argument("--sizes", default="250,1000", help="label counts for the quality part")
     ap.add_argument("--baseline-src", help="a checkout of older code, measured first in a subprocess")
+    ap.add_argument("--encoder", help="start the CNN from this self-supervised encoder (encoder.pt)")
     ap.add_argument("--json", help=argparse.SUPPRESS)  # the subprocess's result file
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",") if x]
@@ -139,7 +145,7 @@ def main() -> None:
     import labeler
 
     print(f"labeler from {Path(labeler.__file__).parent}", flush=True)
-    res = measure(args.data, args.seeds, args.holdout, sizes)
+    res = measure(args.data, args.seeds, args.holdout, sizes, args.encoder)
     if args.json:
         Path(args.json).write_text(json.dumps(res))
         return

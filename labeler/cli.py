@@ -382,12 +382,14 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
                                "fixmatch (consistency training instead of self-training), ensemble (three seeds averaged).")
 @click.option("--variants", "variant_names", help="With --levers: only these variants (comma-separated names, "
                                                   "e.g. all,all-fixmatch).")
+@click.option("--full-data", is_flag=True, help="Also fit every model on all labels outside the hold-out, and report "
+                                                 "the labels each curve needs to reach 95 % and 99 % of that.")
 @click.option("--pretrain-steps", default=300, show_default=True, help="With --levers pretrain: SimCLR steps.")
 @click.option("--typical-per-class", default=0, show_default=True,  # strategies.TYPICAL_PER_CLASS
               help="With --levers typiclust: typical images while there is no model, then until this many labels per class.")
 def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
              cnn_steps, self_train, metric, targets, out, save_model, eps, delta, per_class, accepted_out,
-             redraws, annotators, per_task, levers, variant_names, pretrain_steps, typical_per_class) -> None:
+             redraws, annotators, per_task, levers, variant_names, full_data, pretrain_steps, typical_per_class) -> None:
     """Replay the annotation loop offline and write learning curves (CSV + PNG); with --certify, finish the
     dataset (queue, audit, certified auto-accept) and check the claim against the known labels; with
     --annotators, a team of simulated annotators (issue 22)."""
@@ -418,6 +420,8 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
                                 self_train, eps, delta, per_class, accepted_out, redraws, out)
     runs = _simulation_runs(strategies, levers, variant_names, samples, make, features, out, pretrain_steps,
                             cnn_options)
+    if full_data:
+        goals += _full_data_goals(samples, y, classes, runs, seeds, holdout, metric)
     _simulate_curves(samples, y, classes, runs, budget, batch, start, seeds, holdout, zeroshot,
                      zeroshot_model, self_train, metric, goals, save_model, labels_csv, out, typical_per_class)
 
@@ -450,6 +454,22 @@ def _simulation_runs(strategies, levers, variant_names, samples, make, features,
     feats_enc = encoder_features(samples, encoder)
     return [(v, v.estimator(make_enc), feats_enc) if "pretrain" in v.levers
             else (v, v.estimator(make), features) for v in chosen]
+
+
+def _full_data_goals(samples, y, classes, runs, seeds: int, holdout: int, metric: str) -> list[float]:
+    """``--full-data``: the best of the runs' models on every label outside the hold-out, and the
+    targets 95 % and 99 % of it (:func:`labeler.learning.simulate.share_of`)."""
+    from labeler.learning.simulate import full_data_reference, share_of
+
+    t = time.perf_counter()
+    estimators = list({id(make): make for _, make, _ in runs}.values())
+    full = full_data_reference(samples, y, classes, estimators, [_holdout(y, holdout, s) for s in range(seeds)],
+                               metric)
+    goals = [round(share_of(full, share, metric), 4) for share in (0.95, 0.99)]
+    click.echo(f"full data: {metric} {full:.4f} with every one of {len(y) - holdout} labels (best of "
+               f"{len(estimators)} model(s), {seeds} seed(s), {time.perf_counter() - t:.0f} s); 95 % and 99 % of "
+               f"it: {metric} {goals[0]} and {goals[1]}")
+    return goals
 
 
 def _simulate_team(data, y, annotators: str, per_task: int, seeds: int, clicks: int, start: int | None, batch: int,

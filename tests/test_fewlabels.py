@@ -87,3 +87,35 @@ def test_evaluate_reports_calibration():
     sure, hedged = np.array([[0.99, 0.01], [0.01, 0.99], [0.01, 0.99]]), np.full((3, 2), 0.5)
     assert evaluate(y, sure, ["a", "b"])["log_loss"] < evaluate(y, hedged, ["a", "b"])["log_loss"]
     assert math.isclose(evaluate(y, hedged, ["a", "b"])["log_loss"], math.log(2))
+
+
+def test_share_of_the_full_data_metric():
+    from labeler.learning.simulate import share_of
+
+    assert math.isclose(share_of(0.9, 0.95, "accuracy"), 0.855)
+    assert math.isclose(share_of(0.02, 0.99, "eer"), 1 - 0.99 * 0.98)  # the same share of 1 - EER
+
+
+@pytest.mark.slow
+def test_simulate_levers_fixmatch_and_ensemble_with_the_full_data_reference(tmp_path):
+    import csv
+
+    from click.testing import CliRunner
+
+    from labeler.cli import main
+    from tests.test_simulate import make_dataset
+
+    labels, out = make_dataset(tmp_path, n=40), tmp_path / "sim"
+    r = CliRunner().invoke(main, ["simulate", "--labels", str(labels), "--levers", "fixmatch,ensemble",
+                                  "--variants", "default,ensemble+fixmatch", "--full-data", "--budget", "20",
+                                  "--batch", "10", "--holdout", "12", "--cnn-steps", "3", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "full data: eer" in r.output and "95 % and 99 % of it" in r.output
+    rows = list(csv.DictReader((out / "learning_curves.csv").open()))
+    assert {row["strategy"] for row in rows} == {"default", "ensemble+fixmatch"}
+    fm = [row for row in rows if row["strategy"] == "ensemble+fixmatch"]
+    assert all(row["pseudo_labels"] == "0" for row in fm)  # FixMatch replaces self-training
+    assert all(row["log_loss"] for row in rows)
+    r = CliRunner().invoke(main, ["simulate", "--labels", str(labels), "--levers", "fixmatch", "--variants", "nope",
+                                  "--budget", "20", "--holdout", "12", "--out", str(out)])
+    assert r.exit_code != 0 and "unknown variant" in r.output

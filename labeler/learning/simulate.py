@@ -149,6 +149,28 @@ def labels_to_reach(rows: list[dict], target: float, metric: str = "eer") -> flo
     return None
 
 
+def full_data_reference(samples: Sequence[Sample], y: np.ndarray, classes: list[str], estimators: Sequence[Classifier],
+                        holdouts: Sequence[np.ndarray], metric: str) -> float:
+    """What labelling everything reaches: each estimator fitted on every image outside each seed's
+    hold-out, ``metric`` averaged over the seeds; the best estimator's value."""
+    higher = HIGHER_IS_BETTER[metric]
+    means = []
+    for estimator in estimators:
+        values = []
+        for seed, test in enumerate(holdouts):
+            pool = np.setdiff1d(np.arange(len(y)), test)
+            model = clone(estimator).set_params(seed=seed).fit([samples[i] for i in pool], y[pool])
+            values.append(evaluate(y[test], model.predict_proba([samples[i] for i in test]), classes)[metric])
+        means.append(float(np.mean(values)))
+    return max(means) if higher else min(means)
+
+
+def share_of(full: float, share: float, metric: str) -> float:
+    """The target "``share`` of the full-data metric": ``share * full`` for accuracy-like metrics; for
+    error rates (EER) the same share of ``1 - error``, i.e. ``1 - share * (1 - full)``."""
+    return share * full if HIGHER_IS_BETTER[metric] else 1 - share * (1 - full)
+
+
 def by_labels(rows: list[dict], metric: str) -> dict[int, list[float]]:
     """``metric`` of the rows grouped by label count, ascending; rounds where it is undefined (None:
     e.g. EER on a hold-out without one of the classes) are left out."""
