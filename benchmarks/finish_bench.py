@@ -16,6 +16,11 @@ pool size.
 
     python benchmarks/finish_bench.py --sets eyes24,digits --seeds 20 --jobs 2 [--cache finish-cache]
     python benchmarks/finish_bench.py --sets eyes24 --seeds 3 --pool-fractions 0.25,0.5,1 --strategies margin_diverse
+
+A strategy ``S+pretrain`` (e.g. ``margin_diverse+pretrain``) runs the queue as the backend does once a
+project has a self-supervised encoder (issue 23): the CNN starts from SimCLR on the set's images
+(pretrained once per set, no labels, cached in ``--cache``), the diversity features come from it and
+TypiClust chooses while there is no model.
 """
 
 from __future__ import annotations
@@ -76,16 +81,47 @@ def _queue_job(set_name: str, csv: str, fraction: float, strategy: str, seed: in
     keep = _subsample(y_all, fraction, seed)
     samples = [Sample(data.images()[i]) for i in keep]
     y = y_all[keep]
-    features = imagenet_features(samples)
+    base, _, lever = strategy.partition("+")
+    estimator, options = make_classifier("cnn", classes), {}
+    if lever not in ("", "pretrain"):
+        raise SystemExit(f"strategy {strategy!r}: the only lever here is +pretrain")
+    if lever == "pretrain":
+        from labeler.models.pretrain import ENCODER_FILE
+        from labeler.models.strategies import encoder_features
+
+        encoder = str(_encoder_dir(Path(out).parent, set_name) / ENCODER_FILE)
+        features = encoder_features(samples, encoder)
+        estimator = make_classifier("cnn", classes, encoder=encoder)
+        options = {"cold_start": "typiclust", "typical_until": 0}
+    else:
+        features = imagenet_features(samples)
     t = time.perf_counter()
     try:
-        q = queue_phase(samples, y, classes, strategy, budget, batch, seed, make_classifier("cnn", classes),
-                        features=features, self_train=0.9, progress=False)
+        q = queue_phase(samples, y, classes, base, budget, batch, seed, estimator,
+                        features=features, self_train=0.9, progress=False, **options)
     except CertificateError as exc:  # e.g. the queue never reached a rare class: no model, people label all
         return f"{set_name} x{fraction} {strategy} seed {seed}: FAILED: {exc}"
     q.save(Path(out))
     np.save(Path(out).with_suffix(".y.npy"), y)
     return f"{set_name} x{fraction} {strategy} seed {seed}: {time.perf_counter() - t:.0f} s"
+
+
+def _encoder_dir(cache: Path, set_name: str) -> Path:
+    """Where a set's encoder is kept: pretrained on the whole set (no labels), also for --pool-fractions."""
+    return cache / f"{set_name}-encoder"
+
+
+def _pretrain_sets(sets: dict[str, str], cache: Path) -> None:
+    """The SimCLR encoder of each set's images, once, before the queue phases that start from it."""
+    from labeler.learning.datasets import read_labels
+    from labeler.learning.levers import simulation_encoder
+    from labeler.models.classifiers import Sample
+
+    for name, csv in sets.items():
+        samples = [Sample(im) for im in read_labels(csv, progress=False).images()]
+        path, info = simulation_encoder(samples, _encoder_dir(cache, name), steps=300)
+        print(f"{name}: encoder {path} ({'reused' if info.get('reused') else 'pretrained'}, "
+              f"{info['pretrain_seconds']} s)", flush=True)
 
 
 def main() -> None:
@@ -132,6 +168,7 @@ def main() -> None:
                                      args.batch, str(out), threads))
     t0 = time.perf_counter()
     if jobs and not args.report_only:
+        _pretrain_sets({j[0]: j[1] for j in jobs if j[3].endswith("+pretrain")}, cache)
         print(f"{len(jobs)} queue phases to run, {args.jobs} at a time, {threads} torch threads each", flush=True)
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as ex:  # CUDA-safe
             for fut in as_completed([ex.submit(_queue_job, *j) for j in jobs]):

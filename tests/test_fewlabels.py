@@ -30,11 +30,12 @@ def test_fixmatch_loss_counts_only_confident_weak_answers():
     weak = torch.tensor([[10.0, 0.0], [0.0, 0.1]])  # row 0 sure of class 0, row 1 unsure
     strong = torch.tensor([[0.0, 0.0], [5.0, -5.0]])
     expected = math.log(2) / 2  # row 0: CE of a uniform answer against class 0; row 1 masked; mean over 2 rows
-    assert math.isclose(float(fixmatch_loss(weak, strong, 0.95)), expected, rel_tol=1e-5)
-    assert float(fixmatch_loss(weak, strong, 1.0 + 1e-6)) == 0.0  # nobody above the threshold: no signal
+    loss, share = fixmatch_loss(weak, strong, 0.95)
+    assert math.isclose(float(loss), expected, rel_tol=1e-5) and float(share) == 0.5
+    assert float(fixmatch_loss(weak, strong, 1.0 + 1e-6)[0]) == 0.0  # nobody above the threshold: no signal
     strong.requires_grad_(True)
     weak.requires_grad_(True)
-    fixmatch_loss(weak, strong, 0.5).backward()
+    fixmatch_loss(weak, strong, 0.5)[0].backward()
     assert weak.grad is None or not weak.grad.any()  # the weak view is the target: no gradient through it
 
 
@@ -50,6 +51,7 @@ def test_consistency_fit_uses_the_pool_only_when_on(eyes):
     multi = MultiLabelCNN(["open", "closed"], consistency=1.0, **options)
     multi.fit(samples[:8], np.eye(2)[y[:8]].ravel(), unlabelled=samples[8:])
     assert "unlabelled" not in multi.fit_info_  # FixMatch's targets are one class per image
+    assert multi.fit_info_["consistency_skipped"] == "multi-label"
 
 
 def test_ensemble_averages_its_members_and_round_trips(eyes, tmp_path):
@@ -62,22 +64,27 @@ def test_ensemble_averages_its_members_and_round_trips(eyes, tmp_path):
     ens.save(tmp_path / "v1")
     loaded = load_classifier(tmp_path / "v1")
     assert isinstance(loaded, Ensemble) and np.allclose(loaded.predict_proba(samples[:5]), p, atol=1e-6)
+    assert loaded.seed == 1 and list(loaded.classes) == ["open", "closed"]
     nxt = Ensemble(base, members=2)
     assert nxt.init_from(ens) and not Ensemble(base, members=3).init_from(ens)
     nxt.fit(samples, y)
     assert all(m.fit_info_["warm_start"] for m in nxt.members_)
+    teacher = Ensemble(base, members=2)
+    teacher.step_fraction = 0.5  # as self-training sets its teacher's
+    teacher.fit(samples, y)
+    assert all(m.fit_info_["steps"] == 1 for m in teacher.members_)  # half of 2 steps, each member
 
 
 def test_lever_variants_and_their_estimators():
     chosen = variants(["pretrain", "typiclust", "fixmatch", "ensemble"])
     names = [v.name for v in chosen]
-    assert names[:2] == ["random+ensemble+fixmatch+pretrain", "default"] and "all-fixmatch" in names
+    assert names[:3] == ["random+ensemble+fixmatch+pretrain", "default", "all"] and "all-fixmatch" in names
     picked = pick_variants(chosen, ["all-fixmatch", "default"])
     assert [v.name for v in picked] == ["default", "all-fixmatch"]
     with pytest.raises(LabelerError, match="unknown variant"):
         pick_variants(chosen, ["nope"])
     base = CNNClassifier(["a", "b"], progress=False)
-    full = next(v for v in chosen if v.name == "ensemble+fixmatch+pretrain+typiclust").estimator(base)
+    full = next(v for v in chosen if v.name == "all").estimator(base)
     assert isinstance(full, Ensemble) and full.base.consistency == 1.0 and base.consistency == 0.0
     assert picked[0].estimator(base) is base
 
@@ -107,13 +114,13 @@ def test_simulate_levers_fixmatch_and_ensemble_with_the_full_data_reference(tmp_
 
     labels, out = make_dataset(tmp_path, n=40), tmp_path / "sim"
     r = CliRunner().invoke(main, ["simulate", "--labels", str(labels), "--levers", "fixmatch,ensemble",
-                                  "--variants", "default,ensemble+fixmatch", "--full-data", "--budget", "20",
+                                  "--variants", "default,all", "--full-data", "--budget", "20",
                                   "--batch", "10", "--holdout", "12", "--cnn-steps", "3", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert "full data: eer" in r.output and "95 % and 99 % of it" in r.output
+    assert "full data (" in r.output and "95 % and 99 % of the best" in r.output
     rows = list(csv.DictReader((out / "learning_curves.csv").open()))
-    assert {row["strategy"] for row in rows} == {"default", "ensemble+fixmatch"}
-    fm = [row for row in rows if row["strategy"] == "ensemble+fixmatch"]
+    assert {row["strategy"] for row in rows} == {"default", "all"}
+    fm = [row for row in rows if row["strategy"] == "all"]
     assert all(row["pseudo_labels"] == "0" for row in fm)  # FixMatch replaces self-training
     assert all(row["log_loss"] for row in rows)
     r = CliRunner().invoke(main, ["simulate", "--labels", str(labels), "--levers", "fixmatch", "--variants", "nope",

@@ -69,12 +69,13 @@ def check_levers(levers: Sequence[str]) -> list[str]:
 
 
 def variants(levers: Sequence[str]) -> list[Variant]:
-    """random, default, ``all`` (every lever) and ``all-X`` for each lever X (when there are several)."""
+    """random, default, ``all`` (every lever) and ``all-X`` for each lever X (when there are several);
+    with one lever, ``all`` is that lever on."""
     on = frozenset(check_levers(levers))
     model_only = on & MODEL_LEVERS  # random labels get the same model; a cold start has no meaning there
     out = [Variant("random" + "".join(f"+{lev}" for lev in sorted(model_only)), "random", model_only),
            Variant("default", DEFAULT_STRATEGY, frozenset()),
-           Variant("+".join(sorted(on)), DEFAULT_STRATEGY, on)]
+           Variant("all", DEFAULT_STRATEGY, on)]
     if len(on) > 1:
         out += [Variant(f"all-{lev}", DEFAULT_STRATEGY, on - {lev}) for lev in sorted(on)]
     return out

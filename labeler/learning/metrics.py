@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import (
-    brier_score_loss,
     confusion_matrix,
     log_loss,
     precision_recall_fscore_support,
@@ -56,7 +55,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> d
     """Accuracy, macro-F1, per-class precision/recall/F1 and one-vs-rest ROC AUC/EER, confusion matrix.
 
     ``y_true`` holds class indices into ``classes``; ``proba`` is (N, C).
-    ``log_loss`` and ``brier`` (scikit-learn's) measure calibration.
+    ``log_loss`` (scikit-learn's) measures calibration.
     Macro-F1 is ``1/C' sum_c F1_c`` over the C' classes present in ``y_true``
     or predicted (a class nobody has would otherwise count as 0).
     For two classes, ``roc_auc`` and ``eer`` are those of ``classes[0]`` (its
@@ -84,7 +83,6 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> d
     if len(y_true):  # calibration: what the scores are worth as probabilities (the queue and the certificate use them)
         clipped = np.clip(proba, 1e-7, 1)
         out["log_loss"] = float(log_loss(y_true, clipped / clipped.sum(1, keepdims=True), labels=labels))
-        out["brier"] = float(brier_score_loss(y_true, clipped / clipped.sum(1, keepdims=True), labels=labels))
     if len(classes) == 2 and len(set(y_true.tolist())) == 2:
         positive = (y_true == 0).astype(int)
         out["roc_auc"] = float(roc_auc_score(positive, proba[:, 0]))

@@ -116,7 +116,7 @@ def _train_round(model: Classifier, samples: Sequence[Sample], labelled: np.ndar
     zero-shot one, on ``pool``) also on the confident pool images: no extra fit per round; with
     ``unlabelled``, the pool's images go to the fit itself (consistency training)."""
     t = time.perf_counter()
-    if unlabelled and isinstance(model, (CNNClassifier, Ensemble)):
+    if unlabelled and isinstance(model, (CNNClassifier, Ensemble)) and model.supports_consistency:
         info = model.fit([samples[i] for i in labelled], got, unlabelled=[samples[i] for i in pool]).fit_info_
     elif teacher_proba is not None and threshold is not None:  # a teacher only where self-training is on
         info = selftrain.self_train(model, [samples[i] for i in labelled], got, [samples[i] for i in pool],
@@ -131,7 +131,7 @@ def _row(strategy: str, seed: int, labels: int, m: dict, info: dict, train_s: fl
     return {"strategy": strategy, "seed": seed, "labels": labels, "eer": m.get("eer"), "accuracy": m["accuracy"],
             "macro_f1": m["macro_f1"], "roc_auc": m.get("roc_auc", m.get("roc_auc_macro")),
             "eer_macro": m.get("eer_macro"), "pseudo_labels": info.get("pseudo_labels", 0),
-            "log_loss": m.get("log_loss"), "brier": m.get("brier"),
+            "log_loss": m.get("log_loss"),
             "train_seconds": round(train_s, 2)}
 
 
@@ -150,10 +150,10 @@ def labels_to_reach(rows: list[dict], target: float, metric: str = "eer") -> flo
 
 
 def full_data_reference(samples: Sequence[Sample], y: np.ndarray, classes: list[str], estimators: Sequence[Classifier],
-                        holdouts: Sequence[np.ndarray], metric: str) -> float:
-    """What labelling everything reaches: each estimator fitted on every image outside each seed's
-    hold-out, ``metric`` averaged over the seeds; the best estimator's value."""
-    higher = HIGHER_IS_BETTER[metric]
+                        holdouts: Sequence[np.ndarray], metric: str) -> list[float]:
+    """What labelling everything reaches with the same training recipe (step cap included): each
+    estimator fitted on every image outside each seed's hold-out; ``metric`` per estimator, averaged
+    over the seeds."""
     means = []
     for estimator in estimators:
         values = []
@@ -162,7 +162,7 @@ def full_data_reference(samples: Sequence[Sample], y: np.ndarray, classes: list[
             model = clone(estimator).set_params(seed=seed).fit([samples[i] for i in pool], y[pool])
             values.append(evaluate(y[test], model.predict_proba([samples[i] for i in test]), classes)[metric])
         means.append(float(np.mean(values)))
-    return max(means) if higher else min(means)
+    return means
 
 
 def share_of(full: float, share: float, metric: str) -> float:

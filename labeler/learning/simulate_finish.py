@@ -102,11 +102,12 @@ class QueueOutcome:
 def queue_phase(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: str, budget: int,
                 batch: int, seed: int, estimator: Classifier, features: np.ndarray | None = None,
                 zeroshot: np.ndarray | None = None, self_train: float | None = None, start: int | None = None,
-                progress: bool = True) -> QueueOutcome:
-    """``budget`` queue labels (the learning-curve loop with no hold-out), then the model's view of the pool."""
+                progress: bool = True, **select_options) -> QueueOutcome:
+    """``budget`` queue labels (the learning-curve loop with no hold-out), then the model's view of the pool;
+    ``select_options`` go to :func:`labeler.models.strategies.select` (a cold start)."""
     res, annotator = run(samples, y, classes, strategy, budget, batch, np.zeros(0, dtype=int), seed, estimator,
                          zeroshot=zeroshot, features=features, start=start, progress=progress,
-                         self_train=self_train)
+                         self_train=self_train, **select_options)
     if res.model is None:
         raise cert.CertificateError(f"the queue's {budget} labels never covered every class: no model to certify")
     queried = np.array(sorted(annotator.queried), dtype=int)

@@ -18,7 +18,10 @@ Consistency training (FixMatch, Sohn et al., 2020; ``consistency > 0`` and ``fit
 each step also draws ``unlabelled_ratio`` times the batch from the unlabelled pool; where the
 network's answer on a weakly augmented view is at least ``consistency_threshold`` sure, that answer
 becomes the target of a strongly augmented view of the same image (:func:`fixmatch_loss`). The three
-batches go through the network together, so BatchNorm sees one distribution.
+batches go through the network together, so BatchNorm sees one distribution. Unlike the paper's
+recipe (for 2^20 steps on a GPU): no EMA model, ``unlabelled_ratio`` 2 rather than 7, the SimCLR
+augmentation as the strong view (no RandAugment/Cutout), the unlabelled loss not class-weighted, and
+the same bounded step budget as a plain fit.
 
 Pixels, augmentations and CPU threads: :mod:`labeler.models.classifiers.pixels`.
 
@@ -51,15 +54,18 @@ from labeler.models.classifiers.pixels import (
     weak_augment,
 )
 
-MAX_UNLABELLED = 4096  # pool images a consistency fit holds (a stable random subset of a larger pool)
+MAX_UNLABELLED = 4096  # pool images a consistency fit holds (a random subset of a larger pool, drawn with the seed)
 
 
-def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """FixMatch's unlabelled loss: ``mean_i 1[max_c p_ic >= t] * CE(strong_i, argmax_c p_ic)``, ``p`` the
-    softmax of the (detached) weak-view logits, ``t`` the threshold; rows below it add zero."""
+def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
+                  threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's unlabelled loss ``mean_i 1[max_c p_ic >= t] * CE(strong_i, argmax_c p_ic)``, ``p`` the
+    softmax of the (detached) weak-view logits, ``t`` the threshold (rows below it add zero); and
+    the share of rows above it (a tensor: no device sync per step)."""
     conf, target = weak_logits.detach().softmax(-1).max(-1)
+    mask = (conf >= threshold).float()
     ce = nn.functional.cross_entropy(strong_logits, target, reduction="none")
-    return (ce * (conf >= threshold).float()).mean()
+    return (ce * mask).mean(), mask.mean()
 
 
 class CNNClassifier(Classifier):
@@ -86,13 +92,18 @@ class CNNClassifier(Classifier):
         self.progress = progress
 
     def fit(self, X: Sequence[Sample], y: np.ndarray, unlabelled: Sequence[Sample] | None = None) -> "CNNClassifier":
-        """Train on ``X``/``y``; with ``consistency > 0``, also on ``unlabelled`` (FixMatch)."""
-        use = self.consistency > 0 and self.supports_consistency and unlabelled is not None and len(unlabelled) > 1
-        self._pool = list(unlabelled) if use and unlabelled is not None else None
+        """Train on ``X``/``y``; with ``consistency > 0``, also on ``unlabelled`` (FixMatch). A pool this kind
+        cannot use (multi-label) or of fewer than two images is left out, and ``fit_info_`` says so."""
+        pool = list(unlabelled) if self.consistency > 0 and unlabelled is not None else None
+        wanted = pool is not None
+        self._pool = pool if pool is not None and self.supports_consistency and len(pool) > 1 else None
         try:
             super().fit(X, y)
         finally:
+            skipped = wanted and self._pool is None
             self._pool = None
+        if skipped:
+            self.fit_info_["consistency_skipped"] = "multi-label" if not self.supports_consistency else "pool < 2"
         return self
 
     def init_from(self, previous: Classifier) -> bool:
@@ -176,7 +187,7 @@ class CNNClassifier(Classifier):
         opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps, pct_start=0.15)
         self.net_.train()
-        step, confident = 0, 0.0
+        step, confident = 0, torch.zeros(())
         bar = tqdm(total=steps, desc="training CNN", unit="step", disable=not self.progress, leave=False)
         while step < steps:
             for idx in torch.randperm(len(yt), generator=g).split(self.batch_size):
@@ -192,19 +203,19 @@ class CNNClassifier(Classifier):
                 if step >= steps:
                     break
         bar.close()
-        return confident / max(1, steps)
+        return float(confident) / max(1, steps)
 
     def _batch_loss(self, xb: torch.Tensor, yb: torch.Tensor, pool: torch.Tensor | None, loss_fn,
-                    g: torch.Generator) -> tuple[torch.Tensor, float]:
+                    g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The supervised loss of a batch, plus ``consistency`` times :func:`fixmatch_loss` on
         ``unlabelled_ratio`` times as many pool images; and the share of those above the threshold."""
         if pool is None:
-            return loss_fn(self._logits(weak_augment(xb, g)), yb), 0.0
+            return loss_fn(self._logits(weak_augment(xb, g)), yb), torch.zeros(())
         u = pool[torch.randint(len(pool), (self.unlabelled_ratio * len(xb),), generator=g).to(pool.device)]
         logits = self._logits(torch.cat([weak_augment(xb, g), weak_augment(u, g), strong_augment(u, g)]))
         lx, lw, ls = logits.split([len(xb), len(u), len(u)])
-        share = float((lw.detach().softmax(-1).max(-1).values >= self.consistency_threshold).float().mean())
-        return loss_fn(lx, yb) + self.consistency * fixmatch_loss(lw, ls, self.consistency_threshold), share
+        unsupervised, share = fixmatch_loss(lw, ls, self.consistency_threshold)
+        return loss_fn(lx, yb) + self.consistency * unsupervised, share.detach().cpu()
 
     @torch.inference_mode()
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:

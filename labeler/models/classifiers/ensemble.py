@@ -9,6 +9,7 @@ that this buys more than the same time spent on labels.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,14 +22,32 @@ from labeler.models.classifiers.base import Classifier, Sample, load_classifier
 class Ensemble(Classifier):
     kind = "ensemble"
 
+    step_fraction = 1.0  # each member's (self-training's teacher sets it lower)
+
     def __init__(self, base: Classifier, members: int = 3, seed: int = 0) -> None:
-        super().__init__(base.classes, seed)
-        self.base, self.members = base, members
+        self.base, self.members, self.seed = base, members, seed
         self._previous: list[Classifier] | None = None
 
+    # The base estimator's; the setters exist because Classifier declares these as plain attributes.
     @property
-    def step_fraction(self) -> float:  # type: ignore[override]  # follows the base estimator's
-        return self.base.step_fraction
+    def classes(self) -> Sequence[str]:
+        return self.base.classes
+
+    @classes.setter
+    def classes(self, value: Sequence[str]) -> None:
+        raise AttributeError("an ensemble's classes are its base estimator's")
+
+    @property
+    def needs_features(self) -> bool:
+        return self.base.needs_features
+
+    @needs_features.setter
+    def needs_features(self, value: bool) -> None:
+        raise AttributeError("an ensemble's needs_features is its base estimator's")
+
+    @property
+    def supports_consistency(self) -> bool:
+        return bool(getattr(self.base, "supports_consistency", False))
 
     def init_from(self, previous: Classifier) -> bool:
         """Each member starts from the same member of ``previous`` (an ensemble of as many)."""
@@ -45,6 +64,7 @@ class Ensemble(Classifier):
         infos = []
         for i in range(self.members):
             member = clone(self.base).set_params(seed=self.seed * self.members + i)
+            member.step_fraction = self.step_fraction
             if self._previous is not None:
                 member.init_from(self._previous[i])
             member.fit(list(X), np.asarray(y, dtype=int), **fit_params)
@@ -65,10 +85,14 @@ class Ensemble(Classifier):
     def _save(self, folder: Path) -> None:
         for i, member in enumerate(self.members_):
             member.save(folder / f"member-{i}")
+        (folder / "ensemble.json").write_text(json.dumps({"members": len(self.members_), "seed": self.seed}))
 
     @classmethod
     def _load(cls, folder: Path, classes: list[str]) -> "Ensemble":
-        members = [load_classifier(p) for p in sorted(folder.glob("member-*"))]
-        model = cls(members[0], members=len(members))
+        """The saved members (as many as ``ensemble.json`` says, in order); the first is the base a
+        refit would clone, so refit a loaded ensemble only to warm-start from it (:meth:`init_from`)."""
+        meta = json.loads((folder / "ensemble.json").read_text())
+        members = [load_classifier(folder / f"member-{i}") for i in range(int(meta["members"]))]
+        model = cls(members[0], members=len(members), seed=int(meta["seed"]))
         model.members_ = members
         return model

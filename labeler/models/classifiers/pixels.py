@@ -55,7 +55,7 @@ def cpu_threads(window: float = 0.05) -> int:
 
 @contextmanager
 def threads() -> Iterator[None]:
-    """Run the block with :func:`cpu_threads` threads (CPU only; ``OMP_NUM_THREADS`` wins)."""
+    """Run the block with :func:`cpu_threads` PyTorch CPU threads (``OMP_NUM_THREADS`` wins)."""
     before = torch.get_num_threads()
     if os.environ.get("OMP_NUM_THREADS"):
         yield
@@ -108,7 +108,6 @@ def weak_augment(x: torch.Tensor, g: torch.Generator, shift: float = 0.1) -> tor
     bright = (r(n) * 0.2 - 0.1).view(n, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * contrast + mean + bright).clamp_(0, 1)
-
 
 
 def strong_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
