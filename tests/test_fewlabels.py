@@ -126,3 +126,19 @@ def test_simulate_levers_fixmatch_and_ensemble_with_the_full_data_reference(tmp_
     r = CliRunner().invoke(main, ["simulate", "--labels", str(labels), "--levers", "fixmatch", "--variants", "nope",
                                   "--budget", "20", "--holdout", "12", "--out", str(out)])
     assert r.exit_code != 0 and "unknown variant" in r.output
+
+
+def test_consistency_trained_fits_one_cnn_on_labels_and_pool_from_the_serving_weights(eyes):
+    from labeler.learning.training import uses_consistency
+    from labeler.models.selftrain import ConsistencyTrained, Frozen
+
+    assert uses_consistency("auto", 10) and not uses_consistency("auto", 2)
+    assert uses_consistency("on", 2) and not uses_consistency("off", 10)
+    samples, y = eyes
+    base = CNNClassifier(["open", "closed"], consistency=1.0, max_steps=2, min_steps=2, input_size=32,
+                         progress=False, batch_size=8)
+    serving = ConsistencyTrained(base, samples[8:]).fit(samples[:8], y[:8])
+    assert serving.fit_info_["unlabelled"] == 16 and serving.fit_info_["teacher_warm_start"] is False
+    again = ConsistencyTrained(base, samples[8:], teacher=Frozen(serving.student_)).fit(samples[:10], y[:10])
+    assert again.fit_info_["teacher_warm_start"] is True and again.fit_info_["warm_start"] is True
+    assert again.kind == "cnn" and again.predict_proba(samples[:2]).shape == (2, 2)

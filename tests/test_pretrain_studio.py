@@ -21,7 +21,7 @@ def cnn_backend(tmp_path_factory, tiny_model):
     model_dir = tmp_path_factory.mktemp("model_dir")
     server = start_tiny_backend(model_dir, tiny_model, LABELER_CLASSIFIER="cnn", LABELER_MIN_PER_CLASS="3",
                                 LABELER_PRETRAIN_MIN_IMAGES="20", LABELER_PRETRAIN_STEPS="4",
-                                LABELER_SELF_TRAIN_POOL="0")
+                                LABELER_SELF_TRAIN_POOL="30", LABELER_CONSISTENCY="on")
     yield server.url, model_dir
     server.stop()
 
@@ -50,6 +50,8 @@ def test_first_training_pretrains_once_and_the_queue_uses_the_encoder(label_stud
     enc_meta = json.loads((versions / "v1-simclr" / "meta.json").read_text())
     assert enc_meta["images"] == 30 and enc_meta["steps"] == 4, "every task image, labelled or not"
     assert first["train_info"]["encoder"] is True, "the CNN started from the encoder, not ImageNet"
+    assert first["self_training"]["method"] == "fixmatch" and first["self_training"]["pool"] == 20
+    assert first["train_info"]["unlabelled"] == 20, "FixMatch trained on the 20 unlabelled task images"
 
     annotate(ls, by_class["open"][5], "open")
     second = _train(url, pid)

@@ -32,7 +32,7 @@ from labeler.models.calibration import fit_temperature
 from labeler.models.classifiers import KINDS, Classifier, Sample
 from labeler.models.classifiers.base import stack_rows
 from labeler.models.predictor import Predictor
-from labeler.models.selftrain import Frozen, SelfTrained
+from labeler.models.selftrain import ConsistencyTrained, Frozen, SelfTrained
 from labeler.models.zeroshot import softmax
 from labeler.studio.client import Studio
 from labeler.studio.tasks import project_config
@@ -144,17 +144,34 @@ def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Samp
     meta["zeroshot_metrics"] = evaluate(y[split.evaluate], zs, classes)
 
 
+def _pool_use(served: Classifier, pool: int, threshold: float) -> dict | None:
+    """How the version learnt from its ``pool`` unlabelled images (None: no pool), for its meta."""
+    if not pool:
+        return None
+    if isinstance(served, ConsistencyTrained):
+        return {"pool": pool, "method": "fixmatch", "threshold": getattr(served.estimator, "consistency_threshold", None)}
+    return {"pool": pool, "method": "self-training", "threshold": threshold}
+
+
+def uses_consistency(setting: str, n_classes: int) -> bool:
+    """Whether the CNN trains with FixMatch on the pool instead of self-training (``LABELER_CONSISTENCY``).
+    ``auto``: with three classes or more, where ``labeler simulate --levers fixmatch`` measured a gain
+    (ten-class digits); not for two, where it did not (eyes24) and costs twice a plain fit."""
+    return setting == "on" or (setting == "auto" and n_classes > 2)
+
+
 def make_model(predictor: Predictor, project: str, data: LabelledSet, config: LabelConfig, studio: Studio,
                split: Split, report: Callable[[str], None],
                encoder: tuple[str, Path] | None = None) -> tuple[str, Classifier, Classifier, int]:
     """(classifier kind, the estimator cross-validation evaluates, the estimator that is served,
     self-training pool size).
 
-    Both self-train on the pool. The served one starts from the serving version (its teacher,
-    whose weights it continues from, as ``labeler simulate`` continues from the last round's
-    model) whenever that one is of the same kind and classes; the evaluated one only where that
-    cannot leak evaluation labels (:func:`serving_teacher`). Under cross-validation the metrics
-    are then those of the procedure without it: if anything, an underestimate.
+    Both learn from the pool (self-training, or FixMatch: :func:`uses_consistency`). The served
+    one starts from the serving version (its teacher, whose weights it continues from, as
+    ``labeler simulate`` continues from the last round's model) whenever that one is of the same
+    kind and classes; the evaluated one only where that cannot leak evaluation labels
+    (:func:`serving_teacher`). Under cross-validation the metrics are then those of the procedure
+    without it: if anything, an underestimate.
     """
     s = predictor.settings
     kind = choose_kind(s.classifier, predictor.scorer is not None)
@@ -165,11 +182,16 @@ def make_model(predictor: Predictor, project: str, data: LabelledSet, config: La
     if s.self_train_pool > 0 and data.unlabelled:
         report(f"fetching up to {s.self_train_pool} of {len(data.unlabelled)} unlabelled images for self-training")
         pool = self_training_pool(predictor, data, config, studio, s.self_train_pool)
+    fixmatch = kind == "cnn" and bool(pool) and uses_consistency(s.consistency, len(config.classes))
+    if fixmatch:
+        base.set_params(consistency=1.0)
     enc = encoder[0] if encoder else None
     safe = serving_teacher(predictor, project, base, split, enc)
     warm = safe or serving_teacher(predictor, project, base, None, enc)
 
     def procedure(teacher: Frozen | None) -> Classifier:
+        if fixmatch:
+            return ConsistencyTrained(base, pool, teacher=teacher)
         # An empty pool with a teacher is a plain warm start from it.
         return base if teacher is None and not pool else SelfTrained(base, pool, s.self_train, teacher=teacher)
 
@@ -256,7 +278,7 @@ def train_single(predictor: Predictor, project: str, studio: Studio, config: Lab
                                        lambda step: report(f"{kind}: {step}"))
     meta: dict = {"kind": kind, "classes": classes, "prompts": {c: list(config.prompts[c]) for c in classes},
                   "class_counts": counts, "trigger": trigger, "skipped_tasks": data.skipped_tasks,
-                  "self_training": {"pool": pool, "threshold": predictor.settings.self_train} if pool else None,
+                  "self_training": _pool_use(served, pool, predictor.settings.self_train),
                   "encoder": encoder[0] if encoder else None,
                   "unreadable_images": [{"task": t, "error": e} for t, e in data.bad][:100],
                   "train_info": clf.fit_info_, "evaluation": split.method, "n_train": int(len(split.train)),

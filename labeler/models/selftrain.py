@@ -146,3 +146,20 @@ class SelfTrained(Classifier):
     @classmethod
     def _load(cls, folder: Path, classes: list[str]) -> "Classifier":
         raise TypeError("a self-trained model is saved as its student's kind")
+
+
+class ConsistencyTrained(SelfTrained):
+    """The pool used by consistency training instead (FixMatch, :func:`~labeler.models.classifiers.cnn.fixmatch_loss`):
+    one fit of a clone of ``estimator`` (a CNN with ``consistency > 0``) on the labels, with ``pool``
+    as its unlabelled images. No teacher is fitted; a given ``teacher`` (the serving version) only
+    lends its weights as the starting point, as in :class:`SelfTrained`."""
+
+    def __init__(self, estimator: Classifier, pool: Sequence[Sample], teacher: Frozen | None = None) -> None:
+        super().__init__(estimator, pool, threshold=1.0, teacher=teacher)
+
+    def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
+        self.student_ = clone(self.estimator)
+        warm = self.teacher is not None and self.student_.init_from(self.teacher.model)
+        self.student_.fit(samples, y, unlabelled=list(self.pool))  # a CNN with consistency > 0
+        return {**self.student_.fit_info_, "teacher_warm_start": warm,
+                "teacher": "given" if self.teacher is not None else None}
