@@ -85,7 +85,7 @@ def test_lever_variants_and_their_estimators():
         pick_variants(chosen, ["nope"])
     base = CNNClassifier(["a", "b"], progress=False)
     full = next(v for v in chosen if v.name == "all").estimator(base)
-    assert isinstance(full, Ensemble) and full.base.consistency == 1.0 and base.consistency == 0.0
+    assert isinstance(full, Ensemble) and full.estimator.consistency == 1.0 and base.consistency == 0.0
     assert picked[0].estimator(base) is base
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.base import clone
 
 from labeler.models.classifiers import Classifier, Sample
+from labeler.models.classifiers.base import WrapsEstimator
 
 MAX_PSEUDO = 2000        # pseudo-labels per fit, all classes together
 TEACHER_FRACTION = 0.5   # the teacher only has to be sure of the easy images
@@ -59,10 +60,6 @@ def self_train(student: Classifier, samples: Sequence[Sample], y: np.ndarray, po
     return {**student.fit_info_, "pseudo_labels": int(len(take)), "self_train_threshold": threshold}
 
 
-def _read_only(name: str) -> None:
-    raise AttributeError(f"a SelfTrained model's {name} is its estimator's (set it there)")
-
-
 class Pool(tuple):
     """The unlabelled images of a self-training run: read-only, so clones of a :class:`SelfTrained`
     share it (scikit-learn's ``clone`` deep-copies parameters: thousands of images per fold)."""
@@ -81,7 +78,7 @@ class Frozen:
         return self
 
 
-class SelfTrained(Classifier):
+class SelfTrained(WrapsEstimator):
     """Self-training inside ``fit``: a teacher pseudo-labels ``pool``, then a clone of ``estimator``
     (the student, what predicts and is saved) trains on the labels and the pseudo-labels.
 
@@ -100,30 +97,13 @@ class SelfTrained(Classifier):
         self.teacher_fraction = teacher_fraction
         self.teacher = teacher
 
-    # The estimator's; the setters exist because Classifier declares these as plain attributes.
-    @property
-    def classes(self) -> Sequence[str]:
-        return self.estimator.classes
-
-    @classes.setter
-    def classes(self, value: Sequence[str]) -> None:
-        _read_only("classes")
-
-    @property
+    @property  # the estimator's (Classifier declares a plain attribute)
     def kind(self) -> str:
         return self.estimator.kind
 
     @kind.setter
     def kind(self, value: str) -> None:
-        _read_only("kind")
-
-    @property
-    def needs_features(self) -> bool:
-        return self.estimator.needs_features
-
-    @needs_features.setter
-    def needs_features(self, value: bool) -> None:
-        _read_only("needs_features")
+        raise AttributeError("a SelfTrained model's kind is its estimator's (set it there)")
 
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
         if self.teacher is not None:

@@ -88,6 +88,30 @@ class Classifier(ClassifierMixin, BaseEstimator, ABC):
         return meta
 
 
+class WrapsEstimator(Classifier):
+    """A classifier built around another, ``self.estimator`` (self-training, an ensemble): its
+    ``classes`` and ``needs_features`` are the estimator's. The setters exist because
+    :class:`Classifier` declares these as plain attributes; set them on the estimator instead."""
+
+    estimator: Classifier
+
+    @property  # Classifier declares a plain attribute
+    def classes(self) -> Sequence[str]:
+        return self.estimator.classes
+
+    @classes.setter
+    def classes(self, value: Sequence[str]) -> None:
+        raise AttributeError(f"a {type(self).__name__}'s classes are its estimator's (set them there)")
+
+    @property
+    def needs_features(self) -> bool:
+        return self.estimator.needs_features
+
+    @needs_features.setter
+    def needs_features(self, value: bool) -> None:
+        raise AttributeError(f"a {type(self).__name__}'s needs_features is its estimator's (set it there)")
+
+
 def load_classifier(folder: str | Path) -> Classifier:
     """Load whatever classifier ``folder`` holds (a registry version or an exported model)."""
     from labeler.models.classifiers import ALL_KINDS

@@ -16,38 +16,21 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import clone
 
-from labeler.models.classifiers.base import Classifier, Sample, load_classifier
+from labeler.models.classifiers.base import Classifier, Sample, WrapsEstimator, load_classifier
 
 
-class Ensemble(Classifier):
+class Ensemble(WrapsEstimator):
     kind = "ensemble"
 
     step_fraction = 1.0  # each member's (self-training's teacher sets it lower)
 
-    def __init__(self, base: Classifier, members: int = 3, seed: int = 0) -> None:
-        self.base, self.members, self.seed = base, members, seed
+    def __init__(self, estimator: Classifier, members: int = 3, seed: int = 0) -> None:
+        self.estimator, self.members, self.seed = estimator, members, seed
         self._previous: list[Classifier] | None = None
-
-    # The base estimator's; the setters exist because Classifier declares these as plain attributes.
-    @property
-    def classes(self) -> Sequence[str]:
-        return self.base.classes
-
-    @classes.setter
-    def classes(self, value: Sequence[str]) -> None:
-        raise AttributeError("an ensemble's classes are its base estimator's")
-
-    @property
-    def needs_features(self) -> bool:
-        return self.base.needs_features
-
-    @needs_features.setter
-    def needs_features(self, value: bool) -> None:
-        raise AttributeError("an ensemble's needs_features is its base estimator's")
 
     @property
     def supports_consistency(self) -> bool:
-        return bool(getattr(self.base, "supports_consistency", False))
+        return bool(getattr(self.estimator, "supports_consistency", False))
 
     def init_from(self, previous: Classifier) -> bool:
         """Each member starts from the same member of ``previous`` (an ensemble of as many)."""
@@ -63,7 +46,7 @@ class Ensemble(Classifier):
         self.members_: list[Classifier] = []
         infos = []
         for i in range(self.members):
-            member = clone(self.base).set_params(seed=self.seed * self.members + i)
+            member = clone(self.estimator).set_params(seed=self.seed * self.members + i)
             member.step_fraction = self.step_fraction
             if self._previous is not None:
                 member.init_from(self._previous[i])
@@ -89,7 +72,7 @@ class Ensemble(Classifier):
 
     @classmethod
     def _load(cls, folder: Path, classes: list[str]) -> "Ensemble":
-        """The saved members (as many as ``ensemble.json`` says, in order); the first is the base a
+        """The saved members (as many as ``ensemble.json`` says, in order); the first is the estimator a
         refit would clone, so refit a loaded ensemble only to warm-start from it (:meth:`init_from`)."""
         meta = json.loads((folder / "ensemble.json").read_text())
         members = [load_classifier(folder / f"member-{i}") for i in range(int(meta["members"]))]
