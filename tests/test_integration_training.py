@@ -130,6 +130,6 @@ def test_training_self_trains_on_unlabelled_tasks(label_studio, backend, tmp_pat
     st = wait_job(backend[0], pid)
     assert st["status"] == "done", st
     meta = requests.get(f"{backend[0]}/metrics").json()["projects"][str(pid)]["versions"][-1]
-    assert meta["self_training"] == {"pool": 16, "threshold": 0.9}
+    assert meta["self_training"] == {"method": "self-training", "pool": 16, "threshold": 0.9}
     assert meta["n_train"] == 20 and meta["n_eval"] == 20, "pseudo-labels never count as evaluation labels"
     assert 0 <= meta["train_info"]["pseudo_labels"] <= 16
