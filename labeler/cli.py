@@ -348,6 +348,9 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
 @click.option("--budget", default=400, show_default=True, help="Human labels.")
 @click.option("--batch", default=25, show_default=True, help="Labels per round (smaller batches let the ranking adapt sooner).")
 @click.option("--start", type=int, help="Size of the first (cold-start) batch [default: --batch].")
+@click.option("--start-per-class", type=int, default=0,
+              help="Learning curves only: the first labels are this many random images of each class (the few-label "
+                   "protocol, e.g. 1: one label per class), instead of the strategy's first batch.")
 @click.option("--holdout", default=600, show_default=True, help="Held-out images, never queried.")
 @click.option("--seeds", default=1, show_default=True, help="Repeat with seeds 0..N-1.")
 @click.option("--classifier", default="cnn", type=click.Choice(["cnn", "head"]), show_default=True)
@@ -387,7 +390,7 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
 @click.option("--pretrain-steps", default=300, show_default=True, help="With --levers pretrain: SimCLR steps.")
 @click.option("--typical-per-class", default=0, show_default=True,  # strategies.TYPICAL_PER_CLASS
               help="With --levers typiclust: typical images while there is no model, then until this many labels per class.")
-def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seeds, classifier, zeroshot_model,
+def simulate(images, labels_csv, strategies, budget, batch, start, start_per_class, holdout, seeds, classifier, zeroshot_model,
              cnn_steps, self_train, metric, targets, out, save_model, eps, delta, per_class, accepted_out,
              redraws, annotators, per_task, levers, variant_names, full_data, pretrain_steps, typical_per_class) -> None:
     """Replay the annotation loop offline and write learning curves (CSV + PNG); with --certify, finish the
@@ -404,6 +407,8 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
         holdout = 0  # every image belongs to the finished dataset
     self_train, data = self_train or None, read_labels(labels_csv, images)
     classes, y = data.classes, _check_simulation(data, labels_csv, budget, holdout)
+    if start_per_class and (annotators or eps is not None):
+        _fail("--start-per-class is for learning curves, not with --certify or --annotators")
     if annotators:
         return _simulate_team(data, y, annotators, per_task, seeds, budget, start, batch, holdout)
     metric, goals = _simulation_metric(metric, targets, len(classes))
@@ -425,7 +430,8 @@ def simulate(images, labels_csv, strategies, budget, batch, start, holdout, seed
     if full_data:
         goals += _full_data_goals(samples, y, classes, runs, seeds, holdout, metric)
     _simulate_curves(samples, y, classes, runs, budget, batch, start, seeds, holdout, zeroshot,
-                     zeroshot_model, self_train, metric, goals, save_model, labels_csv, out, typical_per_class)
+                     zeroshot_model, self_train, metric, goals, save_model, labels_csv, out, typical_per_class,
+                     start_per_class)
 
 
 def _simulation_runs(strategies, levers, variant_names, samples, make, features, out: Path, pretrain_steps: int,
@@ -503,7 +509,8 @@ def _simulate_team(data, y, annotators: str, per_task: int, seeds: int, clicks: 
 
 
 def _simulate_curves(samples, y, classes, runs, budget, batch, start, seeds, holdout, zeroshot,
-                     zeroshot_model, self_train, metric, goals, save_model, labels_csv, out, typical_per_class) -> None:
+                     zeroshot_model, self_train, metric, goals, save_model, labels_csv, out, typical_per_class,
+                     start_per_class: int = 0) -> None:
     """Learning curves: per seed and strategy (or lever variant), the held-out metric after each round."""
     from labeler.learning.simulate import run, write_outputs
 
@@ -517,7 +524,7 @@ def _simulate_curves(samples, y, classes, runs, budget, batch, start, seeds, hol
             res, annotator = run(samples, y, classes, variant.strategy, budget, batch, test, seed, make,
                                  zeroshot=zeroshot, features=features, start=start,
                                  self_train=None if variant.consistency else self_train, name=strategy,
-                                 unlabelled=variant.consistency,
+                                 unlabelled=variant.consistency, start_per_class=start_per_class,
                                  **variant.select_options(len(classes), typical_per_class))
             assert not annotator.queried & set(test.tolist()), "held-out images must never be queried"
             rows += res.rows

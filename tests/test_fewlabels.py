@@ -75,6 +75,30 @@ def test_ensemble_averages_its_members_and_round_trips(eyes, tmp_path):
     assert all(m.fit_info_["steps"] == 1 for m in teacher.members_)  # half of 2 steps, each member
 
 
+def test_a_cnn_and_an_ensemble_start_from_each_other_and_the_map_uses_their_features(eyes):
+    from labeler.learning.datamap import embeddings
+
+    samples, y = eyes
+    base = CNNClassifier(["open", "closed"], max_steps=2, min_steps=2, input_size=32, progress=False)
+    ens = Ensemble(base, members=2).fit(samples, y)
+    cnn = CNNClassifier(["open", "closed"], max_steps=2, min_steps=2, input_size=32, progress=False)
+    assert cnn.init_from(ens)  # the CNN a project serves once it has outgrown its ensemble
+    assert cnn.fit(samples, y).fit_info_["warm_start"]
+    again = Ensemble(base, members=2)
+    assert again.init_from(cnn) and all(m.fit_info_["warm_start"] for m in again.fit(samples, y).members_)
+    assert not Ensemble(base, members=2).init_from(CNNClassifier(["open", "closed"]))  # an unfitted CNN: nothing
+    for model in (cnn, ens):
+        feats, what = embeddings(samples[:5], model)
+        assert what == "the trained CNN's features" and feats.shape == (5, 1280)
+
+
+def test_the_backend_serves_an_ensemble_only_below_its_label_count():
+    from labeler.learning.training import ENSEMBLE_BELOW, uses_ensemble
+
+    assert uses_ensemble("auto", ENSEMBLE_BELOW - 1) and not uses_ensemble("auto", ENSEMBLE_BELOW)
+    assert uses_ensemble("on", 10_000) and not uses_ensemble("off", 10)
+
+
 def test_lever_variants_and_their_estimators():
     chosen = variants(["pretrain", "typiclust", "fixmatch", "ensemble"])
     names = [v.name for v in chosen]
@@ -103,6 +127,18 @@ def test_share_of_the_full_data_metric():
     assert math.isclose(share_of(0.02, 0.99, "eer"), 1 - 0.99 * 0.98)  # the same share of 1 - EER
 
 
+def test_per_class_start_takes_that_many_of_each_class_from_the_pool_only():
+    from labeler.learning.simulate import per_class_start
+
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 0])
+    pool = np.array([0, 1, 3, 5, 6, 7, 9])  # 2, 4 and 8 are held out
+    picked = per_class_start(y[pool], pool, 2, np.random.default_rng(0))
+    assert set(picked) <= set(pool) and len(set(picked)) == len(picked)
+    assert sorted(np.bincount(y[picked]).tolist()) == [1, 2, 2]  # class 1 has one image in the pool
+    other = per_class_start(y[pool], pool, 1, np.random.default_rng(1))
+    assert sorted(y[other].tolist()) == [0, 1, 2]
+
+
 @pytest.mark.slow
 def test_simulate_levers_fixmatch_and_ensemble_with_the_full_data_reference(tmp_path):
     import csv
@@ -114,12 +150,13 @@ def test_simulate_levers_fixmatch_and_ensemble_with_the_full_data_reference(tmp_
 
     labels, out = make_dataset(tmp_path, n=40), tmp_path / "sim"
     r = CliRunner().invoke(main, ["simulate", "--labels", str(labels), "--levers", "fixmatch,ensemble",
-                                  "--variants", "default,all", "--full-data", "--budget", "20",
+                                  "--variants", "default,all", "--full-data", "--budget", "20", "--start-per-class", "1",
                                   "--batch", "10", "--holdout", "12", "--cnn-steps", "3", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "full data (" in r.output and "95 % and 99 % of the best" in r.output
     rows = list(csv.DictReader((out / "learning_curves.csv").open()))
     assert {row["strategy"] for row in rows} == {"default", "all"}
+    assert min(int(row["labels"]) for row in rows) == 2  # one label of each of the two classes, then batches of 10
     fm = [row for row in rows if row["strategy"] == "all"]
     assert all(row["pseudo_labels"] == "0" for row in fm)  # FixMatch replaces self-training
     assert all(row["log_loss"] for row in rows)

@@ -15,6 +15,10 @@ With ``self_train``, each round's model also trains on the pool images the
 previous round's model (or the zero-shot model) is sure of (see
 :mod:`labeler.models.selftrain`): the teacher's predictions are the ones ranking the
 pool anyway, so self-training costs no extra fit per round.
+
+The strategies' curves train one CNN per round; the backend serves three averaged while a project has
+few labels (``LABELER_ENSEMBLE``, :func:`labeler.learning.training.uses_ensemble`), which
+``--levers ensemble`` measures.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         zeroshot: np.ndarray | None = None, features: np.ndarray | None = None,
         start: int | None = None, progress: bool = True,
         self_train: float | None = None, warm_start: bool = True, name: str | None = None,
-        unlabelled: bool = False, **select_options) -> tuple[RunResult, Annotator]:
+        unlabelled: bool = False, start_per_class: int = 0, **select_options) -> tuple[RunResult, Annotator]:
     """One simulated annotation run; returns metrics after each round and the annotator.
 
     Each round trains a clone of ``estimator`` (its ``seed`` set to ``seed``). With
@@ -73,6 +77,8 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
     (:meth:`Classifier.init_from`), which needs fewer steps than a cold fit. ``name`` labels
     the rows (default: ``strategy``); ``select_options`` go to :func:`select` (the cold start). With
     ``unlabelled`` each fit also gets the pool's images (consistency training: a CNN with ``consistency``).
+    With ``start_per_class`` the first labels are that many random images of each class instead of the
+    strategy's first batch (:func:`per_class_start`).
     """
     check_strategy(strategy)
     rng, annotator, test = np.random.default_rng(seed), Annotator(y), np.asarray(test_idx)
@@ -85,7 +91,8 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
     bar = tqdm(total=budget, desc=f"{result.strategy} seed {seed}", unit="label", disable=not progress)
     while len(labelled) < budget and len(pool):
         k = min(first if not len(labelled) else batch, budget - len(labelled))
-        picked = select(strategy, proba, pool, labelled, k, rng, features, **select_options)
+        picked = per_class_start(y[pool], pool, start_per_class, rng) if start_per_class and not len(labelled) \
+            else select(strategy, proba, pool, labelled, k, rng, features, **select_options)
         labelled = np.concatenate([labelled, picked])
         got = np.concatenate([got, annotator.label(picked)])
         left = ~np.isin(pool, picked)
@@ -107,6 +114,15 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
         proba = model.predict_proba([samples[i] for i in pool]) if len(pool) else None
     bar.close()
     return result, annotator
+
+
+def per_class_start(y_pool: np.ndarray, pool: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """``per_class`` random images of each class from ``pool`` (fewer where a class has fewer): the few-label
+    protocol of the semi-supervised literature (FixMatch's "one label per class"), and what a person does who
+    labels one example of each class before the queue takes over. Needs the hidden labels: simulation only."""
+    picked = [rng.choice(pool[y_pool == c], size=min(per_class, int(np.sum(y_pool == c))), replace=False)
+              for c in np.unique(y_pool)]
+    return np.concatenate(picked).astype(int)
 
 
 def _train_round(model: Classifier, samples: Sequence[Sample], labelled: np.ndarray, got: np.ndarray,
