@@ -46,6 +46,7 @@ class Settings:
     self_train: float = 0.9                    # LABELER_SELF_TRAIN: pseudo-label pool images predicted this surely
     self_train_pool: int = 2000                # LABELER_SELF_TRAIN_POOL: most unlabelled images (0 = off)
     consistency: str = "auto"                  # LABELER_CONSISTENCY: FixMatch, not self-training: auto (3+ classes), on, off
+    ensemble: str = "auto"                     # LABELER_ENSEMBLE: serve three CNNs averaged: auto (< 300 labels), on, off
     pretrain: str = "auto"                     # LABELER_PRETRAIN: auto (self-supervised encoder for the CNN), off
     pretrain_steps: int = 300                  # LABELER_PRETRAIN_STEPS: SimCLR optimiser steps (128 images each)
     pretrain_min_images: int = 200             # LABELER_PRETRAIN_MIN_IMAGES: fewer task images: ImageNet weights only
@@ -92,7 +93,8 @@ class Settings:
         "classifier": "LABELER_CLASSIFIER", "train_every": "LABELER_TRAIN_EVERY",
         "min_per_class": "LABELER_MIN_PER_CLASS", "seed": "LABELER_SEED",
         "self_train": "LABELER_SELF_TRAIN", "self_train_pool": "LABELER_SELF_TRAIN_POOL",
-        "consistency": "LABELER_CONSISTENCY", "pretrain": "LABELER_PRETRAIN", "pretrain_steps": "LABELER_PRETRAIN_STEPS",
+        "consistency": "LABELER_CONSISTENCY", "ensemble": "LABELER_ENSEMBLE", "pretrain": "LABELER_PRETRAIN",
+        "pretrain_steps": "LABELER_PRETRAIN_STEPS",
         "pretrain_min_images": "LABELER_PRETRAIN_MIN_IMAGES", "pretrain_max_images": "LABELER_PRETRAIN_MAX_IMAGES",
         "admin_token": "LABELER_ADMIN_TOKEN", "basic_auth_user": "BASIC_AUTH_USER",
         "basic_auth_pass": "BASIC_AUTH_PASS", "cache_max_gb": "LABELER_CACHE_MAX_GB",
@@ -154,6 +156,7 @@ class Settings:
             ("self_train", 0 < self.self_train <= 1, "in (0, 1]"),
             ("pretrain", self.pretrain in {"auto", "off"}, "auto or off"),
             ("consistency", self.consistency in {"auto", "on", "off"}, "auto, on or off"),
+            ("ensemble", self.ensemble in {"auto", "on", "off"}, "auto, on or off"),
             ("pretrain_steps", self.pretrain_steps >= 1, "at least 1"),
             ("pretrain_max_images", self.pretrain_max_images >= self.pretrain_min_images >= 2,
              "at least LABELER_PRETRAIN_MIN_IMAGES (itself at least 2)"),

@@ -52,10 +52,15 @@ def test_first_training_pretrains_once_and_the_queue_uses_the_encoder(label_stud
     assert first["train_info"]["encoder"] is True, "the CNN started from the encoder, not ImageNet"
     assert first["self_training"]["method"] == "fixmatch" and first["self_training"]["pool"] == 20
     assert first["train_info"]["unlabelled"] == 20, "FixMatch trained on the 20 unlabelled task images"
+    # 10 labels: served as a three-CNN ensemble (LABELER_ENSEMBLE=auto), cross-validation scoring one member
+    assert first["ensemble"] == {"members": 3, "evaluated": "one member (5-fold cross-validation)"}
+    assert first["train_info"]["members"] == 3
+    assert (model_dir / "projects" / str(pid) / "versions" / first["version"] / "member-2").exists()
 
     annotate(ls, by_class["open"][5], "open")
     second = _train(url, pid)
     assert second["encoder"] == "v1-simclr"
+    assert second["train_info"]["teacher_warm_start"], "the ensemble's members start from the serving ensemble's"
     assert sorted(p.name for p in versions.iterdir() if not p.name.startswith(".")) == ["v1-simclr"], \
         "a retraining reuses the encoder: pretraining is per project, not per fit"
 

@@ -35,7 +35,7 @@ def test_replay_through_label_studio_matches_the_simulation(label_studio, tmp_pa
     project, truth = project_from_folder(ls, url, token, [files[i] for i in pool], [labels[i] for i in pool],
                                          classes)
     settings = Settings(model_dir=tmp_path / "md", zeroshot_model=None, classifier="cnn", min_per_class=2,
-                        seed=0, train_every=batch, self_train_pool=0)
+                        seed=0, train_every=batch, self_train_pool=0, ensemble="off")  # as simulate's default
     rows, order = replay(ls, project, Predictor(settings), truth, budget, batch,
                          [samples[i] for i in test], y[test], classes)
     assert len(order) == budget == len(set(order))

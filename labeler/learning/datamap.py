@@ -268,7 +268,8 @@ def embeddings(samples: Sequence, model=None) -> tuple[np.ndarray, str]:
 
     if samples and all(getattr(s, "features", None) is not None for s in samples):
         return np.stack([np.asarray(s.features, dtype=np.float32).ravel() for s in samples]), "BLIP-2 image features"
-    if model is not None and getattr(model, "kind", "") == "cnn" and getattr(model, "net", None) is not None:
+    model = (getattr(model, "members_", None) or [model])[0]  # of an ensemble, its first member's
+    if model is not None and getattr(model, "kind", "") == "cnn" and getattr(model, "net_", None) is not None:
         return cnn_features(model, samples), "the trained CNN's features"
     return imagenet_features(samples, dim=0), "ImageNet MobileNetV2 features"
 

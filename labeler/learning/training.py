@@ -29,7 +29,7 @@ from labeler.learning.metrics import evaluate
 from labeler.learning.pretraining import ensure_encoder
 from labeler.learning.promotion import HOLDOUT_MIN, METRIC_NAMES, Split, choose_split, decide_promotion, is_holdout, unseen_by  # noqa: F401 - imported from here too
 from labeler.models.calibration import fit_temperature
-from labeler.models.classifiers import KINDS, Classifier, Sample
+from labeler.models.classifiers import KINDS, Classifier, Ensemble, Sample
 from labeler.models.classifiers.base import stack_rows
 from labeler.models.predictor import Predictor
 from labeler.models.selftrain import ConsistencyTrained, Frozen, SelfTrained
@@ -39,6 +39,12 @@ from labeler.studio.tasks import project_config
 from labeler.studio.team import save_votes
 
 log = logging.getLogger(__name__)
+
+# Below this many training labels the CNN is served as a small ensemble (LABELER_ENSEMBLE=auto): where
+# `labeler simulate --levers ensemble` measured lower EER and log-loss on eyes24 (the gain was gone by 300).
+ENSEMBLE_BELOW = 300
+
+
 @dataclass
 class Outcome:
     version: str
@@ -153,11 +159,28 @@ def _pool_use(served: Classifier, pool: int, threshold: float) -> dict | None:
     return {"pool": pool, "method": "self-training", "threshold": threshold}
 
 
+def _ensemble_use(served: Classifier, evaluated: Classifier, split: Split) -> dict | None:
+    """The served ensemble's size and what the metrics are of (None: no ensemble), for the version's meta."""
+    ensemble = served if isinstance(served, Ensemble) else getattr(served, "estimator", None)
+    if not isinstance(ensemble, Ensemble):
+        return None
+    return {"members": ensemble.members,
+            "evaluated": "the ensemble" if evaluated is served else f"one member ({split.method})"}
+
+
 def uses_consistency(setting: str, n_classes: int) -> bool:
     """Whether the CNN trains with FixMatch on the pool instead of self-training (``LABELER_CONSISTENCY``).
     ``auto``: with three classes or more, where ``labeler simulate --levers fixmatch`` measured a gain
     (ten-class digits); not for two, where it did not (eyes24) and costs twice a plain fit."""
     return setting == "on" or (setting == "auto" and n_classes > 2)
+
+
+def uses_ensemble(setting: str, n_train: int) -> bool:
+    """Whether the CNN is served as a three-member ensemble (``LABELER_ENSEMBLE``). ``auto``: with fewer
+    than :data:`ENSEMBLE_BELOW` training labels, where it paid for its three fits (a few seconds each
+    there); not beyond, where it no longer helped and three fits of thousands of labels would overrun
+    the retraining's time."""
+    return setting == "on" or (setting == "auto" and n_train < ENSEMBLE_BELOW)
 
 
 def make_model(predictor: Predictor, project: str, data: LabelledSet, config: LabelConfig, studio: Studio,
@@ -171,7 +194,8 @@ def make_model(predictor: Predictor, project: str, data: LabelledSet, config: La
     ``labeler simulate`` continues from the last round's model) whenever that one is of the same
     kind and classes; the evaluated one only where that cannot leak evaluation labels
     (:func:`serving_teacher`). Under cross-validation the metrics are then those of the procedure
-    without it: if anything, an underestimate.
+    without it: if anything, an underestimate. The same holds for the ensemble (:func:`uses_ensemble`):
+    cross-validation evaluates one member's procedure (five fits, not fifteen); the hold-out, the ensemble.
     """
     s = predictor.settings
     kind = choose_kind(s.classifier, predictor.scorer is not None)
@@ -185,18 +209,23 @@ def make_model(predictor: Predictor, project: str, data: LabelledSet, config: La
     fixmatch = kind == "cnn" and bool(pool) and uses_consistency(s.consistency, len(config.classes))
     if fixmatch:
         base.set_params(consistency=1.0)
+    single = base
+    if kind == "cnn" and uses_ensemble(s.ensemble, len(split.train)):
+        base = Ensemble(single, seed=s.seed)
     enc = encoder[0] if encoder else None
     safe = serving_teacher(predictor, project, base, split, enc)
     warm = safe or serving_teacher(predictor, project, base, None, enc)
 
-    def procedure(teacher: Frozen | None) -> Classifier:
+    def procedure(model: Classifier, teacher: Frozen | None) -> Classifier:
         if fixmatch:
-            return ConsistencyTrained(base, pool, teacher=teacher)
+            return ConsistencyTrained(model, pool, teacher=teacher)
         # An empty pool with a teacher is a plain warm start from it.
-        return base if teacher is None and not pool else SelfTrained(base, pool, s.self_train, teacher=teacher)
+        return model if teacher is None and not pool else SelfTrained(model, pool, s.self_train, teacher=teacher)
 
-    evaluated = procedure(safe)
-    return kind, evaluated, (evaluated if split.method == "holdout" else procedure(warm)), len(pool)
+    if split.method == "holdout":
+        evaluated = procedure(base, safe)
+        return kind, evaluated, evaluated, len(pool)
+    return kind, procedure(single, safe), procedure(base, warm), len(pool)
 
 
 def serving_teacher(predictor: Predictor, project: str, base: Classifier, split: Split | None,
@@ -209,7 +238,8 @@ def serving_teacher(predictor: Predictor, project: str, base: Classifier, split:
     a held-out item). ``split=None``: for a model that is served but not evaluated.
     """
     serving, model = predictor.classifier(project)
-    if model is None or serving is None or model.kind != base.kind or list(model.classes) != list(base.classes):
+    if model is None or serving is None or _weights_kind(model) != _weights_kind(base) \
+            or list(model.classes) != list(base.classes):
         return None
     meta = predictor.registry.meta(project, serving)
     if meta.get("encoder") != encoder:  # a new encoder: start from it, not from weights that predate it
@@ -217,6 +247,12 @@ def serving_teacher(predictor: Predictor, project: str, base: Classifier, split:
     if split is not None and (split.method != "holdout" or meta.get("evaluation") != "holdout"):
         return None
     return Frozen(model)
+
+
+def _weights_kind(model: Classifier) -> str:
+    """The kind of ``model``'s weights: an ensemble's are its members' (a CNN starts from its first member,
+    and an ensemble's members from a CNN's or from their counterparts)."""
+    return model.estimator.kind if isinstance(model, Ensemble) else model.kind
 
 
 def register(predictor: Predictor, project: str, clf: Classifier, meta: dict, n_labels: int) -> str:
@@ -279,6 +315,7 @@ def train_single(predictor: Predictor, project: str, studio: Studio, config: Lab
     meta: dict = {"kind": kind, "classes": classes, "prompts": {c: list(config.prompts[c]) for c in classes},
                   "class_counts": counts, "trigger": trigger, "skipped_tasks": data.skipped_tasks,
                   "self_training": _pool_use(served, pool, predictor.settings.self_train),
+                  "ensemble": _ensemble_use(served, evaluated, split),
                   "encoder": encoder[0] if encoder else None,
                   "unreadable_images": [{"task": t, "error": e} for t, e in data.bad][:100],
                   "train_info": clf.fit_info_, "evaluation": split.method, "n_train": int(len(split.train)),

@@ -107,7 +107,9 @@ class CNNClassifier(Classifier):
         return self
 
     def init_from(self, previous: Classifier) -> bool:
-        """Begin the next :meth:`fit` from ``previous``'s weights (a fitted CNN, same classes and size)."""
+        """Begin the next :meth:`fit` from ``previous``'s weights (a fitted CNN, same classes and size; of an
+        ensemble of them, its first member's)."""
+        previous = (getattr(previous, "members_", None) or [previous])[0]
         net = getattr(previous, "net_", None)
         if not (isinstance(previous, CNNClassifier) and net is not None
                 and list(previous.classes) == list(self.classes) and previous.input_size == self.input_size):

@@ -33,11 +33,18 @@ class Ensemble(WrapsEstimator):
         return bool(getattr(self.estimator, "supports_consistency", False))
 
     def init_from(self, previous: Classifier) -> bool:
-        """Each member starts from the same member of ``previous`` (an ensemble of as many)."""
-        prior = getattr(previous, "members_", None)
-        if not isinstance(previous, Ensemble) or prior is None or len(prior) != self.members:
+        """Each member starts from the same member of ``previous`` (an ensemble of as many), or every
+        member from ``previous`` itself where it is one model its members can start from (the CNN a
+        project served before its ensemble)."""
+        if isinstance(previous, Ensemble):
+            prior = getattr(previous, "members_", None)
+            if prior is None or len(prior) != self.members:
+                return False
+            self._previous = list(prior)
+            return True
+        if not clone(self.estimator).init_from(previous):
             return False
-        self._previous = list(prior)
+        self._previous = [previous] * self.members
         return True
 
     def fit(self, X: Sequence[Sample], y: np.ndarray, **fit_params) -> "Ensemble":
