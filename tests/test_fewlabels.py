@@ -54,6 +54,33 @@ def test_consistency_fit_uses_the_pool_only_when_on(eyes):
     assert multi.fit_info_["consistency_skipped"] == "multi-label"
 
 
+def test_a_cold_fit_starts_its_head_from_a_linear_probe():
+    rng = np.random.default_rng(0)
+    feats = np.vstack([rng.normal(-1, 0.3, (20, 8)), rng.normal(1, 0.3, (20, 8))])
+    y = np.repeat([0, 1], 20)
+    w, b = CNNClassifier(["a", "b"])._probe_weights(feats, y)
+    assert w.shape == (2, 8) and ((feats @ w.T + b).argmax(1) == y).all()
+    y3 = np.repeat([0, 1, 2], [10, 10, 20])
+    w3, b3 = CNNClassifier(["a", "b", "c"])._probe_weights(feats, y3)
+    assert w3.shape == (3, 8) and (feats @ w3.T + b3).argmax(1)[20:].tolist() == [2] * 20
+    assert CNNClassifier(["a", "b", "c"])._probe_weights(feats, y) is None  # class c has no label
+    Y = np.stack([y, 1 - y], 1)
+    wm, bm = MultiLabelCNN(["a", "b"])._probe_weights(feats, Y)
+    assert (((feats @ wm.T + bm) > 0) == Y).all()
+    assert MultiLabelCNN(["a", "b"])._probe_weights(feats, np.stack([y, np.ones_like(y)], 1)) is None
+
+
+def test_the_probe_runs_on_cold_fits_only(eyes):
+    samples, y = eyes
+    options = {"max_steps": 2, "min_steps": 2, "input_size": 32, "progress": False}
+    cold = CNNClassifier(["open", "closed"], probe=True, **options).fit(samples, y)
+    assert cold.fit_info_["probed_head"] is True
+    warm = CNNClassifier(["open", "closed"], probe=True, **options)
+    assert warm.init_from(cold) and warm.fit(samples, y).fit_info_["probed_head"] is False
+    off = CNNClassifier(["open", "closed"], **options).fit(samples, y)  # off by default
+    assert off.fit_info_["probed_head"] is False
+
+
 def test_ensemble_averages_its_members_and_round_trips(eyes, tmp_path):
     samples, y = eyes
     base = CNNClassifier(["open", "closed"], max_steps=2, min_steps=2, input_size=32, progress=False)
@@ -175,6 +202,7 @@ def test_consistency_trained_fits_one_cnn_on_labels_and_pool_from_the_serving_we
     base = CNNClassifier(["open", "closed"], consistency=1.0, max_steps=2, min_steps=2, input_size=32,
                          progress=False, batch_size=8)
     serving = ConsistencyTrained(base, samples[8:]).fit(samples[:8], y[:8])
+    assert set(serving.get_params(deep=False)) == {"estimator", "pool", "teacher"}  # no self-training settings
     assert serving.fit_info_["unlabelled"] == 16 and serving.fit_info_["teacher_warm_start"] is False
     again = ConsistencyTrained(base, samples[8:], teacher=Frozen(serving.student_)).fit(samples[:10], y[:10])
     assert again.fit_info_["teacher_warm_start"] is True and again.fit_info_["warm_start"] is True

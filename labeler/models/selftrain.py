@@ -78,23 +78,15 @@ class Frozen:
         return self
 
 
-class SelfTrained(WrapsEstimator):
-    """Self-training inside ``fit``: a teacher pseudo-labels ``pool``, then a clone of ``estimator``
-    (the student, what predicts and is saved) trains on the labels and the pseudo-labels.
+class PoolTrained(WrapsEstimator):
+    """A model that trains a clone of ``estimator`` (the student: what predicts and is saved) on the labels
+    and an unlabelled ``pool``, optionally from a ``teacher`` (a :class:`Frozen` fitted model, e.g. the
+    serving version, which must not have trained on the evaluation items). An estimator like any other,
+    so cross-validation and hold-out evaluation measure the whole procedure on labels it never saw."""
 
-    The teacher is a clone of ``estimator`` fitted on the labels with ``teacher_fraction`` of the
-    usual steps, or ``teacher`` (a :class:`Frozen` fitted model, e.g. the serving version, which
-    must not have trained on the evaluation items): then no teacher is fitted at all. The student
-    starts from the teacher's weights where its kind can. An estimator like any other, so
-    cross-validation and hold-out evaluation measure the whole procedure on labels it never saw.
-    """
-
-    def __init__(self, estimator: Classifier, pool: Sequence[Sample], threshold: float,
-                 teacher_fraction: float = TEACHER_FRACTION, teacher: Frozen | None = None) -> None:
+    def __init__(self, estimator: Classifier, pool: Sequence[Sample], teacher: Frozen | None = None) -> None:
         self.estimator = estimator
         self.pool = pool if isinstance(pool, Pool) else Pool(pool)
-        self.threshold = threshold
-        self.teacher_fraction = teacher_fraction
         self.teacher = teacher
 
     @property  # the estimator's (Classifier declares a plain attribute)
@@ -103,7 +95,33 @@ class SelfTrained(WrapsEstimator):
 
     @kind.setter
     def kind(self, value: str) -> None:
-        raise AttributeError("a SelfTrained model's kind is its estimator's (set it there)")
+        raise AttributeError(f"a {type(self).__name__} model's kind is its estimator's (set it there)")
+
+    def predict_proba(self, X: Sequence[Sample]) -> np.ndarray:
+        return self.student_.predict_proba(X)
+
+    def _save(self, folder: Path) -> None:
+        self.student_._save(folder)  # saved as the student's kind: loads without this wrapper
+
+    @classmethod
+    def _load(cls, folder: Path, classes: list[str]) -> "Classifier":
+        raise TypeError("a model trained with a pool is saved as its student's kind")
+
+
+class SelfTrained(PoolTrained):
+    """Self-training inside ``fit``: a teacher pseudo-labels ``pool`` (rows at least ``threshold`` sure),
+    then the student trains on the labels and the pseudo-labels.
+
+    The teacher is a clone of ``estimator`` fitted on the labels with ``teacher_fraction`` of the
+    usual steps, or the given ``teacher``: then no teacher is fitted at all. The student starts from
+    the teacher's weights where its kind can.
+    """
+
+    def __init__(self, estimator: Classifier, pool: Sequence[Sample], threshold: float,
+                 teacher_fraction: float = TEACHER_FRACTION, teacher: Frozen | None = None) -> None:
+        super().__init__(estimator, pool, teacher)
+        self.threshold = threshold
+        self.teacher_fraction = teacher_fraction
 
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
         if self.teacher is not None:
@@ -117,25 +135,12 @@ class SelfTrained(WrapsEstimator):
         info = self_train(self.student_, samples, y, self.pool, teacher.predict_proba(self.pool), self.threshold)
         return {**info, "teacher_warm_start": warm, "teacher": "given" if self.teacher is not None else "fitted"}
 
-    def predict_proba(self, X: Sequence[Sample]) -> np.ndarray:
-        return self.student_.predict_proba(X)
 
-    def _save(self, folder: Path) -> None:
-        self.student_._save(folder)  # saved as the student's kind: loads without this wrapper
-
-    @classmethod
-    def _load(cls, folder: Path, classes: list[str]) -> "Classifier":
-        raise TypeError("a self-trained model is saved as its student's kind")
-
-
-class ConsistencyTrained(SelfTrained):
+class ConsistencyTrained(PoolTrained):
     """The pool used by consistency training instead (FixMatch, :func:`~labeler.models.classifiers.cnn.fixmatch_loss`):
     one fit of a clone of ``estimator`` (a CNN with ``consistency > 0``) on the labels, with ``pool``
     as its unlabelled images. No teacher is fitted; a given ``teacher`` (the serving version) only
     lends its weights as the starting point, as in :class:`SelfTrained`."""
-
-    def __init__(self, estimator: Classifier, pool: Sequence[Sample], teacher: Frozen | None = None) -> None:
-        super().__init__(estimator, pool, threshold=1.0, teacher=teacher)
 
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
         self.student_ = clone(self.estimator)

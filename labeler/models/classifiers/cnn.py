@@ -54,6 +54,7 @@ from labeler.models.classifiers.pixels import (
     weak_augment,
 )
 
+PROBE_IMAGES = 2048  # labelled images the linear probe of a cold fit sees (a random subset of more)
 MAX_UNLABELLED = 4096  # pool images a consistency fit holds (a random subset of a larger pool, drawn with the seed)
 
 
@@ -79,8 +80,11 @@ class CNNClassifier(Classifier):
                  max_steps: int = 400, min_steps: int = 150, pretrained: bool = True,
                  progress: bool = True, warm_fraction: float = 0.35, warm_min_steps: int = 60,
                  encoder: str | None = None, consistency: float = 0.0, consistency_threshold: float = 0.95,
-                 unlabelled_ratio: int = 2) -> None:
+                 unlabelled_ratio: int = 2, probe: bool = False) -> None:
         super().__init__(classes, seed)
+        # A cold fit's head starts as a linear probe of the pretrained features (LP-FT). Off: on digits it
+        # helped with one label per class and hurt with ten (README, "Learning from few labels").
+        self.probe = probe
         self.consistency, self.consistency_threshold = consistency, consistency_threshold
         self.unlabelled_ratio = unlabelled_ratio
         self.encoder = encoder  # a self-supervised encoder (labeler.models.pretrain) to start from
@@ -165,15 +169,51 @@ class CNNClassifier(Classifier):
         yt = self._targets(y).to(device)
         pool = self._pool_tensor(g, device)
         steps = self.steps_for(len(yt))
+        probed = self.probe and not warm and self._probe_head(x, y, g)
         self._init = None  # one warm start per call
         masked = self._optimise(x, yt, pool, self._loss_fn(y, device), steps, g)
         self.net_.eval()
         info = {"train_seconds": time.perf_counter() - t0, "steps": steps,
                 "epochs": round(steps / math.ceil(len(yt) / self.batch_size), 2), "imagenet_init": loaded,
-                "warm_start": warm, "encoder": bool(self.encoder) and not warm}
+                "warm_start": warm, "encoder": bool(self.encoder) and not warm, "probed_head": probed}
         if pool is not None:
             info.update(unlabelled=len(pool), confident_share=round(masked, 4))
         return info
+
+    def _probe_head(self, x: torch.Tensor, y: np.ndarray, g: torch.Generator) -> bool:
+        """Linear probing, then fine-tuning (LP-FT, Kumar et al., 2022): the new head starts as a linear
+        probe (:meth:`_probe_weights`) of the frozen features of the labelled images and a weak view of
+        each, so the first steps do not push a random head's gradients into the pretrained features. It
+        matters most with a handful of labels. False where no probe could be fitted (head left random)."""
+        pick = torch.randperm(len(x), generator=g)[:PROBE_IMAGES]
+        targets = self._targets(y).numpy()[pick.numpy()]
+        self.net_.eval()
+        with torch.no_grad():
+            xp = x[pick.to(x.device)]
+            views = logits_input(torch.cat([xp, weak_augment(xp, g)]))
+            feats = nn.functional.adaptive_avg_pool2d(self.net_.features(views), 1).flatten(1).cpu().numpy()
+        fitted = self._probe_weights(feats, np.concatenate([targets, targets]))
+        if fitted is None:
+            return False
+        head = self.net_.classifier[1]
+        assert isinstance(head, nn.Linear)
+        with torch.no_grad():
+            head.weight.copy_(torch.as_tensor(fitted[0]))
+            head.bias.copy_(torch.as_tensor(fitted[1]))
+        return True
+
+    def _probe_weights(self, feats: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(weight, bias) of the head from a balanced logistic regression of ``targets`` (class indices) on
+        ``feats``; None when some class has no label."""
+        from sklearn.linear_model import LogisticRegression
+
+        if len(np.unique(targets)) != len(self.classes):
+            return None
+        probe = LogisticRegression(max_iter=500, class_weight="balanced").fit(feats, targets)
+        w, b = probe.coef_, probe.intercept_
+        if len(self.classes) == 2:  # one logit difference: split it between the two outputs
+            w, b = np.vstack([-w / 2, w / 2]), np.array([-b[0] / 2, b[0] / 2])
+        return w, b
 
     def _pool_tensor(self, g: torch.Generator, device: torch.device) -> torch.Tensor | None:
         """The unlabelled images of a consistency fit (at most ``MAX_UNLABELLED``, drawn with the seed)."""

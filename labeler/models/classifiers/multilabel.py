@@ -140,6 +140,16 @@ class MultiLabelCNN(MultiLabel, CNNClassifier):
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()
 
+    def _probe_weights(self, feats: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """A balanced logistic regression per class (its sigmoid's weights); None when some class's labels
+        are all positive or all negative."""
+        from sklearn.linear_model import LogisticRegression
+
+        if not all(len(np.unique(col)) == 2 for col in targets.T):
+            return None
+        probes = [LogisticRegression(max_iter=500, class_weight="balanced").fit(feats, col) for col in targets.T]
+        return np.vstack([p.coef_ for p in probes]), np.concatenate([p.intercept_ for p in probes])
+
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
         info = super()._fit(samples, y)
         self._start_thresholds()
