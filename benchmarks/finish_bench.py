@@ -107,7 +107,8 @@ def _queue_job(set_name: str, csv: str, fraction: float, strategy: str, seed: in
 
 
 def _encoder_dir(cache: Path, set_name: str) -> Path:
-    """Where a set's encoder is kept: pretrained on the whole set (no labels), also for --pool-fractions."""
+    """Where a set's encoder is kept: pretrained on the whole set (no labels; so +pretrain needs
+    --pool-fractions 1)."""
     return cache / f"{set_name}-encoder"
 
 
@@ -155,6 +156,9 @@ def main() -> None:
     budgets = dict(kv.split("=") for kv in args.budget.split(","))
     fractions = [float(f) for f in args.pool_fractions.split(",")]
     strategies = args.strategies.split(",")
+    if any(s.endswith("+pretrain") for s in strategies) and any(f < 1 for f in fractions):
+        # the encoder is the whole set's: a subsampled project would not have the other images to pretrain on
+        raise SystemExit("+pretrain strategies run on whole sets only (--pool-fractions 1)")
     threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
     jobs = []
     for set_name in args.sets.split(","):
