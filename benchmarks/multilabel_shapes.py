@@ -9,6 +9,9 @@ with cross-fitted thresholds (each item decided by thresholds tuned on the
 other folds), plus the training time.
 
     python benchmarks/multilabel_shapes.py [--n 300] [--seed 0] [--out test-artefacts/multilabel_shapes.json]
+
+``--encoder-steps N --seeds S`` (issue 23) adds, on each of ``S`` data sets, the same fits from a SimCLR
+encoder pretrained ``N`` steps on the set's images (no labels), as a multi-label CNN project does.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from labeler.learning.training import is_holdout
 from labeler.models.calibration import fit_thresholds
 from labeler.models.classifiers import Sample
 from labeler.models.classifiers.multilabel import MultiLabelCNN
+from labeler.models.pretrain import pretrain_encoder, save_encoder
 
 CLASSES = ["person", "animal", "vehicle", "building", "text"]  # templates/multilabel.xml: shape k = class k
 
@@ -38,30 +42,54 @@ def summary(m: dict) -> dict:
         "rare_f1": round(m["per_class"][CLASSES[-1]]["f1"], 4)}
 
 
+def run(samples: list[Sample], Y: np.ndarray, seed: int, encoder: str | None) -> dict:
+    """One fit and evaluation as a project trains (hold-out or cross-validation), from ImageNet weights or
+    from ``encoder``."""
+    task_ids = list(range(1, len(Y) + 1))
+    split = choose_split(task_ids, Y, is_holdout)
+    t = time.perf_counter()
+    clf, P, groups = fit_and_evaluate(MultiLabelCNN(CLASSES, seed=seed, progress=False, encoder=encoder), samples, Y,
+                                      split, task_ids, seed, lambda step: None)
+    Ye = Y[split.evaluate]
+    return {"evaluation": split.method, "n_eval": int(len(Ye)), "train_seconds": round(time.perf_counter() - t, 1),
+            "served_thresholds": np.round(fit_thresholds(P, Ye), 3).tolist(),
+            "at_0.5": summary(evaluate_multilabel(Ye, P, CLASSES)),
+            "cross_fitted": summary(evaluate_multilabel(Ye, P, CLASSES, cross_fitted_thresholds(P, Ye, groups)))}
+
+
+def one_seed(n: int, seed: int, encoder_steps: int, tmp: Path) -> dict:
+    truth = synthetic_shapes(tmp / f"s{seed}", n, seed=seed)
+    samples = [Sample(Image.open(tmp / f"s{seed}" / name).convert("RGB")) for name in truth]
+    Y = np.array(list(truth.values()), dtype=int)
+    result = {"seed": seed, "positives": Y.sum(0).tolist(), "imagenet": run(samples, Y, seed, None)}
+    if encoder_steps:  # as a project: SimCLR on all its images (no labels), then the same fits from it
+        state, info = pretrain_encoder(samples, steps=encoder_steps, seed=seed, progress=True)
+        path = save_encoder(state, tmp / f"enc{seed}")
+        result["simclr"] = run(samples, Y, seed, str(path)) | {"pretrain_seconds": round(info["pretrain_seconds"], 1)}
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=1, help="data sets (seed, seed + 1, ...)")
+    ap.add_argument("--encoder-steps", type=int, default=0,
+                    help="also start the CNN from a SimCLR encoder pretrained this many steps on the images")
     ap.add_argument("--out", type=Path, default=Path("test-artefacts/multilabel_shapes.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        truth = synthetic_shapes(Path(tmp), args.n, seed=args.seed)
-        samples = [Sample(Image.open(Path(tmp) / name).convert("RGB")) for name in truth]
-    Y = np.array(list(truth.values()), dtype=int)
-    task_ids = list(range(1, args.n + 1))
-    split = choose_split(task_ids, Y, is_holdout)
-    t = time.perf_counter()
-    clf, P, groups = fit_and_evaluate(MultiLabelCNN(CLASSES, seed=args.seed, progress=False), samples, Y, split,
-                                      task_ids, args.seed, print)
-    seconds = time.perf_counter() - t
-    Ye = Y[split.evaluate]
-    result = {"n": args.n, "evaluation": split.method, "n_eval": int(len(Ye)), "positives": Y.sum(0).tolist(),
-              "train_seconds": round(seconds, 1), "served_thresholds": np.round(fit_thresholds(P, Ye), 3).tolist(),
-              "at_0.5": summary(evaluate_multilabel(Ye, P, CLASSES)),
-              "cross_fitted": summary(evaluate_multilabel(Ye, P, CLASSES, cross_fitted_thresholds(P, Ye, groups)))}
-    print(json.dumps(result, indent=2))
+        runs = [one_seed(args.n, args.seed + i, args.encoder_steps, Path(tmp)) for i in range(args.seeds)]
+    arms = [a for a in ("imagenet", "simclr") if a in runs[0]]
+    print(f"\n{args.n} images, {args.seeds} data sets; cross-fitted thresholds, mean (min..max) over data sets")
+    print(f"{'start':<10} " + " ".join(f"{k:>22}" for k in ("macro_f1", "subset_accuracy", "rare_f1", "train_seconds")))
+    for arm in arms:
+        cols = [[r[arm]["cross_fitted"][k] for r in runs] for k in ("macro_f1", "subset_accuracy", "rare_f1")]
+        cols.append([r[arm]["train_seconds"] for r in runs])
+        print(f"{arm:<10} " + " ".join(f"{np.mean(c):>8.4f} ({min(c):.3f}..{max(c):.3f})" for c in cols))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    args.out.write_text(json.dumps(runs, indent=2))
 
 
 if __name__ == "__main__":

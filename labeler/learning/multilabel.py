@@ -28,6 +28,7 @@ import hashlib
 import logging
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import clone
@@ -176,11 +177,12 @@ def estimator_for(kind: str, classes: list[str], seed: int) -> Classifier:
 
 
 def train(predictor: Predictor, project: str, data: LabelledSet, classes: list[str], kind: str,
-          report: Callable[[str], None]) -> tuple[Classifier, dict]:
+          report: Callable[[str], None], encoder: tuple[str, Path] | None = None) -> tuple[Classifier, dict]:
     """Fit, tune thresholds, evaluate and compare a multi-label version; returns (model, meta).
 
-    ``meta`` holds what :func:`labeler.learning.training.train_project` registers, ``promoted``
-    and ``promotion_reason`` included.
+    ``encoder``: the project's self-supervised encoder (version, file), which a CNN starts from
+    (:mod:`labeler.learning.pretraining`). ``meta`` holds what
+    :func:`labeler.learning.training.train_project` registers, ``promoted`` and ``promotion_reason`` included.
     """
     s = predictor.settings
     counts = check_counts(data.y, classes, s.min_per_class, len(data.bad))
@@ -188,7 +190,10 @@ def train(predictor: Predictor, project: str, data: LabelledSet, classes: list[s
     Y = np.asarray(data.y, dtype=int)
     task_ids = [lab.task_id for lab, _ in data.keep]
     split = choose_split(task_ids, Y, is_holdout)
-    clf, proba, groups = fit_and_evaluate(estimator_for(kind, classes, s.seed), samples, Y, split, task_ids,
+    estimator = estimator_for(kind, classes, s.seed)
+    if encoder is not None:
+        estimator.set_params(encoder=str(encoder[1]))
+    clf, proba, groups = fit_and_evaluate(estimator, samples, Y, split, task_ids,
                                           s.seed, lambda step: report(f"{kind} (multi-label): {step}"))
     Ye = Y[split.evaluate]
     clf.thresholds_ = fit_thresholds(proba, Ye)
@@ -196,6 +201,7 @@ def train(predictor: Predictor, project: str, data: LabelledSet, classes: list[s
     meta: dict = {"kind": clf.kind, "multilabel": True, "classes": classes, "class_counts": counts,
                   "thresholds": clf.thresholds_.tolist(), "skipped_tasks": data.skipped_tasks,
                   "self_training": None, "train_info": clf.fit_info_, "evaluation": split.method,
+                  "encoder": encoder[0] if encoder else None,
                   "n_train": int(len(split.train)), "n_eval": int(len(split.evaluate)),
                   "metrics": evaluate_multilabel(Ye, proba, classes, eval_t),
                   "trained_tasks": sorted(int(task_ids[i]) for i in split.train) if split.folds else None}
