@@ -10,8 +10,9 @@ other folds), plus the training time.
 
     python benchmarks/multilabel_shapes.py [--n 300] [--seed 0] [--out test-artefacts/multilabel_shapes.json]
 
-``--encoder-steps N --seeds S`` (issue 23) adds, on each of ``S`` data sets, the same fits from a SimCLR
-encoder pretrained ``N`` steps on the set's images (no labels), as a multi-label CNN project does.
+``--encoder-steps N --seeds S --labels 30,60`` (issue 23) adds, on each of ``S`` data sets, the same fits from a
+SimCLR encoder pretrained ``N`` steps on all the set's images (no labels), as a multi-label CNN project does;
+``--labels`` fits on the first k images only (the rest unlabelled, seen by the encoder).
 """
 
 from __future__ import annotations
@@ -57,17 +58,28 @@ def run(samples: list[Sample], Y: np.ndarray, seed: int, encoder: str | None) ->
             "cross_fitted": summary(evaluate_multilabel(Ye, P, CLASSES, cross_fitted_thresholds(P, Ye, groups)))}
 
 
-def one_seed(n: int, seed: int, encoder_steps: int, tmp: Path) -> dict:
+def one_seed(n: int, seed: int, encoder_steps: int, labels: list[int], tmp: Path) -> list[dict]:
+    """For each labelled size (the first ``k`` images; all ``n`` when 0), the fits from ImageNet and, with
+    ``encoder_steps``, from SimCLR pretrained on all ``n`` images, as a project's encoder sees its unlabelled
+    tasks too."""
     truth = synthetic_shapes(tmp / f"s{seed}", n, seed=seed)
     samples = [Sample(Image.open(tmp / f"s{seed}" / name).convert("RGB")) for name in truth]
     Y = np.array(list(truth.values()), dtype=int)
-    result = {"seed": seed, "positives": Y.sum(0).tolist(), "imagenet": run(samples, Y, seed, None)}
-    if encoder_steps:  # as a project: SimCLR on all its images (no labels), then the same fits from it
+    path = None
+    if encoder_steps:
         state, info = pretrain_encoder(samples, steps=encoder_steps, seed=seed, progress=True)
-        path = save_encoder(state, tmp / f"enc{seed}")
-        result["simclr"] = run(samples, Y, seed, str(path)) | {"pretrain_seconds": round(info["pretrain_seconds"], 1)}
-    print(json.dumps(result), flush=True)
-    return result
+        path = str(save_encoder(state, tmp / f"enc{seed}"))
+        print(f"seed {seed}: SimCLR {encoder_steps} steps on {n} images, {info['pretrain_seconds']:.0f} s", flush=True)
+    results = []
+    for k in labels:
+        k = k or n
+        result = {"seed": seed, "labels": k, "positives": Y[:k].sum(0).tolist(),
+                  "imagenet": run(samples[:k], Y[:k], seed, None)}
+        if path:
+            result["simclr"] = run(samples[:k], Y[:k], seed, path)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    return results
 
 
 def main() -> None:
@@ -77,17 +89,23 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="data sets (seed, seed + 1, ...)")
     ap.add_argument("--encoder-steps", type=int, default=0,
                     help="also start the CNN from a SimCLR encoder pretrained this many steps on the images")
+    ap.add_argument("--labels", default="0", help="labelled sizes to fit, e.g. 30,60 (the first k images; 0: all)")
     ap.add_argument("--out", type=Path, default=Path("test-artefacts/multilabel_shapes.json"))
     args = ap.parse_args()
+    sizes = [int(k) for k in args.labels.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [one_seed(args.n, args.seed + i, args.encoder_steps, Path(tmp)) for i in range(args.seeds)]
-    arms = [a for a in ("imagenet", "simclr") if a in runs[0]]
+        runs = [r for i in range(args.seeds) for r in one_seed(args.n, args.seed + i, args.encoder_steps, sizes, Path(tmp))]
     print(f"\n{args.n} images, {args.seeds} data sets; cross-fitted thresholds, mean (min..max) over data sets")
-    print(f"{'start':<10} " + " ".join(f"{k:>22}" for k in ("macro_f1", "subset_accuracy", "rare_f1", "train_seconds")))
-    for arm in arms:
-        cols = [[r[arm]["cross_fitted"][k] for r in runs] for k in ("macro_f1", "subset_accuracy", "rare_f1")]
-        cols.append([r[arm]["train_seconds"] for r in runs])
-        print(f"{arm:<10} " + " ".join(f"{np.mean(c):>8.4f} ({min(c):.3f}..{max(c):.3f})" for c in cols))
+    print(f"{'labels':>6} {'start':<9} " + " ".join(f"{k:>22}" for k in ("macro_f1", "subset_accuracy", "rare_f1",
+                                                                         "train_seconds")))
+    for k in sorted({r["labels"] for r in runs}):
+        for arm in ("imagenet", "simclr"):
+            rows = [r[arm] for r in runs if r["labels"] == k and arm in r]
+            if not rows:
+                continue
+            cols = [[r["cross_fitted"][m] for r in rows] for m in ("macro_f1", "subset_accuracy", "rare_f1")]
+            cols.append([r["train_seconds"] for r in rows])
+            print(f"{k:>6} {arm:<9} " + " ".join(f"{np.mean(c):>8.3f} ({min(c):.3f}..{max(c):.3f})" for c in cols))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(runs, indent=2))
 
