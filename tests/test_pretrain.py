@@ -212,32 +212,35 @@ def test_a_failed_pretraining_is_not_retried_until_the_project_grows(tmp_path, m
 
 
 def test_a_multi_label_cnn_project_trains_from_its_encoder(tmp_path, monkeypatch):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
     from labeler.config import Settings
     from labeler.dev.shapes import synthetic_shapes
     from labeler.learning import multilabel
     from labeler.learning.labelled import LabelledSet
     from labeler.models.classifiers.multilabel import MultiLabelCNN
+    from labeler.models.encoders import encoder_registry
     from labeler.models.predictor import Predictor
     from labeler.studio.tasks import Labelled
 
     truth = synthetic_shapes(tmp_path / "images", 30, seed=1)
     samples = [Sample(Image.open(tmp_path / "images" / name).convert("RGB")) for name in truth]
     state, _ = pretrain_encoder(samples, input_size=32, steps=2, batch=8, progress=False)
-    path = save_encoder(state, tmp_path / "enc")
+    s = Settings(model_dir=tmp_path / "models", zeroshot_model=None, classifier="cnn", min_per_class=1,
+                 pretrain_min_images=2)
+    reg = encoder_registry(s)  # the project's current encoder, already pretrained on its 30 images
+    version = reg.add("5", lambda folder: (save_encoder(state, folder), {"kind": "simclr", "images": 30})[1])
+    reg.promote("5", version)
     classes = ["person", "animal", "vehicle", "building", "text"]
-    keep = [(Labelled(i, f"u{i}", ""), SimpleItem(s)) for i, s in enumerate(samples, 1)]
+    keep = [(Labelled(i, f"u{i}", ""), SimpleNamespace(decoded=x)) for i, x in enumerate(samples, 1)]
     data = LabelledSet(keep, [], np.array(list(truth.values()), dtype=int), 0, [])
     # the project's estimator, only with fewer steps: the wiring is under test, not the fit
     monkeypatch.setattr(multilabel, "estimator_for", lambda kind, cl, seed: MultiLabelCNN(
         cl, seed=seed, max_steps=2, min_steps=2, input_size=32, progress=False))
-    predictor = Predictor(Settings(model_dir=tmp_path / "models", zeroshot_model=None, classifier="cnn", min_per_class=1))
-    clf, meta = multilabel.train(predictor, "5", data, classes, "cnn", lambda s: None, ("v1-simclr", path))
-    assert meta["encoder"] == "v1-simclr" and meta["train_info"]["encoder"] is True
-    assert clf.encoder == str(path) and clf.predict_proba(samples[:2]).shape == (2, 5)
-    _, plain = multilabel.train(predictor, "5", data, classes, "cnn", lambda s: None)
+    clf, meta = multilabel.train(Predictor(s), "5", data, classes, "cnn", lambda m: None)
+    assert meta["encoder"] == version and meta["train_info"]["encoder"] is True
+    assert clf.encoder == str(reg.path("5", version) / "encoder.pt") and clf.predict_proba(samples[:2]).shape == (2, 5)
+    _, plain = multilabel.train(Predictor(replace(s, pretrain="off")), "5", data, classes, "cnn",
+                                lambda m: None)
     assert plain["encoder"] is None and plain["train_info"]["encoder"] is False
-
-
-class SimpleItem:
-    def __init__(self, sample):
-        self.decoded = sample

@@ -28,7 +28,6 @@ import hashlib
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 from sklearn.base import clone
@@ -37,6 +36,7 @@ from sklearn.model_selection import StratifiedKFold
 from labeler.errors import TrainingError
 from labeler.learning.labelled import LabelledSet
 from labeler.learning.metrics import evaluate_multilabel
+from labeler.learning.pretraining import ensure_encoder
 from labeler.learning.promotion import HOLDOUT_MIN, Split, decide_promotion, is_holdout, unseen_by
 from labeler.models.calibration import fit_thresholds
 from labeler.models.classifiers import Classifier, Sample
@@ -177,15 +177,17 @@ def estimator_for(kind: str, classes: list[str], seed: int) -> Classifier:
 
 
 def train(predictor: Predictor, project: str, data: LabelledSet, classes: list[str], kind: str,
-          report: Callable[[str], None], encoder: tuple[str, Path] | None = None) -> tuple[Classifier, dict]:
+          report: Callable[[str], None], conn=None) -> tuple[Classifier, dict]:
     """Fit, tune thresholds, evaluate and compare a multi-label version; returns (model, meta).
 
-    ``encoder``: the project's self-supervised encoder (version, file), which a CNN starts from
-    (:mod:`labeler.learning.pretraining`). ``meta`` holds what
-    :func:`labeler.learning.training.train_project` registers, ``promoted`` and ``promotion_reason`` included.
+    Once the labels suffice, a CNN starts from the project's self-supervised encoder, pretrained first
+    where :func:`labeler.learning.pretraining.ensure_encoder` says so (``conn`` fetches its images), as
+    a single-label project does. ``meta`` holds what :func:`labeler.learning.training.train_project`
+    registers, ``promoted`` and ``promotion_reason`` included.
     """
     s = predictor.settings
     counts = check_counts(data.y, classes, s.min_per_class, len(data.bad))
+    encoder = ensure_encoder(predictor, project, data, conn, kind, report)
     samples = [it.decoded for _, it in data.keep]
     Y = np.asarray(data.y, dtype=int)
     task_ids = [lab.task_id for lab, _ in data.keep]

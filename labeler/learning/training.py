@@ -287,8 +287,7 @@ def train_project(predictor: Predictor, project: str, studio: Studio, trigger: s
                          None if config.multiple else model_voter(predictor, list(config.classes)))
     if config.multiple:
         kind = choose_kind(predictor.settings.classifier, predictor.scorer is not None)
-        encoder = ensure_encoder(predictor, project, data, studio.conn, kind, report)
-        clf, meta = multilabel.train(predictor, project, data, list(config.classes), kind, report, encoder)
+        clf, meta = multilabel.train(predictor, project, data, list(config.classes), kind, report, studio.conn)
         meta.update(prompts={c: list(config.prompts[c]) for c in config.classes}, trigger=trigger,
                     unreadable_images=[{"task": t, "error": e} for t, e in data.bad][:100])
     else:
