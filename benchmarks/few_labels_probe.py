@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 from sklearn.semi_supervised import LabelSpreading
 
+from labeler.config import Settings
 from labeler.learning.datasets import read_labels
 from labeler.learning.levers import simulation_encoder
 from labeler.models.classifiers import CNNClassifier, Sample
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--per-class", default="1,3,10")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--holdout", type=int, default=300)
-    ap.add_argument("--pretrain-steps", type=int, default=300)
+    ap.add_argument("--pretrain-steps", type=int, default=Settings.pretrain_steps)
     ap.add_argument("--no-cnn", action="store_true", help="frozen features only")
     args = ap.parse_args()
     data = read_labels(args.labels, progress=False)

@@ -9,21 +9,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import click
 
 from labeler import __version__
+from labeler.config import Settings  # light: the standard library only
 
 # torch, transformers and the Label Studio SDK are imported inside the commands that use
 # them, so --help, --version and argument errors answer at once.
-if TYPE_CHECKING:
-    from labeler.config import Settings
 
 
 def _settings(**overrides) -> Settings:
-    from labeler.config import Settings
-
     return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -387,7 +384,8 @@ def review(project, no_publish, url, api_key, model_dir) -> None:
                                                   "default, all (every lever) and all-X (every lever but X).")
 @click.option("--full-data", is_flag=True, help="Also fit every model on all labels outside the hold-out, and report "
                                                  "the labels each curve needs to reach 95 % and 99 % of that.")
-@click.option("--pretrain-steps", default=300, show_default=True, help="With --levers pretrain: SimCLR steps.")
+@click.option("--pretrain-steps", default=Settings.pretrain_steps, show_default=True,
+              help="With --levers pretrain: SimCLR steps.")
 @click.option("--typical-per-class", default=0, show_default=True,  # strategies.TYPICAL_PER_CLASS
               help="With --levers typiclust: typical images while there is no model, then until this many labels per class.")
 def simulate(images, labels_csv, strategies, budget, batch, start, start_per_class, holdout, seeds, classifier, zeroshot_model,

@@ -48,7 +48,8 @@ class Settings:
     consistency: str = "auto"                  # LABELER_CONSISTENCY: FixMatch, not self-training: auto (3+ classes), on, off
     ensemble: str = "auto"                     # LABELER_ENSEMBLE: serve three CNNs averaged: auto (< 300 labels), on, off
     pretrain: str = "auto"                     # LABELER_PRETRAIN: auto (self-supervised encoder for the CNN), off
-    pretrain_steps: int = 300                  # LABELER_PRETRAIN_STEPS: SimCLR optimiser steps (128 images each)
+    pretrain_steps: int = 900                  # LABELER_PRETRAIN_STEPS: SimCLR optimiser steps (128 images each;
+    #                                            300 left the encoder half-trained: README, Learning from few labels)
     pretrain_min_images: int = 200             # LABELER_PRETRAIN_MIN_IMAGES: fewer task images: ImageNet weights only
     pretrain_max_images: int = 10_000          # LABELER_PRETRAIN_MAX_IMAGES: a stable sample of larger projects
     admin_token: str | None = None             # LABELER_ADMIN_TOKEN: Bearer token for /admin/* (unset = admin API off)

@@ -50,8 +50,20 @@ def test_pretraining_changes_the_encoder_and_the_cnn_starts_from_it(tmp_path):
     cnn = CNNClassifier(["open", "closed"], encoder=str(path), max_steps=2, min_steps=2, input_size=32,
                         progress=False)
     cnn.fit(samples, y)
-    assert cnn.fit_info_["encoder"] is True
+    assert cnn.fit_info_["encoder"] is True and cnn.fit_info_["probe_only"] is False
     assert cnn.predict_proba(samples[:3]).shape == (3, 2)
+
+    # One label of a class: only the head is fitted (a linear probe), the encoder's weights stay as they were.
+    one = [int(np.flatnonzero(y == 0)[0]), *np.flatnonzero(y == 1)[:3].tolist()]
+    probe = CNNClassifier(["open", "closed"], encoder=str(path), input_size=32, progress=False)
+    probe.fit([samples[i] for i in one], y[one])
+    assert probe.fit_info_["probe_only"] is True and probe.fit_info_["steps"] == 0 and probe.fit_info_["probed_head"]
+    assert all(torch.equal(v, state[k]) for k, v in probe.net_.features.state_dict().items())
+    p = probe.predict_proba([samples[i] for i in one])
+    assert p.shape == (4, 2) and (p.argmax(1) == y[one]).all(), "a probe fits its own labels"
+    warm = CNNClassifier(["open", "closed"], encoder=str(path), input_size=32, progress=False)
+    assert not warm.init_from(probe), "nothing fine-tuned to start from: the next fit is cold"
+    assert warm.init_from(cnn)
 
 
 def test_typiclust_takes_the_dense_middle_of_each_uncovered_cluster():
@@ -78,6 +90,8 @@ def test_typiclust_skips_covered_clusters_and_never_returns_a_chosen_item():
 
 
 def test_pretraining_runs_once_per_project_until_it_doubles(tmp_path):
+    from dataclasses import replace
+
     from labeler.config import Settings
     from labeler.learning.pretraining import needs_pretraining
     from labeler.models.encoders import current_encoder, encoder_registry, serving_encoder
@@ -93,6 +107,11 @@ def test_pretraining_runs_once_per_project_until_it_doubles(tmp_path):
     assert needs_pretraining(s, "7", 159) is None, "retraining reuses the encoder"
     assert "grew from 80 to 160" in (needs_pretraining(s, "7", 160) or "")
     assert needs_pretraining(Settings(model_dir=tmp_path, pretrain="off"), "7", 10_000) is None
+    short = reg.add("7", lambda folder: (save_encoder({"w": torch.zeros(1)}, folder), {"images": 80, "steps": 300})[1])
+    reg.promote("7", short)
+    assert "had 300 SimCLR steps" in (needs_pretraining(replace(s, pretrain_steps=900), "7", 100) or "")
+    assert needs_pretraining(replace(s, pretrain_steps=300), "7", 100) is None, "as many steps as asked"
+    reg.promote("7", version)
     assert current_encoder(Settings(model_dir=tmp_path, pretrain="off"), "7") is None
 
     models = Registry(tmp_path)

@@ -2,7 +2,8 @@
 
 SimCLR (:mod:`labeler.models.pretrain`) on the project's task images, labelled or not, needs no labels
 and is the same for every retraining, so the training job runs it only when the project has no encoder
-yet, or has grown to ``GROWTH`` times the images its encoder saw; retraining then costs what it did.
+yet, has grown to ``GROWTH`` times the images its encoder saw, or its encoder had fewer steps than
+``LABELER_PRETRAIN_STEPS`` asks for (an upgrade's longer default); retraining then costs what it did.
 Encoders live in a registry of their own (``MODEL_DIR/encoders/projects/<p>/versions/v1-simclr``, or
 ``<LABELER_REGISTRY_URL>/encoders``), written atomically like model versions, so a crash mid-way
 leaves the previous encoder in use. The CNN classifier starts from the current one and the queue's
@@ -48,9 +49,12 @@ def needs_pretraining(settings, project: str, n_images: int) -> str | None:
     version = reg.current(str(project))
     if version is None:
         return f"no encoder yet ({n_images} images)"
-    seen = int(reg.meta(str(project), version).get("images", 0))
+    meta = reg.meta(str(project), version)
+    seen = int(meta.get("images", 0))
     if n_images >= GROWTH * seen and seen < settings.pretrain_max_images:
         return f"the project grew from {seen} to {n_images} images"
+    if int(meta.get("steps") or settings.pretrain_steps) < settings.pretrain_steps:  # e.g. an older default
+        return f"its encoder had {meta['steps']} SimCLR steps, LABELER_PRETRAIN_STEPS asks for {settings.pretrain_steps}"
     return None
 
 

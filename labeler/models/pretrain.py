@@ -55,7 +55,7 @@ class _SimCLR(nn.Module):
         return self.head(h)
 
 
-def pretrain_encoder(samples: Sequence[Sample], input_size: int = 48, steps: int = 300, batch: int = 128,
+def pretrain_encoder(samples: Sequence[Sample], steps: int, input_size: int = 48, batch: int = 128,
                      lr: float = 1e-3, temperature: float = 0.2, seed: int = 0,
                      progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """SimCLR on ``samples`` from the ImageNet MobileNetV2; returns (the encoder's ``features`` state
