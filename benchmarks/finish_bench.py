@@ -20,7 +20,8 @@ pool size.
 A strategy ``S+pretrain`` (e.g. ``margin_diverse+pretrain``) runs the queue as the backend does once a
 project has a self-supervised encoder (issue 23): the CNN starts from SimCLR on the set's images
 (pretrained once per set, no labels, cached in ``--cache``), the diversity features come from it and
-TypiClust chooses while there is no model.
+TypiClust chooses while there is no model. ``+ensemble`` (e.g. ``margin_diverse+pretrain+ensemble``, the
+backend's default below 300 labels) trains three CNNs from three seeds and averages them.
 """
 
 from __future__ import annotations
@@ -81,20 +82,26 @@ def _queue_job(set_name: str, csv: str, fraction: float, strategy: str, seed: in
     keep = _subsample(y_all, fraction, seed)
     samples = [Sample(data.images()[i]) for i in keep]
     y = y_all[keep]
-    base, _, lever = strategy.partition("+")
-    estimator, options = make_classifier("cnn", classes), {}
-    if lever not in ("", "pretrain"):
-        raise SystemExit(f"strategy {strategy!r}: the only lever here is +pretrain")
-    if lever == "pretrain":
+    base, *levers = strategy.split("+")
+    if set(levers) - {"pretrain", "ensemble"}:
+        raise SystemExit(f"strategy {strategy!r}: the levers here are +pretrain and +ensemble")
+    options: dict = {}
+    encoder = None
+    if "pretrain" in levers:
         from labeler.models.pretrain import ENCODER_FILE
         from labeler.models.strategies import encoder_features
 
         encoder = str(_encoder_dir(Path(out).parent, set_name) / ENCODER_FILE)
         features = encoder_features(samples, encoder)
-        estimator = make_classifier("cnn", classes, encoder=encoder)
         options = {"cold_start": "typiclust", "typical_until": 0}
     else:
         features = imagenet_features(samples)
+    estimator = make_classifier("cnn", classes, encoder=encoder)
+    if "ensemble" in levers:  # as the backend below LABELER_ENSEMBLE's 300 labels: three seeds averaged
+        from labeler.learning.levers import ENSEMBLE_MEMBERS
+        from labeler.models.classifiers import Ensemble
+
+        estimator = Ensemble(estimator, members=ENSEMBLE_MEMBERS)
     t = time.perf_counter()
     try:
         q = queue_phase(samples, y, classes, base, budget, batch, seed, estimator,
@@ -114,13 +121,14 @@ def _encoder_dir(cache: Path, set_name: str) -> Path:
 
 def _pretrain_sets(sets: dict[str, str], cache: Path) -> None:
     """The SimCLR encoder of each set's images, once, before the queue phases that start from it."""
+    from labeler.config import Settings
     from labeler.learning.datasets import read_labels
     from labeler.learning.levers import simulation_encoder
     from labeler.models.classifiers import Sample
 
     for name, csv in sets.items():
         samples = [Sample(im) for im in read_labels(csv, progress=False).images()]
-        path, info = simulation_encoder(samples, _encoder_dir(cache, name), steps=300)
+        path, info = simulation_encoder(samples, _encoder_dir(cache, name), steps=Settings.pretrain_steps)
         print(f"{name}: encoder {path} ({'reused' if info.get('reused') else 'pretrained'}, "
               f"{info['pretrain_seconds']} s)", flush=True)
 
@@ -156,7 +164,7 @@ def main() -> None:
     budgets = dict(kv.split("=") for kv in args.budget.split(","))
     fractions = [float(f) for f in args.pool_fractions.split(",")]
     strategies = args.strategies.split(",")
-    if any(s.endswith("+pretrain") for s in strategies) and any(f < 1 for f in fractions):
+    if any("pretrain" in s.split("+") for s in strategies) and any(f < 1 for f in fractions):
         # the encoder is the whole set's: a subsampled project would not have the other images to pretrain on
         raise SystemExit("+pretrain strategies run on whole sets only (--pool-fractions 1)")
     threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
@@ -172,7 +180,7 @@ def main() -> None:
                                      args.batch, str(out), threads))
     t0 = time.perf_counter()
     if jobs and not args.report_only:
-        _pretrain_sets({j[0]: j[1] for j in jobs if j[3].endswith("+pretrain")}, cache)
+        _pretrain_sets({j[0]: j[1] for j in jobs if "pretrain" in j[3].split("+")}, cache)
         print(f"{len(jobs)} queue phases to run, {args.jobs} at a time, {threads} torch threads each", flush=True)
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as ex:  # CUDA-safe
             for fut in as_completed([ex.submit(_queue_job, *j) for j in jobs]):
@@ -222,6 +230,14 @@ def scaling(args, cache: Path, parts: list[float]) -> None:
                           f"{sum(r['redraw_violations'] for r in rows)} of {sum(r['redraws'] for r in rows)}")
 
 
+def _model_errors(q, y: np.ndarray, top: float = 0.85) -> tuple[int, int]:
+    """(the queue model's wrong answers in the pool, those among its ``top`` most confident): what the
+    audit must see past to accept that share."""
+    wrong = q.proba.argmax(1) != y[q.pool]
+    confident = np.argsort(-q.proba.max(1), kind="stable")[:int(top * len(q.pool))]
+    return int(wrong.sum()), int(wrong[confident].sum())
+
+
 def report(args, cache: Path, strategies: list[str], fractions: list[float]) -> None:
     from labeler.learning.datasets import read_labels
     from labeler.learning.simulate_finish import certify_phase
@@ -237,7 +253,9 @@ def report(args, cache: Path, strategies: list[str], fractions: list[float]) -> 
                     sel = []
                     for _, q, y in _cached(cache, set_name, fraction, strategy, args.seeds):
                         r = certify_phase(q, y, classes, eps, args.delta, args.per_class, args.redraws)
-                        sel.append({**r.row(), "set": set_name, "fraction": fraction})
+                        errors, confident_errors = _model_errors(q, y)
+                        sel.append({**r.row(), "set": set_name, "fraction": fraction, "pool_errors": errors,
+                                    "top85_errors": confident_errors})
                     if not sel:
                         continue
                     rows += sel
@@ -257,7 +275,8 @@ def report(args, cache: Path, strategies: list[str], fractions: list[float]) -> 
                           f"{np.mean([r['to_person'] for r in sel]):.0f}); coverage {cov.mean():.1%} +- "
                           f"{cov.std():.1%} (min {cov.min():.1%}); realized error of the accepted "
                           f"{np.mean(real) if real else float('nan'):.4f} (max {max(real) if real else float('nan'):.4f})"
-                          + redrawn)
+                          f"; the model's errors in the pool {np.mean([r['pool_errors'] for r in sel]):.1f} "
+                          f"(in its 85 % most confident {np.mean([r['top85_errors'] for r in sel]):.1f})" + redrawn)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
