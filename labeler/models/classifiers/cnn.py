@@ -23,11 +23,11 @@ recipe (for 2^20 steps on a GPU): no EMA model, ``unlabelled_ratio`` 2 rather th
 augmentation as the strong view (no RandAugment/Cutout), the unlabelled loss not class-weighted, and
 the same bounded step budget as a plain fit.
 
-A linear probe below a few labels per class (``probe_only_below``): a cold fit from a self-supervised
+A linear probe for the fewest labels (``probe_only_below``): a cold fit from a self-supervised
 encoder with fewer than ``probe_only_below`` labels of some class trains no weights of the network, only
 its head, as a logistic regression on the frozen features (:meth:`CNNClassifier._probe_head`).
-Fine-tuning a whole network on one or two images per class undoes what pretraining learnt; the probe
-keeps it (ten-class digits, one label per class: 0.89 accuracy probed, about 0.6 fine-tuned).
+Fine-tuning a whole network on one image of a class undoes what pretraining learnt; the probe
+keeps it (one label per class: digits 0.88 accuracy probed, 0.76 fine-tuned; eyes24 0.81 and 0.60).
 
 Pixels, augmentations and CPU threads: :mod:`labeler.models.classifiers.pixels`.
 
