@@ -143,12 +143,14 @@ def _views(studio: Studio, project: int) -> dict[str, int]:
 
 def wait_for_queue(studio: Studio, project: int, timeout: float = 180) -> int | None:
     """The id of the "Next to label" tab once the backend has published it after "Retrieve predictions"
-    (a few seconds after the last /predict: labeler.studio.autoqueue), None if it did not in ``timeout``."""
+    (a few seconds after the last /predict: labeler.studio.autoqueue), None if it did not in ``timeout``.
+    Published means first among the tabs: moving it there is the publish's last step, after the tab
+    is created (a caller that saw the tab exist could still see it second)."""
     end = time.monotonic() + timeout
     while True:
-        views = _views(studio, project)
-        if QUEUE_VIEW in views:
-            return views[QUEUE_VIEW]
+        views = [v for v in studio.views.list(project=project) if v.id is not None]
+        if views and (views[0].data or {}).get("title") == QUEUE_VIEW:
+            return views[0].id
         if time.monotonic() > end:
             return None
         time.sleep(0.5)
