@@ -71,6 +71,7 @@ def _queue_job(set_name: str, csv: str, fraction: float, strategy: str, seed: in
     torch.set_num_threads(threads)
     from labeler.learning.certify import CertificateError
     from labeler.learning.datasets import read_labels
+    from labeler.learning.levers import Variant
     from labeler.learning.simulate import make_classifier
     from labeler.learning.simulate_finish import queue_phase
     from labeler.models.classifiers import Sample
@@ -96,12 +97,8 @@ def _queue_job(set_name: str, csv: str, fraction: float, strategy: str, seed: in
         options = {"cold_start": "typiclust", "typical_until": 0}
     else:
         features = imagenet_features(samples)
-    estimator = make_classifier("cnn", classes, encoder=encoder)
-    if "ensemble" in levers:  # as the backend below LABELER_ENSEMBLE's 300 labels: three seeds averaged
-        from labeler.learning.levers import ENSEMBLE_MEMBERS
-        from labeler.models.classifiers import Ensemble
-
-        estimator = Ensemble(estimator, members=ENSEMBLE_MEMBERS)
+    # +ensemble as the backend below LABELER_ENSEMBLE's 300 labels (and labeler simulate's lever): three seeds
+    estimator = Variant(strategy, base, frozenset(levers)).estimator(make_classifier("cnn", classes, encoder=encoder))
     t = time.perf_counter()
     try:
         q = queue_phase(samples, y, classes, base, budget, batch, seed, estimator,

@@ -192,7 +192,7 @@ class CNNClassifier(Classifier):
 
     def _probe_only(self, y: np.ndarray, warm: bool) -> bool:
         """Whether this fit trains the head only: cold, from an encoder, some class under ``probe_only_below``."""
-        if warm or not self.encoder or not self.probe_only_below or np.asarray(y).ndim != 1:
+        if warm or not self.encoder or np.asarray(y).ndim != 1:
             return False
         return int(np.bincount(y, minlength=len(self.classes)).min()) < self.probe_only_below
 
