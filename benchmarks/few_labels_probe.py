@@ -3,9 +3,13 @@
 Two measurements on the same draws (per seed: a random hold-out, then ``--per-class`` random labels of
 each class from the rest):
 
-1. frozen features, no fine-tuning: a logistic regression on the labels, and label spreading over every
-   image (transductive), on the self-supervised encoder's features and on ImageNet's;
-2. cold CNN fits from the encoder, with and without LP-FT (``CNNClassifier(probe=True)``).
+1. frozen features, no fine-tuning: a logistic regression on the labels, label spreading over every
+   image (transductive), and a logistic regression on the labels plus seeded k-means pseudo-labels of
+   the pool (every image outside the labels and the hold-out), on the self-supervised encoder's features
+   and on ImageNet's;
+2. cold CNN fits from the encoder: plain, with LP-FT (``CNNClassifier(probe=True)``), and given the pool
+   (``fit(..., unlabelled=pool)``: a probe-only fit, below two labels of a class, learns its seeded
+   k-means pseudo-labels).
 
     python benchmarks/few_labels_probe.py --labels /tmp/digits/labels.csv --encoder sim/encoder.pt \\
         --per-class 1,3,10 --seeds 2
@@ -29,6 +33,7 @@ from labeler.config import Settings
 from labeler.learning.datasets import read_labels
 from labeler.learning.levers import simulation_encoder
 from labeler.models.classifiers import CNNClassifier, Sample
+from labeler.models.classifiers.seeded import seeded_kmeans
 from labeler.models.strategies import encoder_features, imagenet_features
 
 
@@ -42,14 +47,20 @@ def draw(y: np.ndarray, per_class: int, holdout: int, seed: int) -> tuple[np.nda
 
 
 def frozen(features: np.ndarray, y: np.ndarray, lab: np.ndarray, test: np.ndarray) -> dict[str, float]:
-    """Held-out accuracy of a logistic regression and of label spreading on ``features``."""
+    """Held-out accuracy of a logistic regression, of label spreading, and of a logistic regression on the
+    labels plus the pool's seeded k-means pseudo-labels (the CNN's probe-only fit) on ``features``."""
     f = normalize(features)
     lr = LogisticRegression(C=10, max_iter=2000).fit(f[lab], y[lab])
     partial = np.full(len(y), -1)
     partial[lab] = y[lab]
     spread = LabelSpreading(kernel="knn", n_neighbors=10, alpha=0.2, max_iter=100).fit(f, partial)
+    pool = np.setdiff1d(np.arange(len(y)), np.concatenate([lab, test]))
+    found = seeded_kmeans(f[pool], f[lab], y[lab], int(y.max()) + 1)
+    seeded = lr if found is None else LogisticRegression(C=10, max_iter=2000).fit(
+        np.vstack([f[lab], f[pool]]), np.concatenate([y[lab], found]))
     return {"logreg": float((lr.predict(f[test]) == y[test]).mean()),
-            "spreading": float((spread.transduction_[test] == y[test]).mean())}
+            "spreading": float((spread.transduction_[test] == y[test]).mean()),
+            "seeded k-means": float((seeded.predict(f[test]) == y[test]).mean())}
 
 
 def main() -> None:
@@ -78,15 +89,16 @@ def main() -> None:
                 f"{k} {np.mean([g[k] for g in got]):.3f}" for k in got[0]), flush=True)
         if args.no_cnn:
             continue
-        for probe in (False, True):
+        for probe, use_pool in ((False, False), (True, False), (False, True)):
             accs, secs = [], []
             for seed, (lab, test) in enumerate(draws):
+                pool = [samples[i] for i in np.setdiff1d(np.arange(len(y)), np.concatenate([lab, test]))]
                 t = time.perf_counter()
                 m = CNNClassifier(data.classes, seed=seed, encoder=str(encoder), probe=probe, progress=False)
-                m.fit([samples[i] for i in lab], y[lab])
+                m.fit([samples[i] for i in lab], y[lab], unlabelled=pool if use_pool else None)
                 secs.append(time.perf_counter() - t)
                 accs.append(float((m.predict_proba([samples[i] for i in test]).argmax(1) == y[test]).mean()))
-            print(f"{per}/class, cold CNN fit from the encoder, probe={probe}: accuracy "
+            print(f"{per}/class, cold CNN fit from the encoder, probe={probe}, pool={use_pool}: accuracy "
                   f"{' '.join(f'{a:.3f}' for a in accs)} (mean {np.mean(accs):.3f}; {np.mean(secs):.0f} s a fit)",
                   flush=True)
 

@@ -16,6 +16,8 @@ from labeler.media.images import decode
 from labeler.models.classifiers import CNNClassifier, Ensemble, Sample, load_classifier
 from labeler.models.classifiers.cnn import fixmatch_loss
 from labeler.models.classifiers.multilabel import MultiLabelCNN
+from labeler.models.classifiers.seeded import seeded_kmeans
+from labeler.models.pretrain import pretrain_encoder, save_encoder
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,39 @@ def test_a_cold_fit_starts_its_head_from_a_linear_probe():
     wm, bm = MultiLabelCNN(["a", "b"])._probe_weights(feats, Y)
     assert (((feats @ wm.T + bm) > 0) == Y).all()
     assert MultiLabelCNN(["a", "b"])._probe_weights(feats, np.stack([y, np.ones_like(y)], 1)) is None
+
+
+def test_seeded_kmeans_labels_the_pool_from_one_seed_per_class_and_refuses_clusters_the_seeds_do_not_back():
+    rng = np.random.default_rng(0)
+    centres = np.eye(6)[:3] * 5 + 1  # three directions (the clustering is on unit-normalised rows)
+    sizes = [200, 200, 20]  # the third class rare
+    pool = np.vstack([rng.normal(c, 0.4, (n, 6)) for c, n in zip(centres, sizes)])
+    truth = np.repeat([0, 1, 2], sizes)
+    seeds = np.vstack([pool[0], pool[200], pool[400]]) + 0.1  # one label per class, off-centre
+    found = seeded_kmeans(pool, seeds, np.array([0, 1, 2]), 3)
+    assert found is not None and (found == truth).mean() > 0.99
+    # Both classes' seeds in one blob: one class ends in the other blob's cluster, without its seed.
+    assert seeded_kmeans(pool[:400], pool[[0, 1]], np.array([0, 1]), 2) is None
+    assert seeded_kmeans(pool, seeds[:2], np.array([0, 1]), 3) is None  # class 2 has no seed
+    assert seeded_kmeans(pool[:0], seeds, np.array([0, 1, 2]), 3) is None  # nothing to label
+
+
+def test_a_probe_only_fit_learns_the_pool_it_is_given(eyes, tmp_path):
+    samples, y = eyes
+    state, _ = pretrain_encoder(samples, steps=2, input_size=32, batch=8, progress=False)
+    path = str(save_encoder(state, tmp_path / "enc"))
+    one = [int(np.flatnonzero(y == 0)[0]), int(np.flatnonzero(y == 1)[0])]
+    rest = [samples[i] for i in range(len(y)) if i not in one]
+    options = {"encoder": path, "input_size": 32, "progress": False}
+    alone = CNNClassifier(["open", "closed"], **options).fit([samples[i] for i in one], y[one])
+    pooled = CNNClassifier(["open", "closed"], **options).fit([samples[i] for i in one], y[one], unlabelled=rest)
+    assert alone.fit_info_["probe_only"] and alone.fit_info_["pseudo_labels"] == 0
+    assert pooled.fit_info_["probe_only"] and pooled.fit_info_["pseudo_labels"] in (0, len(rest))
+    assert pooled._unlabelled == []  # the pool is not kept with the model
+    assert all(torch.equal(v, state[k]) for k, v in pooled.net_.features.state_dict().items())
+    # Fine-tuned fits (every class twice or more) never pseudo-label: the pool serves FixMatch only.
+    full = CNNClassifier(["open", "closed"], max_steps=2, min_steps=2, **options).fit(samples[:8], y[:8], unlabelled=rest)
+    assert not full.fit_info_["probe_only"] and full.fit_info_["pseudo_labels"] == 0
 
 
 def test_the_probe_runs_on_cold_fits_only(eyes):

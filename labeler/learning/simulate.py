@@ -129,8 +129,9 @@ def _train_round(model: Classifier, samples: Sequence[Sample], labelled: np.ndar
                  pool: np.ndarray, teacher_proba: np.ndarray | None, threshold: float | None,
                  unlabelled: bool = False) -> tuple[dict, float]:
     """Fit ``model`` on the labels so far; with ``teacher_proba`` (the last round's model, or the
-    zero-shot one, on ``pool``) also on the confident pool images: no extra fit per round; with
-    ``unlabelled``, the pool's images go to the fit itself (consistency training)."""
+    zero-shot one, on ``pool``) also on the confident pool images: no extra fit per round. The pool's
+    images go to the fit itself too (for consistency training with ``unlabelled``, and for a CNN's
+    few-label probe)."""
     t = time.perf_counter()
     if unlabelled and isinstance(model, (CNNClassifier, Ensemble)) and model.supports_consistency:
         info = model.fit([samples[i] for i in labelled], got, unlabelled=[samples[i] for i in pool]).fit_info_
@@ -138,7 +139,7 @@ def _train_round(model: Classifier, samples: Sequence[Sample], labelled: np.ndar
         info = selftrain.self_train(model, [samples[i] for i in labelled], got, [samples[i] for i in pool],
                                     teacher_proba, threshold)
     else:
-        info = model.fit([samples[i] for i in labelled], got).fit_info_
+        info = model.fit([samples[i] for i in labelled], got, unlabelled=[samples[i] for i in pool]).fit_info_
     return info, time.perf_counter() - t
 
 

@@ -56,7 +56,7 @@ def self_train(student: Classifier, samples: Sequence[Sample], y: np.ndarray, po
                pool_proba: np.ndarray, threshold: float) -> dict:
     """Fit ``student`` on ``samples``/``y`` plus the confident part of ``pool`` (teacher: ``pool_proba``)."""
     take, labels = pseudo_labels(pool_proba, threshold)
-    student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int))
+    student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int), unlabelled=pool)
     return {**student.fit_info_, "pseudo_labels": int(len(take)), "self_train_threshold": threshold}
 
 
@@ -129,7 +129,7 @@ class SelfTrained(PoolTrained):
         else:
             teacher = clone(self.estimator)
             teacher.step_fraction = self.teacher_fraction
-            teacher.fit(samples, y)
+            teacher.fit(samples, y, unlabelled=list(self.pool))
         self.student_ = clone(self.estimator)
         warm = self.student_.init_from(teacher)
         info = self_train(self.student_, samples, y, self.pool, teacher.predict_proba(self.pool), self.threshold)

@@ -48,8 +48,9 @@ class Classifier(ClassifierMixin, BaseEstimator, ABC):
         self.classes = classes
         self.seed = seed
 
-    def fit(self, X: Sequence[Sample], y: np.ndarray) -> "Classifier":
-        """Train on samples ``X`` with class indices ``y``; returns ``self``."""
+    def fit(self, X: Sequence[Sample], y: np.ndarray, unlabelled: Sequence[Sample] | None = None) -> "Classifier":
+        """Train on samples ``X`` with class indices ``y``; returns ``self``. ``unlabelled``: images of the
+        same task without labels, for the kinds that learn from them (the CNN); the others ignore them."""
         self.classes_ = np.arange(len(self.classes))
         self.fit_info_ = self._fit(list(X), np.asarray(y, dtype=int)) or {}
         return self

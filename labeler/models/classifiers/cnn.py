@@ -28,6 +28,9 @@ encoder with fewer than ``probe_only_below`` labels of some class trains no weig
 its head, as a logistic regression on the frozen features (:meth:`CNNClassifier._probe_head`).
 Fine-tuning a whole network on one image of a class undoes what pretraining learnt; the probe
 keeps it (one label per class: digits 0.88 accuracy probed, 0.76 fine-tuned; eyes24 0.81 and 0.60).
+Given unlabelled images (``fit(..., unlabelled=pool)``), the probe learns them too, labelled by seeded
+k-means on the same frozen features (:mod:`labeler.models.classifiers.seeded`; one label per class,
+5 seeds: digits 0.88 -> 0.97, eyes24 0.75 -> 0.90).
 
 Pixels, augmentations and CPU threads: :mod:`labeler.models.classifiers.pixels`.
 
@@ -59,6 +62,7 @@ from labeler.models.classifiers.pixels import (
     train_device,
     weak_augment,
 )
+from labeler.models.classifiers.seeded import seeded_kmeans
 
 PROBE_IMAGES = 2048  # labelled images the linear probe of a cold fit sees (a random subset of more)
 MAX_UNLABELLED = 4096  # pool images a consistency fit holds (a random subset of a larger pool, drawn with the seed)
@@ -79,7 +83,9 @@ class CNNClassifier(Classifier):
     kind = "cnn"
     _init: dict[str, torch.Tensor] | None = None  # weights the next fit starts from (init_from)
     _pool: list[Sample] | None = None  # unlabelled images of the next fit (consistency training)
+    _unlabelled: list[Sample] = []  # unlabelled images of the next fit, whatever uses them
     supports_consistency = True
+    _clustered = 0  # unlabelled images the last probe learnt from seeded k-means
 
     def __init__(self, classes: Sequence[str], seed: int = 0, input_size: int = 48,
                  epochs: int = 15, batch_size: int = 32, lr: float = 1e-3,
@@ -103,16 +109,18 @@ class CNNClassifier(Classifier):
         self.progress = progress
 
     def fit(self, X: Sequence[Sample], y: np.ndarray, unlabelled: Sequence[Sample] | None = None) -> "CNNClassifier":
-        """Train on ``X``/``y``; with ``consistency > 0``, also on ``unlabelled`` (FixMatch). A pool this kind
-        cannot use (multi-label) or of fewer than two images is left out, and ``fit_info_`` says so."""
-        pool = list(unlabelled) if self.consistency > 0 and unlabelled is not None else None
-        wanted = pool is not None
-        self._pool = pool if pool is not None and self.supports_consistency and len(pool) > 1 else None
+        """Train on ``X``/``y``. ``unlabelled`` images serve FixMatch (``consistency > 0``) and a probe-only
+        fit (:meth:`_probe_head`). A pool FixMatch cannot use (multi-label) or of fewer than two images is
+        left out of it, and ``fit_info_`` says so."""
+        self._unlabelled = list(unlabelled) if unlabelled is not None else []
+        wanted = self.consistency > 0 and unlabelled is not None
+        usable = self.supports_consistency and len(self._unlabelled) > 1
+        self._pool = self._unlabelled if wanted and usable else None
         try:
             super().fit(X, y)
         finally:
             skipped = wanted and self._pool is None
-            self._pool = None
+            self._pool, self._unlabelled = None, []
         if skipped:
             self.fit_info_["consistency_skipped"] = "multi-label" if not self.supports_consistency else "pool < 2"
         return self
@@ -178,12 +186,13 @@ class CNNClassifier(Classifier):
         yt = self._targets(y).to(device)
         pool = self._pool_tensor(g, device)
         probe_only = self._probe_only(y, warm)
-        probed = (self.probe or probe_only) and not warm and self._probe_head(x, y, g)
+        probed = (self.probe or probe_only) and not warm and self._probe_head(x, y, g, cluster=probe_only)
         steps = 0 if probe_only and probed else self.steps_for(len(yt))
         self._init = None  # one warm start per call
         masked = self._optimise(x, yt, pool, self._loss_fn(y, device), steps, g) if steps else 0.0
         self.net_.eval()
         info = {"probe_only": steps == 0, "train_seconds": time.perf_counter() - t0, "steps": steps,
+                "pseudo_labels": self._clustered if probed else 0,
                 "epochs": round(steps / math.ceil(len(yt) / self.batch_size), 2), "imagenet_init": loaded,
                 "warm_start": warm, "encoder": bool(self.encoder) and not warm, "probed_head": probed}
         if pool is not None:
@@ -196,19 +205,22 @@ class CNNClassifier(Classifier):
             return False
         return int(np.bincount(y, minlength=len(self.classes)).min()) < self.probe_only_below
 
-    def _probe_head(self, x: torch.Tensor, y: np.ndarray, g: torch.Generator) -> bool:
+    def _probe_head(self, x: torch.Tensor, y: np.ndarray, g: torch.Generator, cluster: bool = False) -> bool:
         """Linear probing, then fine-tuning (LP-FT, Kumar et al., 2022): the new head starts as a linear
         probe (:meth:`_probe_weights`) of the frozen features of the labelled images and a weak view of
         each, so the first steps do not push a random head's gradients into the pretrained features. It
-        matters most with a handful of labels. False where no probe could be fitted (head left random)."""
+        matters most with a handful of labels. With ``cluster`` (a probe-only fit) the probe also learns
+        the fit's unlabelled images, labelled by :func:`seeded_kmeans`. False where no probe could be
+        fitted (head left random)."""
         pick = torch.randperm(len(x), generator=g)[:PROBE_IMAGES]
         targets = self._targets(y).numpy()[pick.numpy()]
-        self.net_.eval()
-        with torch.no_grad():
-            xp = x[pick.to(x.device)]
-            views = logits_input(torch.cat([xp, weak_augment(xp, g)]))
-            feats = nn.functional.adaptive_avg_pool2d(self.net_.features(views), 1).flatten(1).cpu().numpy()
-        fitted = self._probe_weights(feats, np.concatenate([targets, targets]))
+        xp = x[pick.to(x.device)]
+        feats = self._frozen_features(torch.cat([xp, weak_augment(xp, g)]))
+        targets = np.concatenate([targets, targets])
+        self._clustered = 0
+        if cluster and self._unlabelled:
+            feats, targets = self._with_clusters(feats, targets, g, x.device)
+        fitted = self._probe_weights(feats, targets)
         if fitted is None:
             return False
         head = self.net_.classifier[1]
@@ -217,6 +229,26 @@ class CNNClassifier(Classifier):
             head.weight.copy_(torch.as_tensor(fitted[0]))
             head.bias.copy_(torch.as_tensor(fitted[1]))
         return True
+
+    @torch.no_grad()
+    def _frozen_features(self, x: torch.Tensor) -> np.ndarray:
+        """The network's pooled features of ``x`` (eval mode), 256 images at a time."""
+        self.net_.eval()
+        return np.concatenate([
+            nn.functional.adaptive_avg_pool2d(self.net_.features(logits_input(b)), 1).flatten(1).cpu().numpy()
+            for b in x.split(256)])
+
+    def _with_clusters(self, feats: np.ndarray, targets: np.ndarray, g: torch.Generator,
+                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+        """``feats``/``targets`` plus the unlabelled images (at most ``MAX_UNLABELLED``) that seeded k-means
+        assigns a class; unchanged where the clusters do not follow the labels."""
+        pick = torch.randperm(len(self._unlabelled), generator=g)[:MAX_UNLABELLED].tolist()
+        pool = self._frozen_features(to_tensor([self._unlabelled[i] for i in sorted(pick)], self.input_size).to(device))
+        found = seeded_kmeans(pool, feats, targets, len(self.classes), random_state=self.seed)
+        if found is None:
+            return feats, targets
+        self._clustered = len(found)
+        return np.vstack([feats, pool]), np.concatenate([targets, found])
 
     def _probe_weights(self, feats: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(weight, bias) of the head from a balanced logistic regression of ``targets`` (class indices) on

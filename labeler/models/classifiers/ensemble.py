@@ -47,8 +47,8 @@ class Ensemble(WrapsEstimator):
         self._previous = [previous] * self.members
         return True
 
-    def fit(self, X: Sequence[Sample], y: np.ndarray, **fit_params) -> "Ensemble":
-        """Fit every member on ``X``/``y`` (``fit_params``, e.g. ``unlabelled``, go to each member's fit)."""
+    def fit(self, X: Sequence[Sample], y: np.ndarray, unlabelled: Sequence[Sample] | None = None) -> "Ensemble":
+        """Fit every member on ``X``/``y`` (and ``unlabelled``: each member's to use)."""
         self.classes_ = np.arange(len(self.classes))
         self.members_: list[Classifier] = []
         infos = []
@@ -57,7 +57,7 @@ class Ensemble(WrapsEstimator):
             member.step_fraction = self.step_fraction
             if self._previous is not None:
                 member.init_from(self._previous[i])
-            member.fit(list(X), np.asarray(y, dtype=int), **fit_params)
+            member.fit(list(X), np.asarray(y, dtype=int), unlabelled=unlabelled)
             self.members_.append(member)
             infos.append(member.fit_info_)
         self._previous = None

@@ -1,0 +1,38 @@
+"""Seeded k-means: the unlabelled images' classes from the clusters a few labels start.
+
+With one or two labels per class, a linear probe fitted on the labels alone draws its boundary
+between single points; the pretrained features of the unlabelled images show where the classes
+really lie. Seeded k-means (Basu, Banerjee and Mooney, 2002) runs k-means with one cluster per
+class, each started at its class's labelled mean, so cluster ``c`` stays class ``c``'s and its
+members become pseudo-labels for the probe. Measured on frozen SimCLR features (10 seeds, one label
+per class): digits 0.87 -> 0.99 held-out accuracy, eyes24 0.74 -> 0.92 (README, "Learning from few
+labels"); with 50 labels per class a probe on the labels alone was better (eyes24 0.94 vs 0.92),
+hence its use only for the fewest labels (``CNNClassifier.probe_only_below``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.preprocessing import normalize
+
+
+def seeded_kmeans(pool: np.ndarray, seeds: np.ndarray, labels: np.ndarray, n_classes: int,
+                  random_state: int = 0) -> np.ndarray | None:
+    """Class index of each row of ``pool`` by seeded k-means on unit-normalised features.
+
+    Clusters ``c = 0..C-1`` start at ``mean(normalise(seeds[labels == c]))`` and k-means runs on the
+    seeds and the pool together. None where the seeds do not back the clusters: some class has no
+    seed, or fewer than half of some class's seeds end in its cluster (the clusters found another
+    structure than the classes, e.g. lighting), so nothing is pseudo-labelled.
+    """
+    labels = np.asarray(labels, dtype=int)
+    if len(pool) == 0 or np.bincount(labels, minlength=n_classes).min() == 0:
+        return None
+    s, p = normalize(seeds), normalize(pool)
+    init = np.stack([s[labels == c].mean(0) for c in range(n_classes)])
+    km = KMeans(n_classes, init=init, n_init=1, random_state=random_state).fit(np.vstack([s, p]))
+    kept = [np.mean(km.labels_[: len(s)][labels == c] == c) for c in range(n_classes)]
+    if min(kept) < 0.5:
+        return None
+    return km.labels_[len(s):].astype(int)
