@@ -100,8 +100,14 @@ def test_a_probe_only_fit_learns_the_pool_it_is_given(eyes, tmp_path):
     assert pooled.fit_info_["probe_only"] and pooled.fit_info_["pseudo_labels"] in (0, len(rest))
     assert pooled._unlabelled == []  # the pool is not kept with the model
     assert all(torch.equal(v, state[k]) for k, v in pooled.net_.features.state_dict().items())
-    # Fine-tuned fits (every class twice or more) never pseudo-label: the pool serves FixMatch only.
-    full = CNNClassifier(["open", "closed"], max_steps=2, min_steps=2, **options).fit(samples[:8], y[:8], unlabelled=rest)
+    # Four labels of each class: probe-only only with the pool's clusters; without a pool, fine-tuned.
+    short = {"max_steps": 2, "min_steps": 2, **options}
+    four = CNNClassifier(["open", "closed"], **short).fit(samples[:8], y[:8], unlabelled=samples[8:])
+    assert four.fit_info_["probe_only"] == (four.fit_info_["pseudo_labels"] == 16)
+    alone4 = CNNClassifier(["open", "closed"], **short).fit(samples[:8], y[:8])
+    assert not alone4.fit_info_["probe_only"] and alone4.fit_info_["steps"] == 2
+    # From probe_only_below labels of every class on, fine-tuned: the pool serves FixMatch only.
+    full = CNNClassifier(["open", "closed"], probe_only_below=4, **short).fit(samples[:8], y[:8], unlabelled=rest)
     assert not full.fit_info_["probe_only"] and full.fit_info_["pseudo_labels"] == 0
 
 
