@@ -7,9 +7,9 @@ each class from the rest):
    image (transductive), and a logistic regression on the labels plus seeded k-means pseudo-labels of
    the pool (every image outside the labels and the hold-out), on the self-supervised encoder's features
    and on ImageNet's;
-2. cold CNN fits from the encoder: plain, with LP-FT (``CNNClassifier(probe=True)``), and given the pool
-   (``fit(..., unlabelled=pool)``: a probe-only fit, below two labels of a class, learns its seeded
-   k-means pseudo-labels).
+2. cold CNN fits from the encoder: fine-tuned (a probe alone with one label per class), with LP-FT
+   (``CNNClassifier(probe=True)``), and probe-only given the pool (``fit(..., unlabelled=pool)``: the
+   head learns the labels and the pool's seeded k-means classes; forced at any ``--per-class`` here).
 
     python benchmarks/few_labels_probe.py --labels /tmp/digits/labels.csv --encoder sim/encoder.pt \\
         --per-class 1,3,10 --seeds 2
@@ -94,7 +94,9 @@ def main() -> None:
             for seed, (lab, test) in enumerate(draws):
                 pool = [samples[i] for i in np.setdiff1d(np.arange(len(y)), np.concatenate([lab, test]))]
                 t = time.perf_counter()
-                m = CNNClassifier(data.classes, seed=seed, encoder=str(encoder), probe=probe, progress=False)
+                # pool: probe-only with the pool's clusters at any count (the backend's rule stops at 10 per class)
+                m = CNNClassifier(data.classes, seed=seed, encoder=str(encoder), probe=probe, progress=False,
+                                  probe_only_below=per + 1 if use_pool else 2)
                 m.fit([samples[i] for i in lab], y[lab], unlabelled=pool if use_pool else None)
                 secs.append(time.perf_counter() - t)
                 accs.append(float((m.predict_proba([samples[i] for i in test]).argmax(1) == y[test]).mean()))
