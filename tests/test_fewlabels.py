@@ -18,6 +18,7 @@ from labeler.models.classifiers.cnn import fixmatch_loss
 from labeler.models.classifiers.multilabel import MultiLabelCNN
 from labeler.models.classifiers.seeded import seeded_kmeans
 from labeler.models.pretrain import pretrain_encoder, save_encoder
+from labeler.models.selftrain import SelfTrained
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,10 @@ def test_a_probe_only_fit_learns_the_pool_it_is_given(eyes, tmp_path):
     assert pooled.fit_info_["probe_only"] and pooled.fit_info_["pseudo_labels"] in (0, len(rest))
     assert pooled._unlabelled == []  # the pool is not kept with the model
     assert all(torch.equal(v, state[k]) for k, v in pooled.net_.features.state_dict().items())
+    # Self-training leaves such a fit the pool (no teacher is fitted, no teacher's pseudo-labels).
+    st = SelfTrained(CNNClassifier(["open", "closed"], **options), rest, 0.9).fit([samples[i] for i in one], y[one])
+    assert st.fit_info_["teacher"] is None and st.fit_info_["probe_only"]
+    assert st.fit_info_["pseudo_labels"] == pooled.fit_info_["pseudo_labels"]
     # Four labels of each class: probe-only only with the pool's clusters; without a pool, fine-tuned.
     short = {"max_steps": 2, "min_steps": 2, **options}
     four = CNNClassifier(["open", "closed"], **short).fit(samples[:8], y[:8], unlabelled=samples[8:])

@@ -72,9 +72,9 @@ def test_self_training_pseudo_labels_only_the_pool(generated, monkeypatch):
     fits = []
 
     class Recording(type(estimator)):
-        def fit(self, X, y):
+        def fit(self, X, y, unlabelled=None):
             fits.append([id(x) for x in X])
-            return super().fit(X, y)
+            return super().fit(X, y, unlabelled=unlabelled)
 
     res, annotator = run(samples, y, classes, "margin", budget=30, batch=10, test_idx=test, seed=0,
                          estimator=Recording(**estimator.get_params()), progress=False, self_train=0.0)

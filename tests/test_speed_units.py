@@ -75,8 +75,8 @@ def test_self_training_teacher_is_cheaper_and_the_student_starts_from_it(blobs):
     fits = []
 
     class Counting(CNNClassifier):
-        def fit(self, X, y):
-            super().fit(X, y)
+        def fit(self, X, y, unlabelled=None):
+            super().fit(X, y, unlabelled=unlabelled)
             fits.append(self.fit_info_)
             return self
 

@@ -54,7 +54,11 @@ def pseudo_labels(proba: np.ndarray, threshold: float,
 
 def self_train(student: Classifier, samples: Sequence[Sample], y: np.ndarray, pool: Sequence[Sample],
                pool_proba: np.ndarray, threshold: float) -> dict:
-    """Fit ``student`` on ``samples``/``y`` plus the confident part of ``pool`` (teacher: ``pool_proba``)."""
+    """Fit ``student`` on ``samples``/``y`` plus the confident part of ``pool`` (teacher: ``pool_proba``); a
+    student that learns the pool itself (:meth:`Classifier.learns_pool_itself`) gets the pool instead."""
+    if student.learns_pool_itself(y):
+        student.fit(samples, y, unlabelled=pool)
+        return {**student.fit_info_, "self_train_threshold": None}
     take, labels = pseudo_labels(pool_proba, threshold)
     student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int), unlabelled=pool)
     return {**student.fit_info_, "pseudo_labels": int(len(take)), "self_train_threshold": threshold}
@@ -124,13 +128,16 @@ class SelfTrained(PoolTrained):
         self.teacher_fraction = teacher_fraction
 
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
+        self.student_ = clone(self.estimator)
+        if self.teacher is None and self.student_.learns_pool_itself(y):  # no teacher to fit
+            self.student_.fit(samples, y, unlabelled=list(self.pool))
+            return {**self.student_.fit_info_, "self_train_threshold": None, "teacher": None}
         if self.teacher is not None:
             teacher = self.teacher.model
         else:
             teacher = clone(self.estimator)
             teacher.step_fraction = self.teacher_fraction
-            teacher.fit(samples, y, unlabelled=list(self.pool))
-        self.student_ = clone(self.estimator)
+            teacher.fit(samples, y)
         warm = self.student_.init_from(teacher)
         info = self_train(self.student_, samples, y, self.pool, teacher.predict_proba(self.pool), self.threshold)
         return {**info, "teacher_warm_start": warm, "teacher": "given" if self.teacher is not None else "fitted"}

@@ -59,6 +59,11 @@ class Classifier(ClassifierMixin, BaseEstimator, ABC):
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
         """Train; returns what the fit measured (time, epochs, ...)."""
 
+    def learns_pool_itself(self, y: np.ndarray) -> bool:
+        """Whether the next :meth:`fit` on labels ``y`` learns more from the unlabelled images passed to it
+        than from a teacher's pseudo-labels (then self-training gives it the pool instead). By default not."""
+        return False
+
     def init_from(self, previous: "Classifier") -> bool:
         """Begin the next :meth:`fit` from ``previous``'s parameters where this kind can (same kind
         and classes), so it needs fewer steps; returns whether it will. By default it cannot."""

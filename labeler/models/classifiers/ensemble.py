@@ -32,6 +32,9 @@ class Ensemble(WrapsEstimator):
     def supports_consistency(self) -> bool:
         return bool(getattr(self.estimator, "supports_consistency", False))
 
+    def learns_pool_itself(self, y: np.ndarray) -> bool:
+        return self._previous is None and self.estimator.learns_pool_itself(y)
+
     def init_from(self, previous: Classifier) -> bool:
         """Each member starts from the same member of ``previous`` (an ensemble of as many), or every
         member from ``previous`` itself where it is one model its members can start from (the CNN a
