@@ -48,6 +48,8 @@ class Settings:
     consistency: str = "auto"                  # LABELER_CONSISTENCY: FixMatch, not self-training: auto (3+ classes), on, off
     ensemble: str = "auto"                     # LABELER_ENSEMBLE: serve three CNNs averaged: auto (< 300 labels), on, off
     pretrain: str = "auto"                     # LABELER_PRETRAIN: auto (self-supervised encoder for the CNN), off
+    probe_only_below: int = 10                 # LABELER_PROBE_ONLY_BELOW: fewer labels of a class: the CNN from the
+    #                                            encoder trains its head only, on the pool's clusters (2: one label)
     pretrain_steps: int = 900                  # LABELER_PRETRAIN_STEPS: SimCLR optimiser steps (128 images each;
     #                                            300 left the encoder half-trained: README, Learning from few labels)
     pretrain_min_images: int = 200             # LABELER_PRETRAIN_MIN_IMAGES: fewer task images: ImageNet weights only
@@ -95,7 +97,7 @@ class Settings:
         "min_per_class": "LABELER_MIN_PER_CLASS", "seed": "LABELER_SEED",
         "self_train": "LABELER_SELF_TRAIN", "self_train_pool": "LABELER_SELF_TRAIN_POOL",
         "consistency": "LABELER_CONSISTENCY", "ensemble": "LABELER_ENSEMBLE", "pretrain": "LABELER_PRETRAIN",
-        "pretrain_steps": "LABELER_PRETRAIN_STEPS",
+        "pretrain_steps": "LABELER_PRETRAIN_STEPS", "probe_only_below": "LABELER_PROBE_ONLY_BELOW",
         "pretrain_min_images": "LABELER_PRETRAIN_MIN_IMAGES", "pretrain_max_images": "LABELER_PRETRAIN_MAX_IMAGES",
         "admin_token": "LABELER_ADMIN_TOKEN", "basic_auth_user": "BASIC_AUTH_USER",
         "basic_auth_pass": "BASIC_AUTH_PASS", "cache_max_gb": "LABELER_CACHE_MAX_GB",
@@ -159,6 +161,7 @@ class Settings:
             ("consistency", self.consistency in {"auto", "on", "off"}, "auto, on or off"),
             ("ensemble", self.ensemble in {"auto", "on", "off"}, "auto, on or off"),
             ("pretrain_steps", self.pretrain_steps >= 1, "at least 1"),
+            ("probe_only_below", self.probe_only_below >= 0, "0 (never) or more"),
             ("pretrain_max_images", self.pretrain_max_images >= self.pretrain_min_images >= 2,
              "at least LABELER_PRETRAIN_MIN_IMAGES (itself at least 2)"),
             ("max_image_bytes", self.max_image_bytes > 0, "positive"),

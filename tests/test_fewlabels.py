@@ -101,6 +101,10 @@ def test_a_probe_only_fit_learns_the_pool_it_is_given(eyes, tmp_path):
     assert pooled.fit_info_["probe_only"] and pooled.fit_info_["pseudo_labels"] in (0, len(rest))
     assert pooled._unlabelled == []  # the pool is not kept with the model
     assert all(torch.equal(v, state[k]) for k, v in pooled.net_.features.state_dict().items())
+    pooled.save(tmp_path / "probe")
+    back = load_classifier(tmp_path / "probe")
+    assert back.probe_only_ and not CNNClassifier(["open", "closed"], **options).init_from(back), \
+        "saved and loaded, a probe-only model still lends no weights"
     # Self-training leaves such a fit the pool (no teacher is fitted, no teacher's pseudo-labels).
     st = SelfTrained(CNNClassifier(["open", "closed"], **options), rest, 0.9).fit([samples[i] for i in one], y[one])
     assert st.fit_info_["teacher"] is None and st.fit_info_["probe_only"]

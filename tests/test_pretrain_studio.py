@@ -51,13 +51,26 @@ def test_first_training_pretrains_once_and_the_queue_uses_the_encoder(label_stud
     assert enc_meta["images"] == 30 and enc_meta["steps"] == 4, "every task image, labelled or not"
     assert first["train_info"]["encoder"] is True, "the CNN started from the encoder, not ImageNet"
     assert first["self_training"]["method"] == "fixmatch" and first["self_training"]["pool"] == 20
-    assert first["train_info"]["unlabelled"] == 20, "FixMatch trained on the 20 unlabelled task images"
+    # Five labels of each class: the CNN trains only its head, on the labels and the pool's seeded k-means classes
+    assert first["train_info"]["probe_only"] and first["train_info"]["pseudo_labels"] == 20
+    assert "unlabelled" not in first["train_info"], "no FixMatch steps: nothing was fine-tuned"
     # 10 labels: served as a three-CNN ensemble (LABELER_ENSEMBLE=auto), cross-validation scoring one member
     assert first["ensemble"] == {"members": 3, "evaluated": "one member (5-fold cross-validation)"}
     assert first["train_info"]["members"] == 3
     assert (model_dir / "projects" / str(pid) / "versions" / first["version"] / "member-2").exists()
 
-    annotate(ls, by_class["open"][5], "open")
+    for c, ts in by_class.items():
+        for t in ts[5:10]:
+            annotate(ls, t, c)
+    tuned = _train(url, pid)
+    assert not tuned["train_info"]["probe_only"] and tuned["train_info"]["unlabelled"] == 10, \
+        "ten labels of each class: fine-tuned, with FixMatch on the 10 unlabelled task images"
+    assert not tuned["train_info"]["teacher_warm_start"], "a probe-only version has no fine-tuned weights to lend"
+    if not tuned["promoted"]:
+        r = requests.post(f"{url}/admin/projects/{pid}/promote", headers=ADMIN, json={"version": tuned["version"]})
+        assert r.status_code == 200, r.text
+        assert wait_job(url, pid)["status"] == "done"
+    annotate(ls, by_class["open"][10], "open")
     second = _train(url, pid)
     assert second["encoder"] == "v1-simclr"
     assert second["train_info"]["teacher_warm_start"], "the ensemble's members start from the serving ensemble's"

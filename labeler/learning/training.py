@@ -201,7 +201,7 @@ def make_model(predictor: Predictor, project: str, data: LabelledSet, config: La
     kind = choose_kind(s.classifier, predictor.scorer is not None)
     base = KINDS[kind](list(config.classes), seed=s.seed)
     if encoder is not None:  # the project's self-supervised encoder (labeler.learning.pretraining)
-        base.set_params(encoder=str(encoder[1]))
+        base.set_params(encoder=str(encoder[1]), probe_only_below=s.probe_only_below)
     pool: list[Sample] = []
     if s.self_train_pool > 0 and data.unlabelled:
         report(f"fetching up to {s.self_train_pool} of {len(data.unlabelled)} unlabelled images for self-training")

@@ -89,6 +89,7 @@ class CNNClassifier(Classifier):
     _unlabelled: list[Sample] = []  # unlabelled images of the next fit, whatever uses them
     supports_consistency = True
     _clustered = 0  # unlabelled images the last probe learnt from seeded k-means
+    probe_only_ = False  # the fitted model's network is the encoder's, only its head was trained
 
     def __init__(self, classes: Sequence[str], seed: int = 0, input_size: int = 48,
                  epochs: int = 15, batch_size: int = 32, lr: float = 1e-3,
@@ -133,7 +134,7 @@ class CNNClassifier(Classifier):
         ensemble of them, its first member's)."""
         previous = (getattr(previous, "members_", None) or [previous])[0]
         net = getattr(previous, "net_", None)
-        if getattr(previous, "fit_info_", {}).get("probe_only"):  # only its head was fitted: a cold fit learns more
+        if getattr(previous, "probe_only_", False):  # only its head was fitted: a cold fit learns more
             return False
         if not (isinstance(previous, CNNClassifier) and net is not None
                 and list(previous.classes) == list(self.classes) and previous.input_size == self.input_size):
@@ -189,6 +190,7 @@ class CNNClassifier(Classifier):
         yt = self._targets(y).to(device)
         pool = self._pool_tensor(g, device)
         probed, probe_only = self._start_head(x, y, g, warm)
+        self.probe_only_ = probe_only  # saved with the weights: a later fit does not warm-start from them
         steps = 0 if probe_only else self.steps_for(len(yt))
         self._init = None  # one warm start per call
         masked = self._optimise(x, yt, pool, self._loss_fn(y, device), steps, g) if steps else 0.0
@@ -197,7 +199,7 @@ class CNNClassifier(Classifier):
                 "pseudo_labels": self._clustered if probe_only else 0,
                 "epochs": round(steps / math.ceil(len(yt) / self.batch_size), 2), "imagenet_init": loaded,
                 "warm_start": warm, "encoder": bool(self.encoder) and not warm, "probed_head": probed}
-        if pool is not None:
+        if pool is not None and steps:  # FixMatch trained on it (a probe-only fit learnt its clusters instead)
             info.update(unlabelled=len(pool), confident_share=round(masked, 4))
         return info
 
@@ -346,7 +348,8 @@ class CNNClassifier(Classifier):
 
     def _save(self, folder: Path) -> None:
         torch.save(self.net_.state_dict(), folder / "cnn.pt")
-        (folder / "cnn.json").write_text(json.dumps({"input_size": self.input_size}))
+        (folder / "cnn.json").write_text(json.dumps({"input_size": self.input_size,
+                                                     "probe_only": self.probe_only_}))
 
     @classmethod
     def _load(cls, folder: Path, classes: list[str]) -> "CNNClassifier":
@@ -356,11 +359,13 @@ class CNNClassifier(Classifier):
         """
         state = torch.load(folder / "cnn.pt", map_location="cpu", weights_only=True)
         meta = folder / "cnn.json"
+        settings = json.loads(meta.read_text()) if meta.exists() else {}
         if meta.exists():
-            input_size = int(json.loads(meta.read_text())["input_size"])
+            input_size = int(settings["input_size"])
         else:
             state, input_size = state["state_dict"], int(state["input_size"])
         model = cls(classes, input_size=input_size, pretrained=False)
+        model.probe_only_ = bool(settings.get("probe_only", False))
         model.net_, _ = mobilenet_v2(len(classes), pretrained=False)
         model.net_.load_state_dict(state)
         model.net_ = channels_last(model.net_).eval()

@@ -36,12 +36,12 @@ class Ensemble(WrapsEstimator):
         return self._previous is None and self.estimator.learns_pool_itself(y)
 
     def init_from(self, previous: Classifier) -> bool:
-        """Each member starts from the same member of ``previous`` (an ensemble of as many), or every
-        member from ``previous`` itself where it is one model its members can start from (the CNN a
-        project served before its ensemble)."""
+        """Each member starts from the same member of ``previous`` (an ensemble of as many, of members it
+        can start from: not probe-only CNNs), or every member from ``previous`` itself where it is one
+        model its members can start from (the CNN a project served before its ensemble)."""
         if isinstance(previous, Ensemble):
             prior = getattr(previous, "members_", None)
-            if prior is None or len(prior) != self.members:
+            if prior is None or len(prior) != self.members or not clone(self.estimator).init_from(prior[0]):
                 return False
             self._previous = list(prior)
             return True
