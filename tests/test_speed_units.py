@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -96,7 +97,7 @@ def test_cnn_saves_weights_and_json_and_loads_weights_only(blobs, tmp_path):
     clf = quick_cnn()
     clf.fit(samples, y)
     clf.save(tmp_path / "m")
-    assert (tmp_path / "m" / "cnn.json").read_text() == '{"input_size": 32}'
+    assert json.loads((tmp_path / "m" / "cnn.json").read_text()) == {"input_size": 32, "probe_only": False}
     state = torch.load(tmp_path / "m" / "cnn.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     np.testing.assert_allclose(load_classifier(tmp_path / "m").predict_proba(samples[:4]),
