@@ -133,9 +133,8 @@ def _train_round(model: Classifier, samples: Sequence[Sample], labelled: np.ndar
     images go to the fit itself too (for consistency training with ``unlabelled``, and for a CNN's
     few-label probe)."""
     t = time.perf_counter()
-    if unlabelled and isinstance(model, (CNNClassifier, Ensemble)) and model.supports_consistency:
-        info = model.fit([samples[i] for i in labelled], got, unlabelled=[samples[i] for i in pool]).fit_info_
-    elif teacher_proba is not None and threshold is not None:  # a teacher only where self-training is on
+    consistency = unlabelled and isinstance(model, (CNNClassifier, Ensemble)) and model.supports_consistency
+    if teacher_proba is not None and threshold is not None and not consistency:  # a teacher: self-training is on
         info = selftrain.self_train(model, [samples[i] for i in labelled], got, [samples[i] for i in pool],
                                     teacher_proba, threshold)
     else:

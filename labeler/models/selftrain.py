@@ -60,7 +60,7 @@ def self_train(student: Classifier, samples: Sequence[Sample], y: np.ndarray, po
         student.fit(samples, y, unlabelled=pool)
         return {**student.fit_info_, "self_train_threshold": None}
     take, labels = pseudo_labels(pool_proba, threshold)
-    student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int), unlabelled=pool)
+    student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int))
     return {**student.fit_info_, "pseudo_labels": int(len(take)), "self_train_threshold": threshold}
 
 

@@ -68,7 +68,7 @@ from labeler.models.classifiers.pixels import (
 from labeler.models.classifiers.seeded import seeded_kmeans
 
 PROBE_IMAGES = 2048  # labelled images the linear probe of a cold fit sees (a random subset of more)
-MAX_UNLABELLED = 4096  # pool images a consistency fit holds (a random subset of a larger pool, drawn with the seed)
+MAX_UNLABELLED = 4096  # pool images a consistency fit or a probe's clustering holds (a random subset, drawn with the seed)
 
 
 def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
@@ -188,7 +188,7 @@ class CNNClassifier(Classifier):
         self.net_ = channels_last(self.net_).to(device)
         x = to_tensor(samples, self.input_size).to(device)
         yt = self._targets(y).to(device)
-        pool = self._pool_tensor(g, device)
+        pool = self._pool_tensor(self._pool, g, device)  # FixMatch's
         probed, probe_only = self._start_head(x, y, g, warm)
         self.probe_only_ = probe_only  # saved with the weights: a later fit does not warm-start from them
         steps = 0 if probe_only else self.steps_for(len(yt))
@@ -265,8 +265,9 @@ class CNNClassifier(Classifier):
                        device: torch.device) -> tuple[np.ndarray, np.ndarray]:
         """``feats``/``targets`` plus the unlabelled images (at most ``MAX_UNLABELLED``) that seeded k-means
         assigns a class; unchanged where the clusters do not follow the labels."""
-        pick = torch.randperm(len(self._unlabelled), generator=g)[:MAX_UNLABELLED].tolist()
-        pool = self._frozen_features(to_tensor([self._unlabelled[i] for i in sorted(pick)], self.input_size).to(device))
+        pool_x = self._pool_tensor(self._unlabelled, g, device)
+        assert pool_x is not None  # only called with unlabelled images
+        pool = self._frozen_features(pool_x)
         found = seeded_kmeans(pool, feats, targets, len(self.classes), random_state=self.seed)
         if found is None:
             return feats, targets
@@ -286,12 +287,13 @@ class CNNClassifier(Classifier):
             w, b = np.vstack([-w / 2, w / 2]), np.array([-b[0] / 2, b[0] / 2])
         return w, b
 
-    def _pool_tensor(self, g: torch.Generator, device: torch.device) -> torch.Tensor | None:
-        """The unlabelled images of a consistency fit (at most ``MAX_UNLABELLED``, drawn with the seed)."""
-        if not self._pool:
+    def _pool_tensor(self, images: Sequence[Sample] | None, g: torch.Generator,
+                     device: torch.device) -> torch.Tensor | None:
+        """At most ``MAX_UNLABELLED`` of the unlabelled ``images`` (drawn with ``g``) as a tensor; None for none."""
+        if not images:
             return None
-        pick = torch.randperm(len(self._pool), generator=g)[:MAX_UNLABELLED].tolist()
-        return to_tensor([self._pool[i] for i in sorted(pick)], self.input_size).to(device)
+        pick = torch.randperm(len(images), generator=g)[:MAX_UNLABELLED].tolist()
+        return to_tensor([images[i] for i in sorted(pick)], self.input_size).to(device)
 
     def _optimise(self, x: torch.Tensor, yt: torch.Tensor, pool: torch.Tensor | None, loss_fn, steps: int,
                   g: torch.Generator) -> float:
@@ -360,7 +362,7 @@ class CNNClassifier(Classifier):
         state = torch.load(folder / "cnn.pt", map_location="cpu", weights_only=True)
         meta = folder / "cnn.json"
         settings = json.loads(meta.read_text()) if meta.exists() else {}
-        if meta.exists():
+        if settings:
             input_size = int(settings["input_size"])
         else:
             state, input_size = state["state_dict"], int(state["input_size"])
