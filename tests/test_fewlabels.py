@@ -118,6 +118,29 @@ def test_a_probe_only_fit_learns_the_pool_it_is_given(eyes, tmp_path):
     # From probe_only_below labels of every class on, fine-tuned: the pool serves FixMatch only.
     full = CNNClassifier(["open", "closed"], probe_only_below=4, **short).fit(samples[:8], y[:8], unlabelled=rest)
     assert not full.fit_info_["probe_only"] and full.fit_info_["pseudo_labels"] == 0
+    # A pool smaller than the labels is not clustered (k-means would mostly cluster the labels themselves) ...
+    tiny = CNNClassifier(["open", "closed"], **short).fit(samples[:8], y[:8], unlabelled=samples[8:13])
+    assert not tiny.fit_info_["probe_only"] and tiny.fit_info_["pseudo_labels"] == 0
+    # ... so self-training, which left the pool to that fit, pseudo-labels it from the fine-tuned one instead.
+    st4 = SelfTrained(CNNClassifier(["open", "closed"], **short), samples[8:13], 0.0).fit(samples[:8], y[:8])
+    assert st4.fit_info_["teacher"] == "fitted" and st4.fit_info_["self_train_threshold"] == 0.0
+    assert st4.fit_info_["teacher_warm_start"] and not st4.fit_info_["probe_only"]
+    # Decided for the fit (as cross-validation's folds follow the fit on all labels): one label each, fine-tuned.
+    forced = CNNClassifier(["open", "closed"], probe_only=False, **short).fit([samples[i] for i in one], y[one])
+    assert not forced.fit_info_["probe_only"] and forced.fit_info_["steps"] == 2
+
+
+def test_the_probe_keeps_a_rare_class_however_many_labels_it_samples(eyes, monkeypatch):
+    from labeler.models.classifiers import cnn
+
+    samples, y = eyes
+    monkeypatch.setattr(cnn, "PROBE_IMAGES", 3)
+    rare = np.concatenate([np.flatnonzero(y == 0), np.flatnonzero(y == 1)[:1]])  # one image of class 1
+    options = {"max_steps": 2, "min_steps": 2, "input_size": 32, "progress": False}
+    for seed in range(4):  # a plain sample of 3 of 13 would often miss it, and leave the head unprobed
+        fit = CNNClassifier(["open", "closed"], probe=True, seed=seed, **options).fit(
+            [samples[i] for i in rare], y[rare])
+        assert fit.fit_info_["probed_head"] is True
 
 
 def test_the_probe_runs_on_cold_fits_only(eyes):

@@ -50,7 +50,7 @@ def test_first_training_pretrains_once_and_the_queue_uses_the_encoder(label_stud
     enc_meta = json.loads((versions / "v1-simclr" / "meta.json").read_text())
     assert enc_meta["images"] == 30 and enc_meta["steps"] == 4, "every task image, labelled or not"
     assert first["train_info"]["encoder"] is True, "the CNN started from the encoder, not ImageNet"
-    assert first["self_training"]["method"] == "fixmatch" and first["self_training"]["pool"] == 20
+    assert first["self_training"] == {"pool": 20, "method": "seeded k-means", "threshold": None}
     # Five labels of each class: the CNN trains only its head, on the labels and the pool's seeded k-means classes
     assert first["train_info"]["probe_only"] and first["train_info"]["pseudo_labels"] == 20
     assert "unlabelled" not in first["train_info"], "no FixMatch steps: nothing was fine-tuned"

@@ -76,7 +76,7 @@ def run(samples: Sequence[Sample], y: np.ndarray, classes: list[str], strategy: 
     ``warm_start`` each round's model starts from the last round's
     (:meth:`Classifier.init_from`), which needs fewer steps than a cold fit. ``name`` labels
     the rows (default: ``strategy``); ``select_options`` go to :func:`select` (the cold start). With
-    ``unlabelled`` each fit also gets the pool's images (consistency training: a CNN with ``consistency``).
+    ``unlabelled`` consistency training replaces self-training; every fit gets the pool's images (:func:`_train_round`).
     With ``start_per_class`` the first labels are that many random images of each class instead of the
     strategy's first batch (:func:`per_class_start`).
     """

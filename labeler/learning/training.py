@@ -150,10 +150,13 @@ def zeroshot_baseline(predictor: Predictor, project: str, samples: Sequence[Samp
     meta["zeroshot_metrics"] = evaluate(y[split.evaluate], zs, classes)
 
 
-def _pool_use(served: Classifier, pool: int, threshold: float) -> dict | None:
-    """How the version learnt from its ``pool`` unlabelled images (None: no pool), for its meta."""
+def _pool_use(served: Classifier, pool: int, threshold: float, info: dict) -> dict | None:
+    """How the version learnt from its ``pool`` unlabelled images (None: no pool), for its meta; ``info``:
+    the fitted model's ``fit_info_``."""
     if not pool:
         return None
+    if info.get("probe_only") and info.get("pseudo_labels"):  # a probe of the pool's seeded k-means clusters
+        return {"pool": pool, "method": "seeded k-means", "threshold": None}
     if isinstance(served, ConsistencyTrained):
         return {"pool": pool, "method": "fixmatch", "threshold": getattr(served.estimator, "consistency_threshold", None)}
     return {"pool": pool, "method": "self-training", "threshold": threshold}
@@ -202,6 +205,8 @@ def make_model(predictor: Predictor, project: str, data: LabelledSet, config: La
     base = KINDS[kind](list(config.classes), seed=s.seed)
     if encoder is not None:  # the project's self-supervised encoder (labeler.learning.pretraining)
         base.set_params(encoder=str(encoder[1]), probe_only_below=s.probe_only_below)
+        if split.method != "holdout":  # the folds (4/5 of the labels) probe or fine-tune as the fit on all does
+            base.set_params(probe_only=base.learns_pool_itself(data.y[split.train]))
     pool: list[Sample] = []
     if s.self_train_pool > 0 and data.unlabelled:
         report(f"fetching up to {s.self_train_pool} of {len(data.unlabelled)} unlabelled images for self-training")
@@ -314,7 +319,7 @@ def train_single(predictor: Predictor, project: str, studio: Studio, config: Lab
                                        lambda step: report(f"{kind}: {step}"))
     meta: dict = {"kind": kind, "classes": classes, "prompts": {c: list(config.prompts[c]) for c in classes},
                   "class_counts": counts, "trigger": trigger, "skipped_tasks": data.skipped_tasks,
-                  "self_training": _pool_use(served, pool, predictor.settings.self_train),
+                  "self_training": _pool_use(served, pool, predictor.settings.self_train, clf.fit_info_),
                   "ensemble": _ensemble_use(served, evaluated, split),
                   "encoder": encoder[0] if encoder else None,
                   "unreadable_images": [{"task": t, "error": e} for t, e in data.bad][:100],

@@ -55,13 +55,23 @@ def pseudo_labels(proba: np.ndarray, threshold: float,
 def self_train(student: Classifier, samples: Sequence[Sample], y: np.ndarray, pool: Sequence[Sample],
                pool_proba: np.ndarray, threshold: float) -> dict:
     """Fit ``student`` on ``samples``/``y`` plus the confident part of ``pool`` (teacher: ``pool_proba``); a
-    student that learns the pool itself (:meth:`Classifier.learns_pool_itself`) gets the pool instead."""
+    student that learns the pool itself (:meth:`Classifier.learns_pool_itself`) gets the pool instead, and
+    the pseudo-labels only where it could not use it after all (:func:`learnt_pool`)."""
     if student.learns_pool_itself(y):
-        student.fit(samples, y, unlabelled=pool)
-        return {**student.fit_info_, "self_train_threshold": None}
+        if learnt_pool(student, samples, y, pool):
+            return {**student.fit_info_, "self_train_threshold": None}
+        student.init_from(student)  # it trained on the labels alone: go on from there with the pseudo-labels
     take, labels = pseudo_labels(pool_proba, threshold)
     student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int))
     return {**student.fit_info_, "pseudo_labels": int(len(take)), "self_train_threshold": threshold}
+
+
+def learnt_pool(student: Classifier, samples: Sequence[Sample], y: np.ndarray, pool: Sequence[Sample]) -> bool:
+    """Fit a student that learns the pool itself; False where it could not after all (a CNN whose seeded
+    k-means clusters did not follow the labels fine-tunes on the labels alone) and self-training must
+    follow."""
+    student.fit(samples, y, unlabelled=pool)
+    return bool(student.fit_info_.get("probe_only", True))
 
 
 class Pool(tuple):
@@ -130,9 +140,10 @@ class SelfTrained(PoolTrained):
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
         self.student_ = clone(self.estimator)
         if self.teacher is None and self.student_.learns_pool_itself(y):  # no teacher to fit
-            self.student_.fit(samples, y, unlabelled=list(self.pool))
-            return {**self.student_.fit_info_, "self_train_threshold": None, "teacher": None}
-        if self.teacher is not None:
+            if learnt_pool(self.student_, samples, y, list(self.pool)):
+                return {**self.student_.fit_info_, "self_train_threshold": None, "teacher": None}
+            teacher, self.student_ = self.student_, clone(self.estimator)  # fitted on the labels: it teaches
+        elif self.teacher is not None:
             teacher = self.teacher.model
         else:
             teacher = clone(self.estimator)

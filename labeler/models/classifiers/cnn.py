@@ -29,8 +29,9 @@ its head: a logistic regression on the frozen features of the labels and of the 
 is given (``fit(..., unlabelled=pool)``), those labelled by seeded k-means
 (:mod:`labeler.models.classifiers.seeded`; :meth:`CNNClassifier._start_head`). Fine-tuning a whole network
 on a few images of a class undoes what pretraining learnt; the probe keeps it, and the clusters show where
-the classes lie. Without them (no pool, or clusters that do not follow the labels) a probe of the labels
-alone only beats fine-tuning with one label of a class, so only such a fit stays probe-only. Measured
+the classes lie. Without them (no pool, a pool smaller than the labels, or clusters that do not follow the
+labels) a probe of the labels alone only beats fine-tuning with one label of a class, so only such a fit
+stays probe-only. Measured
 (README, "Learning from few labels"): one label per class, digits 0.76 accuracy fine-tuned, 0.88 probed,
 0.97 with the pool's clusters; eyes24 0.60, 0.75 and 0.90; at 10 labels per class on eyes24, 0.934
 fine-tuned and 0.948 probed with clusters, at 25 fine-tuning wins (0.957 against 0.949).
@@ -96,9 +97,13 @@ class CNNClassifier(Classifier):
                  max_steps: int = 400, min_steps: int = 150, pretrained: bool = True,
                  progress: bool = True, warm_fraction: float = 0.35, warm_min_steps: int = 60,
                  encoder: str | None = None, consistency: float = 0.0, consistency_threshold: float = 0.95,
-                 unlabelled_ratio: int = 2, probe: bool = False, probe_only_below: int = 10) -> None:
+                 unlabelled_ratio: int = 2, probe: bool = False, probe_only_below: int = 10,
+                 probe_only: bool | None = None) -> None:
         super().__init__(classes, seed)
         self.probe_only_below = probe_only_below  # fewer labels of some class, from an encoder: a linear probe only
+        # None: decided from the labels a fit gets; True/False: decided for it, as cross-validation's folds (4/5
+        # of the labels) follow the decision of the fit on all of them (labeler.learning.training.make_model)
+        self.probe_only = probe_only
         # A cold fit's head starts as a linear probe of the pretrained features (LP-FT). Off: on digits it
         # helped with one label per class and hurt with ten (README, "Learning from few labels").
         self.probe = probe
@@ -188,8 +193,8 @@ class CNNClassifier(Classifier):
         self.net_ = channels_last(self.net_).to(device)
         x = to_tensor(samples, self.input_size).to(device)
         yt = self._targets(y).to(device)
-        pool = self._pool_tensor(self._pool, g, device)  # FixMatch's
-        probed, probe_only = self._start_head(x, y, g, warm)
+        pool = self._pool_tensor(self._pool, g, device)  # FixMatch's (the probe's clusters reuse it)
+        probed, probe_only = self._start_head(x, y, g, warm, pool)
         self.probe_only_ = probe_only  # saved with the weights: a later fit does not warm-start from them
         steps = 0 if probe_only else self.steps_for(len(yt))
         self._init = None  # one warm start per call
@@ -210,15 +215,17 @@ class CNNClassifier(Classifier):
         return self._probe_only(np.asarray(y), self._init is not None)
 
     def _probe_only(self, y: np.ndarray, warm: bool) -> bool:
-        """Whether this fit may train the head only: cold, from an encoder, some class under ``probe_only_below``."""
+        """Whether this fit may train the head only: cold, from an encoder, some class under ``probe_only_below``
+        (or as ``probe_only`` says)."""
         if warm or not self.encoder or np.asarray(y).ndim != 1:
             return False
-        return self._fewest(y) < self.probe_only_below
+        return self.probe_only if self.probe_only is not None else self._fewest(y) < self.probe_only_below
 
     def _fewest(self, y: np.ndarray) -> int:
         return int(np.bincount(y, minlength=len(self.classes)).min())
 
-    def _start_head(self, x: torch.Tensor, y: np.ndarray, g: torch.Generator, warm: bool) -> tuple[bool, bool]:
+    def _start_head(self, x: torch.Tensor, y: np.ndarray, g: torch.Generator, warm: bool,
+                    pool: torch.Tensor | None) -> tuple[bool, bool]:
         """(whether the head starts as a linear probe, whether only the head is trained). A probe-only fit
         learns the unlabelled images' seeded k-means classes too; where those cannot be had, it stays
         probe-only with one label of some class only (with two or more, fine-tuning beat a probe of the
@@ -227,7 +234,7 @@ class CNNClassifier(Classifier):
         probe_only = self._probe_only(y, warm)
         if warm or not (self.probe or probe_only):
             return False, False
-        fitted = self._probe_weights(*self._probe_data(x, y, g, cluster=probe_only))
+        fitted = self._probe_weights(*self._probe_data(x, y, g, cluster=probe_only, pool=pool))
         probe_only = probe_only and (self._clustered > 0 or self._fewest(y) < 2)
         if fitted is None or not (self.probe or probe_only):
             return False, False
@@ -238,19 +245,25 @@ class CNNClassifier(Classifier):
             head.bias.copy_(torch.as_tensor(fitted[1]))
         return True, probe_only
 
-    def _probe_data(self, x: torch.Tensor, y: np.ndarray, g: torch.Generator,
-                    cluster: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _probe_data(self, x: torch.Tensor, y: np.ndarray, g: torch.Generator, cluster: bool,
+                    pool: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(features, targets) of the linear probe. LP-FT (Kumar et al., 2022): the new head starts as a
-        probe (:meth:`_probe_weights`) of the frozen features of the labelled images and a weak view of
-        each, so the first steps do not push a random head's gradients into the pretrained features. With
-        ``cluster`` (a probe-only fit), also the fit's unlabelled images, labelled by :func:`seeded_kmeans`."""
-        pick = torch.randperm(len(x), generator=g)[:PROBE_IMAGES]
-        targets = self._targets(y).numpy()[pick.numpy()]
-        xp = x[pick.to(x.device)]
+        probe (:meth:`_probe_weights`) of the frozen features of the labelled images (at most
+        ``PROBE_IMAGES``, every class kept) and a weak view of each, so the first steps do not push a random
+        head's gradients into the pretrained features. With ``cluster`` (a probe-only fit), also the fit's
+        unlabelled images (``pool``: already as a tensor), labelled by :func:`seeded_kmeans`, where there are
+        at least as many as labels: k-means on fewer would mostly cluster the labels themselves."""
+        perm = torch.randperm(len(x), generator=g).numpy()
+        pick = perm[:PROBE_IMAGES]
+        if y.ndim == 1 and len(pick) < len(perm):  # a rare class must not fall out of the sample
+            classes, first = np.unique(y[perm], return_index=True)
+            pick = np.concatenate([pick, perm[first[~np.isin(classes, y[pick])]]])
+        targets = self._targets(y).numpy()[pick]
+        xp = x[torch.as_tensor(pick).to(x.device)]
         feats = self._frozen_features(torch.cat([xp, weak_augment(xp, g)]))
         targets = np.concatenate([targets, targets])
-        if cluster and self._unlabelled:
-            feats, targets = self._with_clusters(feats, targets, g, x.device)
+        if cluster and len(self._unlabelled) >= len(x):
+            feats, targets = self._with_clusters(feats, targets, g, x.device, pool)
         return feats, targets
 
     @torch.no_grad()
@@ -261,11 +274,12 @@ class CNNClassifier(Classifier):
             nn.functional.adaptive_avg_pool2d(self.net_.features(logits_input(b)), 1).flatten(1).cpu().numpy()
             for b in x.split(256)])
 
-    def _with_clusters(self, feats: np.ndarray, targets: np.ndarray, g: torch.Generator,
-                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-        """``feats``/``targets`` plus the unlabelled images (at most ``MAX_UNLABELLED``) that seeded k-means
-        assigns a class; unchanged where the clusters do not follow the labels."""
-        pool_x = self._pool_tensor(self._unlabelled, g, device)
+    def _with_clusters(self, feats: np.ndarray, targets: np.ndarray, g: torch.Generator, device: torch.device,
+                       pool_x: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``feats``/``targets`` plus the unlabelled images (at most ``MAX_UNLABELLED``; ``pool_x`` where FixMatch
+        drew them already) that seeded k-means assigns a class; unchanged where the clusters do not follow
+        the labels."""
+        pool_x = pool_x if pool_x is not None else self._pool_tensor(self._unlabelled, g, device)
         assert pool_x is not None  # only called with unlabelled images
         pool = self._frozen_features(pool_x)
         found = seeded_kmeans(pool, feats, targets, len(self.classes), random_state=self.seed)

@@ -66,6 +66,8 @@ class Ensemble(WrapsEstimator):
         self._previous = None
         self.fit_info_ = {**infos[0], "members": self.members,
                           "train_seconds": sum(float(i.get("train_seconds", 0)) for i in infos)}
+        if "probe_only" in infos[0]:  # only if every member is: the others trained their networks
+            self.fit_info_["probe_only"] = all(i["probe_only"] for i in infos)
         return self
 
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:  # fit is overridden
