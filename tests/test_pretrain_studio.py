@@ -29,7 +29,8 @@ def cnn_backend(tmp_path_factory, tiny_model):
 def _train(url: str, pid: int) -> dict:
     r = requests.post(f"{url}/admin/projects/{pid}/train", headers=ADMIN)
     assert r.status_code in (200, 201, 202), r.text
-    st = wait_job(url, pid, timeout=420)
+    # Generous: with ten labels of each class, five cross-validation folds and three members fine-tune with FixMatch
+    st = wait_job(url, pid, timeout=900)
     assert st["status"] == "done", st
     return requests.get(f"{url}/metrics").json()["projects"][str(pid)]["versions"][-1]
 
