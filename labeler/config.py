@@ -49,7 +49,7 @@ class Settings:
     ensemble: str = "auto"                     # LABELER_ENSEMBLE: serve three CNNs averaged: auto (< 300 labels), on, off
     pretrain: str = "auto"                     # LABELER_PRETRAIN: auto (self-supervised encoder for the CNN), off
     probe_only_below: int = 10                 # LABELER_PROBE_ONLY_BELOW: fewer labels of a class: the CNN from the
-    #                                            encoder trains its head only, on the pool's clusters (2: one label)
+    #                                            encoder trains its head only, on the pool's clusters, while few in all
     pretrain_steps: int = 900                  # LABELER_PRETRAIN_STEPS: SimCLR optimiser steps (128 images each;
     #                                            300 left the encoder half-trained: README, Learning from few labels)
     pretrain_min_images: int = 200             # LABELER_PRETRAIN_MIN_IMAGES: fewer task images: ImageNet weights only

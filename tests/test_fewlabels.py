@@ -125,6 +125,10 @@ def test_a_probe_only_fit_learns_the_pool_it_is_given(eyes, tmp_path):
     st4 = SelfTrained(CNNClassifier(["open", "closed"], **short), samples[8:13], 0.0).fit(samples[:8], y[:8])
     assert st4.fit_info_["teacher"] == "fitted" and st4.fit_info_["self_train_threshold"] == 0.0
     assert st4.fit_info_["teacher_warm_start"] and not st4.fit_info_["probe_only"]
+    # A rare class among many labels of the others: fine-tuned (probe_only_below=4: 2 of one class, 10 of the other).
+    lopsided = [int(i) for i in np.flatnonzero(y == 0)[:10]] + [int(i) for i in np.flatnonzero(y == 1)[:2]]
+    assert not CNNClassifier(["open", "closed"], probe_only_below=4, **short).learns_pool_itself(y[lopsided])
+    assert CNNClassifier(["open", "closed"], probe_only_below=4, **short).learns_pool_itself(y[lopsided[8:]])
     # Decided for the fit (as cross-validation's folds follow the fit on all labels): one label each, fine-tuned.
     forced = CNNClassifier(["open", "closed"], probe_only=False, **short).fit([samples[i] for i in one], y[one])
     assert not forced.fit_info_["probe_only"] and forced.fit_info_["steps"] == 2

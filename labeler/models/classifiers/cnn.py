@@ -216,10 +216,15 @@ class CNNClassifier(Classifier):
 
     def _probe_only(self, y: np.ndarray, warm: bool) -> bool:
         """Whether this fit may train the head only: cold, from an encoder, some class under ``probe_only_below``
-        (or as ``probe_only`` says)."""
+        and fewer labels in all than ``probe_only_below`` of each class would make (or as ``probe_only`` says).
+        The probe won on few labels in all (balanced draws); a rare class among hundreds of labels of the
+        others is left to fine-tuning with balanced class weights, the path measured before the probe."""
         if warm or not self.encoder or np.asarray(y).ndim != 1:
             return False
-        return self.probe_only if self.probe_only is not None else self._fewest(y) < self.probe_only_below
+        if self.probe_only is not None:
+            return self.probe_only
+        few = self.probe_only_below
+        return self._fewest(y) < few and len(y) < few * len(self.classes)
 
     def _fewest(self, y: np.ndarray) -> int:
         return int(np.bincount(y, minlength=len(self.classes)).min())
