@@ -31,10 +31,9 @@ is given (``fit(..., unlabelled=pool)``), those labelled by seeded k-means
 on a few images of a class undoes what pretraining learnt; the probe keeps it, and the clusters show where
 the classes lie. Without them (no pool, a pool smaller than the labels, or clusters that do not follow the
 labels) a probe of the labels alone only beats fine-tuning with one label of a class, so only such a fit
-stays probe-only. Measured
-(README, "Learning from few labels"): one label per class, digits 0.76 accuracy fine-tuned, 0.88 probed,
-0.97 with the pool's clusters; eyes24 0.60, 0.75 and 0.90; at 10 labels per class on eyes24, 0.934
-fine-tuned and 0.948 probed with clusters, at 25 fine-tuning wins (0.957 against 0.949).
+stays probe-only. Measured (README, "Learning from few labels"): one label per class, digits 0.76 accuracy
+fine-tuned, 0.88 probed, 0.97 with the pool's clusters; eyes24 0.60, 0.75 and 0.90; at 10 labels per class
+on eyes24, 0.934 fine-tuned and 0.948 probed with clusters, at 25 fine-tuning wins (0.957 against 0.949).
 
 Pixels, augmentations and CPU threads: :mod:`labeler.models.classifiers.pixels`.
 
