@@ -89,6 +89,30 @@ def test_typiclust_skips_covered_clusters_and_never_returns_a_chosen_item():
     assert len(set(more.tolist())) == 10 and 0 not in more
 
 
+def test_without_a_model_after_labels_half_the_batch_hunts_for_a_missing_class():
+    from labeler.models.strategies import searching_batch, select
+
+    rng = np.random.default_rng(2)
+    common = [rng.normal([c, 0.0], 0.5, size=(60, 2)) for c in range(0, 50, 5)]
+    rare = rng.normal([25.0, 12.0], 0.5, size=(4, 2))  # a rare class off to one side
+    f = np.concatenate([*common, rare])
+    rare_ids = set(range(600, 604))
+    first = select("margin_diverse", None, np.arange(604), np.zeros(0, dtype=int), 4, rng, f, cold_start="typiclust")
+    assert not rare_ids & set(first.tolist()), "TypiClust's first batch: typical images of the big clusters"
+    pool = np.setdiff1d(np.arange(604), first)
+    for _ in range(3):
+        assert not rare_ids & set(typiclust(f, pool, first, 4, rng).tolist()), "TypiClust alone keeps to them"
+    hunt = select("margin_diverse", None, pool, first, 4, rng, f, cold_start="typiclust")
+    assert len(set(hunt.tolist())) == 4 and not set(hunt.tolist()) & set(first.tolist())
+    assert rare_ids & set(hunt[1::2].tolist()), "k-center's picks, every second one, reach the outlying class"
+    assert not rare_ids & set(hunt[0::2].tolist())
+    proba = np.full((len(pool), 2), 0.5)
+    with_model = select("margin_diverse", proba, pool, first, 4, rng, f, cold_start="typiclust")
+    assert not rare_ids & set(with_model.tolist()), "a model: margin + diversity, no hunting"
+    few = searching_batch(typiclust, f, pool[:3], first, 6, rng)  # fewer candidates than asked: all of them
+    assert sorted(few.tolist()) == sorted(pool[:3].tolist())
+
+
 def test_pretraining_runs_once_per_project_until_it_doubles(tmp_path):
     from dataclasses import replace
 
