@@ -51,10 +51,23 @@ def test_consistency_fit_uses_the_pool_only_when_on(eyes):
     assert on._pool is None  # the pool is not kept with the model
     off = CNNClassifier(["open", "closed"], **options).fit(samples[:8], y[:8], unlabelled=samples[8:])
     assert "unlabelled" not in off.fit_info_
-    multi = MultiLabelCNN(["open", "closed"], consistency=1.0, **options)
-    multi.fit(samples[:8], np.eye(2)[y[:8]].ravel(), unlabelled=samples[8:])
-    assert "unlabelled" not in multi.fit_info_  # FixMatch's targets are one class per image
-    assert multi.fit_info_["consistency_skipped"] == "multi-label"
+    multi = MultiLabelCNN(["open", "closed"], consistency=1.0, consistency_threshold=0.0, **options)
+    multi.fit(samples[:8], np.eye(2)[y[:8]], unlabelled=samples[8:])
+    assert multi.fit_info_["unlabelled"] == 16 and multi.fit_info_["confident_share"] == 1.0  # per class
+    tiny = CNNClassifier(["open", "closed"], consistency=1.0, **options).fit(samples[:8], y[:8], unlabelled=samples[8:9])
+    assert tiny.fit_info_["consistency_skipped"] == "pool < 2"
+
+
+def test_multilabel_fixmatch_masks_each_class_on_its_own():
+    from labeler.models.classifiers.multilabel import multilabel_fixmatch_loss
+
+    weak = torch.tensor([[10.0, -10.0, 0.0]])  # sure present, sure absent, unsure
+    strong = torch.zeros(1, 3, requires_grad=True)
+    loss, share = multilabel_fixmatch_loss(weak, strong, 0.95)
+    assert math.isclose(loss.item(), 2 * math.log(2) / 3, rel_tol=1e-5)  # BCE of 0.5 on the two sure classes
+    assert math.isclose(share.item(), 2 / 3, rel_tol=1e-6)
+    loss.backward()
+    assert strong.grad[0, 2] == 0 and strong.grad[0, 0] < 0 < strong.grad[0, 1], "towards present / absent"
 
 
 def test_a_cold_fit_starts_its_head_from_a_linear_probe():

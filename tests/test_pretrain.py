@@ -287,3 +287,6 @@ def test_a_multi_label_cnn_project_trains_from_its_encoder(tmp_path, monkeypatch
     _, plain = multilabel.train(Predictor(replace(s, pretrain="off")), "5", data, classes, "cnn",
                                 lambda m: None)
     assert plain["encoder"] is None and plain["train_info"]["encoder"] is False
+    _, fixmatch = multilabel.train(Predictor(s), "5", data, classes, "cnn", lambda m: None, pool=samples[:10])
+    assert fixmatch["self_training"] == {"pool": 10, "method": "fixmatch", "threshold": 0.95}
+    assert fixmatch["train_info"]["unlabelled"] == 10, "the served fit learnt from the pool"

@@ -111,21 +111,24 @@ def cross_fitted_thresholds(P: np.ndarray, Y: np.ndarray, groups: np.ndarray) ->
 
 
 def fit_and_evaluate(estimator: Classifier, samples: Sequence[Sample], Y: np.ndarray, split, task_ids: Sequence[int],
-                     seed: int, report: Callable[[str], None]) -> tuple[Classifier, np.ndarray, np.ndarray]:
-    """(the fitted model to serve, its probabilities on the evaluation items, their cross-fitting groups)."""
+                     seed: int, report: Callable[[str], None], pool: Sequence[Sample] = (),
+                     ) -> tuple[Classifier, np.ndarray, np.ndarray]:
+    """(the fitted model to serve, its probabilities on the evaluation items, their cross-fitting groups).
+    Every fit gets the unlabelled ``pool`` (FixMatch, where the estimator's ``consistency`` is on)."""
     take = lambda idx: [samples[i] for i in idx]  # noqa: E731
+    fit = lambda idx: clone(estimator).fit(take(idx), Y[idx], unlabelled=list(pool) or None)  # noqa: E731
     if split.method == "holdout":
         report(f"training on {len(split.train)} labels, {len(split.evaluate)} held out")
-        clf = clone(estimator).fit(take(split.train), Y[split.train])
+        clf = fit(split.train)
         return clf, clf.predict_proba(take(split.evaluate)), halves([task_ids[i] for i in split.evaluate])
     report(f"{split.method} on {len(Y)} labels")
     folds = fold_of(Y, split.folds, seed)
     proba = np.zeros(Y.shape)
     for k in range(split.folds):
         te = np.flatnonzero(folds == k)
-        proba[te] = clone(estimator).fit(take(np.flatnonzero(folds != k)), Y[folds != k]).predict_proba(take(te))
+        proba[te] = fit(np.flatnonzero(folds != k)).predict_proba(take(te))
     report(f"training on all {len(Y)} labels")
-    return clone(estimator).fit(list(samples), Y), proba, folds
+    return fit(np.arange(len(Y))), proba, folds
 
 
 def promotion_baseline(predictor: Predictor, project: str, samples: Sequence[Sample], Y: np.ndarray,
@@ -177,12 +180,13 @@ def estimator_for(kind: str, classes: list[str], seed: int) -> Classifier:
 
 
 def train(predictor: Predictor, project: str, data: LabelledSet, classes: list[str], kind: str,
-          report: Callable[[str], None], conn=None) -> tuple[Classifier, dict]:
+          report: Callable[[str], None], conn=None, pool: Sequence[Sample] = ()) -> tuple[Classifier, dict]:
     """Fit, tune thresholds, evaluate and compare a multi-label version; returns (model, meta).
 
     Once the labels suffice, a CNN starts from the project's self-supervised encoder, pretrained first
     where :func:`labeler.learning.pretraining.ensure_encoder` says so (``conn`` fetches its images), as
-    a single-label project does. ``meta`` holds what :func:`labeler.learning.training.train_project`
+    a single-label project does; with unlabelled images in ``pool`` it trains with FixMatch on them (every
+    fit, the cross-validation folds' too). ``meta`` holds what :func:`labeler.learning.training.train_project`
     registers, ``promoted`` and ``promotion_reason`` included.
     """
     s = predictor.settings
@@ -195,14 +199,18 @@ def train(predictor: Predictor, project: str, data: LabelledSet, classes: list[s
     estimator = estimator_for(kind, classes, s.seed)
     if encoder is not None:
         estimator.set_params(encoder=str(encoder[1]))
+    if pool:
+        estimator.set_params(consistency=1.0)
     clf, proba, groups = fit_and_evaluate(estimator, samples, Y, split, task_ids,
-                                          s.seed, lambda step: report(f"{kind} (multi-label): {step}"))
+                                          s.seed, lambda step: report(f"{kind} (multi-label): {step}"), pool)
     Ye = Y[split.evaluate]
     clf.thresholds_ = fit_thresholds(proba, Ye)
     eval_t = cross_fitted_thresholds(proba, Ye, groups)
     meta: dict = {"kind": clf.kind, "multilabel": True, "classes": classes, "class_counts": counts,
                   "thresholds": clf.thresholds_.tolist(), "skipped_tasks": data.skipped_tasks,
-                  "self_training": None, "train_info": clf.fit_info_, "evaluation": split.method,
+                  "self_training": {"pool": len(pool), "method": "fixmatch",
+                                    "threshold": clf.get_params().get("consistency_threshold")} if pool else None,
+                  "train_info": clf.fit_info_, "evaluation": split.method,
                   "encoder": encoder[0] if encoder else None,
                   "n_train": int(len(split.train)), "n_eval": int(len(split.evaluate)),
                   "metrics": evaluate_multilabel(Ye, proba, classes, eval_t),

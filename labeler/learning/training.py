@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 # Below this many training labels the CNN is served as a small ensemble (LABELER_ENSEMBLE=auto): where
 # `labeler simulate --levers ensemble` measured lower EER and log-loss on eyes24 (the gain was gone by 300).
 ENSEMBLE_BELOW = 300
+# Multi-label CNN projects train with per-class FixMatch on the pool under LABELER_CONSISTENCY=auto: to be measured.
+MULTILABEL_AUTO_FIXMATCH = False
 
 
 @dataclass
@@ -171,11 +173,25 @@ def _ensemble_use(served: Classifier, evaluated: Classifier, split: Split) -> di
             "evaluated": "the ensemble" if evaluated is served else f"one member ({split.method})"}
 
 
-def uses_consistency(setting: str, n_classes: int) -> bool:
+def uses_consistency(setting: str, n_classes: int, multilabel: bool = False) -> bool:
     """Whether the CNN trains with FixMatch on the pool instead of self-training (``LABELER_CONSISTENCY``).
     ``auto``: with three classes or more, where ``labeler simulate --levers fixmatch`` measured a gain
-    (ten-class digits); not for two, where it did not (eyes24) and costs twice a plain fit."""
+    (ten-class digits); not for two, where it did not (eyes24) and costs twice a plain fit. Multi-label
+    (which has no self-training): MULTILABEL_AUTO_FIXMATCH."""
+    if multilabel:
+        return setting == "on" or (setting == "auto" and MULTILABEL_AUTO_FIXMATCH)
     return setting == "on" or (setting == "auto" and n_classes > 2)
+
+
+def multilabel_pool(predictor: Predictor, data: LabelledSet, config: LabelConfig, studio: Studio, kind: str,
+                    report: Callable[[str], None]) -> list[Sample]:
+    """The unlabelled images a multi-label CNN trains on with FixMatch (:func:`uses_consistency`; none else)."""
+    s = predictor.settings
+    if kind != "cnn" or not data.unlabelled or s.self_train_pool <= 0 \
+            or not uses_consistency(s.consistency, len(config.classes), multilabel=True):
+        return []
+    report(f"fetching up to {s.self_train_pool} of {len(data.unlabelled)} unlabelled images for FixMatch")
+    return self_training_pool(predictor, data, config, studio, s.self_train_pool)
 
 
 def uses_ensemble(setting: str, n_train: int) -> bool:
@@ -292,7 +308,8 @@ def train_project(predictor: Predictor, project: str, studio: Studio, trigger: s
                          None if config.multiple else model_voter(predictor, list(config.classes)))
     if config.multiple:
         kind = choose_kind(predictor.settings.classifier, predictor.scorer is not None)
-        clf, meta = multilabel.train(predictor, project, data, list(config.classes), kind, report, studio.conn)
+        pool = multilabel_pool(predictor, data, config, studio, kind, report)
+        clf, meta = multilabel.train(predictor, project, data, list(config.classes), kind, report, studio.conn, pool)
         meta.update(prompts={c: list(config.prompts[c]) for c in config.classes}, trigger=trigger,
                     unreadable_images=[{"task": t, "error": e} for t, e in data.bad][:100])
     else:

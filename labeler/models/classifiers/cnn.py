@@ -118,8 +118,8 @@ class CNNClassifier(Classifier):
 
     def fit(self, X: Sequence[Sample], y: np.ndarray, unlabelled: Sequence[Sample] | None = None) -> "CNNClassifier":
         """Train on ``X``/``y``. ``unlabelled`` images serve FixMatch (``consistency > 0``) and a probe-only
-        fit (:meth:`_start_head`). A pool FixMatch cannot use (multi-label) or of fewer than two images is
-        left out of it, and ``fit_info_`` says so."""
+        fit (:meth:`_start_head`). A pool of fewer than two images is left out of FixMatch, and ``fit_info_``
+        says so."""
         self._unlabelled = list(unlabelled) if unlabelled is not None else []
         wanted = self.consistency > 0 and unlabelled is not None
         usable = self.supports_consistency and len(self._unlabelled) > 1
@@ -130,7 +130,7 @@ class CNNClassifier(Classifier):
             skipped = wanted and self._pool is None
             self._pool, self._unlabelled = None, []
         if skipped:
-            self.fit_info_["consistency_skipped"] = "multi-label" if not self.supports_consistency else "pool < 2"
+            self.fit_info_["consistency_skipped"] = "pool < 2"
         return self
 
     def init_from(self, previous: Classifier) -> bool:
@@ -158,7 +158,7 @@ class CNNClassifier(Classifier):
         return int(max(1, math.ceil(self.step_fraction * cold)))
 
     # What a multi-label subclass changes (labeler.models.classifiers.multilabel.MultiLabelCNN):
-    # the targets, the loss and the output activation.
+    # the targets, the losses and the output activation.
     def _targets(self, y: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(y, dtype=torch.long)
 
@@ -347,8 +347,12 @@ class CNNClassifier(Classifier):
         u = pool[torch.randint(len(pool), (self.unlabelled_ratio * len(xb),), generator=g).to(pool.device)]
         logits = self._logits(torch.cat([weak_augment(xb, g), weak_augment(u, g), strong_augment(u, g)]))
         lx, lw, ls = logits.split([len(xb), len(u), len(u)])
-        unsupervised, share = fixmatch_loss(lw, ls, self.consistency_threshold)
+        unsupervised, share = self._unlabelled_loss(lw, ls)
         return loss_fn(lx, yb) + self.consistency * unsupervised, share.detach().cpu()
+
+    def _unlabelled_loss(self, weak_logits: torch.Tensor, strong_logits: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        return fixmatch_loss(weak_logits, strong_logits, self.consistency_threshold)
 
     @torch.inference_mode()
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:

@@ -119,11 +119,23 @@ class MultiLabelHead(MultiLabel, Classifier):
         return head
 
 
+def multilabel_fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
+                             threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch per class: ``mean_ic m_ic * BCE(strong_ic, 1[p_ic >= 0.5])`` with ``m_ic = 1[max(p_ic,
+    1 - p_ic) >= t]``, ``p`` the sigmoid of the (detached) weak-view logits: a class the network is sure
+    of, present or absent, teaches the strong view, whatever it says of the others. And the share of
+    (image, class) pairs above the threshold."""
+    p = weak_logits.detach().sigmoid()
+    mask = (torch.maximum(p, 1 - p) >= threshold).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(strong_logits, (p >= 0.5).float(), reduction="none")
+    return (bce * mask).mean(), mask.mean()
+
+
 class MultiLabelCNN(MultiLabel, CNNClassifier):
-    """MobileNetV2 fine-tuned with a sigmoid per class (binary cross-entropy on the logits)."""
+    """MobileNetV2 fine-tuned with a sigmoid per class (binary cross-entropy on the logits); FixMatch
+    per class (:func:`multilabel_fixmatch_loss`)."""
 
     kind = "cnn_ml"
-    supports_consistency = False  # FixMatch's targets are one class per image
 
     def _targets(self, y: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(y).reshape(-1, len(self.classes)), dtype=torch.float32)
@@ -139,6 +151,10 @@ class MultiLabelCNN(MultiLabel, CNNClassifier):
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()
+
+    def _unlabelled_loss(self, weak_logits: torch.Tensor, strong_logits: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        return multilabel_fixmatch_loss(weak_logits, strong_logits, self.consistency_threshold)
 
     def _probe_weights(self, feats: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """A balanced logistic regression per class (its sigmoid's weights); None when some class's labels
