@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 # Below this many training labels the CNN is served as a small ensemble (LABELER_ENSEMBLE=auto): where
 # `labeler simulate --levers ensemble` measured lower EER and log-loss on eyes24 (the gain was gone by 300).
 ENSEMBLE_BELOW = 300
-# Multi-label CNN projects train with per-class FixMatch on the pool under LABELER_CONSISTENCY=auto: to be measured.
+# Per-class FixMatch lost on multi-label shapes (macro-F1 on the unlabelled rest 0.71 vs 0.78 at 10 labels, 0.89 vs
+# 0.96 at 20, three times the fit; benchmarks/multilabel_shapes.py --fixmatch), so `auto` leaves it off; `on` forces it.
 MULTILABEL_AUTO_FIXMATCH = False
 
 
