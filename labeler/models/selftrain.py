@@ -53,17 +53,24 @@ def pseudo_labels(proba: np.ndarray, threshold: float,
 
 
 def self_train(student: Classifier, samples: Sequence[Sample], y: np.ndarray, pool: Sequence[Sample],
-               pool_proba: np.ndarray, threshold: float) -> dict:
-    """Fit ``student`` on ``samples``/``y`` plus the confident part of ``pool`` (teacher: ``pool_proba``); a
-    student that learns the pool itself (:meth:`Classifier.learns_pool_itself`) gets the pool instead, and
-    the pseudo-labels only where it could not use it after all (:func:`learnt_pool`)."""
+               pool_proba: np.ndarray | None, threshold: float) -> dict:
+    """Fit ``student`` on ``samples``/``y`` plus the confident part of ``pool``, pseudo-labelled from
+    ``pool_proba`` (a teacher's probabilities on ``pool``). A student that learns the pool itself
+    (:meth:`Classifier.learns_pool_itself`) gets the pool instead; where it could not use it after all
+    (:func:`learnt_pool`), it goes on from that fit with the pseudo-labels, its own where ``pool_proba``
+    is None (then it is its own teacher: ``teacher_warm_start`` in the result)."""
+    fell_back: dict = {}
     if student.learns_pool_itself(y):
         if learnt_pool(student, samples, y, pool):
             return {**student.fit_info_, "self_train_threshold": None}
-        student.init_from(student)  # it trained on the labels alone: go on from there with the pseudo-labels
+        if pool_proba is None:
+            pool_proba = student.predict_proba(pool)
+        fell_back["teacher_warm_start"] = student.init_from(student)  # trained on the labels alone: go on from there
+    if pool_proba is None:
+        raise ValueError("self-training needs a teacher's probabilities on the pool")
     take, labels = pseudo_labels(pool_proba, threshold)
     student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int))
-    return {**student.fit_info_, "pseudo_labels": int(len(take)), "self_train_threshold": threshold}
+    return {**student.fit_info_, "pseudo_labels": int(len(take)), "self_train_threshold": threshold, **fell_back}
 
 
 def learnt_pool(student: Classifier, samples: Sequence[Sample], y: np.ndarray, pool: Sequence[Sample]) -> bool:
@@ -139,11 +146,10 @@ class SelfTrained(PoolTrained):
 
     def _fit(self, samples: list[Sample], y: np.ndarray) -> dict:
         self.student_ = clone(self.estimator)
-        if self.teacher is None and self.student_.learns_pool_itself(y):  # no teacher to fit
-            if learnt_pool(self.student_, samples, y, list(self.pool)):
-                return {**self.student_.fit_info_, "self_train_threshold": None, "teacher": None}
-            teacher, self.student_ = self.student_, clone(self.estimator)  # fitted on the labels: it teaches
-        elif self.teacher is not None:
+        if self.teacher is None and self.student_.learns_pool_itself(y):  # no teacher to fit: it may learn the pool
+            info = self_train(self.student_, samples, y, self.pool, None, self.threshold)
+            return {**info, "teacher": None if info["self_train_threshold"] is None else "fitted"}
+        if self.teacher is not None:
             teacher = self.teacher.model
         else:
             teacher = clone(self.estimator)
