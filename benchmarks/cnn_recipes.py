@@ -38,9 +38,25 @@ from labeler.learning.levers import simulation_encoder
 from labeler.learning.metrics import eer
 from labeler.learning.training import cross_val_proba
 from labeler.models.classifiers import CNNClassifier, Ensemble, Sample
-from labeler.models.classifiers.pixels import logits_input, weak_augment
+from labeler.models.classifiers.pixels import logits_input
 
 EYES = Path(__file__).resolve().parents[2] / "shared/datasets/eyes24/labels.csv"
+
+
+class _OneCycleThenConstant:
+    """SWA's schedule: one cycle over the first ``s0`` steps, then the constant ``swa_lr``."""
+
+    def __init__(self, opt: torch.optim.Optimizer, lr: float, s0: int, swa_lr: float) -> None:
+        self.opt, self.s0, self.swa_lr, self.n = opt, s0, swa_lr, 0
+        self.cycle = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=s0, pct_start=0.25)
+
+    def step(self) -> None:
+        self.n += 1
+        if self.n < self.s0:
+            self.cycle.step()
+        else:
+            for group in self.opt.param_groups:
+                group["lr"] = self.swa_lr
 
 
 class Averaged(CNNClassifier):
@@ -48,40 +64,26 @@ class Averaged(CNNClassifier):
 
     swa_start, swa_lr, cycles = 0.6, 3e-4, 0
 
+    def _schedule(self, opt, steps):  # type: ignore[override]
+        self._per, self._s0 = steps // max(1, self.cycles), int(self.swa_start * steps)
+        if self.cycles:  # cosine restarts, one snapshot at the end of each
+            return torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: 0.5 * (1 + np.cos(np.pi * (s % self._per) / self._per)))
+        return _OneCycleThenConstant(opt, self.lr, self._s0, self.swa_lr)
+
+    def _after_step(self, step: int, steps: int) -> None:
+        if self.cycles and step % self._per == 0:
+            self.snapshots_.append(copy.deepcopy(self.net_.state_dict()))
+        elif not self.cycles and step >= self._s0 and (step - self._s0) % 10 == 0:
+            self._average.update_parameters(self.net_)
+
     def _optimise(self, x, yt, pool, loss_fn, steps, g):  # type: ignore[override]
-        opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=1e-4)
-        per, s0 = steps // max(1, self.cycles), int(self.swa_start * steps)
-        sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * (s % per) / per)))
-                 if self.cycles else torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, total_steps=s0, pct_start=0.25))
-        average, self.snapshots_ = AveragedModel(self.net_), []
-        self.net_.train()
-        step = 0
-        while step < steps:
-            for idx in torch.randperm(len(yt), generator=g).split(self.batch_size):
-                if len(idx) < 2:
-                    continue
-                loss = loss_fn(self._logits(weak_augment(x[idx], g)), yt[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                if self.cycles:
-                    sched.step()
-                    if step % per == 0:
-                        self.snapshots_.append(copy.deepcopy(self.net_.state_dict()))
-                elif step < s0:
-                    sched.step()
-                else:
-                    for group in opt.param_groups:
-                        group["lr"] = self.swa_lr
-                    if (step - s0) % 10 == 0:
-                        average.update_parameters(self.net_)
-                if step >= steps:
-                    break
+        self._average, self.snapshots_ = AveragedModel(self.net_), []
+        share = super()._optimise(x, yt, pool, loss_fn, steps, g)
         if not self.cycles:
-            update_bn([logits_input(b) for b in x.split(64)], average)
-            self.net_.load_state_dict(average.module.state_dict())
-        return 0.0
+            update_bn([logits_input(b) for b in x.split(64)], self._average)
+            self.net_.load_state_dict(self._average.module.state_dict())
+        return share
 
     def _predict(self, samples):  # type: ignore[override]
         if not self.cycles:

@@ -48,6 +48,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -318,7 +319,7 @@ class CNNClassifier(Classifier):
         """``steps`` AdamW steps (one-cycle schedule) over shuffled batches; returns the mean share of
         unlabelled images confident enough to train on (0 without a pool)."""
         opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps, pct_start=0.15)
+        sched = self._schedule(opt, steps)
         self.net_.train()
         step, confident = 0, torch.zeros(())
         bar = tqdm(total=steps, desc="training CNN", unit="step", disable=not self.progress, leave=False)
@@ -332,11 +333,20 @@ class CNNClassifier(Classifier):
                 opt.step()
                 sched.step()
                 step, confident = step + 1, confident + share
+                self._after_step(step, steps)
                 bar.update(1)
                 if step >= steps:
                     break
         bar.close()
         return float(confident) / max(1, steps)
+
+    def _schedule(self, opt: torch.optim.Optimizer, steps: int) -> Any:
+        """The learning-rate schedule, stepped once per optimiser step: one cycle over ``steps``."""
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps, pct_start=0.15)
+
+    def _after_step(self, step: int, steps: int) -> None:
+        """Called after optimiser step ``step`` of ``steps``; weight averaging hooks in here
+        (``benchmarks/cnn_recipes.py``: SWA, snapshot ensembles)."""
 
     def _batch_loss(self, xb: torch.Tensor, yb: torch.Tensor, pool: torch.Tensor | None, loss_fn,
                     g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
