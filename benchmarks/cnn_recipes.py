@@ -64,7 +64,7 @@ class Averaged(CNNClassifier):
 
     swa_start, swa_lr, cycles = 0.6, 3e-4, 0
 
-    def _schedule(self, opt, steps):  # type: ignore[override]
+    def _schedule(self, opt, steps):  # type: ignore[override]  # also sets what _after_step reads
         self._per, self._s0 = steps // max(1, self.cycles), int(self.swa_start * steps)
         if self.cycles:  # cosine restarts, one snapshot at the end of each
             return torch.optim.lr_scheduler.LambdaLR(

@@ -15,7 +15,7 @@ from labeler.media.images import decode
 from labeler.models.classifiers import CNNClassifier, Sample
 from labeler.models.classifiers.pixels import strong_augment
 from labeler.models.pretrain import load_encoder, nt_xent, pretrain_encoder, save_encoder
-from labeler.models.strategies import typiclust
+from labeler.models.strategies import k_center_greedy, typiclust
 
 
 def test_nt_xent_is_small_for_matching_views_and_log_2n_minus_1_for_identical_rows():
@@ -111,6 +111,9 @@ def test_without_a_model_after_labels_half_the_batch_hunts_for_a_missing_class()
     assert not rare_ids & set(with_model.tolist()), "a model: margin + diversity, no hunting"
     few = searching_batch(typiclust, f, pool[:3], first, 6, rng)  # fewer candidates than asked: all of them
     assert sorted(few.tolist()) == sorted(pool[:3].tolist())
+    one = select("margin_diverse", None, pool, first, 1, rng, f, cold_start="typiclust")  # LABELER_TRAIN_EVERY=1
+    assert len(one) == 1 and one[0] in pool, "a batch of one is TypiClust's pick (k-center's half is empty)"
+    assert k_center_greedy(f, pool, first, 0, rng).size == 0 and k_center_greedy(f, pool, [], 0, rng).size == 0
 
 
 def test_pretraining_runs_once_per_project_until_it_doubles(tmp_path):
@@ -260,6 +263,7 @@ def test_a_multi_label_cnn_project_trains_from_its_encoder(tmp_path, monkeypatch
 
     from labeler.config import Settings
     from labeler.dev.shapes import synthetic_shapes
+    from labeler.errors import TrainingError
     from labeler.learning import multilabel
     from labeler.learning.labelled import LabelledSet
     from labeler.models.classifiers.multilabel import MultiLabelCNN
@@ -287,6 +291,15 @@ def test_a_multi_label_cnn_project_trains_from_its_encoder(tmp_path, monkeypatch
     _, plain = multilabel.train(Predictor(replace(s, pretrain="off")), "5", data, classes, "cnn",
                                 lambda m: None)
     assert plain["encoder"] is None and plain["train_info"]["encoder"] is False
-    _, fixmatch = multilabel.train(Predictor(s), "5", data, classes, "cnn", lambda m: None, pool=samples[:10])
+    _, fixmatch = multilabel.train(Predictor(s), "5", data, classes, "cnn", lambda m: None,
+                                    fetch_pool=lambda: samples[:10])
     assert fixmatch["self_training"] == {"pool": 10, "method": "fixmatch", "threshold": 0.95}
     assert fixmatch["train_info"]["unlabelled"] == 10, "the served fit learnt from the pool"
+    _, one = multilabel.train(Predictor(s), "5", data, classes, "cnn", lambda m: None, fetch_pool=lambda: samples[:1])
+    assert one["self_training"]["method"] is None, "one image is no pool for FixMatch: the meta must not claim it"
+    fetched = []
+    too_few = LabelledSet(keep[:3], [], data.y[:3], 0, [])
+    with pytest.raises(TrainingError):
+        multilabel.train(Predictor(s), "5", too_few, classes, "cnn", lambda m: None,
+                         fetch_pool=lambda: fetched.append(1) or samples)
+    assert not fetched, "the pool is fetched only once the labels suffice"

@@ -180,17 +180,20 @@ def estimator_for(kind: str, classes: list[str], seed: int) -> Classifier:
 
 
 def train(predictor: Predictor, project: str, data: LabelledSet, classes: list[str], kind: str,
-          report: Callable[[str], None], conn=None, pool: Sequence[Sample] = ()) -> tuple[Classifier, dict]:
+          report: Callable[[str], None], conn=None,
+          fetch_pool: Callable[[], Sequence[Sample]] = tuple) -> tuple[Classifier, dict]:
     """Fit, tune thresholds, evaluate and compare a multi-label version; returns (model, meta).
 
     Once the labels suffice, a CNN starts from the project's self-supervised encoder, pretrained first
     where :func:`labeler.learning.pretraining.ensure_encoder` says so (``conn`` fetches its images), as
-    a single-label project does; with unlabelled images in ``pool`` it trains with FixMatch on them (every
-    fit, the cross-validation folds' too). ``meta`` holds what :func:`labeler.learning.training.train_project`
-    registers, ``promoted`` and ``promotion_reason`` included.
+    a single-label project does; with unlabelled images from ``fetch_pool`` (called once the labels
+    suffice) it trains with FixMatch on them (every fit, the cross-validation folds' too). ``meta`` holds
+    what :func:`labeler.learning.training.train_project` registers, ``promoted`` and ``promotion_reason``
+    included.
     """
     s = predictor.settings
     counts = check_counts(data.y, classes, s.min_per_class, len(data.bad))
+    pool = list(fetch_pool())
     encoder = ensure_encoder(predictor, project, data, conn, kind, report)
     samples = [it.decoded for _, it in data.keep]
     Y = np.asarray(data.y, dtype=int)
@@ -208,8 +211,9 @@ def train(predictor: Predictor, project: str, data: LabelledSet, classes: list[s
     eval_t = cross_fitted_thresholds(proba, Ye, groups)
     meta: dict = {"kind": clf.kind, "multilabel": True, "classes": classes, "class_counts": counts,
                   "thresholds": clf.thresholds_.tolist(), "skipped_tasks": data.skipped_tasks,
-                  "self_training": {"pool": len(pool), "method": "fixmatch",
-                                    "threshold": clf.get_params().get("consistency_threshold")} if pool else None,
+                  "self_training": {"pool": len(pool), "threshold": clf.get_params().get("consistency_threshold"),
+                                    # what the served fit did: FixMatch needs two or more readable pool images
+                                    "method": "fixmatch" if "unlabelled" in clf.fit_info_ else None} if pool else None,
                   "train_info": clf.fit_info_, "evaluation": split.method,
                   "encoder": encoder[0] if encoder else None,
                   "n_train": int(len(split.train)), "n_eval": int(len(split.evaluate)),

@@ -309,8 +309,8 @@ def train_project(predictor: Predictor, project: str, studio: Studio, trigger: s
                          None if config.multiple else model_voter(predictor, list(config.classes)))
     if config.multiple:
         kind = choose_kind(predictor.settings.classifier, predictor.scorer is not None)
-        pool = multilabel_pool(predictor, data, config, studio, kind, report)
-        clf, meta = multilabel.train(predictor, project, data, list(config.classes), kind, report, studio.conn, pool)
+        clf, meta = multilabel.train(predictor, project, data, list(config.classes), kind, report, studio.conn,
+                                     lambda: multilabel_pool(predictor, data, config, studio, kind, report))
         meta.update(prompts={c: list(config.prompts[c]) for c in config.classes}, trigger=trigger,
                     unreadable_images=[{"task": t, "error": e} for t, e in data.bad][:100])
     else:

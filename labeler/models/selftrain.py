@@ -59,18 +59,18 @@ def self_train(student: Classifier, samples: Sequence[Sample], y: np.ndarray, po
     (:meth:`Classifier.learns_pool_itself`) gets the pool instead; where it could not use it after all
     (:func:`learnt_pool`), it goes on from that fit with the pseudo-labels, its own where ``pool_proba``
     is None (then it is its own teacher: ``teacher_warm_start`` in the result)."""
-    fell_back: dict = {}
+    own_teacher: dict = {}  # where it teaches itself
     if student.learns_pool_itself(y):
         if learnt_pool(student, samples, y, pool):
             return {**student.fit_info_, "self_train_threshold": None}
         if pool_proba is None:
             pool_proba = student.predict_proba(pool)
-        fell_back["teacher_warm_start"] = student.init_from(student)  # trained on the labels alone: go on from there
+        own_teacher["teacher_warm_start"] = student.init_from(student)  # trained on the labels alone: go on from there
     if pool_proba is None:
         raise ValueError("self-training needs a teacher's probabilities on the pool")
     take, labels = pseudo_labels(pool_proba, threshold)
     student.fit(list(samples) + [pool[i] for i in take], np.concatenate([y, labels]).astype(int))
-    return {**student.fit_info_, "pseudo_labels": int(len(take)), "self_train_threshold": threshold, **fell_back}
+    return {**student.fit_info_, "pseudo_labels": int(len(take)), "self_train_threshold": threshold, **own_teacher}
 
 
 def learnt_pool(student: Classifier, samples: Sequence[Sample], y: np.ndarray, pool: Sequence[Sample]) -> bool:

@@ -116,8 +116,8 @@ def k_center_greedy(features: np.ndarray, candidates: np.ndarray, chosen: np.nda
     With nothing chosen yet, the first pick is random.
     """
     candidates = np.asarray(candidates)
-    if k >= len(candidates):
-        return candidates
+    if k >= len(candidates) or k <= 0:
+        return candidates if k > 0 else candidates[:0]
     fc = features[candidates]
     chosen = np.asarray(chosen, dtype=int)
     if len(chosen):
@@ -136,7 +136,7 @@ def k_center_greedy(features: np.ndarray, candidates: np.ndarray, chosen: np.nda
         picks.append(nxt)
         d = np.minimum(d, _sq_dist(fc, fc[nxt:nxt + 1])[:, 0])
         d[nxt] = -1.0
-    return candidates[np.array(picks)]
+    return candidates[np.array(picks, dtype=int)]
 
 
 def typiclust(features: np.ndarray, candidates: np.ndarray, chosen: np.ndarray, k: int,
@@ -215,7 +215,8 @@ def select(strategy: str, proba: np.ndarray | None, pool: np.ndarray, labelled: 
     """The next ``k`` pool indices to label; ``proba`` is aligned with ``pool`` (None at cold start).
 
     ``pool`` and ``labelled`` index rows of ``features``. Without a model, and while fewer than
-    ``typical_until`` images are labelled, the batch comes from ``cold_start`` (:data:`COLD_STARTS`).
+    ``typical_until`` images are labelled, the batch comes from ``cold_start`` (:data:`COLD_STARTS`);
+    once labels exist and still no model, half of it from k-center (:func:`searching_batch`).
     """
     if strategy == "random":
         return rng.permutation(pool)[:k]  # the head of a permutation: the queue's random order starts alike

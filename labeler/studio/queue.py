@@ -346,7 +346,8 @@ def cold_start(state: QueueState) -> dict:
     """How the first batches are chosen: where the features come from the project's self-supervised
     encoder, TypiClust's typical images while there is no model (and until ``TYPICAL_PER_CLASS`` labels
     per class; on eyes24 the pair halved the EER at 25 labels and neither helped alone, see README
-    "Learning from few labels"), else k-center greedy while there is no model."""
+    "Learning from few labels"; once labels exist and still no model, half of each batch comes from
+    k-center greedy, which finds a missing class), else k-center greedy while there is no model."""
     if state.features_from == IMAGENET or not state.proba.size:
         return {}
     return {"cold_start": "typiclust", "typical_until": TYPICAL_PER_CLASS * state.proba.shape[1]}
@@ -364,7 +365,7 @@ def _rank(state: QueueState, strategy: str, batch: int, seed: int, exact: int, l
     if (unlabelled & scored).any():  # a model has scored them: unscored ones go last
         pool, proba = np.flatnonzero(unlabelled & scored), state.proba[unlabelled & scored]
         unranked = state.ids[unlabelled & ~scored].tolist()
-    else:  # cold start, no model yet: k-center batches that cover the pool
+    else:  # cold start, no model yet: batches that cover the pool (see cold_start)
         pool, proba = np.flatnonzero(unlabelled), None
     order = queue_order(strategy, proba, pool, labelled, batch, feats, seed, diverse_top=max(exact, 4 * batch),
                         multilabel=state.multilabel, **cold_start(state))
