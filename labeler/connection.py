@@ -34,6 +34,10 @@ class Connection:
         self.base_url = url.rstrip("/") if url else None
         self.token = token or None
         parts = urlsplit(self.base_url) if self.base_url else None
+        # API paths are appended to the URL: a query or fragment would swallow them (/setup's check of
+        # "host/ok?" would GET "host/ok?/api/projects/1/"), and credentials belong in the token
+        if self.base_url and parts and ("?" in self.base_url or "#" in self.base_url or "@" in parts.netloc):
+            raise ValueError("a Label Studio URL is scheme://host[:port][/path], without query, fragment or user")
         self.origin = f"{parts.scheme}://{parts.netloc}".lower() if parts and parts.netloc else None
         self.path_prefix = parts.path.rstrip("/") if parts else ""
         self._header: dict[str, str] | None = None
@@ -97,4 +101,7 @@ class Connection:
                                 timeout=timeout, allow_redirects=False)
         except requests.RequestException:
             return False
-        return resp.status_code == 200
+        try:  # Label Studio answers with the project itself; any other 200 is not proof
+            return resp.status_code == 200 and str(resp.json().get("id")) == str(project)
+        except (ValueError, AttributeError):
+            return False

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from flask import Blueprint, abort, jsonify, request, send_file
 
+from labeler.errors import InvalidName
 from labeler.ids import check_project, check_version
 
 from .api import bad_request, state
@@ -33,16 +34,19 @@ def job(project: str):
     return jsonify(state().jobs.state(check_project(project)))
 
 
+def requested_version(data: object) -> str | None:
+    """The version a promote asks for: ``{"version": "v3-head"}``; ``"zero-shot"``, ``"zeroshot"`` or null
+    roll back to the zero-shot model. A body without the key is refused (InvalidName, 400), never read
+    as a roll-back."""
+    if not isinstance(data, dict) or "version" not in data:  # a form is a dict too (Werkzeug's MultiDict)
+        raise InvalidName('expected {"version": "v3-head"}, or {"version": "zero-shot"} to roll back')
+    version = data.get("version")
+    return None if version in (None, "zeroshot", "zero-shot") else check_version(version)
+
+
 @bp.post("/projects/<project>/promote")
 def promote(project: str):
-    data = request.get_json(silent=True)
-    if data is not None and not isinstance(data, dict):
-        return bad_request('expected {"version": "v3-head"} (or null for the zero-shot model)')
-    version = (data or {}).get("version")
-    if version in (None, "", "zeroshot", "zero-shot"):
-        version = None
-    else:
-        check_version(version)
+    version = requested_version(request.get_json(silent=True))
     job = state().serve(check_project(project), version)
     return jsonify({"status": "ok", "serving": version or "zero-shot", "job": job})
 

@@ -5,7 +5,8 @@
 - ``/webhook`` accepts basic auth or the header ``X-Labeler-Webhook-Secret``
   equal to ``LABELER_WEBHOOK_SECRET``; with neither configured it is open, and
   only triggers training of projects a verified ``/setup`` made known.
-- ``/admin/*`` needs ``Authorization: Bearer $LABELER_ADMIN_TOKEN`` (off when unset).
+- ``/admin/*`` needs ``Authorization: Bearer $LABELER_ADMIN_TOKEN`` (off when unset), or the token in
+  ``X-Labeler-Admin-Token`` (beside basic auth, where both would need ``Authorization``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ def webhook_ok(req: Request, settings: Settings) -> bool:
     return bool(settings.basic_auth_user) and req.authorization is not None and basic_auth_ok(req, settings)
 
 
+ADMIN_TOKEN_HEADER = "X-Labeler-Admin-Token"
+
+
 def admin_ok(req: Request, settings: Settings) -> bool:
+    """``Authorization: Bearer <token>``, or the token in ``X-Labeler-Admin-Token`` where ``Authorization``
+    carries basic auth (``/metrics`` with its details on a backend that needs basic auth)."""
     token = settings.admin_token
-    return bool(token) and _same(req.headers.get("Authorization", ""), f"Bearer {token}")
+    return bool(token) and (_same(req.headers.get("Authorization", ""), f"Bearer {token}")
+                            | _same(req.headers.get(ADMIN_TOKEN_HEADER, ""), token))

@@ -8,8 +8,11 @@ application/signed-exchange;v=b3;q=0.7``) gets the page; anything else gets
 JSON. Both need ``LABELER_ADMIN_TOKEN``: API clients send
 ``Authorization: Bearer <token>``; a browser logs in once through a form,
 which sets a session cookie (HttpOnly, SameSite=Strict, scoped to
-``/dashboard``, signed with a key derived from the token, so changing the
-token logs everyone out). Every POST form carries a CSRF token tied to the
+``/dashboard``, signed with a key derived from the token and a random key kept
+in ``MODEL_DIR``, so changing the token logs everyone out and a cookie cannot
+test guesses of the token offline). Wrong tokens are counted per client: after
+``LOGIN_FAILURES`` in a minute the form answers 429 at once, with no thread
+kept waiting. Every POST form carries a CSRF token tied to the
 session. With no admin token configured the page does not exist (404), like
 the admin API.
 """
@@ -21,12 +24,16 @@ import hmac
 import io
 import logging
 import math
+import os
 import secrets
+import threading
 import time
+from pathlib import Path
 
 from flask import (
     Blueprint,
     abort,
+    current_app,
     jsonify,
     redirect,
     render_template_string,
@@ -36,8 +43,9 @@ from flask import (
 )
 
 from labeler.errors import LabelerError
-from labeler.ids import check_project, check_version
+from labeler.ids import check_project
 
+from .admin import requested_version
 from .api import metrics_report, state, wants_html
 from .auth import admin_ok
 
@@ -50,10 +58,59 @@ _SESSION_MARK = "labeler-admin"
 def _configure_sessions(setup) -> None:
     app = setup.app
     token = app.config["LABELER_SETTINGS"].admin_token or ""
-    # Flask signs the session cookie with secret_key; derive it from the admin token (one secret to manage).
-    app.secret_key = app.secret_key or hmac.new(token.encode(), b"labeler dashboard session", hashlib.sha256).digest()
+    # Flask signs the session cookie with secret_key. Derived from the token alone, a cookie would let anyone
+    # test guesses of the token offline; a random key kept in MODEL_DIR keys it, the token keeps its say.
+    app.secret_key = app.secret_key or hmac.new(
+        _random_key(app.config["LABELER_SETTINGS"].model_dir / "dashboard-session.key"),
+        b"labeler dashboard session " + token.encode(), hashlib.sha256).digest()
+    app.extensions["labeler_login_failures"] = LoginFailures(LOGIN_FAILURES)
     app.config.update(SESSION_COOKIE_NAME="labeler_admin", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_PATH="/dashboard")
+
+
+def _random_key(path: Path) -> bytes:
+    """32 random bytes kept at ``path`` (mode 0600), made once: every process of the backend signs alike."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        try:
+            os.link(tmp, path)  # atomic, and the first process to get there wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_bytes()
+
+
+class LoginFailures:
+    """Wrong admin tokens per client in the last ``window_s``; bounded memory (``max_clients``)."""
+
+    def __init__(self, limit: int, window_s: float = 60.0, max_clients: int = 10_000) -> None:
+        self.limit, self.window_s, self.max_clients = limit, window_s, max_clients
+        self._seen: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> list[float]:
+        return [t for t in self._seen.get(client, []) if now - t < self.window_s]
+
+    def blocked(self, client: str) -> bool:
+        with self._lock:
+            return len(self._recent(client, time.monotonic())) >= self.limit
+
+    def add(self, client: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if len(self._seen) >= self.max_clients and client not in self._seen:
+                self._seen = {c: r for c, ts in self._seen.items() if (r := self._recent(c, now))}
+                if len(self._seen) >= self.max_clients:
+                    self._seen.pop(next(iter(self._seen)))
+            self._seen[client] = self._recent(client, now) + [now]
+
+
+LOGIN_FAILURES = 10  # wrong tokens a client may send a minute
 
 
 def _logged_in() -> bool:
@@ -125,9 +182,12 @@ def login():
     sent = request.form.get("csrf", "")
     if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
         return render_template_string(_LOGIN, error="the form expired; try again", csrf=_csrf_token()), 400
+    client, failures = request.remote_addr or "?", current_app.extensions["labeler_login_failures"]
+    if failures.blocked(client):
+        return render_template_string(_LOGIN, error="too many wrong tokens; wait a minute", csrf=_csrf_token()), 429
     token = state().settings.admin_token or ""
     if not hmac.compare_digest(request.form.get("token", "").encode(), token.encode()):
-        time.sleep(0.5)  # slow down guessing
+        failures.add(client)
         return render_template_string(_LOGIN, error="wrong admin token", csrf=_csrf_token()), 401
     session.clear()
     session["admin"] = _SESSION_MARK
@@ -150,14 +210,10 @@ def _done(message: str, body: dict, status: int = 200):
 
 @bp.post("/projects/<project>/promote")
 def promote(project: str):
-    """Serve ``version`` (a form field or JSON key); ``zero-shot`` or empty rolls back to the zero-shot model."""
+    """Serve ``version`` (a form field or JSON key; :func:`requested_version`)."""
     if not _authorised_post():
         return jsonify({"status": "error", "error": "admin token or a logged-in session with its form required"}), 401
-    data = request.form if request.form else request.get_json(silent=True)
-    if not isinstance(data, dict):  # a filled form is a dict (a MultiDict)
-        return jsonify({"status": "error", "error": 'expected {"version": "v3-head"} or {"version": "zero-shot"}'}), 400
-    version = data.get("version")
-    version = None if version in (None, "", "zeroshot", "zero-shot") else check_version(version)
+    version = requested_version(request.form if request.form else request.get_json(silent=True))
     project = check_project(project)
     state().serve(project, version)
     return _done(f"project {project} now serves {version or 'the zero-shot model'}", {"serving": version or "zero-shot"})

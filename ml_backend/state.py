@@ -19,7 +19,7 @@ from collections import deque
 from urllib.parse import urlsplit
 
 from labeler.config import Settings
-from labeler.errors import SetupRefused
+from labeler.errors import RegistryError, SetupRefused
 from labeler.fsutil import atomic_write_text
 from labeler.media.fetching import ip_address
 from labeler.models.predictor import Predictor
@@ -188,7 +188,9 @@ class BackendState:
     def serve(self, project: str, version: str | None) -> dict | None:
         """Serve ``version`` (None: the zero-shot model) from the next request on; with a Label Studio
         known for the project, re-predict its tasks and re-rank the queue in the background
-        (returns that job's state)."""
+        (returns that job's state). An unknown project is refused: promoting would make it known."""
+        if project not in self.predictor.registry.projects():
+            raise RegistryError(f"project {project} is unknown to this backend (no verified /setup, no versions)")
         self.predictor.registry.promote(project, version)
         if self.studio(project) is None:
             return None

@@ -8,6 +8,7 @@ import pytest
 
 from labeler.config import Settings
 from labeler.dev.demo import template
+from labeler.models.registry import Registry
 from ml_backend import create_app
 
 
@@ -102,6 +103,11 @@ def test_admin_refuses_paths_and_bad_versions(client):
         assert r.status_code == 400, version
     assert client.post("/admin/projects/1/promote", json={"version": "v7-head"}, headers=admin).status_code == 404
     assert client.post("/admin/projects/1/promote", json={"version": "v7-head"}).status_code == 401
+    # a malformed body is refused, not read as a roll-back; an unknown project is not made known by a promote
+    for body in ({"data": "{", "content_type": "application/json"}, {"data": {"version": "v1-head"}}, {"json": {}}):
+        assert client.post("/admin/projects/1/promote", headers=admin, **body).status_code == 400, body
+    assert client.post("/admin/projects/55/promote", json={"version": None}, headers=admin).status_code == 404
+    assert "55" not in Registry(client.application.config["LABELER_SETTINGS"].model_dir).projects()
 
 
 def test_request_body_limit(tmp_path):
@@ -122,3 +128,17 @@ def test_restart_finds_a_promotion_whose_refresh_did_not_finish(tmp_path):
     settings = Settings(model_dir=tmp_path, zeroshot_model=None)
     jobs = TrainingJobs(settings, Predictor(settings), lambda p: None)
     assert jobs.state("4")["status"] == "failed" and jobs.pending_refreshes() == ["4"]
+
+
+def test_admin_token_travels_beside_basic_auth(client):
+    """Basic auth takes the Authorization header, so the admin token has a header of its own too."""
+    from flask import request
+
+    from ml_backend.auth import admin_ok
+
+    app = client.application
+    settings = app.config["LABELER_SETTINGS"]
+    for headers, ok in (({**AUTH, "X-Labeler-Admin-Token": "t0k"}, True), ({**AUTH, "X-Labeler-Admin-Token": "t0"}, False),
+                        ({"Authorization": "Bearer t0k"}, True), (AUTH, False)):
+        with app.test_request_context(headers=headers):
+            assert admin_ok(request, settings) is ok, headers

@@ -99,6 +99,23 @@ def test_login_then_page_shows_versions_plot_and_confusion_matrix(app):
     assert f"{meta['metrics']['accuracy']:.4f}" in text and f"{meta['metrics']['eer']:.4f}" in text
 
 
+def test_guessing_the_token_is_cut_off_and_the_cookie_does_not_test_guesses(app, tmp_path):
+    client = app.test_client()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/dashboard", headers=HTML).text).group(1)
+    codes = [client.post("/dashboard/login", data={"token": f"guess{i}", "csrf": csrf}, headers=HTML).status_code
+             for i in range(12)]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+    assert client.post("/dashboard/login", data={"token": "t0k", "csrf": csrf}, headers=HTML).status_code == 429
+    key = tmp_path / "dashboard-session.key"
+    assert len(key.read_bytes()) == 32 and key.stat().st_mode & 0o077 == 0
+    # the signing key is not a function of the token alone: another backend with the same token signs otherwise
+    other = create_app(Settings(model_dir=tmp_path / "other", zeroshot_model=None, admin_token="t0k"),
+                       load_in_background=False)
+    assert other.secret_key != app.secret_key
+    again = create_app(Settings(model_dir=tmp_path, zeroshot_model=None, admin_token="t0k"), load_in_background=False)
+    assert again.secret_key == app.secret_key, "a restart keeps the sessions"
+
+
 def test_promote_and_rollback_need_the_session_and_its_csrf_token(app):
     client = app.test_client()
     names = app.config["VERSIONS"]

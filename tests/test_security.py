@@ -23,7 +23,7 @@ import requests
 
 from labeler.dev.demo import template
 from labeler.dev.localserver import start_backend
-from labeler.studio.client import Studio
+from labeler.studio.client import Connection, Studio
 
 from .conftest import png_bytes
 
@@ -322,6 +322,13 @@ def test_setup_cannot_hijack_a_project(label_studio, secured, canaries, image_di
                                                        "hostname": ls_url, "access_token": "wrong-token-123"})
     assert r.status_code == 200
     assert len(attacker.hits) == before, "the backend contacted the attacker's host"
+    # a query or fragment would turn the check into a GET of some unauthenticated page of Label Studio's
+    for trick in (f"{ls_url}/version?", f"{ls_url}/version#", ls_url.replace("//", "//me:pw@")):
+        r = requests.post(f"{url}/setup", auth=AUTH, json={"project": "998", "schema": template("binary"),
+                                                           "hostname": trick, "access_token": "x"})
+        assert r.status_code == 403, (trick, r.text)
+    assert not (Path(model_dir) / "projects" / "998").exists(), "a project became known without proof"
+    assert not Connection(canaries["backend"].url, "t").can_read_project("5"), "any 200 is not the project"
     # Label Studio's auto-created webhook now carries the backend's secret, so annotation events get through
     hooks = [h for h in ls.webhooks.list(project=str(proj.id)) if h.url == url + "/webhook"]
     wait_until(lambda: all((h.headers or {}).get("X-Labeler-Webhook-Secret") == "hook-secret"
