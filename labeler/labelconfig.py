@@ -10,6 +10,7 @@ tooltip to annotators, which doubles as documentation of what the class means.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ DEFAULT_TEMPLATE = "a photo of a {}"
 MAX_CLASSES = 1000
 MAX_PROMPTS_PER_CLASS = 16
 MAX_PROMPT_CHARS = 1000  # longer is cut: the text encoder reads a few hundred tokens at most
+MAX_CONFIG_CHARS = 2_000_000  # XML parses at about 1 s a MB and comes with every /predict
 # URI schemes of Label Studio's cloud storages (S3, GCS, Azure Blob; "azure-spi": service principal).
 CLOUD_SCHEMES = frozenset({"s3", "gs", "gcs", "azure-blob", "azure-spi"})
 
@@ -65,12 +67,20 @@ def parse_label_config(xml: str) -> LabelConfig:
     """The ``<Choices>`` that classifies an ``<Image>`` in ``xml``; :class:`LabelConfigError` if none.
 
     Read with the SDK's ``LabelInterface``, Label Studio's own parser, so a
-    ``<Choice alias=...>`` is the class name annotations carry, as in the UI.
+    ``<Choice alias=...>`` is the class name annotations carry, as in the UI. Every ``/predict`` carries
+    its project's config, so the last few parses are kept (a :class:`LabelConfig` is immutable).
     """
     if not isinstance(xml, str):
         raise LabelConfigError(f"the label config must be XML text, got {type(xml).__name__}")
     if not xml.strip():
         raise LabelConfigError("empty label config")
+    if len(xml) > MAX_CONFIG_CHARS:
+        raise LabelConfigError(f"label config of {len(xml):,} characters refused (at most {MAX_CONFIG_CHARS:,})")
+    return _parse(xml)
+
+
+@functools.lru_cache(maxsize=32)
+def _parse(xml: str) -> LabelConfig:
     try:
         interface = LabelInterface(xml)
     except Exception as exc:  # noqa: BLE001 - the SDK raises its own XML and config errors

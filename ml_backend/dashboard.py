@@ -286,6 +286,7 @@ def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # names from the network ("a$b$@x") are text, not TeX
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 3.2), dpi=100)

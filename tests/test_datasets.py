@@ -48,6 +48,26 @@ def test_twelve_bit_data_keeps_its_contrast_and_big_images_keep_what_the_models_
     assert decode(encode(Image.new("RGB", (2000, 500)), "JPEG")).size == (1024, 256), "a panorama keeps its rows"
 
 
+def test_a_big_sixteen_bit_scan_decodes_in_bounded_memory():
+    """A 78 KB PNG can hold a 40 M pixel 16-bit picture: decoding it must not take float64 copies (25 bytes
+    a pixel, 1 GB) per request."""
+    import tracemalloc
+
+    side = 3000
+    ramp = np.tile(np.linspace(0, 65535, side, dtype=np.float64).astype(np.uint16), (side, 1))
+    data = encode(Image.fromarray(ramp))
+    tracemalloc.start()
+    try:
+        got = decode(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 * side * side, f"{peak / side**2:.1f} bytes a pixel"  # the array of the 32-bit pixels: 4
+    row = np.asarray(got, dtype=float)[0]
+    assert got.size == (512, 512) and abs(row[0]) <= 1 and abs(row[-1] - 255) <= 1, "the picture is kept"
+    assert np.all(np.diff(row) >= 0)
+
+
 def test_exif_orientation_and_transparency_are_applied_as_a_viewer_shows_them():
     upright = Image.new("L", (10, 20), 0)
     upright.paste(255, (0, 0, 10, 5))  # white top band

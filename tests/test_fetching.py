@@ -37,6 +37,9 @@ def test_host_rules():
     assert not any(is_public(ip) for ip in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1",
                                              "fc00::1", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1"))
     assert is_public("8.8.8.8") and is_public("2606:4700::1111")
+    # IPv6 forms that networks translate to an IPv4 address (NAT64, 6to4, IPv4-compatible): that one counts too
+    assert not any(is_public(ip) for ip in ("64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1", "2002:7f00:1::", "::127.0.0.1"))
+    assert is_public("64:ff9b::808:808") and is_public("2002:808:808::1")
 
 
 def test_dot_segments_never_take_the_token_elsewhere_on_label_studio():
@@ -198,3 +201,18 @@ def test_cloud_storage_images_go_through_label_studios_resolve_endpoint():
             Fetcher(named, Connection()).get(ref)
     finally:
         server.shutdown()
+
+
+def test_a_request_decodes_each_picture_once_and_stops_at_its_deadline(tmp_path):
+    import base64
+
+    from labeler.config import Settings
+    from labeler.models.predictor import Predictor
+
+    predictor = Predictor(Settings(model_dir=tmp_path, zeroshot_model=None), local_files=False)
+    url = "data:image/png;base64," + base64.b64encode(png_bytes(5)).decode()
+    same = predictor.fetch([url, url, "data:image/png;base64,AAAA"], Connection())
+    assert same[0].sample is same[1].sample is not None and same[0].key == same[1].key
+    assert same[2].sample is None and same[2].error
+    late = predictor.fetch([url], Connection(), deadline=time.monotonic() - 1)
+    assert late[0].sample is None and "time budget" in late[0].error

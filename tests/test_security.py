@@ -229,6 +229,9 @@ def test_malformed_tasks_and_configs_are_per_task_errors(secured):
                                       + '<Choice value="closed"')
     got = requests.post(f"{url}/predict", auth=AUTH, json={"tasks": [], "label_config": wide, "project": "1"})
     assert got.status_code == 400 and "classes" in got.json()["error"]
+    huge = template("binary").replace("<View>", "<View>" + "<Header value='x'/>" * 120_000)  # 2.3 MB of XML
+    got = requests.post(f"{url}/predict", auth=AUTH, json={"tasks": [], "label_config": huge, "project": "1"})
+    assert got.status_code == 400 and "characters refused" in got.json()["error"]
     # past LABELER_MAX_TASKS_PER_PREDICT (10,000) nothing more is done in the request: those tasks get no prediction
     # (an empty list) and, with no verified Label Studio connection for project 1, no background job either
     got = requests.post(f"{url}/predict", auth=AUTH, json={"tasks": [0] * 10_001, "label_config": template("binary"),

@@ -143,6 +143,7 @@ def write_png(m: MapData, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     colours = _colours(m.classes)
+    plt.rcParams["text.parse_math"] = False  # class names are text, not TeX ("$5 note" would not draw)
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.4))
     for ax, key, title in ((axes[0], m.label, "human label"), (axes[1], m.pred, "model prediction")):
         for c in ["", *m.classes]:

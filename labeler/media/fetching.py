@@ -83,10 +83,25 @@ def ip_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return addr
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _embedded_ipv4(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to where networks translate it: NAT64 (``64:ff9b::a.b.c.d``),
+    6to4 (``2002:aabb:ccdd::``) and the old IPv4-compatible form (``::a.b.c.d``)."""
+    if not isinstance(addr, ipaddress.IPv6Address):
+        return None
+    if any(addr in net for net in _NAT64) or (int(addr) >> 32 == 0 and int(addr) > 1):
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return addr.sixtofour
+
+
 def is_public(ip: str) -> bool:
-    """True when ``ip`` is a global unicast address (not loopback, private, link-local, ...)."""
+    """True when ``ip`` is a global unicast address (not loopback, private, link-local, ...), and so is
+    the IPv4 address it embeds, if any (:func:`_embedded_ipv4`)."""
     addr = ip_address(ip)
-    return addr.is_global and not addr.is_multicast
+    inner = _embedded_ipv4(addr)
+    return addr.is_global and not addr.is_multicast and (inner is None or (inner.is_global and not inner.is_multicast))
 
 
 def _guarded_adapter(check: Callable[[str, int | None, str], None]) -> HTTPAdapter:

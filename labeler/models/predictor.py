@@ -170,14 +170,24 @@ class Predictor:
                 fetched[i] = data
             self.images.put_many(conn, [(refs[i], d) for i, d in zip(todo, new) if isinstance(d, bytes)])
         out: list[Scored] = []
+        decoded: dict[str, Scored] = {}  # the same bytes twice in a request are decoded once
         for got in fetched:
             if isinstance(got, ImageError) or got is None:
                 out.append(Scored(error=str(got)))
                 continue
+            if deadline is not None and time.monotonic() > deadline:
+                out.append(Scored(error="not decoded: the request's time budget ran out (retry to continue)"))
+                continue
+            key = content_key(got)
+            if key in decoded:
+                done = decoded[key]
+                out.append(Scored(sample=done.sample, key=key) if done.sample is not None else Scored(error=done.error))
+                continue
             try:
-                out.append(Scored(sample=Sample(decode(got, self.settings.max_image_pixels)), key=content_key(got)))
+                out.append(Scored(sample=Sample(decode(got, self.settings.max_image_pixels)), key=key))
             except ImageError as exc:
                 out.append(Scored(error=str(exc)))
+            decoded[key] = out[-1]
         return out
 
     def samples(self, urls: Sequence[object], conn: Connection, deadline: float | None = None,
