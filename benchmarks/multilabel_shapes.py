@@ -65,7 +65,8 @@ def run(samples: list[Sample], Y: np.ndarray, seed: int, encoder: str | None, k:
     return out
 
 
-def one_seed(n: int, seed: int, encoder_steps: int, labels: list[int], tmp: Path, fixmatch: bool = False) -> list[dict]:
+def one_seed(n: int, seed: int, encoder_steps: int, labels: list[int], tmp: Path, fixmatch: bool = False,
+             imagenet: bool = True) -> list[dict]:
     """For each labelled size (the first ``k`` images; all ``n`` when 0), the fits from ImageNet and, with
     ``encoder_steps``, from SimCLR pretrained on all ``n`` images, as a project's encoder sees its unlabelled
     tasks too (``fixmatch``: and from SimCLR with FixMatch on the other images)."""
@@ -80,8 +81,9 @@ def one_seed(n: int, seed: int, encoder_steps: int, labels: list[int], tmp: Path
     results = []
     for k in labels:
         k = k or n
-        result = {"seed": seed, "labels": k, "positives": Y[:k].sum(0).tolist(),
-                  "imagenet": run(samples, Y, seed, None, k)}
+        result: dict = {"seed": seed, "labels": k, "positives": Y[:k].sum(0).tolist()}
+        if imagenet:
+            result["imagenet"] = run(samples, Y, seed, None, k)
         if path:
             result["simclr"] = run(samples, Y, seed, path, k)
             if fixmatch and k < n:
@@ -101,12 +103,13 @@ def main() -> None:
     ap.add_argument("--labels", default="0", help="labelled sizes to fit, e.g. 30,60 (the first k images; 0: all)")
     ap.add_argument("--fixmatch", action="store_true",
                     help="with --encoder-steps: also the encoder's fits with FixMatch on the unlabelled images")
+    ap.add_argument("--no-imagenet", action="store_true", help="leave out the fits from ImageNet weights")
     ap.add_argument("--out", type=Path, default=Path("test-artefacts/multilabel_shapes.json"))
     args = ap.parse_args()
     sizes = [int(k) for k in args.labels.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         runs = [r for i in range(args.seeds) for r in one_seed(args.n, args.seed + i, args.encoder_steps, sizes, Path(tmp),
-                                                                  args.fixmatch)]
+                                                                  args.fixmatch, not args.no_imagenet)]
     print(f"\n{args.n} images, {args.seeds} data sets; mean (min..max) over data sets. Labelled items: "
           f"cross-fitted thresholds; the rest (unlabelled): the served model and thresholds")
     print(f"{'labels':>6} {'start':<16} " + " ".join(f"{k:>22}" for k in (
