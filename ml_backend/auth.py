@@ -48,5 +48,6 @@ def admin_ok(req: Request, settings: Settings) -> bool:
     """``Authorization: Bearer <token>``, or the token in ``X-Labeler-Admin-Token`` where ``Authorization``
     carries basic auth (``/metrics`` with its details on a backend that needs basic auth)."""
     token = settings.admin_token
-    return bool(token) and (_same(req.headers.get("Authorization", ""), f"Bearer {token}")
-                            | _same(req.headers.get(ADMIN_TOKEN_HEADER, ""), token))
+    if not token:
+        return False
+    return _same(req.headers.get("Authorization", ""), f"Bearer {token}") | _same(req.headers.get(ADMIN_TOKEN_HEADER, ""), token)
