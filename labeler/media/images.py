@@ -100,7 +100,7 @@ def normalize(im: Image.Image) -> Image.Image:
 def _to_uint8(a: np.ndarray, mode: str, keep: tuple[int, int] | None = None) -> np.ndarray:
     """8-bit pixels of a 16-bit or float image (see :func:`normalize`), first averaged down in blocks
     towards ``keep`` (width, height) where the image is at least twice that: a 40 M pixel 16-bit scan
-    then costs about 4 bytes a pixel at the peak, not 25 (float64 copies)."""
+    then costs about 4 bytes a pixel at the peak, not 24 (float64 copies)."""
     lo, hi = _finite_range(a)
     if keep is not None and (f := min(a.shape[1] // keep[0], a.shape[0] // keep[1])) >= 2:
         h, w = a.shape[0] // f * f, a.shape[1] // f * f

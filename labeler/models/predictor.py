@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -180,8 +180,7 @@ class Predictor:
                 continue
             key = content_key(got)
             if key in decoded:
-                done = decoded[key]
-                out.append(Scored(sample=done.sample, key=key) if done.sample is not None else Scored(error=done.error))
+                out.append(replace(decoded[key]))  # its own item, the decoded sample shared
                 continue
             try:
                 out.append(Scored(sample=Sample(decode(got, self.settings.max_image_pixels)), key=key))
