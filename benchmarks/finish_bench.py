@@ -16,6 +16,7 @@ pool size.
 
     python benchmarks/finish_bench.py --sets eyes24,digits --seeds 20 --jobs 2 [--cache finish-cache]
     python benchmarks/finish_bench.py --sets eyes24 --seeds 3 --pool-fractions 0.25,0.5,1 --strategies margin_diverse
+    python benchmarks/finish_bench.py --sets eyes24 --seeds 10 --report-only --hindsight --redraws 40 ...  # the plan vs the best
 
 A strategy ``S+pretrain`` (e.g. ``margin_diverse+pretrain``) runs the queue as the backend does once a
 project has a self-supervised encoder (issue 23): the CNN starts from SimCLR on the set's images
@@ -148,6 +149,8 @@ def main() -> None:
     ap.add_argument("--cache", default="finish-cache")
     ap.add_argument("--json", help="write every row here")
     ap.add_argument("--report-only", action="store_true", help="only phase 2, on the runs already cached")
+    ap.add_argument("--hindsight", action="store_true",
+                    help="also compare the audit plan with an oracle plan and the best rate in hindsight")
     ap.add_argument("--pool-subsample", default="",
                     help="also certify random parts of each cached pool (e.g. 0.25,0.5; above 1 the pool resampled "
                          "with replacement to that multiple), same model: the audit size against the pool size")
@@ -184,6 +187,8 @@ def main() -> None:
                 print(fut.result(), flush=True)
         print(f"queue phases: {time.perf_counter() - t0:.0f} s", flush=True)
     report(args, cache, strategies, fractions)
+    if args.hindsight:
+        hindsight(args, cache, strategies)
     if args.pool_subsample:
         scaling(args, cache, [float(f) for f in args.pool_subsample.split(",")] + [1.0])
 
@@ -225,6 +230,39 @@ def scaling(args, cache: Path, parts: list[float]) -> None:
                           f"{np.mean([r['redraw_people'] or r['people_share'] for r in rows]):.1%} of the images; "
                           f"violated {sum(r['violated'] for r in rows)} of {len(rows)}, redraws "
                           f"{sum(r['redraw_violations'] for r in rows)} of {sum(r['redraws'] for r in rows)}")
+
+
+#: The single audit rates ``--hindsight`` tries on every run.
+HINDSIGHT_RATES = (0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.22, 0.25, 0.3)
+
+
+def hindsight(args, cache: Path, strategies: list[str]) -> None:
+    """How far the audit plan is from the best any plan could do, per cached run (overall mode): the human
+    share over the audit redraws with the plan, with the plan given the true errors as its error model (an
+    oracle no project has), and with the best of :data:`HINDSIGHT_RATES` for that run in hindsight."""
+    from labeler.learning import certify as cert
+    from labeler.learning.datasets import read_labels
+    from labeler.learning.simulate_finish import certify_phase
+
+    for set_name in args.sets.split(","):
+        classes = read_labels(_dataset(set_name, cache), progress=False).classes
+        for eps in [float(e) for e in args.eps.split(",")]:
+            for strategy in strategies:
+                rows = []
+                for _, q, y in _cached(cache, set_name, 1.0, strategy, args.seeds):
+                    pred, score = q.proba.argmax(1), q.proba.max(1)
+                    names = np.asarray(classes, dtype=object)[pred]
+                    oracle = cert.plan_audit(score, names, eps, args.delta, p_error=pred != y[q.pool])
+                    fixed = [cert.AuditPlan({"all": f}, {}, 0, 0, 0, len(score)) for f in HINDSIGHT_RATES]
+                    people = [certify_phase(q, y, classes, eps, args.delta, redraws=args.redraws, plan=p).redraw_people
+                              for p in [None, oracle, *fixed]]
+                    rows.append([people[0], people[1], min(people[2:]), HINDSIGHT_RATES[int(np.argmin(people[2:]))]])
+                if rows:
+                    r = np.array(rows)
+                    print(f"\n{set_name}, {strategy}, eps {eps:g}, {len(r)} runs, {args.redraws} audit draws each: people "
+                          f"{r[:, 0].mean():.1%} with the plan, {r[:, 1].mean():.1%} with the true errors as its error "
+                          f"model, {r[:, 2].mean():.1%} with each run's best single rate in hindsight (rates "
+                          f"{', '.join(f'{x:g}' for x in r[:, 3])})")
 
 
 def _model_errors(q, y: np.ndarray, top: float = 0.85) -> tuple[int, int]:

@@ -116,13 +116,14 @@ def queue_phase(samples: Sequence[Sample], y: np.ndarray, classes: list[str], st
 
 
 def certify_phase(q: QueueOutcome, y: np.ndarray, classes: Sequence[str], eps: float, delta: float,
-                  per_class: bool = False, redraws: int = 0) -> FinishResult:
-    """Plan and draw the audit on the pool, certify, and check the claim against the known labels."""
+                  per_class: bool = False, redraws: int = 0, plan: cert.AuditPlan | None = None) -> FinishResult:
+    """Plan and draw the audit on the pool, certify, and check the claim against the known labels.
+    ``plan``: another audit plan than :func:`~labeler.learning.certify.plan_audit`'s (to measure the plan)."""
     cert.check_levels(eps, delta)
     pool, proba = q.pool, q.proba
     pred, score = proba.argmax(1), proba.max(1)
     names = np.asarray(classes, dtype=object)[pred]
-    plan = cert.plan_audit(score, names, eps, delta, per_class=per_class)
+    plan = plan or cert.plan_audit(score, names, eps, delta, per_class=per_class)
     strata = list(names) if per_class else ["all"] * len(pool)
     wrong_truth = (pred != y[pool]).astype(float)
     rng = np.random.default_rng([q.seed, 21])  # the audit's own stream: not the queue's
