@@ -10,7 +10,7 @@ from labeler.errors import InvalidName
 from labeler.ids import check_project, check_version
 
 from .api import bad_request, state
-from .auth import admin_ok
+from .auth import admin_ok, too_many_guesses
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -19,6 +19,8 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 def _require_token():
     if not state().settings.admin_token:
         abort(404)  # admin API off unless LABELER_ADMIN_TOKEN is set
+    if too_many_guesses(request):
+        return bad_request("too many wrong admin tokens from this address; wait a minute", 429)
     if not admin_ok(request, state().settings):
         return bad_request("admin token required", 401)
     return None

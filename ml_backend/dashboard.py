@@ -10,9 +10,9 @@ JSON. Both need ``LABELER_ADMIN_TOKEN``: API clients send
 which sets a session cookie (HttpOnly, SameSite=Strict, scoped to
 ``/dashboard``, signed with a key derived from the token and a random key kept
 in ``MODEL_DIR``, so changing the token logs everyone out and a cookie cannot
-test guesses of the token offline). Wrong tokens are counted per client: after
-``LOGIN_FAILURES`` in a minute the form answers 429 at once, with no thread
-kept waiting. Every POST form carries a CSRF token tied to the
+test guesses of the token offline). Wrong tokens, by form or bearer, are counted
+per client (:class:`ml_backend.auth.GuessLimiter`): after ten in a minute the form
+and the API answer 429 at once, with no thread kept waiting. Every POST form carries a CSRF token tied to the
 session. With no admin token configured the page does not exist (404), like
 the admin API.
 """
@@ -26,14 +26,12 @@ import logging
 import math
 import os
 import secrets
-import threading
 import time
 from pathlib import Path
 
 from flask import (
     Blueprint,
     abort,
-    current_app,
     jsonify,
     redirect,
     render_template_string,
@@ -47,7 +45,7 @@ from labeler.ids import check_project
 
 from .admin import requested_version
 from .api import metrics_report, state, wants_html
-from .auth import admin_ok
+from .auth import admin_ok, too_many_guesses, wrong_guess
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -63,7 +61,6 @@ def _configure_sessions(setup) -> None:
     app.secret_key = app.secret_key or hmac.new(
         _random_key(app.config["LABELER_SETTINGS"].model_dir / "dashboard-session.key"),
         b"labeler dashboard session " + token.encode(), hashlib.sha256).digest()
-    app.extensions["labeler_login_failures"] = LoginFailures(LOGIN_FAILURES)
     app.config.update(SESSION_COOKIE_NAME="labeler_admin", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_PATH="/dashboard")
 
@@ -85,34 +82,6 @@ def _random_key(path: Path) -> bytes:
     return path.read_bytes()
 
 
-class LoginFailures:
-    """Wrong admin tokens per client in the last ``window_s``; bounded memory (``max_clients``)."""
-
-    def __init__(self, limit: int, window_s: float = 60.0, max_clients: int = 10_000) -> None:
-        self.limit, self.window_s, self.max_clients = limit, window_s, max_clients
-        self._seen: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, client: str, now: float) -> list[float]:
-        return [t for t in self._seen.get(client, []) if now - t < self.window_s]
-
-    def blocked(self, client: str) -> bool:
-        with self._lock:
-            return len(self._recent(client, time.monotonic())) >= self.limit
-
-    def add(self, client: str) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if len(self._seen) >= self.max_clients and client not in self._seen:
-                self._seen = {c: r for c, ts in self._seen.items() if (r := self._recent(c, now))}
-                if len(self._seen) >= self.max_clients:
-                    self._seen.pop(next(iter(self._seen)))
-            self._seen[client] = self._recent(client, now) + [now]
-
-
-LOGIN_FAILURES = 10  # wrong tokens a client may send a minute
-
-
 def _logged_in() -> bool:
     return session.get("admin") == _SESSION_MARK
 
@@ -121,6 +90,15 @@ def _csrf_token() -> str:
     if "csrf" not in session:
         session["csrf"] = secrets.token_urlsafe(24)
     return session["csrf"]
+
+
+def _token_refusal():
+    """The answer to an API client without a valid admin token (None: it has one)."""
+    if too_many_guesses(request):
+        return jsonify({"status": "error", "error": "too many wrong admin tokens from this address; wait a minute"}), 429
+    if admin_ok(request, state().settings):
+        return None
+    return jsonify({"status": "error", "error": "admin token required (Authorization: Bearer ...)"}), 401
 
 
 def _authorised_post() -> bool:
@@ -162,8 +140,8 @@ def finishing(project: str) -> dict:
 @bp.get("/")
 def index():
     if not wants_html():
-        if not admin_ok(request, state().settings):
-            return jsonify({"status": "error", "error": "admin token required (Authorization: Bearer ...)"}), 401
+        if (refused := _token_refusal()) is not None:
+            return refused
         return jsonify(report())
     if not _logged_in():
         return render_template_string(_LOGIN, error=None, csrf=_csrf_token()), 401
@@ -182,12 +160,11 @@ def login():
     sent = request.form.get("csrf", "")
     if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
         return render_template_string(_LOGIN, error="the form expired; try again", csrf=_csrf_token()), 400
-    client, failures = request.remote_addr or "?", current_app.extensions["labeler_login_failures"]
-    if failures.blocked(client):
+    if too_many_guesses(request):
         return render_template_string(_LOGIN, error="too many wrong tokens; wait a minute", csrf=_csrf_token()), 429
     token = state().settings.admin_token or ""
     if not hmac.compare_digest(request.form.get("token", "").encode(), token.encode()):
-        failures.add(client)
+        wrong_guess(request)
         return render_template_string(_LOGIN, error="wrong admin token", csrf=_csrf_token()), 401
     session.clear()
     session["admin"] = _SESSION_MARK
@@ -234,8 +211,8 @@ def annotators(project: str):
     from .admin import annotator_report
 
     if not wants_html():
-        if not admin_ok(request, state().settings):
-            return jsonify({"status": "error", "error": "admin token required (Authorization: Bearer ...)"}), 401
+        if (refused := _token_refusal()) is not None:
+            return refused
         report, why = annotator_report(project)
         return (jsonify(report), 200) if report is not None else (jsonify({"status": "error", "error": why}), 409)
     if not _logged_in():

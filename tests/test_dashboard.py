@@ -99,6 +99,23 @@ def test_login_then_page_shows_versions_plot_and_confusion_matrix(app):
     assert f"{meta['metrics']['accuracy']:.4f}" in text and f"{meta['metrics']['eer']:.4f}" in text
 
 
+def test_guessing_the_bearer_token_is_cut_off_for_the_admin_api_and_the_form(app):
+    """Wrong bearer tokens count as the form's do: after ten a minute, the right token is refused too
+    (429), on the admin API, the dashboard's JSON and the login form, so the answers tell a guesser nothing;
+    basic auth in ``Authorization`` with the token in its own header is no guess."""
+    client = app.test_client()
+    codes = [client.get("/admin/projects/7/job", headers={"Authorization": f"Bearer guess{i}"}).status_code
+             for i in range(11)]
+    assert codes == [401] * 10 + [429]
+    right = {"Authorization": "Bearer t0k"}
+    assert client.get("/admin/projects/7/job", headers=right).status_code == 429
+    assert client.get("/dashboard", headers=right).status_code == 429
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/dashboard", headers=HTML).text).group(1)
+    assert client.post("/dashboard/login", data={"token": "t0k", "csrf": csrf}, headers=HTML).status_code == 429
+    other = {"REMOTE_ADDR": "10.0.0.2"}  # another client is not held back
+    assert client.get("/admin/projects/7/job", headers=right, environ_base=other).status_code == 200
+
+
 def test_guessing_the_token_is_cut_off_and_the_cookie_does_not_test_guesses(app, tmp_path):
     client = app.test_client()
     csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/dashboard", headers=HTML).text).group(1)
