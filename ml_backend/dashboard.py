@@ -42,6 +42,7 @@ from flask import (
 
 from labeler.errors import LabelerError
 from labeler.ids import check_project
+from labeler.learning.plotting import headless_matplotlib
 
 from .admin import requested_version
 from .api import metrics_report, state, wants_html
@@ -260,10 +261,7 @@ def learning_curve_svg(versions: list[dict]) -> str | None:
 
 
 def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False  # names from the network ("a$b$@x") are text, not TeX
+    headless_matplotlib()
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 3.2), dpi=100)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labeler.learning.plotting import headless_matplotlib
 from labeler.models.uncertainty import uncertainty
 from labeler.studio.client import Studio
 
@@ -137,13 +138,10 @@ def _colours(classes: Sequence[str]) -> dict[str, str]:
 
 def write_png(m: MapData, path: Path) -> Path:
     """Three panels (human label, prediction, uncertainty); suspected errors circled in black."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    headless_matplotlib()
     import matplotlib.pyplot as plt
 
     colours = _colours(m.classes)
-    plt.rcParams["text.parse_math"] = False  # class names are text, not TeX ("$5 note" would not draw)
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.4))
     for ax, key, title in ((axes[0], m.label, "human label"), (axes[1], m.pred, "model prediction")):
         for c in ["", *m.classes]:

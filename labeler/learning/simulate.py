@@ -35,6 +35,7 @@ from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from labeler.learning.metrics import HIGHER_IS_BETTER, evaluate
+from labeler.learning.plotting import headless_matplotlib
 from labeler.models import selftrain
 from labeler.models.classifiers import KINDS, Classifier, CNNClassifier, Ensemble, Sample
 from labeler.models.strategies import DEFAULT_STRATEGY, STRATEGIES, check_strategy, imagenet_features, k_center_greedy, select  # noqa: F401
@@ -199,9 +200,7 @@ def by_labels(rows: list[dict], metric: str) -> dict[int, list[float]]:
 
 def write_outputs(rows: list[dict], out: Path, title: str, metric: str = "eer") -> tuple[Path, Path]:
     """``learning_curves.csv`` and ``learning_curves.png`` (mean ``metric`` with a +-1 std band)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    headless_matplotlib()
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
