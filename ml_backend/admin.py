@@ -10,7 +10,7 @@ from labeler.errors import InvalidName
 from labeler.ids import check_project, check_version
 
 from .api import bad_request, state
-from .auth import admin_ok, too_many_guesses
+from .auth import TOO_MANY_GUESSES, admin_status
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -19,10 +19,9 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 def _require_token():
     if not state().settings.admin_token:
         abort(404)  # admin API off unless LABELER_ADMIN_TOKEN is set
-    if too_many_guesses(request):
-        return bad_request("too many wrong admin tokens from this address; wait a minute", 429)
-    if not admin_ok(request, state().settings):
-        return bad_request("admin token required", 401)
+    status = admin_status(request, state().settings)
+    if status != 200:
+        return bad_request(TOO_MANY_GUESSES if status == 429 else "admin token required", status)
     return None
 
 

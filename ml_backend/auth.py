@@ -7,11 +7,12 @@
   only triggers training of projects a verified ``/setup`` made known.
 - ``/admin/*`` needs ``Authorization: Bearer $LABELER_ADMIN_TOKEN`` (off when unset), or the token in
   ``X-Labeler-Admin-Token`` (beside basic auth, where both would need ``Authorization``).
-- Admin tokens are guessed no faster than :data:`GUESSES_PER_MINUTE` wrong ones a minute per client
-  (:class:`GuessLimiter`): after that every admin token from that client, right or wrong, is refused
-  until the minute has passed, so the answers tell a guesser nothing. Basic auth is not limited that
-  way: behind a proxy every client shares one address, and a lockout would let anyone stop Label
-  Studio's calls (give it a long random password).
+- Admin tokens (bearer, header or the dashboard's login form) are guessed no faster than
+  :data:`GUESSES_PER_MINUTE` wrong ones a minute per client (:class:`GuessLimiter`): after that every
+  admin token from that client, right or wrong, is refused (429) until fewer than that many fall in the
+  last minute, so the answers tell a guesser nothing. Basic auth is not limited that way: behind a
+  proxy every client shares one address, and a lockout would let anyone stop Label Studio's calls
+  (give it a long random password).
 """
 
 from __future__ import annotations
@@ -63,44 +64,49 @@ class GuessLimiter:
     def _recent(self, client: str, now: float) -> list[float]:
         return [t for t in self._seen.get(client, []) if now - t < self.window_s]
 
-    def blocked(self, client: str) -> bool:
-        with self._lock:
-            return len(self._recent(client, time.monotonic())) >= self.limit
-
-    def add(self, client: str) -> None:
+    def judge(self, client: str, right: bool) -> int:
+        """A token sent by ``client``: 429 while it is over its limit (right or not), else 200 when
+        ``right``, else 401 and the guess counted. One lock over the check and the count, so parallel
+        requests cannot slip past the limit together."""
         with self._lock:
             now = time.monotonic()
+            recent = self._recent(client, now)
+            if len(recent) >= self.limit:
+                return 429
+            if right:
+                return 200
             if len(self._seen) >= self.max_clients and client not in self._seen:
-                self._seen = {c: r for c, ts in self._seen.items() if (r := self._recent(c, now))}
+                self._seen = {c: r for c in self._seen if (r := self._recent(c, now))}
                 if len(self._seen) >= self.max_clients:
                     self._seen.pop(next(iter(self._seen)))
-            self._seen[client] = self._recent(client, now) + [now]
+            self._seen[client] = recent + [now]
+            return 401
 
 
-def _limiter() -> GuessLimiter:
-    return current_app.extensions.setdefault("labeler_guesses", GuessLimiter())
+def _judge(req: Request, right: bool) -> int:
+    limiter = current_app.extensions.setdefault("labeler_guesses", GuessLimiter())
+    return limiter.judge(req.remote_addr or "?", right)
 
 
-def too_many_guesses(req: Request) -> bool:
-    """This client sent :data:`GUESSES_PER_MINUTE` wrong admin tokens in the last minute."""
-    return _limiter().blocked(req.remote_addr or "?")
-
-
-def wrong_guess(req: Request) -> None:
-    _limiter().add(req.remote_addr or "?")
+def admin_status(req: Request, settings: Settings) -> int:
+    """200 for the admin token in ``Authorization: Bearer <token>``, or in ``X-Labeler-Admin-Token``
+    where ``Authorization`` carries basic auth (``/metrics`` with its details on a backend that needs
+    basic auth); 401 for none or a wrong one (which counts as a guess); 429 for a client over its
+    guesses (:class:`GuessLimiter`), whatever it sends. A request with no token is no guess."""
+    token = settings.admin_token
+    bearer, header = req.headers.get("Authorization", ""), req.headers.get(ADMIN_TOKEN_HEADER, "")
+    if not token or not (bearer.startswith("Bearer ") or header):
+        return 401
+    return _judge(req, _same(bearer, f"Bearer {token}") | _same(header, token))
 
 
 def admin_ok(req: Request, settings: Settings) -> bool:
-    """``Authorization: Bearer <token>``, or the token in ``X-Labeler-Admin-Token`` where ``Authorization``
-    carries basic auth (``/metrics`` with its details on a backend that needs basic auth). A wrong token
-    counts as a guess; a client with too many is refused whatever it sends (:class:`GuessLimiter`)."""
-    token = settings.admin_token
-    if not token:
-        return False
-    bearer, header = req.headers.get("Authorization", ""), req.headers.get(ADMIN_TOKEN_HEADER, "")
-    right = _same(bearer, f"Bearer {token}") | _same(header, token)
-    if too_many_guesses(req):
-        return False
-    if not right and (bearer.startswith("Bearer ") or header):
-        wrong_guess(req)
-    return right
+    return admin_status(req, settings) == 200
+
+
+def login_status(req: Request, sent: str, settings: Settings) -> int:
+    """The dashboard's login form: :func:`admin_status`'s answers for the token typed in."""
+    return _judge(req, bool(settings.admin_token) and _same(sent, settings.admin_token or ""))
+
+
+TOO_MANY_GUESSES = "too many wrong admin tokens from this address; wait a minute"

@@ -10,9 +10,10 @@ JSON. Both need ``LABELER_ADMIN_TOKEN``: API clients send
 which sets a session cookie (HttpOnly, SameSite=Strict, scoped to
 ``/dashboard``, signed with a key derived from the token and a random key kept
 in ``MODEL_DIR``, so changing the token logs everyone out and a cookie cannot
-test guesses of the token offline). Wrong tokens, by form or bearer, are counted
-per client (:class:`ml_backend.auth.GuessLimiter`): after ten in a minute the form
-and the API answer 429 at once, with no thread kept waiting. Every POST form carries a CSRF token tied to the
+test guesses of the token offline). Wrong tokens, by form, bearer or header, are
+counted per client (:class:`ml_backend.auth.GuessLimiter`): after ten in a minute
+that client's tokens get 429 at once (the form, the JSON routes and the POSTs; a
+logged-in session is not held back), with no thread kept waiting. Every POST form carries a CSRF token tied to the
 session. With no admin token configured the page does not exist (404), like
 the admin API.
 """
@@ -46,7 +47,7 @@ from labeler.learning.plotting import headless_matplotlib
 
 from .admin import requested_version
 from .api import metrics_report, state, wants_html
-from .auth import admin_ok, too_many_guesses, wrong_guess
+from .auth import TOO_MANY_GUESSES, admin_status, login_status
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -93,21 +94,25 @@ def _csrf_token() -> str:
     return session["csrf"]
 
 
+def _refused(status: int, why: str):
+    """The JSON answer to a request the admin token or session does not allow (429: :data:`TOO_MANY_GUESSES`)."""
+    return jsonify({"status": "error", "error": TOO_MANY_GUESSES if status == 429 else why}), status
+
+
 def _token_refusal():
     """The answer to an API client without a valid admin token (None: it has one)."""
-    if too_many_guesses(request):
-        return jsonify({"status": "error", "error": "too many wrong admin tokens from this address; wait a minute"}), 429
-    if admin_ok(request, state().settings):
-        return None
-    return jsonify({"status": "error", "error": "admin token required (Authorization: Bearer ...)"}), 401
+    status = admin_status(request, state().settings)
+    return None if status == 200 else _refused(status, "admin token required (Authorization: Bearer ...)")
 
 
-def _authorised_post() -> bool:
-    """A POST is allowed with the bearer token, or with the session cookie and its CSRF token."""
-    if admin_ok(request, state().settings):
-        return True
+def _post_status() -> int:
+    """200 for a POST with the admin token, or with the session cookie and its CSRF token; else 401 (429
+    for a wrong token from a client over its guesses: :func:`~ml_backend.auth.admin_status`)."""
+    status = admin_status(request, state().settings)
+    if status != 401:
+        return status
     sent = request.form.get("csrf", "")
-    return _logged_in() and bool(sent) and hmac.compare_digest(sent, session.get("csrf", ""))
+    return 200 if _logged_in() and bool(sent) and hmac.compare_digest(sent, session.get("csrf", "")) else 401
 
 
 @bp.before_request
@@ -161,12 +166,10 @@ def login():
     sent = request.form.get("csrf", "")
     if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
         return render_template_string(_LOGIN, error="the form expired; try again", csrf=_csrf_token()), 400
-    if too_many_guesses(request):
-        return render_template_string(_LOGIN, error="too many wrong tokens; wait a minute", csrf=_csrf_token()), 429
-    token = state().settings.admin_token or ""
-    if not hmac.compare_digest(request.form.get("token", "").encode(), token.encode()):
-        wrong_guess(request)
-        return render_template_string(_LOGIN, error="wrong admin token", csrf=_csrf_token()), 401
+    status = login_status(request, request.form.get("token", ""), state().settings)
+    if status != 200:
+        error = "too many wrong tokens; wait a minute" if status == 429 else "wrong admin token"
+        return render_template_string(_LOGIN, error=error, csrf=_csrf_token()), status
     session.clear()
     session["admin"] = _SESSION_MARK
     return redirect(url_for("dashboard.index"), 303)
@@ -174,7 +177,7 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    if _authorised_post():
+    if _post_status() == 200:
         session.clear()
     return redirect(url_for("dashboard.index"), 303)
 
@@ -189,8 +192,8 @@ def _done(message: str, body: dict, status: int = 200):
 @bp.post("/projects/<project>/promote")
 def promote(project: str):
     """Serve ``version`` (a form field or JSON key; :func:`requested_version`)."""
-    if not _authorised_post():
-        return jsonify({"status": "error", "error": "admin token or a logged-in session with its form required"}), 401
+    if (status := _post_status()) != 200:
+        return _refused(status, "admin token or a logged-in session with its form required")
     version = requested_version(request.form if request.form else request.get_json(silent=True))
     project = check_project(project)
     state().serve(project, version)
@@ -199,8 +202,8 @@ def promote(project: str):
 
 @bp.post("/projects/<project>/train")
 def train(project: str):
-    if not _authorised_post():
-        return jsonify({"status": "error", "error": "admin token or a logged-in session with its form required"}), 401
+    if (status := _post_status()) != 200:
+        return _refused(status, "admin token or a logged-in session with its form required")
     job = state().jobs.submit(check_project(project), trigger="admin page")
     return _done(f"training of project {project}: {job.get('status')}", {"job": job}, 202)
 

@@ -9,11 +9,13 @@ import re
 
 import numpy as np
 import pytest
+from flask import request
 
 from labeler.config import Settings
 from labeler.learning.metrics import evaluate
 from labeler.models.registry import Registry
 from ml_backend import create_app
+from ml_backend.auth import admin_ok
 
 CHROMIUM_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,"
                    "*/*;q=0.8,application/signed-exchange;v=b3;q=0.7")
@@ -101,19 +103,35 @@ def test_login_then_page_shows_versions_plot_and_confusion_matrix(app):
 
 def test_guessing_the_bearer_token_is_cut_off_for_the_admin_api_and_the_form(app):
     """Wrong bearer tokens count as the form's do: after ten a minute, the right token is refused too
-    (429), on the admin API, the dashboard's JSON and the login form, so the answers tell a guesser nothing;
-    basic auth in ``Authorization`` with the token in its own header is no guess."""
+    (429) on the admin API, the dashboard's JSON and POSTs and the login form, and /metrics gives no
+    details, so the answers tell a guesser nothing. Each request counts once."""
     client = app.test_client()
-    codes = [client.get("/admin/projects/7/job", headers={"Authorization": f"Bearer guess{i}"}).status_code
-             for i in range(11)]
+    codes = [client.get(path, headers={"Authorization": f"Bearer guess{i}"}).status_code
+             for i, path in enumerate(["/admin/projects/7/job", "/dashboard"] * 5 + ["/admin/projects/7/job"])]
     assert codes == [401] * 10 + [429]
     right = {"Authorization": "Bearer t0k"}
     assert client.get("/admin/projects/7/job", headers=right).status_code == 429
     assert client.get("/dashboard", headers=right).status_code == 429
+    assert client.post("/dashboard/projects/7/train", headers=right).status_code == 429
+    with app.test_request_context("/metrics", headers={"Authorization": "Basic bHM6cHc=", "X-Labeler-Admin-Token": "t0k"},
+                                  environ_base={"REMOTE_ADDR": "127.0.0.1"}):
+        assert not admin_ok(request, app.config["LABELER_SETTINGS"])  # what /metrics asks before its details
     csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/dashboard", headers=HTML).text).group(1)
     assert client.post("/dashboard/login", data={"token": "t0k", "csrf": csrf}, headers=HTML).status_code == 429
     other = {"REMOTE_ADDR": "10.0.0.2"}  # another client is not held back
     assert client.get("/admin/projects/7/job", headers=right, environ_base=other).status_code == 200
+
+
+def test_wrong_basic_auth_and_no_token_are_no_admin_guesses(app):
+    """Basic auth in ``Authorization`` (right or wrong) and requests with no token never count against
+    the admin token: Label Studio's calls cannot lock the admin out, nor the admin Label Studio."""
+    client = app.test_client()
+    for i in range(12):
+        client.get("/admin/projects/7/job", headers={"Authorization": f"Basic {i}"})
+        client.get("/admin/projects/7/job")
+        assert client.get("/metrics", headers={"Authorization": "Basic bHM6d3Jvbmc="}).status_code == 401  # ls:wrong
+    both = {"Authorization": "Basic bHM6cHc=", "X-Labeler-Admin-Token": "t0k"}
+    assert client.get("/admin/projects/7/job", headers=both).status_code == 200
 
 
 def test_guessing_the_token_is_cut_off_and_the_cookie_does_not_test_guesses(app, tmp_path):
