@@ -10,7 +10,7 @@ from labeler.errors import InvalidName
 from labeler.ids import check_project, check_version
 
 from .api import bad_request, state
-from .auth import TOO_MANY_GUESSES, admin_status
+from .auth import admin_status, why_refused
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -21,7 +21,7 @@ def _require_token():
         abort(404)  # admin API off unless LABELER_ADMIN_TOKEN is set
     status = admin_status(request, state().settings)
     if status != 200:
-        return bad_request(TOO_MANY_GUESSES if status == 429 else "admin token required", status)
+        return bad_request(why_refused(status, "admin token required"), status)
     return None
 
 

@@ -110,3 +110,8 @@ def login_status(req: Request, sent: str, settings: Settings) -> int:
 
 
 TOO_MANY_GUESSES = "too many wrong admin tokens from this address; wait a minute"
+
+
+def why_refused(status: int, otherwise: str) -> str:
+    """The error message for an :func:`admin_status` refusal: the guess limit's for 429, else ``otherwise``."""
+    return TOO_MANY_GUESSES if status == 429 else otherwise

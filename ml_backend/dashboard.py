@@ -46,8 +46,8 @@ from labeler.ids import check_project
 from labeler.learning.plotting import headless_matplotlib
 
 from .admin import requested_version
-from .api import metrics_report, state, wants_html
-from .auth import TOO_MANY_GUESSES, admin_status, login_status
+from .api import bad_request, metrics_report, state, wants_html
+from .auth import admin_status, login_status, why_refused
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -94,15 +94,11 @@ def _csrf_token() -> str:
     return session["csrf"]
 
 
-def _refused(status: int, why: str):
-    """The JSON answer to a request the admin token or session does not allow (429: :data:`TOO_MANY_GUESSES`)."""
-    return jsonify({"status": "error", "error": TOO_MANY_GUESSES if status == 429 else why}), status
-
-
 def _token_refusal():
     """The answer to an API client without a valid admin token (None: it has one)."""
     status = admin_status(request, state().settings)
-    return None if status == 200 else _refused(status, "admin token required (Authorization: Bearer ...)")
+    return None if status == 200 else bad_request(why_refused(status, "admin token required (Authorization: Bearer ...)"),
+                                                  status)
 
 
 def _post_status() -> int:
@@ -193,7 +189,7 @@ def _done(message: str, body: dict, status: int = 200):
 def promote(project: str):
     """Serve ``version`` (a form field or JSON key; :func:`requested_version`)."""
     if (status := _post_status()) != 200:
-        return _refused(status, "admin token or a logged-in session with its form required")
+        return bad_request(why_refused(status, "admin token or a logged-in session with its form required"), status)
     version = requested_version(request.form if request.form else request.get_json(silent=True))
     project = check_project(project)
     state().serve(project, version)
@@ -203,7 +199,7 @@ def promote(project: str):
 @bp.post("/projects/<project>/train")
 def train(project: str):
     if (status := _post_status()) != 200:
-        return _refused(status, "admin token or a logged-in session with its form required")
+        return bad_request(why_refused(status, "admin token or a logged-in session with its form required"), status)
     job = state().jobs.submit(check_project(project), trigger="admin page")
     return _done(f"training of project {project}: {job.get('status')}", {"job": job}, 202)
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from types import ModuleType
 
-
-def headless_matplotlib() -> ModuleType:
+def headless_matplotlib() -> None:
     """matplotlib on the Agg backend (no display), with ``$...$`` in text drawn as is, not as TeX: class,
     project and annotator names come from users and the network ("$5 note", "a$b$@x")."""
     import matplotlib
 
     matplotlib.use("Agg")
     matplotlib.rcParams["text.parse_math"] = False
-    return matplotlib
