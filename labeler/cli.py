@@ -234,11 +234,14 @@ def export_cmd(project, fmt, out, all_tasks, split, seed, overwrite, finished, u
 
 @main.command()
 @click.option("--project", required=True, type=int, envvar="LABELER_PROJECT", help="[env LABELER_PROJECT]")
-@click.option("--eps", type=float, help="Target: at most EPS wrong among the tasks the model labels [default: 0.02].")
-@click.option("--delta", type=float, help="The guarantee holds with probability 1 - DELTA [default: 0.05].")
-@click.option("--per-class", is_flag=True, help="Bound every predicted class's error, not only the overall one.")
-@click.option("--seed", type=int, help="Seeds the draw (with the round number) [default: from the OS, recorded in the "
-                                       "round file].")
+@click.option("--eps", type=float, help="Target: at most EPS wrong among the tasks the model labels [default: the "
+              "latest round's, else 0.02].")
+@click.option("--delta", type=float, help="The guarantee holds with probability 1 - DELTA [default: round 1's, "
+              "else 0.05].")
+@click.option("--per-class/--overall", default=None, help="Bound every predicted class's error, or only the overall "
+              "one [default: the latest round's, else overall].")
+@click.option("--seed", type=click.IntRange(min=0), help="Seeds the draw (with the round number) [default: from the OS, "
+                                                         "recorded in the round file].")
 @click.option("--new-round", is_flag=True, help="Draw a new audit round from the tasks unlabelled now.")
 @with_studio
 def audit(project, eps, delta, per_class, seed, new_round, url, api_key, model_dir) -> None:
@@ -257,6 +260,9 @@ def audit(project, eps, delta, per_class, seed, new_round, url, api_key, model_d
                f"{1 - rnd['delta']:.0%} confidence ({'per class' if rnd['per_class'] else 'overall'})")
     click.echo(f"audit about {plan['expected_audit']} of the {plan['pool']} unlabelled tasks; then about "
                f"{plan['expected_accepted'] / max(plan['pool'], 1):.0%} can be accepted")
+    if plan.get("unaudited"):
+        click.echo(f"not audited, too few tasks to certify at this target (they need a person): class(es) "
+                   f"{', '.join(plan['unaudited'])}")
     click.echo(f"drawn: {len(rnd['order'])} tasks, in the Label Studio tab \"{AUDIT_VIEW}\"; label every one of "
                f"them, then run labeler certify --project {project}")
     if rnd["unscored"]:

@@ -15,12 +15,11 @@ from labeler.learning.audit import (
     audit_dir,
     datasheet,
     finished,
-    frozen_predictions,
     load_certificate,
     load_round,
     outcomes,
 )
-from labeler.learning.certify import CertificateError, certify
+from labeler.learning.certify import CertificateError, certify, frozen_predictions
 from labeler.models.uncertainty import centred
 from labeler.studio.export import Row
 from labeler.studio.queue import QueueState, state_path
@@ -157,3 +156,15 @@ def test_audit_labels_are_the_consensus_and_a_disputed_one_is_no_clean_label():
         if t["id"] in unclean:  # a disputed audit task: unlabelled for the test (an error), and never accepted
             assert np.isnan(wrong[row]) and human[row]
     assert not human[-1] and np.isnan(wrong[-1])
+
+
+def test_the_bound_restated_once_people_label_accepted_tasks():
+    """Certified: at most bound * m = 15 errors among m = 1,000 accepted. People label 100 of them and
+    correct 10: at most 5 errors remain among the 900 left to the model; all labelled: no model label."""
+    from labeler.studio.export import Finished
+
+    f = Finished({}, "v3", [], {"accepted": 1000, "bound": 0.015})
+    assert f.bound_after(0, 0) == pytest.approx(0.015)
+    assert f.bound_after(100, 10) == pytest.approx(5 / 900)
+    assert f.bound_after(100, 20) == 0.0 and f.bound_after(1000, 3) is None
+    assert Finished({}, "v3", [], {"accepted": 0, "bound": None}).bound_after(0, 0) is None

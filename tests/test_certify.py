@@ -196,14 +196,46 @@ def test_no_audit_label_is_refused():
     audited = np.array([True, False, True])
     with pytest.raises(C.CertificateError, match="label the audit tab"):
         C.certify(np.ones(3), ["a"] * 3, audited, np.full(3, np.nan), np.zeros(3, bool), {"all": 0.5})
+    with pytest.raises(C.CertificateError, match="the plan drew no audit"):
+        C.certify(np.ones(3), ["a"] * 3, np.zeros(3, bool), np.full(3, np.nan), np.zeros(3, bool), {"a": 0.0},
+                  per_class=True)
 
 
-def test_a_class_without_audit_task_is_named():
+def test_a_class_without_audit_task_is_blocked_by_name_and_the_others_certified():
     predicted = np.array(["a", "a", "b", "b"], dtype=object)
     audited = np.array([True, False, False, False])
     wrong = np.array([0.0, np.nan, np.nan, np.nan])
-    with pytest.raises(C.CertificateError, match="class\\(es\\) b"):
-        C.certify(np.ones(4), predicted, audited, wrong, np.zeros(4, bool), {"a": 0.5, "b": 0.5}, per_class=True)
+    cert, acc = C.certify(np.ones(4), predicted, audited, wrong, np.zeros(4, bool), {"a": 0.5, "b": 0.5},
+                          per_class=True)
+    assert not acc[2:].any() and cert.classes["b"]["accepted"] == 0
+    assert any(b.startswith("b: no audit task among its 2 tasks") for b in cert.blocked), cert.blocked
+
+
+def test_per_class_plan_leaves_a_class_too_small_to_certify_to_people():
+    """5 tasks of a class cannot be certified at 2 %: the plan audits none of them (rate 0) instead of
+    a token rate that usually draws nothing, and the common class is certified as usual."""
+    rng = np.random.default_rng(40)
+    n = 3000
+    scores = rng.uniform(0.9, 1, n)
+    predicted = np.array(["a"] * (n - 5) + ["b"] * 5, dtype=object)
+    truth = rng.random(n) < 0.002
+    plan = C.plan_audit(scores, predicted, 0.02, 0.05, per_class=True)
+    assert plan.rates["b"] == 0 and plan.unaudited == ["b"] and "left to a person: b" in plan.summary()
+    assert 0 < plan.rates["a"] < 1
+    cert, acc = _certify(scores, predicted, truth, plan.rates, rng, eps=0.02, per_class=True, starts=plan.starts)
+    assert cert.certified and acc.sum() > 1500 and not (acc & (predicted == "b")).any()
+    assert "b: no audit task among its 5 tasks (the plan found" in " ".join(cert.blocked)
+    assert cert.classes["a"]["bound"] <= 0.02 and cert.classes["b"]["bound"] is None
+
+
+def test_plan_refuses_scores_it_cannot_use():
+    with pytest.raises(C.CertificateError, match="1 score\\(s\\) are not finite"):
+        C.plan_audit(np.array([0.9, np.nan, 0.8]), ["a"] * 3)
+    with pytest.raises(C.CertificateError, match="same tasks"):
+        C.plan_audit(np.array([0.9, 0.8, 0.7]), ["a"] * 2)
+    C.check_levels(np.float32(0.02), np.float64(0.05))  # numpy numbers are numbers
+    with pytest.raises(C.CertificateError):
+        C.check_levels(True, 0.05)
 
 
 def test_too_few_audit_labels_certify_nothing_and_say_why():
@@ -258,6 +290,7 @@ def test_errors_people_found_can_disprove_a_prefix():
     wrong[human] = 1.0
     cert, acc = C.certify(scores, ["a"] * n, audited, wrong, human, {"all": 0.15})
     assert not acc.any() and not cert.certified
+    assert "people's labels already show" in cert.blocked[0] and "p =" not in cert.blocked[0], cert.blocked
     clean, acc = C.certify(scores, ["a"] * n, audited, np.where(audited, 0.0, np.nan), np.zeros(n, bool),
                            {"all": 0.15})
     assert clean.certified  # the same audit alone would have certified

@@ -141,12 +141,27 @@ def test_finish_a_project_through_label_studio(label_studio, tiny_model, tmp_pat
     left = list(csv.DictReader((tmp_path / "folder" / "needs_person.csv").open()))
     assert sorted(int(r["task_id"]) for r in left) == sorted(cert["needs_person_ids"])
 
+    # a person labels an accepted task after the certificate, against the model: the export counts it as the
+    # person's and restates the bound over the model's labels left (the certified error count, less the one found)
+    fixed = cert["accepted_ids"][0]
+    ls.annotations.create(id=fixed, result=choice("closed" if pool[fixed]["predicted"] == "open" else "open"))
+    r = cli(env, "export", "--project", p, "--format", "csv", "--out", str(tmp_path / "csv2"), "--finished")
+    assert "1 accepted task(s) were labelled by people after the certificate (1 disagreeing" in r.output
+    fin = json.loads((tmp_path / "csv2" / "export.json").read_text())["finished"]
+    m = cert["accepted"]
+    assert (fin["labelled_since"], fin["disagreed_since"], fin["sources"]["model"]) == (1, 1, m - 1)
+    assert fin["bound_now"] == (None if m == 1 else pytest.approx(max(0, round(cert["bound"] * m) - 1) / (m - 1)))
+    labelled.add(fixed)
+
     # a new round, asked for: from the pool as it is now, scored here when queue.npz is not the serving
     # version's (the same version gives the same scores); it has no audit label yet, so no new certificate
     state_path(tmp_path / "md", pid).unlink()
-    r = cli(env, "audit", "--project", p, "--eps", "0.3", "--seed", "0", "--new-round")
+    r = cli(env, "audit", "--project", p, "--seed", "0", "--new-round")
     rnd2 = load_round(tmp_path / "md", pid)
     assert rnd2["round"] == 2 and rnd2["scores_from"] == "scored" and rnd2["version"] == rnd["version"]
+    assert (rnd2["eps"], rnd2["per_class"]) == (0.3, False), "a new round keeps the last round's design"
+    r = cli(env, "audit", "--project", p, "--seed", "-1", "--new-round", ok=False)
+    assert r.exit_code == 2 and "-1 is not in the range x>=0" in r.output
     pool2 = {t["id"]: t for t in rnd2["tasks"]}
     assert set(pool2) == set(now) - labelled, "labelled since the first draw: out of the pool"
     common = sorted(set(pool2) & set(pool))

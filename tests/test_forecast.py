@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from labeler.learning import finishing
+from labeler.learning.certify import CertificateError
 from labeler.learning.forecast import Point, fit_curve, forecast, gain_interval, plateau
 from labeler.models.registry import Registry
 from labeler.studio.queue import QueueState
@@ -164,6 +165,14 @@ def test_report_from_a_registry_and_queue_without_label_studio(tmp_path):
     assert cost["source"] == "plan" and cost["pool"] == 2600 and cost["version"] == "v5-head"
     assert abs(cost["audit"] + cost["accepted"] + cost["to_person"] - 2600) <= 1  # each rounded
     assert ("audit " in cost["line"] and "need a person" in cost["line"]) or "no audit lets" in cost["line"]
+    # a task the model could not score (a NaN row) stays out of the plan, as the audit leaves it out
+    proba[-1] = np.nan
+    QueueState(np.arange(3000), np.arange(3000) < 400, proba, np.zeros((3000, 1), np.float16), "v5-head").save(
+        reg.project_dir("3") / "queue.npz")
+    unscored = finishing.finishing_report(reg, tmp_path, "3", target=0.05)["cost"]
+    assert unscored["pool"] == 2599 and abs(unscored["accepted"] - cost["accepted"]) <= 5
+    with pytest.raises(CertificateError, match="strictly between 0 and 1"):
+        finishing.cost_to_finish(tmp_path, "3", eps=0.0)
 
 
 def test_cost_to_finish_reads_the_latest_certificate(tmp_path):

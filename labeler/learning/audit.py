@@ -41,12 +41,12 @@ from labeler.learning.certify import (
     certify,
     check_levels,
     draw_audit,
+    frozen_predictions,
     plan_audit,
     round_delta,
 )
 from labeler.models.predictor import Predictor
 from labeler.models.registry import Registry
-from labeler.models.uncertainty import multilabel_uncertainty
 from labeler.studio.client import Studio
 from labeler.studio.export import Accepted, Finished
 from labeler.studio.queue import QueueState, queue_scores, state_path, write_field, write_priorities
@@ -100,20 +100,6 @@ def load_certificate(model_dir: str | Path, project: int | str) -> dict | None:
 
 
 # -- the round -----------------------------------------------------------------------------------
-def frozen_predictions(proba: np.ndarray, classes: Sequence[str],
-                       multilabel: bool) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-    """(confidence, predicted classes) per row of class probabilities.
-
-    Single choice: the top class and its probability. Multi-label: rows centred so every threshold
-    is 0.5 (:func:`~labeler.studio.queue.queue_scores`); the classes at or above it (config order)
-    and the confidence of the least certain class.
-    """
-    P = np.asarray(proba, dtype=np.float64).reshape(-1, len(classes))
-    if multilabel:
-        return 1.0 - multilabel_uncertainty(P, 0.5), [tuple(c for c, q in zip(classes, row) if q >= 0.5) for row in P]
-    return P.max(axis=1), [(classes[int(i)],) for i in P.argmax(axis=1)]
-
-
 def _stored_choice(task: dict, version: str, config: LabelConfig) -> str | None:
     """The label of ``task``'s stored prediction of ``version`` (None: it has none)."""
     for p in task.get("predictions") or []:
@@ -161,8 +147,8 @@ def _score_pool(predictor: Predictor, studio: Studio, project: str, pool: list[d
     return P, errors
 
 
-def _same_design(rnd: dict, eps: float | None, delta: float | None, per_class: bool) -> None:
-    asked = {"eps": eps, "delta": delta, "per_class": per_class or None}
+def _same_design(rnd: dict, eps: float | None, delta: float | None, per_class: bool | None) -> None:
+    asked = {"eps": eps, "delta": delta, "per_class": per_class}
     differ = [f"{k} {rnd[k]} (asked {v})" for k, v in asked.items() if v is not None and v != rnd[k]]
     if differ:
         raise CertificateError(f"audit round {rnd['round']} of project {rnd['project']} was drawn with "
@@ -171,7 +157,7 @@ def _same_design(rnd: dict, eps: float | None, delta: float | None, per_class: b
 
 
 def draw_round(studio: Studio, project: int | str, predictor: Predictor, eps: float | None = None,
-               delta: float | None = None, per_class: bool = False, seed: int | None = None,
+               delta: float | None = None, per_class: bool | None = None, seed: int | None = None,
                new_round: bool = False) -> dict:
     """The project's audit round: the latest one as drawn (marked in Label Studio again), or, with
     ``new_round`` or when there is none, a new one drawn from the pool as it is now.
@@ -179,8 +165,9 @@ def draw_round(studio: Studio, project: int | str, predictor: Predictor, eps: fl
     The pool is every task without a person's usable label (:func:`~labeler.studio.tasks.pick_label`),
     scored by the serving model version only: the last pre-annotation's ``queue.npz`` when it is that
     version's for every pool task, else scored here. Tasks the model cannot score stay out of the pool
-    (listed in the round as ``unscored``; they need a person). ``eps``/``delta`` default to
-    :data:`~labeler.learning.certify.DEFAULT_EPS`/``DEFAULT_DELTA``; ``seed`` (default: from the OS,
+    (listed in the round as ``unscored``; they need a person). ``eps``/``per_class`` default to the latest
+    round's, else :data:`~labeler.learning.certify.DEFAULT_EPS` and overall; ``delta`` to round 1's, else
+    ``DEFAULT_DELTA``; ``seed`` (default: from the OS,
     so nobody can know the draw before it is made; recorded in the round) and the round number seed
     the draw, so rounds are independent. Later rounds keep round 1's ``delta``: the rounds share it.
     Raises :class:`CertificateError` when there is no serving model or no prediction, when
@@ -194,7 +181,11 @@ def draw_round(studio: Studio, project: int | str, predictor: Predictor, eps: fl
         _same_design(latest, eps, delta, per_class)
         publish_round(studio, int(key), latest)
         return latest
-    eps = DEFAULT_EPS if eps is None else eps
+    # a new round keeps the design it follows unless told otherwise
+    eps = eps if eps is not None else latest["eps"] if latest else DEFAULT_EPS
+    per_class = per_class if per_class is not None else bool(latest and latest["per_class"])
+    if seed is not None and seed < 0:
+        raise CertificateError(f"the audit's seed must be 0 or more, got {seed}")
     first = load_round(model_dir, key, 1) if latest is not None else None
     if first is not None and delta is not None and delta != first["delta"]:
         raise CertificateError(f"the audit rounds of project {key} share round 1's delta {first['delta']} "
@@ -258,7 +249,8 @@ def _draw(key: str, r: int, version: str, config: LabelConfig, eps: float, delta
         "created": _now(), "seed": seed, "rng": "numpy.random.default_rng([seed, round])",
         "rates": plan.rates, "starts": plan.starts,
         "plan": {"pool": plan.pool, "expected_audit": plan.expected_audit,
-                 "expected_accepted": plan.expected_accepted, "expected_people": plan.expected_people},
+                 "expected_accepted": plan.expected_accepted, "expected_people": plan.expected_people,
+                 "unaudited": plan.unaudited},
         "tasks": [{"id": i, "score": round(float(s), 6), "predicted": p, "stratum": st, "drawn": bool(d),
                    **({"labels": list(c)} if config.multiple else {})}
                   for i, s, p, c, st, d in zip(ids, scores, predicted, sets, strata, drawn)],
@@ -400,7 +392,7 @@ def datasheet(cert: dict, rnd: dict) -> str:
         f"- Accepted: {cert['accepted']} tasks, {cert['coverage']:.1%} of the pool tasks no person labelled; "
         f"certified error bound {bound}",
         f"- Needing a person: {len(cert['needs_person_ids'])} tasks (tab \"{NEEDS_VIEW}\")",
-        "- Confidence thresholds (lowest score accepted): " + ", ".join(
+        "- Confidence thresholds (lowest score accepted; of tasks tied at it, the lower ids): " + ", ".join(
             f"{s['name']} {'-' if s['threshold'] is None else format(s['threshold'], '.4f')}" for s in cert["strata"]),
         "", "| predicted class | accepted | audit labels | audit errors | " +
         ("certified bound |" if cert["per_class"] else "estimate (not certified) |"), "|---|---|---|---|---|"]

@@ -37,7 +37,9 @@ The design.
 5. **Per class** (``per_class=True``) the pool is stratified by the model's predicted class: each
    class gets its own audit rate, prefix search and level ``delta' / K``; by Bonferroni every
    class's claim holds at once with probability ``>= 1 - delta'``, and so does the overall one (a
-   weighted mean of per-class rates). A class that cannot pass its first test is named: it blocks.
+   weighted mean of per-class rates). A class that cannot pass its first test is named: it blocks,
+   and its tasks need a person while the other classes are certified. So is a class the plan finds
+   not worth auditing (rate 0: too few tasks to certify at this target) or whose draw came out empty.
    Without it (the default) one stratum is certified at ``delta'``, which needs about half the
    audit labels for two classes; the per-class errors are then *estimated*, not certified.
 6. **Rounds**: a certificate uses one audit round. Drawing another after looking at the first (for
@@ -53,6 +55,7 @@ which bounds the Hamming error per class too); its confidence is that of its lea
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -60,6 +63,7 @@ import numpy as np
 from scipy.stats import beta, binom, poisson
 
 from labeler.errors import LabelerError
+from labeler.models.uncertainty import multilabel_uncertainty
 
 #: Defaults: at most 2 % wrong labels among the accepted tasks, with 95 % probability.
 DEFAULT_EPS, DEFAULT_DELTA = 0.02, 0.05
@@ -78,7 +82,7 @@ class CertificateError(LabelerError, ValueError):
 def check_levels(eps: float, delta: float) -> None:
     """Both must lie strictly between 0 and 1."""
     for name, v in (("eps (target error rate)", eps), ("delta (1 - confidence)", delta)):
-        if not (isinstance(v, (int, float)) and 0 < v < 1 and math.isfinite(v)):
+        if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < 1 and math.isfinite(v)):
             raise CertificateError(f"{name} must lie strictly between 0 and 1, got {v!r}")
 
 
@@ -189,6 +193,9 @@ def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: n
                          np.asarray(human, bool)[order], codes[order] if groups is not None else None)
     res = StratumResult(name, n, rate, level, int(c.audited.sum()), int(c.labelled_audit.sum()),
                         int((c.labelled_audit & c.known_err).sum()), 0, None, 0, None, None)
+    if not c.audited.any():  # per class: nothing vouches for the class, it accepts nothing
+        res.blocked = _unaudited(n, rate)
+        return res, np.zeros(n, bool)
     start = max(start or 0, first_prefix(eps, level, rate, n))
     if start > n:
         res.blocked = (f"an audit rate of {rate:.3f} over {n} tasks cannot certify {eps:g} at this confidence "
@@ -196,11 +203,7 @@ def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: n
         return res, np.zeros(n, bool)
     best, res.bound, held = _search(c, eps, level, rate, start, res.tests, delta)
     if not best:
-        t = res.tests[0]
-        res.blocked = (f"{t['audit_errors']} audit error(s) (or unlabelled audit tasks) among the "
-                       f"{start} most confident tasks: p = {t['p_value']:.3g} > {level:.3g}"
-                       if not t["rejected"] else "no passing prefix leaves its tasks to the model within eps "
-                       "(the audit or people's labels took too large a share of them)")
+        res.blocked = _why_blocked(res.tests[0], start, level)
         return res, np.zeros(n, bool)
     mask = np.zeros(n, bool)
     mask[order[:best]] = True
@@ -211,6 +214,18 @@ def certify_stratum(name: str, scores: np.ndarray, audited: np.ndarray, wrong: n
     seen = c.labelled_audit[:best]
     res.estimate = float(c.known_err[:best][seen].mean()) if seen.any() else None
     return res, mask
+
+
+def _why_blocked(t: dict, start: int, level: float) -> str:
+    """Why the search accepted nothing, from its first test."""
+    if t["rejected"]:
+        return ("no passing prefix leaves its tasks to the model within eps "
+                "(the audit or people's labels took too large a share of them)")
+    if t["known_errors"] >= t["null_errors"]:
+        return (f"people's labels already show {t['known_errors']} model error(s) among the {start} most confident "
+                f"tasks, more than eps allows there ({t['null_errors'] - 1})")
+    return (f"{t['audit_errors']} audit error(s) (or unlabelled audit tasks) among the {start} most confident "
+            f"tasks: p = {t['p_value']:.3g} > {level:.3g}")
 
 
 @dataclass
@@ -284,8 +299,8 @@ def _search(c: _PrefixCounts, eps: float, level: float, rate: float, start: int,
         # people have found e0 errors or more in the prefix: H_j is proven true, never rejected (keeping
         # a subset of the rejections keeps the error control)
         rejected = p <= level and known < e0
-        tests.append({"prefix": j, "p_value": p, "audit_errors": int(c.k_test[j - 1]), "bound": bound,
-                      "rejected": rejected})
+        tests.append({"prefix": j, "p_value": p, "audit_errors": int(c.k_test[j - 1]), "known_errors": known,
+                      "null_errors": e0, "bound": bound, "rejected": rejected})
         if not rejected:
             break  # fixed sequence: no further test
         if m and bound <= eps:  # the audit took no more of the prefix than the null allowed for
@@ -354,8 +369,9 @@ def certify(scores: np.ndarray, predicted: Sequence[str], audited: np.ndarray, w
     ``hold_back``: in overall mode, leave to people the predicted classes the audit does not vouch
     for (:func:`held_back`; off for multi-label label sets, which are many and mostly rare).
     See :func:`certify_stratum` for ``audited``, ``wrong`` and ``human``.
-    Raises :class:`CertificateError` when the data cannot back any certificate (no audit label,
-    a class with no audit task in per-class mode).
+    In per-class mode a class with no audit task is blocked (its tasks need a person), the others
+    certified as usual: its share of ``delta`` is simply not spent.
+    Raises :class:`CertificateError` when the data cannot back any certificate (no audit label).
     """
     check_levels(eps, delta)
     scores, predicted_arr = np.asarray(scores, float), np.asarray([str(p) for p in predicted], dtype=object)
@@ -398,22 +414,41 @@ def _check_inputs(scores: np.ndarray, predicted: np.ndarray, audited: np.ndarray
     if not len(scores):
         raise CertificateError("the pool is empty: every task already has a person's label")
     labelled = audited & ~np.isnan(wrong)
+    if not audited.any() and names and all(rates.get(s, 1) <= 0 for s in names):
+        raise CertificateError("the plan drew no audit: at this target no audit lets the model label any task, so "
+                               "every task needs a person (a better model, a larger pool or a looser target changes that)")
     if labelled.sum() < min_audit:
         raise CertificateError(f"{int(audited.sum())} audit task(s) drawn, {int(labelled.sum())} labelled: "
                                "label the audit tab's tasks first")
     missing = [s for s in names if s not in rates]
     if missing:
         raise CertificateError(f"no audit rate for {', '.join(missing)}: the audit was drawn for another design")
-    empty = [s for s in names if per_class and not (audited & (predicted == s)).any()]
-    if empty:
-        raise CertificateError(f"no audit task of the class(es) {', '.join(empty)}: a per-class certificate "
-                               "needs audit labels of every class the model predicts (draw the audit per class)")
     return labelled
+
+
+def _unaudited(n: int, rate: float) -> str:
+    why = ("the plan found that no audit of them lets the model label any at this target" if rate <= 0
+           else f"none was drawn at its audit rate {rate:.3g}")
+    return f"no audit task among its {n} tasks ({why}): they need a person, or a new audit round"
 
 
 def _evidence(row: dict) -> str:
     return (f"{row.get('audit_in_accepted_region', 0)} audit label(s) in the accepted region, "
             f"{row.get('audit_errors_in_region', 0)} wrong")
+
+
+def frozen_predictions(proba: np.ndarray, classes: Sequence[str],
+                       multilabel: bool) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """(confidence, predicted classes) per row of class probabilities.
+
+    Single choice: the top class and its probability. Multi-label: rows centred so every threshold
+    is 0.5 (:func:`~labeler.studio.queue.queue_scores`); the classes at or above it (config order)
+    and the confidence of the least certain class.
+    """
+    P = np.asarray(proba, dtype=np.float64).reshape(-1, len(classes))
+    if multilabel:
+        return 1.0 - multilabel_uncertainty(P, 0.5), [tuple(c for c, q in zip(classes, row) if q >= 0.5) for row in P]
+    return P.max(axis=1), [(classes[int(i)],) for i in P.argmax(axis=1)]
 
 
 def draw_audit(strata: Sequence[str], rates: dict[str, float], rng: np.random.Generator) -> np.ndarray:
@@ -432,15 +467,18 @@ class AuditPlan:
     expected_accepted: int       # tasks the model would label
     expected_people: int         # audit + tasks left to a person
     pool: int
+    unaudited: list[str] = field(default_factory=list)  # per class: classes not worth auditing (rate 0)
 
     def summary(self) -> str:
         if not self.expected_accepted:
             return (f"no audit of the {self.pool} unlabelled tasks is expected to let the model label any: at this "
                     "target the audit would cost as much as labelling them (a better model, a larger pool or a "
                     "looser target changes that)")
+        skipped = (f"; not audited, their tasks left to a person: {', '.join(self.unaudited)}"
+                   if self.unaudited else "")
         return (f"audit about {self.expected_audit} of the {self.pool} unlabelled tasks; expected then: "
                 f"{self.expected_accepted} accepted ({self.expected_accepted / max(self.pool, 1):.0%}), "
-                f"{self.expected_people - self.expected_audit} left to a person")
+                f"{self.expected_people - self.expected_audit} left to a person{skipped}")
 
 
 RATES = np.unique(np.round(np.geomspace(0.005, 1.0, 60), 4))
@@ -464,6 +502,11 @@ def plan_audit(scores: np.ndarray, predicted: Sequence[str], eps: float = DEFAUL
     """
     check_levels(eps, delta)
     scores = np.asarray(scores, float)
+    if len(predicted) != len(scores) or (p_error is not None and len(p_error) != len(scores)):
+        raise CertificateError("scores, predictions and error chances must cover the same tasks")
+    if not np.isfinite(scores).all():
+        raise CertificateError(f"{int((~np.isfinite(scores)).sum())} score(s) are not finite: "
+                               "leave the tasks the model could not score out of the pool")
     models = ([np.clip(c * (1 - scores), 0, 1) for c in PLAN_ERROR_FACTORS] if p_error is None
               else [np.clip(np.asarray(p_error, float), 0, 1)])
     predicted_arr = np.asarray([str(p) for p in predicted], dtype=object)
@@ -471,6 +514,7 @@ def plan_audit(scores: np.ndarray, predicted: Sequence[str], eps: float = DEFAUL
     level = round_delta(delta, round_no) / len(names)
     rates: dict[str, float] = {}
     starts: dict[str, int] = {}
+    unaudited: list[str] = []
     audit = accepted = 0.0
     for s in names:
         idx = np.flatnonzero(predicted_arr == s) if per_class else np.arange(len(scores))
@@ -482,11 +526,14 @@ def plan_audit(scores: np.ndarray, predicted: Sequence[str], eps: float = DEFAUL
             acc = float(np.mean([g[0] for g in got]))
             if acc > best[0] + 1e-9:
                 best = (acc, float(f), got[0][1])
+        if per_class and best[0] <= 0:  # auditing this class would buy nothing: its tasks go to people
+            best = (0.0, 0.0, len(idx) + 1)
+            unaudited.append(s)
         rates[s], starts[s] = best[1], best[2]
         audit += best[1] * len(idx)
         accepted += best[0]
     return AuditPlan(rates, starts, int(round(audit)), int(round(accepted)), int(round(len(scores) - accepted)),
-                     len(scores))
+                     len(scores), unaudited)
 
 
 def _expected_accepted(cum_err: np.ndarray, eps: float, level: float, f: float) -> tuple[float, int]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labeler.learning.certify import DEFAULT_DELTA, DEFAULT_EPS, plan_audit
+from labeler.learning.certify import DEFAULT_DELTA, DEFAULT_EPS, check_levels, frozen_predictions, plan_audit
 from labeler.learning.forecast import Point, eer_effective_size, forecast, plateau
 from labeler.models.registry import Registry
 
@@ -96,7 +96,7 @@ def train_share(meta: dict) -> float:
     if meta.get("evaluation") != "holdout":
         return 1.0
     n_train, n_eval = meta.get("n_train") or 0, meta.get("n_eval") or 0
-    return n_train / (n_train + n_eval) if n_train + n_eval else 1.0
+    return n_train / (n_train + n_eval) if n_train else 1.0
 
 
 @functools.lru_cache(maxsize=64)
@@ -110,7 +110,6 @@ def queue_scores(model_dir: str | Path, project: str) -> tuple[np.ndarray, list[
     when the project has no scores yet. Confidence and prediction as the audit freezes them: the top class
     and its probability; multi-label, the classes at or above their (centred, 0.5) threshold and the
     certainty of the least decided one."""
-    from labeler.models.uncertainty import multilabel_uncertainty
     from labeler.studio.queue import QueueState
 
     folder = Registry(model_dir).project_dir(project)
@@ -120,12 +119,9 @@ def queue_scores(model_dir: str | Path, project: str) -> tuple[np.ndarray, list[
     if not len(state.ids):
         return None
     P = np.asarray(state.proba, np.float64)[~np.asarray(state.annotated, bool)]
-    if state.multilabel:
-        conf = 1.0 - multilabel_uncertainty(P, 0.5)
-        predicted = [";".join(str(c) for c in np.flatnonzero(row >= 0.5)) for row in P]
-    else:
-        conf, predicted = P.max(axis=1) if len(P) else np.zeros(0), [str(int(i)) for i in P.argmax(axis=1)]
-    return conf, predicted, state.version
+    P = P[np.isfinite(P).all(axis=1)]  # as the audit does: a task the model could not score needs a person
+    conf, sets = frozen_predictions(P, [str(i) for i in range(P.shape[1])], state.multilabel)
+    return conf, [";".join(s) for s in sets], state.version
 
 
 def _certificate(model_dir: str | Path, project: str) -> dict | None:
@@ -154,6 +150,7 @@ def cost_to_finish(model_dir: str | Path, project: str, eps: float = DEFAULT_EPS
                    per_class: bool = False) -> dict:
     """The latest certificate where one exists, else the audit plan on the serving version's scores:
     ``{"source", "line", ...}`` (``source``: "certificate", "plan" or "none")."""
+    check_levels(eps, delta)  # refused even where a certificate answers: the options must mean something
     cert = _certificate(model_dir, project)
     if cert is not None:
         needs = cert.get("needs_person_ids")

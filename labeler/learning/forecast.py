@@ -228,6 +228,8 @@ def forecast(points: Sequence[Point], target: float, train_share: float = 1.0, l
     version) gives ``n_now``. The seed makes the interval reproducible (the page shows one answer).
     ``target_text`` names the target in messages (default: "error 0.05").
     """
+    if not 0 < train_share <= 1:
+        raise ValueError(f"train_share must lie in (0, 1], got {train_share}")
     n = np.array([p.labels for p in points], float)
     e = np.array([p.error for p in points], float)
     m = np.array([p.size for p in points], float)

@@ -134,7 +134,7 @@ def certify_phase(q: QueueOutcome, y: np.ndarray, classes: Sequence[str], eps: f
         try:
             c, acc = cert.certify(score, names, audited, wrong, np.zeros(len(pool), bool), plan.rates, eps, delta,
                                   per_class=per_class, starts=plan.starts)
-        except cert.CertificateError as exc:  # e.g. a class the audit missed: people label the rest
+        except cert.CertificateError as exc:  # e.g. an audit that drew nothing: people label the rest
             return str(exc), np.zeros(len(pool), bool), audited
         return c, acc, audited
 

@@ -69,6 +69,9 @@ class ExportSummary:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     splits: dict[str, Counter] = field(default_factory=dict)
     sources: Counter = field(default_factory=Counter)  # finished exports: rows per provenance
+    # finished exports: accepted tasks people labelled after the certificate, and how many of those disagreed
+    since_certificate: Counter = field(default_factory=Counter)
+    bound_now: float | None = None  # the certified bound over the model's labels that are left
 
     def text(self) -> str:
         if not self.counts and not self.splits:
@@ -80,6 +83,11 @@ class ExportSummary:
                 lines.append(f"  {split}: " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
         if self.sources:
             lines.append("provenance: " + ", ".join(f"{s} {n}" for s, n in sorted(self.sources.items())))
+        if self.since_certificate["labelled"]:
+            now = "no model label is left" if self.bound_now is None else f"{self.bound_now:.2%}"
+            lines.append(f"{self.since_certificate['labelled']} accepted task(s) were labelled by people after the "
+                         f"certificate ({self.since_certificate['disagreed']} disagreeing with the model): the bound over "
+                         f"the model's labels left is now {now}; labeler certify refreshes the certificate")
         if self.skipped:
             reasons = Counter(why.split(":")[0] for _, why in self.skipped)
             lines.append(f"skipped {len(self.skipped)} tasks: " + "; ".join(f"{r} ({n})" for r, n in reasons.items()))
@@ -166,6 +174,16 @@ class Finished:
     files: list[Path]
     certificate: dict  # what export.json records of it
 
+    def bound_after(self, labelled: int, disagreed: int) -> float | None:
+        """The certified bound over the accepted tasks that keep the model's label once people labelled
+        ``labelled`` of them, ``disagreed`` against the model: with probability ``1 - delta`` the accepted
+        tasks held at most ``B = bound * m`` errors (``m`` accepted); ``disagreed`` of those are corrected, so at
+        most ``B - disagreed`` remain among ``m - labelled`` tasks (None: none is left to the model)."""
+        m, bound = self.certificate.get("accepted") or 0, self.certificate.get("bound")
+        if bound is None or m - labelled <= 0:
+            return None
+        return max(0.0, round(bound * m) - disagreed) / (m - labelled)
+
 
 def _rows(studio: Studio, project: int, config: LabelConfig, only_annotated: bool,
           summary: ExportSummary, finished: Finished | None = None,
@@ -212,7 +230,21 @@ def _rows(studio: Studio, project: int, config: LabelConfig, only_annotated: boo
                         agreed.annotators if agreed is not None else (), _annotations(anns, config)))
         if source is not None:
             summary.sources[source] += 1
+    if finished is not None:
+        _since_certificate(rows, finished, summary)
     return rows
+
+
+def _since_certificate(rows: list[Row], finished: Finished, summary: ExportSummary) -> None:
+    """Accepted tasks people labelled after the certificate: how many, how many against the model, and
+    the bound over the model's labels left."""
+    for r in rows:
+        frozen = finished.accepted.get(r.task_id)
+        if frozen is not None and r.source == "person":
+            summary.since_certificate["labelled"] += 1
+            summary.since_certificate["disagreed"] += r.label != frozen.label
+    summary.bound_now = finished.bound_after(summary.since_certificate["labelled"],
+                                             summary.since_certificate["disagreed"])
 
 
 def _annotations(anns: list[dict], config: LabelConfig) -> list[dict]:
@@ -350,7 +382,10 @@ def _describe(tmp: Path, project: int, fmt: str, only_annotated: bool, split: tu
     (tmp / "export.json").write_text(json.dumps(
         {"project": project, "format": fmt, "only_annotated": only_annotated, "split": split,
          "counts": dict(summary.counts), "skipped": summary.skipped,
-         **({"finished": {**finished.certificate, "sources": dict(summary.sources)}} if finished else {})},
+         **({"finished": {**finished.certificate, "sources": dict(summary.sources),
+                          "labelled_since": summary.since_certificate["labelled"],
+                          "disagreed_since": summary.since_certificate["disagreed"],
+                          "bound_now": summary.bound_now}} if finished else {})},
         indent=2))
 
 
