@@ -261,10 +261,14 @@ def audit(project, eps, delta, per_class, seed, new_round, url, api_key, model_d
     click.echo(f"audit about {plan['expected_audit']} of the {plan['pool']} unlabelled tasks; then about "
                f"{plan['expected_accepted'] / max(plan['pool'], 1):.0%} can be accepted")
     if plan.get("unaudited"):
-        click.echo(f"not audited, too few tasks to certify at this target (they need a person): class(es) "
-                   f"{', '.join(plan['unaudited'])}")
-    click.echo(f"drawn: {len(rnd['order'])} tasks, in the Label Studio tab \"{AUDIT_VIEW}\"; label every one of "
-               f"them, then run labeler certify --project {project}")
+        click.echo(f"not audited, as no audit of them is expected to let the model label any at this target "
+                   f"(they need a person): class(es) {', '.join(plan['unaudited'])}")
+    if rnd["order"]:
+        click.echo(f"drawn: {len(rnd['order'])} tasks, in the Label Studio tab \"{AUDIT_VIEW}\"; label every one "
+                   f"of them, then run labeler certify --project {project}")
+    else:
+        click.echo("drawn: no task, so nothing can be certified: every unlabelled task needs a person (a better "
+                   "model, a larger pool or a looser target changes that; then labeler audit --new-round)")
     if rnd["unscored"]:
         click.echo(f"{len(rnd['unscored'])} tasks the model could not score are left to a person")
 

@@ -67,13 +67,15 @@ def test_queue_scores_are_used_only_when_all_are_the_serving_versions(tmp_path):
 
 
 def test_a_drawn_round_is_not_changed():
-    rnd = {"project": "3", "round": 1, "eps": 0.02, "delta": 0.05, "per_class": False}
-    _same_design(rnd, None, None, False)
-    _same_design(rnd, 0.02, 0.05, False)
+    rnd = {"project": "3", "round": 1, "eps": 0.02, "delta": 0.05, "per_class": False, "seed": 7}
+    _same_design(rnd, None, None, None, None)
+    _same_design(rnd, 0.02, 0.05, False, 7)
     with pytest.raises(CertificateError, match="--new-round"):
-        _same_design(rnd, 0.05, None, False)
+        _same_design(rnd, 0.05, None, None, None)
     with pytest.raises(CertificateError, match="per_class"):
-        _same_design(rnd, None, None, True)
+        _same_design(rnd, None, None, True, None)
+    with pytest.raises(CertificateError, match="seed 7 \\(asked 8\\)"):  # a seed given is never ignored
+        _same_design(rnd, None, None, None, 8)
 
 
 def _round_and_certificate(tmp_path) -> tuple[dict, dict]:
@@ -160,11 +162,14 @@ def test_audit_labels_are_the_consensus_and_a_disputed_one_is_no_clean_label():
 
 def test_the_bound_restated_once_people_label_accepted_tasks():
     """Certified: at most bound * m = 15 errors among m = 1,000 accepted. People label 100 of them and
-    correct 10: at most 5 errors remain among the 900 left to the model; all labelled: no model label."""
+    correct 10: at most 5 errors remain among the 900 left to the model; with 500 more deleted, among 400.
+    More corrections than 15 disprove the certificate: no bound, and it no longer holds."""
     from labeler.studio.export import Finished
 
     f = Finished({}, "v3", [], {"accepted": 1000, "bound": 0.015})
-    assert f.bound_after(0, 0) == pytest.approx(0.015)
-    assert f.bound_after(100, 10) == pytest.approx(5 / 900)
-    assert f.bound_after(100, 20) == 0.0 and f.bound_after(1000, 3) is None
+    assert f.errors_allowed() == 15 and f.bound_after(1000, 0) == pytest.approx(0.015)
+    assert f.bound_after(900, 10) == pytest.approx(5 / 900) and f.bound_after(400, 10) == pytest.approx(5 / 400)
+    assert f.bound_after(900, 15) == 0.0 and f.holds(15)
+    assert f.bound_after(900, 16) is None and not f.holds(16)
+    assert f.bound_after(0, 3) is None
     assert Finished({}, "v3", [], {"accepted": 0, "bound": None}).bound_after(0, 0) is None

@@ -196,9 +196,12 @@ def test_no_audit_label_is_refused():
     audited = np.array([True, False, True])
     with pytest.raises(C.CertificateError, match="label the audit tab"):
         C.certify(np.ones(3), ["a"] * 3, audited, np.full(3, np.nan), np.zeros(3, bool), {"all": 0.5})
-    with pytest.raises(C.CertificateError, match="the plan drew no audit"):
+    with pytest.raises(C.CertificateError, match="no audit task was drawn \\(the plan found"):
         C.certify(np.ones(3), ["a"] * 3, np.zeros(3, bool), np.full(3, np.nan), np.zeros(3, bool), {"a": 0.0},
                   per_class=True)
+    with pytest.raises(C.CertificateError, match="none came out of the draw"):
+        C.certify(np.ones(2), ["a", "b"], np.zeros(2, bool), np.full(2, np.nan), np.zeros(2, bool),
+                  {"a": 0.0, "b": 0.01}, per_class=True)
 
 
 def test_a_class_without_audit_task_is_blocked_by_name_and_the_others_certified():
@@ -226,6 +229,9 @@ def test_per_class_plan_leaves_a_class_too_small_to_certify_to_people():
     assert cert.certified and acc.sum() > 1500 and not (acc & (predicted == "b")).any()
     assert "b: no audit task among its 5 tasks (the plan found" in " ".join(cert.blocked)
     assert cert.classes["a"]["bound"] <= 0.02 and cert.classes["b"]["bound"] is None
+    # b, audited at rate 0 by a plan fixed before the draw, can accept nothing: a takes all of delta
+    assert {r.name: r.level for r in cert.strata} == {"a": pytest.approx(C.round_delta(0.05, 1))} | {
+        "b": pytest.approx(C.round_delta(0.05, 1))}
 
 
 def test_plan_refuses_scores_it_cannot_use():

@@ -193,6 +193,8 @@ def test_cost_to_finish_reads_the_latest_certificate(tmp_path):
                                                          "needs_person_ids": needs}))
     cost = finishing.cost_to_finish(tmp_path, "5")
     assert cost["source"] == "certificate" and cost["certified"] and cost["accepted"] == cert.accepted > 0
+    with pytest.raises(CertificateError, match="strictly between 0 and 1"):  # even where the certificate answers
+        finishing.cost_to_finish(tmp_path, "5", delta=1.5)
     assert cost["to_person"] == len(needs)
     assert f"{cert.accepted:,} tasks" in cost["line"] and "v4-head" in cost["line"] and f"{len(needs):,} need" in cost["line"]
 

@@ -147,8 +147,9 @@ def _score_pool(predictor: Predictor, studio: Studio, project: str, pool: list[d
     return P, errors
 
 
-def _same_design(rnd: dict, eps: float | None, delta: float | None, per_class: bool | None) -> None:
-    asked = {"eps": eps, "delta": delta, "per_class": per_class}
+def _same_design(rnd: dict, eps: float | None, delta: float | None, per_class: bool | None,
+                 seed: int | None) -> None:
+    asked = {"eps": eps, "delta": delta, "per_class": per_class, "seed": seed}
     differ = [f"{k} {rnd[k]} (asked {v})" for k, v in asked.items() if v is not None and v != rnd[k]]
     if differ:
         raise CertificateError(f"audit round {rnd['round']} of project {rnd['project']} was drawn with "
@@ -178,14 +179,12 @@ def draw_round(studio: Studio, project: int | str, predictor: Predictor, eps: fl
     model_dir = predictor.settings.model_dir
     latest = load_round(model_dir, key)
     if latest is not None and not new_round:
-        _same_design(latest, eps, delta, per_class)
+        _same_design(latest, eps, delta, per_class, seed)
         publish_round(studio, int(key), latest)
         return latest
     # a new round keeps the design it follows unless told otherwise
     eps = eps if eps is not None else latest["eps"] if latest else DEFAULT_EPS
     per_class = per_class if per_class is not None else bool(latest and latest["per_class"])
-    if seed is not None and seed < 0:
-        raise CertificateError(f"the audit's seed must be 0 or more, got {seed}")
     first = load_round(model_dir, key, 1) if latest is not None else None
     if first is not None and delta is not None and delta != first["delta"]:
         raise CertificateError(f"the audit rounds of project {key} share round 1's delta {first['delta']} "
@@ -290,8 +289,7 @@ def certify_project(studio: Studio, project: int | str, model_dir: str | Path, m
     labelled by a person with its label unknown (never accepted). A task's label is its consensus
     (:func:`people_labels`): one below ``min_confidence`` is no clean label, so an audit task with it
     counts as not yet labelled (an error in the test) and no task with it is accepted. Raises :class:`CertificateError`
-    (certify's message) when there is no round, too few audit labels, or a class without audit tasks;
-    nothing is written then.
+    (certify's message) when there is no round, no audit task drawn or none labelled; nothing is written then.
     """
     key = check_project(project)
     rnd = load_round(model_dir, key)

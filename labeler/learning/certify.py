@@ -39,7 +39,9 @@ The design.
    class's claim holds at once with probability ``>= 1 - delta'``, and so does the overall one (a
    weighted mean of per-class rates). A class that cannot pass its first test is named: it blocks,
    and its tasks need a person while the other classes are certified. So is a class the plan finds
-   not worth auditing (rate 0: too few tasks to certify at this target) or whose draw came out empty.
+   not worth auditing (rate 0: it expects nothing accepted at this target) or whose draw came out
+   empty. A rate-0 class is fixed before the draw and can accept nothing, so ``K`` counts only the
+   classes audited at a rate above 0.
    Without it (the default) one stratum is certified at ``delta'``, which needs about half the
    audit labels for two classes; the per-class errors are then *estimated*, not certified.
 6. **Rounds**: a certificate uses one audit round. Drawing another after looking at the first (for
@@ -379,7 +381,9 @@ def certify(scores: np.ndarray, predicted: Sequence[str], audited: np.ndarray, w
     names = sorted(set(predicted_arr.tolist())) if per_class else ["all"]
     labelled = _check_inputs(scores, predicted_arr, audited, wrong, human, rates, names, per_class, min_audit)
     level = round_delta(delta, round_no)
-    stratum_level = level / len(names)
+    # Bonferroni over the strata that can accept: a class the plan audits at rate 0 (fixed before the draw)
+    # accepts nothing and takes no share
+    stratum_level = level / max(1, sum(rates[s] > 0 for s in names))
     prefix = np.zeros(len(scores), bool)
     strata = []
     for s in names:
@@ -414,15 +418,17 @@ def _check_inputs(scores: np.ndarray, predicted: np.ndarray, audited: np.ndarray
     if not len(scores):
         raise CertificateError("the pool is empty: every task already has a person's label")
     labelled = audited & ~np.isnan(wrong)
-    if not audited.any() and names and all(rates.get(s, 1) <= 0 for s in names):
-        raise CertificateError("the plan drew no audit: at this target no audit lets the model label any task, so "
-                               "every task needs a person (a better model, a larger pool or a looser target changes that)")
-    if labelled.sum() < min_audit:
-        raise CertificateError(f"{int(audited.sum())} audit task(s) drawn, {int(labelled.sum())} labelled: "
-                               "label the audit tab's tasks first")
     missing = [s for s in names if s not in rates]
     if missing:
         raise CertificateError(f"no audit rate for {', '.join(missing)}: the audit was drawn for another design")
+    if not audited.any():
+        why = ("the plan found that at this target no audit lets the model label any task"
+               if all(rates[s] <= 0 for s in names) else "none came out of the draw")
+        raise CertificateError(f"no audit task was drawn ({why}): every task needs a person, or draw a new round "
+                               "(a better model, a larger pool or a looser target changes the plan)")
+    if labelled.sum() < min_audit:
+        raise CertificateError(f"{int(audited.sum())} audit task(s) drawn, {int(labelled.sum())} labelled: "
+                               "label the audit tab's tasks first")
     return labelled
 
 

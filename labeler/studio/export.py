@@ -72,6 +72,7 @@ class ExportSummary:
     # finished exports: accepted tasks people labelled after the certificate, and how many of those disagreed
     since_certificate: Counter = field(default_factory=Counter)
     bound_now: float | None = None  # the certified bound over the model's labels that are left
+    certificate_holds: bool = True  # False: people found more errors among the accepted than it allows
 
     def text(self) -> str:
         if not self.counts and not self.splits:
@@ -83,11 +84,16 @@ class ExportSummary:
                 lines.append(f"  {split}: " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
         if self.sources:
             lines.append("provenance: " + ", ".join(f"{s} {n}" for s, n in sorted(self.sources.items())))
-        if self.since_certificate["labelled"]:
-            now = "no model label is left" if self.bound_now is None else f"{self.bound_now:.2%}"
-            lines.append(f"{self.since_certificate['labelled']} accepted task(s) were labelled by people after the "
-                         f"certificate ({self.since_certificate['disagreed']} disagreeing with the model): the bound over "
-                         f"the model's labels left is now {now}; labeler certify refreshes the certificate")
+        since = self.since_certificate
+        if since["labelled"] or since["deleted"]:
+            lines.append(f"since the certificate, {since['labelled']} accepted task(s) were labelled by people "
+                         f"({since['disagreed']} against the model) and {since['deleted']} deleted")
+            if not self.certificate_holds:
+                lines.append("the certificate no longer holds: people found more model errors among its accepted "
+                             "tasks than it allows; run labeler certify, or labeler audit --new-round")
+            else:
+                now = "no model label is left" if self.bound_now is None else f"{self.bound_now:.2%}"
+                lines.append(f"the bound over the model's labels left is now {now}; labeler certify refreshes it")
         if self.skipped:
             reasons = Counter(why.split(":")[0] for _, why in self.skipped)
             lines.append(f"skipped {len(self.skipped)} tasks: " + "; ".join(f"{r} ({n})" for r, n in reasons.items()))
@@ -174,15 +180,27 @@ class Finished:
     files: list[Path]
     certificate: dict  # what export.json records of it
 
-    def bound_after(self, labelled: int, disagreed: int) -> float | None:
-        """The certified bound over the accepted tasks that keep the model's label once people labelled
-        ``labelled`` of them, ``disagreed`` against the model: with probability ``1 - delta`` the accepted
-        tasks held at most ``B = bound * m`` errors (``m`` accepted); ``disagreed`` of those are corrected, so at
-        most ``B - disagreed`` remain among ``m - labelled`` tasks (None: none is left to the model)."""
+    def errors_allowed(self) -> int | None:
+        """``B = bound * m``: the most errors the certificate allows among its ``m`` accepted tasks (an
+        integer count: each stratum's bound is its certified error count over its accepted tasks)."""
         m, bound = self.certificate.get("accepted") or 0, self.certificate.get("bound")
-        if bound is None or m - labelled <= 0:
+        return None if bound is None else int(round(bound * m))
+
+    def bound_after(self, left: int, disagreed: int) -> float | None:
+        """The certified bound over the ``left`` accepted tasks that still carry the model's label, once
+        people labelled others and ``disagreed`` of those against the model: with probability
+        ``1 - delta`` the accepted tasks held at most ``B`` errors, ``disagreed`` are corrected, so at most
+        ``B - disagreed`` remain among ``left``. None: no model label is left, or ``disagreed > B`` (the
+        certificate is disproved: see :meth:`holds`)."""
+        allowed = self.errors_allowed()
+        if allowed is None or left <= 0 or disagreed > allowed:
             return None
-        return max(0.0, round(bound * m) - disagreed) / (m - labelled)
+        return (allowed - disagreed) / left
+
+    def holds(self, disagreed: int) -> bool:
+        """False once people have found more errors among the accepted tasks than the certificate allows."""
+        allowed = self.errors_allowed()
+        return allowed is None or disagreed <= allowed
 
 
 def _rows(studio: Studio, project: int, config: LabelConfig, only_annotated: bool,
@@ -238,13 +256,15 @@ def _rows(studio: Studio, project: int, config: LabelConfig, only_annotated: boo
 def _since_certificate(rows: list[Row], finished: Finished, summary: ExportSummary) -> None:
     """Accepted tasks people labelled after the certificate: how many, how many against the model, and
     the bound over the model's labels left."""
+    since = summary.since_certificate
     for r in rows:
         frozen = finished.accepted.get(r.task_id)
         if frozen is not None and r.source == "person":
-            summary.since_certificate["labelled"] += 1
-            summary.since_certificate["disagreed"] += r.label != frozen.label
-    summary.bound_now = finished.bound_after(summary.since_certificate["labelled"],
-                                             summary.since_certificate["disagreed"])
+            since["labelled"] += 1
+            since["disagreed"] += r.label != frozen.label
+    since["deleted"] = len(finished.accepted) - since["labelled"] - summary.sources["model"]
+    summary.bound_now = finished.bound_after(summary.sources["model"], since["disagreed"])
+    summary.certificate_holds = finished.holds(since["disagreed"])
 
 
 def _annotations(anns: list[dict], config: LabelConfig) -> list[dict]:
@@ -385,7 +405,8 @@ def _describe(tmp: Path, project: int, fmt: str, only_annotated: bool, split: tu
          **({"finished": {**finished.certificate, "sources": dict(summary.sources),
                           "labelled_since": summary.since_certificate["labelled"],
                           "disagreed_since": summary.since_certificate["disagreed"],
-                          "bound_now": summary.bound_now}} if finished else {})},
+                          "deleted_since": summary.since_certificate["deleted"],
+                          "bound_now": summary.bound_now, "holds": summary.certificate_holds}} if finished else {})},
         indent=2))
 
 
