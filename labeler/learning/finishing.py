@@ -105,8 +105,8 @@ def _forecast(points: tuple[Point, ...], target: float, share: float, text: str)
     return forecast(list(points), target, train_share=share, target_text=text).to_dict()
 
 
-def queue_scores(model_dir: str | Path, project: str) -> tuple[np.ndarray, list[str], str] | None:
-    """(confidence, predicted label, scoring version) of every unlabelled task in ``queue.npz``, or None
+def queue_scores(model_dir: str | Path, project: str) -> tuple[np.ndarray, list[str], str, bool] | None:
+    """(confidence, predicted label, scoring version, multi-label) of every unlabelled task in ``queue.npz``, or None
     when the project has no scores yet. Confidence and prediction as the audit freezes them: the top class
     and its probability; multi-label, the classes at or above their (centred, 0.5) threshold and the
     certainty of the least decided one."""
@@ -121,7 +121,7 @@ def queue_scores(model_dir: str | Path, project: str) -> tuple[np.ndarray, list[
     P = np.asarray(state.proba, np.float64)[~np.asarray(state.annotated, bool)]
     P = P[np.isfinite(P).all(axis=1)]  # as the audit does: a task the model could not score needs a person
     conf, sets = frozen_predictions(P, [str(i) for i in range(P.shape[1])], state.multilabel)
-    return conf, [";".join(s) for s in sets], state.version
+    return conf, [";".join(s) for s in sets], state.version, bool(state.multilabel)
 
 
 def _certificate(model_dir: str | Path, project: str) -> dict | None:
@@ -138,10 +138,11 @@ def _plan(model_dir: str, project: str, stamp: int, eps: float, delta: float, pe
     scored = queue_scores(model_dir, project)
     if scored is None:
         return None
-    conf, predicted, version = scored
+    conf, predicted, version, multilabel = scored
     if not len(conf):
         return {"pool": 0, "version": version}
-    plan = plan_audit(conf, predicted, eps, delta, per_class=per_class)
+    # as labeler audit: a multi-label project is certified on whole label sets, in one stratum
+    plan = plan_audit(conf, predicted, eps, delta, per_class=per_class and not multilabel)
     return {"pool": plan.pool, "version": version, "audit": plan.expected_audit, "accepted": plan.expected_accepted,
             "to_person": plan.expected_people - plan.expected_audit, "rates": plan.rates}
 
