@@ -473,7 +473,11 @@ class AuditPlan:
     expected_accepted: int       # tasks the model would label
     expected_people: int         # audit + tasks left to a person
     pool: int
-    unaudited: list[str] = field(default_factory=list)  # per class: classes not worth auditing (rate 0)
+
+    @property
+    def unaudited(self) -> list[str]:
+        """Per class: the classes not worth auditing (rate 0), whose tasks go to people."""
+        return [s for s, f in self.rates.items() if f <= 0]
 
     def summary(self) -> str:
         if not self.expected_accepted:
@@ -520,7 +524,6 @@ def plan_audit(scores: np.ndarray, predicted: Sequence[str], eps: float = DEFAUL
     level = round_delta(delta, round_no) / len(names)
     rates: dict[str, float] = {}
     starts: dict[str, int] = {}
-    unaudited: list[str] = []
     audit = accepted = 0.0
     for s in names:
         idx = np.flatnonzero(predicted_arr == s) if per_class else np.arange(len(scores))
@@ -534,12 +537,11 @@ def plan_audit(scores: np.ndarray, predicted: Sequence[str], eps: float = DEFAUL
                 best = (acc, float(f), got[0][1])
         if per_class and best[0] <= 0:  # auditing this class would buy nothing: its tasks go to people
             best = (0.0, 0.0, len(idx) + 1)
-            unaudited.append(s)
         rates[s], starts[s] = best[1], best[2]
         audit += best[1] * len(idx)
         accepted += best[0]
     return AuditPlan(rates, starts, int(round(audit)), int(round(accepted)), int(round(len(scores) - accepted)),
-                     len(scores), unaudited)
+                     len(scores))
 
 
 def _expected_accepted(cum_err: np.ndarray, eps: float, level: float, f: float) -> tuple[float, int]:

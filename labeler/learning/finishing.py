@@ -111,6 +111,7 @@ def queue_scores(model_dir: str | Path, project: str) -> tuple[np.ndarray, list[
     and its probability; multi-label, the classes at or above their (centred, 0.5) threshold and the
     certainty of the least decided one."""
     from labeler.studio.queue import QueueState
+    from labeler.studio.tasks import join_labels
 
     folder = Registry(model_dir).project_dir(project)
     if not (folder / "queue.npz").exists():  # state_path() would create the folder; reading creates nothing
@@ -121,7 +122,7 @@ def queue_scores(model_dir: str | Path, project: str) -> tuple[np.ndarray, list[
     P = np.asarray(state.proba, np.float64)[~np.asarray(state.annotated, bool)]
     P = P[np.isfinite(P).all(axis=1)]  # as the audit does: a task the model could not score needs a person
     conf, sets = frozen_predictions(P, [str(i) for i in range(P.shape[1])], state.multilabel)
-    return conf, [";".join(s) for s in sets], state.version, bool(state.multilabel)
+    return conf, [join_labels(s) for s in sets], state.version, bool(state.multilabel)
 
 
 def _certificate(model_dir: str | Path, project: str) -> dict | None:
