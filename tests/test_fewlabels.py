@@ -95,8 +95,17 @@ def test_seeded_kmeans_labels_the_pool_from_one_seed_per_class_and_refuses_clust
     seeds = np.vstack([pool[0], pool[200], pool[400]]) + 0.1  # one label per class, off-centre
     found = seeded_kmeans(pool, seeds, np.array([0, 1, 2]), 3)
     assert found is not None and (found == truth).mean() > 0.99
-    # Both classes' seeds in one blob: one class ends in the other blob's cluster, without its seed.
+    # Both classes' seeds in one blob: the clusters cannot say which blob is which class.
     assert seeded_kmeans(pool[:400], pool[[0, 1]], np.array([0, 1]), 2) is None
+    # Labels that cut across the blobs (each class seeded once in every blob): the clusters are another
+    # structure than the classes, a third of the seeds agree with them, and nothing is labelled.
+    across = np.array([b * 200 + c + 1 for c in range(3) for b in range(3)])
+    assert seeded_kmeans(pool, pool[across], np.repeat([0, 1, 2], 3), 3) is None
+    # One atypical seed among many that agree (class 1's in class 0's blob) does not refuse the clusters.
+    ten = np.vstack([rng.normal(c, 0.4, (50, 10)) for c in np.eye(10) * 5 + 1])
+    odd = np.vstack([ten[::50][:1], ten[0] + 0.05, ten[::50][2:]])  # class 1 seeded from a class 0 image
+    found = seeded_kmeans(ten, odd, np.arange(10), 10)
+    assert found is not None and (found == np.repeat(np.arange(10), 50)).mean() > 0.8
     assert seeded_kmeans(pool, seeds[:2], np.array([0, 1]), 3) is None  # class 2 has no seed
     assert seeded_kmeans(pool[:0], seeds, np.array([0, 1, 2]), 3) is None  # nothing to label
 
